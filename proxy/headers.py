@@ -1,0 +1,270 @@
+"""Parsing and formatting of the HTTP fields a cache reads (RFC 9110, RFC 9111).
+
+Every parser here is total: it takes whatever bytes a peer sent and returns a value or ``None``;
+it never raises. Invalid input is mapped to the interpretation the RFCs prescribe (for example an
+invalid ``max-age`` is treated as 0, RFC 9111 §4.2.1).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC
+from email.utils import formatdate, parsedate_to_datetime
+
+#: RFC 9111 §1.2.2: a delta-seconds too large to represent is treated as 2**31.
+DELTA_SECONDS_MAX = 2**31
+
+#: RFC 9110 §7.6.1 connection-specific fields, plus the de-facto ones nginx and Varnish also drop.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+
+_TOKEN_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_ENTITY_TAG_RE = re.compile(r'(W/)?"([\x21\x23-\x7e\x80-\xff]*)"')
+_DIGITS_RE = re.compile(r"^[0-9]+$")
+
+
+def split_list(values: Iterable[str] | str | None) -> list[str]:
+    """Split comma-separated list fields (RFC 9110 §5.6.1), respecting quoted strings."""
+    if values is None:
+        return []
+    if isinstance(values, str):
+        values = (values,)
+    items: list[str] = []
+    for value in values:
+        current: list[str] = []
+        in_quotes = escaped = False
+        for char in value:
+            if escaped:
+                escaped = False
+            elif char == "\\" and in_quotes:
+                escaped = True
+            elif char == '"':
+                in_quotes = not in_quotes
+            elif char == "," and not in_quotes:
+                item = "".join(current).strip()
+                if item:
+                    items.append(item)
+                current = []
+                continue
+            current.append(char)
+        item = "".join(current).strip()
+        if item:
+            items.append(item)
+    return items
+
+
+def connection_tokens(values: Iterable[str]) -> frozenset[str]:
+    """The lower-cased field names a ``Connection`` header lists as hop-by-hop (RFC 9110 §7.6.1)."""
+    return frozenset(token.lower() for token in split_list(values) if _TOKEN_RE.match(token))
+
+
+def is_hop_by_hop(name: str, connection: frozenset[str]) -> bool:
+    lowered = name.lower()
+    return lowered in HOP_BY_HOP or lowered in connection
+
+
+def parse_delta_seconds(value: str | None) -> int | None:
+    """RFC 9111 §1.2.2 delta-seconds: ``None`` when invalid, clamped to 2**31."""
+    if value is None:
+        return None
+    value = value.strip()
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        value = value[1:-1]
+    if not _DIGITS_RE.match(value):
+        return None
+    return min(int(value), DELTA_SECONDS_MAX)
+
+
+@dataclass(frozen=True, slots=True)
+class CacheControl:
+    """The directives of a ``Cache-Control`` (or ``CDN-Cache-Control``) field, RFC 9111 §5.2.
+
+    Delta-seconds directives are ``None`` when absent; when present with an invalid value they
+    are 0, which makes a response stale (§4.2.1) and a request stricter. For duplicated
+    directives the first occurrence wins (§4.2.1).
+    """
+
+    max_age: int | None = None
+    s_maxage: int | None = None
+    max_stale: int | None = None
+    min_fresh: int | None = None
+    stale_while_revalidate: int | None = None
+    stale_if_error: int | None = None
+    no_cache: bool = False
+    no_cache_fields: tuple[str, ...] = ()
+    no_store: bool = False
+    private: bool = False
+    private_fields: tuple[str, ...] = ()
+    public: bool = False
+    must_revalidate: bool = False
+    proxy_revalidate: bool = False
+    must_understand: bool = False
+    no_transform: bool = False
+    only_if_cached: bool = False
+    immutable: bool = False
+    present: bool = False
+
+
+_DELTA_DIRECTIVES = {
+    "max-age": "max_age",
+    "s-maxage": "s_maxage",
+    "min-fresh": "min_fresh",
+    "stale-while-revalidate": "stale_while_revalidate",
+    "stale-if-error": "stale_if_error",
+}
+_FLAG_DIRECTIVES = {
+    "no-store": "no_store",
+    "public": "public",
+    "must-revalidate": "must_revalidate",
+    "proxy-revalidate": "proxy_revalidate",
+    "must-understand": "must_understand",
+    "no-transform": "no_transform",
+    "only-if-cached": "only_if_cached",
+    "immutable": "immutable",
+}
+
+
+def _field_names(argument: str) -> tuple[str, ...]:
+    return tuple(
+        name.strip().lower()
+        for name in argument.strip().strip('"').split(",")
+        if _TOKEN_RE.match(name.strip())
+    )
+
+
+def parse_cache_control(values: Iterable[str] | str | None) -> CacheControl:
+    """Parse one or more ``Cache-Control`` field values; unknown directives are ignored (§5.2.3)."""
+    found: dict[str, object] = {}
+    items = split_list(values)
+    for item in items:
+        name, sep, argument = item.partition("=")
+        name = name.strip().lower()
+        arg: str | None = argument.strip() if sep else None
+        if name in _DELTA_DIRECTIVES:
+            attr = _DELTA_DIRECTIVES[name]
+            if attr not in found:
+                found[attr] = parse_delta_seconds(arg) if arg is not None else 0
+                if found[attr] is None:
+                    found[attr] = 0
+        elif name == "max-stale":
+            if "max_stale" not in found:
+                delta = parse_delta_seconds(arg) if arg is not None else DELTA_SECONDS_MAX
+                found["max_stale"] = 0 if delta is None else delta
+        elif name in _FLAG_DIRECTIVES:
+            found[_FLAG_DIRECTIVES[name]] = True
+        elif name in ("no-cache", "private"):
+            attr = name.replace("-", "_")
+            fields = _field_names(arg) if arg else ()
+            if fields:
+                existing = found.get(f"{attr}_fields", ())
+                assert isinstance(existing, tuple)
+                found[f"{attr}_fields"] = existing + fields
+            else:
+                found[attr] = True
+    return CacheControl(present=bool(items), **found)  # type: ignore[arg-type]
+
+
+def parse_http_date(value: str | None) -> float | None:
+    """An HTTP-date (RFC 9110 §5.6.7: IMF-fixdate, RFC 850 or asctime) as epoch seconds."""
+    if not value:
+        return None
+    try:
+        parsed = parsedate_to_datetime(value.strip())
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if parsed.tzinfo is None:
+        # asctime and RFC 850 carry no zone; HTTP dates are always GMT.
+        parsed = parsed.replace(tzinfo=UTC)
+    try:
+        return parsed.timestamp()
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def format_http_date(timestamp: float) -> str:
+    """Format epoch seconds as an IMF-fixdate."""
+    return formatdate(timestamp, usegmt=True)
+
+
+def parse_entity_tag(value: str | None) -> str | None:
+    """Validate a single entity-tag (RFC 9110 §8.8.3); returns it normalised, or ``None``."""
+    if value is None:
+        return None
+    value = value.strip()
+    match = _ENTITY_TAG_RE.fullmatch(value)
+    return value if match else None
+
+
+def parse_entity_tag_list(value: str | None) -> tuple[str, ...] | None:
+    """``If-None-Match`` / ``If-Match``: ``("*",)`` for any, the valid tags, or ``None``."""
+    if value is None:
+        return None
+    stripped = value.strip()
+    if stripped == "*":
+        return ("*",)
+    tags = tuple(match.group(0) for match in _ENTITY_TAG_RE.finditer(stripped))
+    return tags or None
+
+
+def opaque_tag(tag: str) -> str:
+    return tag[2:] if tag.startswith("W/") else tag
+
+
+def weak_match(a: str, b: str) -> bool:
+    """RFC 9110 §8.8.3.2 weak comparison: opaque tags equal, weakness ignored."""
+    return opaque_tag(a) == opaque_tag(b)
+
+
+def strong_match(a: str, b: str) -> bool:
+    """RFC 9110 §8.8.3.2 strong comparison: neither weak and opaque tags equal."""
+    return not a.startswith("W/") and not b.startswith("W/") and a == b
+
+
+def parse_vary(values: Iterable[str] | str | None) -> tuple[str, ...]:
+    """The lower-cased field names of ``Vary`` (RFC 9110 §12.5.5); ``("*",)`` if it has ``*``."""
+    names: list[str] = []
+    for item in split_list(values):
+        if item == "*":
+            return ("*",)
+        lowered = item.lower()
+        if _TOKEN_RE.match(lowered) and lowered not in names:
+            names.append(lowered)
+    return tuple(sorted(names))
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """``Retry-After`` (RFC 9110 §10.2.3) as seconds from ``now``; ``None`` when invalid."""
+    if value is None:
+        return None
+    delta = parse_delta_seconds(value)
+    if delta is not None:
+        return float(delta)
+    date = parse_http_date(value)
+    if date is None:
+        return None
+    return max(0.0, date - now)
+
+
+def normalize_field_value(values: Iterable[str]) -> str:
+    """Combine field lines and fold whitespace, for comparing selecting headers (§4.1)."""
+    return ", ".join(" ".join(value.split()) for value in values)
+
+
+def sanitize_field_value(value: str) -> str | None:
+    """``None`` when a value carries CR, LF or NUL, which RFC 9110 §5.5 forbids."""
+    if "\r" in value or "\n" in value or "\x00" in value:
+        return None
+    return value

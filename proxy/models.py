@@ -1,0 +1,133 @@
+"""Frozen value types shared by the policy, the stores and the handler."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from proxy.headers import (
+    CacheControl,
+    parse_cache_control,
+    parse_delta_seconds,
+    parse_entity_tag,
+    parse_http_date,
+    parse_vary,
+)
+
+Headers = tuple[tuple[str, str], ...]
+
+
+def header_values(headers: Headers, name: str) -> list[str]:
+    """All values of a field in a stored header tuple (``name`` lower-case)."""
+    return [value for key, value in headers if key.lower() == name]
+
+
+def header_value(headers: Headers, name: str) -> str | None:
+    """The first value of a field in a stored header tuple (``name`` lower-case)."""
+    for key, value in headers:
+        if key.lower() == name:
+            return value
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResponse:
+    """One stored response (RFC 9111 §3) and the request facts needed to reuse it.
+
+    ``scope`` is the credential scope the response belongs to and ``selecting`` the values of the
+    request fields its ``Vary`` names (§4.1), so a variant is only reused for matching requests.
+    The derived fields are computed once here, never on the hot path of a hit.
+    """
+
+    status: int
+    reason: str
+    headers: Headers
+    body: bytes
+    request_time: float
+    response_time: float
+    scope: str = ""
+    selecting: tuple[tuple[str, str], ...] = ()
+    targeted: bool = field(default=False)
+
+    cache_control: CacheControl = field(init=False, compare=False, repr=False)
+    date: float | None = field(init=False, compare=False, repr=False)
+    etag: str | None = field(init=False, compare=False, repr=False)
+    last_modified: float | None = field(init=False, compare=False, repr=False)
+    vary: tuple[str, ...] = field(init=False, compare=False, repr=False)
+    corrected_initial_age: float = field(init=False, compare=False, repr=False)
+    size: int = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        headers = self.headers
+        cdn = header_values(headers, "cdn-cache-control") if self.targeted else []
+        cache_control = parse_cache_control(cdn or header_values(headers, "cache-control"))
+        date = parse_http_date(header_value(headers, "date"))
+        age = parse_delta_seconds(header_value(headers, "age")) or 0
+        apparent_age = max(0.0, self.response_time - date) if date is not None else 0.0
+        corrected_age_value = age + (self.response_time - self.request_time)
+        setter = object.__setattr__
+        setter(self, "cache_control", cache_control)
+        setter(self, "date", date)
+        setter(self, "etag", parse_entity_tag(header_value(headers, "etag")))
+        setter(self, "last_modified", parse_http_date(header_value(headers, "last-modified")))
+        setter(self, "vary", parse_vary(header_values(headers, "vary")))
+        setter(self, "corrected_initial_age", max(apparent_age, corrected_age_value))
+        setter(
+            self,
+            "size",
+            len(self.body) + sum(len(k) + len(v) for k, v in headers) + 256,
+        )
+
+    @property
+    def has_validator(self) -> bool:
+        return self.etag is not None or self.last_modified is not None
+
+    def header(self, name: str) -> str | None:
+        return header_value(self.headers, name)
+
+
+#: All stored variants of one URI, most recent first (RFC 9111 §4.1).
+Record = tuple[StoredResponse, ...]
+
+
+def record_size(record: Record) -> int:
+    return sum(entry.size for entry in record)
+
+
+@dataclass(frozen=True, slots=True)
+class Fresh:
+    """The stored response may be served as it is (§4.2)."""
+
+    entry: StoredResponse
+    age: float
+    ttl: float
+    stale: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Revalidate:
+    """A stored response exists but must be validated upstream before (or while) it is used.
+
+    ``fwd`` is the RFC 9211 reason: ``stale`` for an expired entry, ``request`` when the request's
+    directives forbade using a fresh one. ``background`` means RFC 5861 stale-while-revalidate
+    lets the stale entry be served at once while the validation runs.
+    """
+
+    entry: StoredResponse
+    age: float
+    fwd: str
+    background: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Miss:
+    """Nothing stored can satisfy the request: ``fwd`` is ``uri-miss`` or ``vary-miss``."""
+
+    fwd: str
+
+
+@dataclass(frozen=True, slots=True)
+class Unsatisfiable:
+    """``only-if-cached`` and nothing usable is stored: answer 504 (§5.2.1.7)."""
+
+
+Decision = Fresh | Revalidate | Miss | Unsatisfiable

@@ -1,0 +1,415 @@
+"""RFC 9111 decisions as pure functions over plain values.
+
+Nothing here does I/O or reads a clock: every time-dependent function takes ``now`` (epoch
+seconds), so the rules can be tested one by one without an event loop or a frozen clock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from urllib.parse import urlsplit
+
+from proxy.headers import (
+    HOP_BY_HOP,
+    CacheControl,
+    format_http_date,
+    normalize_field_value,
+    parse_cache_control,
+    parse_entity_tag_list,
+    parse_http_date,
+    split_list,
+    weak_match,
+)
+from proxy.models import (
+    Decision,
+    Fresh,
+    Headers,
+    Miss,
+    Record,
+    Revalidate,
+    StoredResponse,
+    Unsatisfiable,
+    header_value,
+)
+
+#: RFC 9110 §15.1: status codes a cache may store with heuristic freshness.
+HEURISTICALLY_CACHEABLE = frozenset({200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501})
+#: Final status codes this cache understands well enough to store (§3, must-understand).
+UNDERSTOOD_STATUSES = HEURISTICALLY_CACHEABLE | {302, 303, 307, 400, 403, 500, 502, 503, 504}
+#: §3.2: fields a 304 must not overwrite in the stored response.
+NOT_FRESHENED = frozenset({"content-length", "content-encoding", "content-range"}) | HOP_BY_HOP
+#: RFC 9110 §15.4.5: the fields a 304 carries from the 200 it stands for.
+NOT_MODIFIED_FIELDS = (
+    "cache-control",
+    "content-location",
+    "date",
+    "etag",
+    "expires",
+    "last-modified",
+    "vary",
+)
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+
+
+@dataclass(frozen=True, slots=True)
+class CachePolicy:
+    """The operator's knobs that the RFCs leave to the cache."""
+
+    heuristic_fraction: float = 0.1
+    heuristic_max: float = 3600.0
+    keep_stale: float = 3600.0
+    stale_grace: float = 300.0
+    targeted_field: str | None = "cdn-cache-control"
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFacts:
+    """What the policy needs to know of a request, extracted once by the handler."""
+
+    scope: str
+    cache_control: CacheControl
+    pragma_no_cache: bool
+    headers: Mapping[str, str]
+
+
+# -- keys and scope -------------------------------------------------------------------------------
+
+
+def credential_scope(values: Iterable[str | None], *, shared: bool, secret: bytes = b"") -> str:
+    """The credential scope of a request: a keyed hash of its credential headers.
+
+    Stored responses are only reused within their scope, so one caller never receives another
+    caller's response; ``shared`` turns that off for single-tenant deployments. The hash is
+    stable across replicas (they share entries) and never the credential itself.
+    """
+    if shared:
+        return ""
+    material = "\x00".join(value or "" for value in values)
+    if not material.strip("\x00"):
+        return "anonymous"
+    digest = hashlib.blake2b(
+        material.encode("utf-8", "surrogateescape"), digest_size=16, key=secret
+    )
+    return digest.hexdigest()
+
+
+def request_facts(
+    headers: Mapping[str, str], *, scope: str, cache_control: Iterable[str] = ()
+) -> RequestFacts:
+    pragma = headers.get("pragma", "")
+    return RequestFacts(
+        scope=scope,
+        cache_control=parse_cache_control(list(cache_control)),
+        pragma_no_cache="no-cache" in pragma.lower() and not cache_control,
+        headers=headers,
+    )
+
+
+def selecting_values(
+    vary: tuple[str, ...], headers: Mapping[str, str]
+) -> tuple[tuple[str, str], ...]:
+    """The normalised values of the request fields a ``Vary`` names (§4.1)."""
+    getall = getattr(headers, "getall", None)
+    values = []
+    for name in vary:
+        if getall is not None:
+            found = getall(name, [])
+        else:
+            single = headers.get(name)
+            found = [single] if single is not None else []
+        values.append((name, normalize_field_value(found)))
+    return tuple(values)
+
+
+def select_variant(record: Record, request: RequestFacts) -> StoredResponse | None:
+    """The most recent stored response whose scope and selecting fields match (§4.1)."""
+    for entry in record:
+        if entry.scope != request.scope:
+            continue
+        if not entry.vary or selecting_values(entry.vary, request.headers) == entry.selecting:
+            return entry
+    return None
+
+
+# -- freshness ------------------------------------------------------------------------------------
+
+
+def freshness_lifetime(entry: StoredResponse, policy: CachePolicy) -> float:
+    """§4.2.1: s-maxage, then max-age, then Expires - Date, then the heuristic of §4.2.2."""
+    cc = entry.cache_control
+    if cc.s_maxage is not None:
+        return float(cc.s_maxage)
+    if cc.max_age is not None:
+        return float(cc.max_age)
+    expires_values = [value for key, value in entry.headers if key.lower() == "expires"]
+    if expires_values:
+        expires = parse_http_date(expires_values[0])
+        if expires is None:
+            return 0.0
+        date = entry.date if entry.date is not None else entry.response_time
+        return max(0.0, expires - date)
+    heuristic_allowed = entry.status in HEURISTICALLY_CACHEABLE or cc.public
+    if heuristic_allowed and entry.last_modified is not None:
+        date = entry.date if entry.date is not None else entry.response_time
+        heuristic = policy.heuristic_fraction * max(0.0, date - entry.last_modified)
+        return min(heuristic, policy.heuristic_max)
+    return 0.0
+
+
+def current_age(entry: StoredResponse, now: float) -> float:
+    """§4.2.3: corrected initial age plus the time the response has been resident here."""
+    return entry.corrected_initial_age + max(0.0, now - entry.response_time)
+
+
+def may_serve_stale(entry: StoredResponse) -> bool:
+    """§4.2.4: must-revalidate, proxy-revalidate and s-maxage forbid serving stale at all."""
+    cc = entry.cache_control
+    return not (cc.must_revalidate or cc.proxy_revalidate or cc.s_maxage is not None or cc.no_cache)
+
+
+def decide(
+    record: Record | None, request: RequestFacts, now: float, policy: CachePolicy
+) -> Decision:
+    """Choose what to do with a GET or HEAD given what is stored (§4)."""
+    req = request.cache_control
+    entry = select_variant(record, request) if record else None
+    if entry is None:
+        if req.only_if_cached:
+            return Unsatisfiable()
+        if record and any(candidate.scope == request.scope for candidate in record):
+            return Miss("vary-miss")
+        return Miss("uri-miss")
+    age = current_age(entry, now)
+    lifetime = freshness_lifetime(entry, policy)
+    ttl = lifetime - age
+    if req.only_if_cached:
+        return Fresh(entry, age, ttl, stale=ttl <= 0)
+    if req.no_cache or request.pragma_no_cache:
+        return Revalidate(entry, age, "request")
+    if entry.cache_control.no_cache:
+        return Revalidate(entry, age, "stale")
+    if ttl > 0:
+        if req.max_age is not None and age > req.max_age:
+            return Revalidate(entry, age, "request")
+        if req.min_fresh is not None and ttl < req.min_fresh:
+            return Revalidate(entry, age, "request")
+        return Fresh(entry, age, ttl)
+    staleness = -ttl
+    if may_serve_stale(entry):
+        if req.max_stale is not None and staleness <= req.max_stale:
+            return Fresh(entry, age, ttl, stale=True)
+        swr = entry.cache_control.stale_while_revalidate
+        if swr is not None and staleness <= swr:
+            return Revalidate(entry, age, "stale", background=True)
+    return Revalidate(entry, age, "stale")
+
+
+def stale_if_error_allows(
+    entry: StoredResponse, request: RequestFacts, now: float, policy: CachePolicy
+) -> bool:
+    """RFC 5861 §4 stale-if-error, or the operator's grace: may a stale entry replace an error?"""
+    if not may_serve_stale(entry):
+        return False
+    staleness = current_age(entry, now) - freshness_lifetime(entry, policy)
+    windows = [policy.stale_grace]
+    for cc in (entry.cache_control, request.cache_control):
+        if cc.stale_if_error is not None:
+            windows.append(float(cc.stale_if_error))
+    return staleness <= max(windows)
+
+
+def retention(entry: StoredResponse, now: float, policy: CachePolicy) -> float:
+    """How long to keep an entry: its freshness, then the windows in which stale use is allowed.
+
+    An expired entry with a validator is kept for ``keep_stale`` so the next fetch can be
+    conditional instead of downloading the body again.
+    """
+    lifetime = freshness_lifetime(entry, policy)
+    cc = entry.cache_control
+    extra = 0.0
+    if may_serve_stale(entry):
+        extra = max(
+            policy.stale_grace,
+            float(cc.stale_while_revalidate or 0),
+            float(cc.stale_if_error or 0),
+        )
+    if entry.has_validator:
+        extra = max(extra, policy.keep_stale)
+    return lifetime + extra - current_age(entry, now)
+
+
+# -- storing --------------------------------------------------------------------------------------
+
+
+def storable(
+    status: int,
+    headers: Headers,
+    request: RequestFacts,
+    *,
+    has_authorization: bool,
+    targeted: bool = False,
+) -> bool:
+    """§3: may a shared cache store this response to a GET?"""
+    if status < 200 or status in (206, 304):
+        return False
+    cdn = [v for k, v in headers if k.lower() == "cdn-cache-control"] if targeted else []
+    cc = parse_cache_control(cdn or [v for k, v in headers if k.lower() == "cache-control"])
+    if cc.must_understand:
+        if status not in UNDERSTOOD_STATUSES:
+            return False
+    elif cc.no_store:
+        return False
+    if request.cache_control.no_store:
+        return False
+    if cc.private:
+        return False
+    if has_authorization and not (cc.public or cc.s_maxage is not None or cc.must_revalidate):
+        return False
+    lowered = {key.lower() for key, _ in headers}
+    if "set-cookie" in lowered:
+        return False
+    vary = [v for k, v in headers if k.lower() == "vary"]
+    if any(item == "*" for item in split_list(vary)):
+        return False
+    explicit = (
+        cc.public
+        or cc.max_age is not None
+        or cc.s_maxage is not None
+        or "expires" in lowered
+        or cc.no_cache
+    )
+    return explicit or status in HEURISTICALLY_CACHEABLE
+
+
+def stored_headers(headers: Headers, cache_control: CacheControl) -> Headers:
+    """The fields to store: all but hop-by-hop ones and those a qualified private/no-cache names."""
+    drop = set(HOP_BY_HOP) | set(cache_control.private_fields) | set(cache_control.no_cache_fields)
+    return tuple((key, value) for key, value in headers if key.lower() not in drop)
+
+
+def freshen(
+    entry: StoredResponse, not_modified: Headers, request_time: float, response_time: float
+) -> StoredResponse:
+    """§4.3.4: update a stored response with the fields of a 304 that validated it."""
+    updates = {key.lower(): None for key, _ in not_modified if key.lower() not in NOT_FRESHENED}
+    kept = tuple((key, value) for key, value in entry.headers if key.lower() not in updates)
+    fresh = tuple((key, value) for key, value in not_modified if key.lower() in updates)
+    return replace(
+        entry, headers=kept + fresh, request_time=request_time, response_time=response_time
+    )
+
+
+def validator_matches(entry: StoredResponse, not_modified: Headers) -> bool:
+    """§4.3.4: a 304 selects the stored response when its validator agrees (or it has none)."""
+    etag = header_value(not_modified, "etag")
+    if etag is None or entry.etag is None:
+        return True
+    return weak_match(etag.strip(), entry.etag)
+
+
+def conditional_headers(entry: StoredResponse) -> dict[str, str]:
+    """§4.3.1: the validators to send upstream when revalidating a stored response."""
+    headers = {}
+    if entry.etag is not None:
+        headers["If-None-Match"] = entry.etag
+    last_modified = entry.header("last-modified")
+    if last_modified is not None and entry.last_modified is not None:
+        headers["If-Modified-Since"] = last_modified
+    return headers
+
+
+# -- conditional requests -------------------------------------------------------------------------
+
+#: Preconditions this cache does not evaluate itself; such requests are forwarded (§4.3.2).
+UNHANDLED_PRECONDITIONS = ("if-match", "if-unmodified-since", "if-range", "range")
+
+
+def not_modified(entry: StoredResponse, headers: Mapping[str, str]) -> bool:
+    """RFC 9110 §13.1.2 / §13.1.3 against a stored response: should the client get a 304?"""
+    if_none_match = headers.get("if-none-match")
+    if if_none_match is not None:
+        tags = parse_entity_tag_list(if_none_match)
+        if tags is None:
+            return False
+        if tags == ("*",):
+            return True
+        return entry.etag is not None and any(weak_match(tag, entry.etag) for tag in tags)
+    since = parse_http_date(headers.get("if-modified-since"))
+    if since is None:
+        return False
+    reference = entry.last_modified
+    if reference is None:
+        reference = entry.date if entry.date is not None else entry.response_time
+    return reference <= since
+
+
+def not_modified_headers(entry: StoredResponse) -> list[tuple[str, str]]:
+    return [(key, value) for key, value in entry.headers if key.lower() in NOT_MODIFIED_FIELDS]
+
+
+# -- invalidation ---------------------------------------------------------------------------------
+
+
+def invalidates(method: str, status: int) -> bool:
+    """§4.4: a non-error response to an unsafe method invalidates the target URI."""
+    return method not in SAFE_METHODS and 200 <= status < 400
+
+
+def invalidation_targets(target: str, headers: Headers, origin_hosts: frozenset[str]) -> list[str]:
+    """The target URI plus same-origin ``Location`` and ``Content-Location`` (§4.4)."""
+    targets = [target]
+    for name in ("location", "content-location"):
+        value = header_value(headers, name)
+        if not value:
+            continue
+        parts = urlsplit(value.strip())
+        if parts.netloc and parts.netloc.lower() not in origin_hosts:
+            continue
+        if not parts.path.startswith("/"):
+            continue
+        path = parts.path + (f"?{parts.query}" if parts.query else "")
+        if path not in targets:
+            targets.append(path)
+    return targets
+
+
+# -- responses ------------------------------------------------------------------------------------
+
+
+def age_header(age: float) -> str:
+    return str(int(max(0.0, age)))
+
+
+def cache_status(
+    *,
+    hit: bool = False,
+    fwd: str | None = None,
+    fwd_status: int | None = None,
+    stored: bool = False,
+    collapsed: bool = False,
+    ttl: float | None = None,
+    detail: str | None = None,
+) -> str:
+    """The RFC 9211 ``Cache-Status`` member for this cache."""
+    parts = ["aitronos-cache-proxy"]
+    if hit:
+        parts.append("hit")
+    if fwd is not None:
+        parts.append(f"fwd={fwd}")
+    if fwd_status is not None:
+        parts.append(f"fwd-status={fwd_status}")
+    if stored:
+        parts.append("stored")
+    if collapsed:
+        parts.append("collapsed")
+    if ttl is not None:
+        parts.append(f"ttl={int(ttl)}")
+    if detail is not None:
+        parts.append(f'detail="{detail}"')
+    return "; ".join(parts)
+
+
+def date_header(now: float) -> str:
+    return format_http_date(now)
