@@ -1,0 +1,205 @@
+"""One frozen ``Settings``, built from command-line arguments and an environment mapping.
+
+Every option ``--some-option`` can also be given as ``PROXY_SOME_OPTION``; the command line wins.
+A bad value raises ``ConfigError`` with a one-line message that names the option.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from yarl import URL
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the option."""
+
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {
+    "": 1, "b": 1,
+    "k": 1000, "kb": 1000, "kib": 1024, "ki": 1024,
+    "m": 1000**2, "mb": 1000**2, "mib": 1024**2, "mi": 1024**2,
+    "g": 1000**3, "gb": 1000**3, "gib": 1024**3, "gi": 1024**3,
+    "t": 1000**4, "tb": 1000**4, "tib": 1024**4, "ti": 1024**4,
+}  # fmt: skip
+
+
+def parse_size(text: str) -> int:
+    """``"256MiB"``, ``"10MB"``, ``"4096"`` as a number of bytes."""
+    match = _SIZE_RE.match(text)
+    if not match or match.group(2).lower() not in _SIZE_UNITS:
+        raise ValueError(f"expected a size such as 4096, 64KiB or 256MiB, got {text!r}")
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+
+
+def parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
+def parse_upstream(text: str) -> str:
+    url = URL(text)
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ValueError(f"expected an http:// or https:// URL, got {text!r}")
+    if url.query_string or url.fragment:
+        raise ValueError("the upstream URL must not have a query or fragment")
+    return str(url).rstrip("/")
+
+
+def parse_header_list(text: str) -> tuple[str, ...]:
+    names = tuple(name.strip().lower() for name in text.split(",") if name.strip())
+    for name in names:
+        if not re.fullmatch(r"[!#$%&'*+\-.^_`|~0-9a-z]+", name):
+            raise ValueError(f"{name!r} is not a header name")
+    return names
+
+
+def _bounded(
+    kind: Callable[[str], Any], low: float, high: float | None = None
+) -> Callable[[str], Any]:
+    def convert(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError as error:
+            raise ValueError(
+                str(error) if kind not in (int, float) else f"expected a number, got {text!r}"
+            ) from None
+        if value < low or (high is not None and value > high):
+            upper = f" and {high:g}" if high is not None else ""
+            raise ValueError(f"expected a value between {low:g}{upper}, got {text!r}")
+        return value
+
+    return convert
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def convert(text: str) -> str:
+        if text not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {text!r}")
+        return text
+
+    return convert
+
+
+def _option(default: Any, parse: Callable[[str], Any], help: str, metavar: str = "") -> Any:
+    return field(default=default, metadata={"parse": parse, "help": help, "metavar": metavar})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All configuration of one proxy process."""
+
+    upstream: str = _option(
+        "https://api.aitronos.com", parse_upstream, "origin to forward to", "URL"
+    )
+    host: str = _option("127.0.0.1", str, "address to listen on", "HOST")
+    port: int = _option(8080, _bounded(int, 0, 65535), "port to listen on", "PORT")
+    cache_scope: str = _option(
+        "credential",
+        _choice("credential", "shared"),
+        "credential: callers only share entries with the same credentials; shared: everyone "
+        "shares (single-tenant deployments only)",
+        "SCOPE",
+    )
+    credential_headers: tuple[str, ...] = _option(
+        ("authorization", "x-api-key"),
+        parse_header_list,
+        "request headers that identify a caller (comma-separated)",
+        "NAMES",
+    )
+    scope_secret: str = _option(
+        "", str, "key for hashing credentials into cache keys (same on all replicas)", "SECRET"
+    )
+    cache_max_bytes: int = _option(
+        256 * 1024**2, _bounded(parse_size, 1024), "byte budget of the in-process cache", "SIZE"
+    )
+    max_entry_bytes: int = _option(
+        8 * 1024**2, _bounded(parse_size, 0), "largest body the cache stores", "SIZE"
+    )
+    upstream_connect_timeout: float = _option(
+        5.0, _bounded(float, 0.001), "seconds to connect to the upstream", "SECONDS"
+    )
+    upstream_timeout: float = _option(
+        30.0, _bounded(float, 0.001), "seconds to wait for the upstream's answer", "SECONDS"
+    )
+    upstream_max_connections: int = _option(
+        256, _bounded(int, 1), "connections kept to the upstream", "N"
+    )
+    stale_grace: float = _option(
+        300.0,
+        _bounded(float, 0),
+        "seconds past expiry a stored entry stands in for an upstream error",
+        "SECONDS",
+    )
+    keep_stale: float = _option(
+        3600.0,
+        _bounded(float, 0),
+        "seconds an expired entry with a validator is kept for conditional revalidation",
+        "SECONDS",
+    )
+    heuristic_max: float = _option(
+        3600.0, _bounded(float, 0), "cap on heuristic freshness (RFC 9111 §4.2.2)", "SECONDS"
+    )
+    access_log: bool = _option(True, parse_bool, "one JSON access-log line per request", "BOOL")
+    log_level: str = _option(
+        "info", _choice("debug", "info", "warning", "error"), "log level", "LEVEL"
+    )
+
+    @property
+    def shared_scope(self) -> bool:
+        return self.cache_scope == "shared"
+
+
+def env_name(name: str) -> str:
+    return "PROXY_" + name.upper()
+
+
+def option_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    for spec in fields(Settings):
+        default = spec.default
+        shown = ",".join(default) if isinstance(default, tuple) else default
+        parser.add_argument(
+            option_name(spec.name),
+            dest=spec.name,
+            metavar=spec.metadata["metavar"] or None,
+            default=None,
+            help=f"{spec.metadata['help']} (env {env_name(spec.name)}, default {shown})",
+        )
+
+
+def build_settings(values: Mapping[str, str | None], environ: Mapping[str, str]) -> Settings:
+    """Settings from parsed argument strings (``None`` when absent) and the environment."""
+    chosen: dict[str, Any] = {}
+    for spec in fields(Settings):
+        raw = values.get(spec.name)
+        source = option_name(spec.name)
+        if raw is None:
+            raw = environ.get(env_name(spec.name))
+            source = env_name(spec.name)
+        if raw is None:
+            continue
+        try:
+            chosen[spec.name] = spec.metadata["parse"](raw)
+        except ValueError as error:
+            raise ConfigError(f"{source}: {error}") from None
+    return Settings(**chosen)
+
+
+def parse_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
+    parser = argparse.ArgumentParser(prog="aitronos-cache-proxy")
+    add_arguments(parser)
+    namespace = parser.parse_args(list(argv))
+    return build_settings(vars(namespace), environ)

@@ -1,0 +1,126 @@
+"""Prometheus metrics, registered on a registry passed in (never the global one).
+
+Labels are bounded: a route class, a cache result, a status class, an error kind or a store
+backend. Never an ID, a raw path or a credential.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from proxy import __version__
+
+ROUTES = ("transcription", "transcription_resource", "other")
+RESULTS = ("hit", "miss", "revalidated", "stale", "bypass", "error")
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+def status_class(status: int) -> str:
+    return f"{status // 100}xx"
+
+
+class Metrics:
+    """The proxy's metrics, with the label children of the hot path resolved up front."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.requests = Counter(
+            "cacheproxy_requests",
+            "Client requests by route and cache result.",
+            ("route", "result"),
+            registry=registry,
+        )
+        self.not_modified = Counter(
+            "cacheproxy_not_modified",
+            "Conditional requests answered locally with 304 Not Modified.",
+            registry=registry,
+        )
+        self.upstream_requests = Counter(
+            "cacheproxy_upstream_requests",
+            "Requests sent upstream by route and response status class (or error kind).",
+            ("route", "status"),
+            registry=registry,
+        )
+        self.upstream_errors = Counter(
+            "cacheproxy_upstream_errors",
+            "Upstream failures by kind: refused, timeout, invalid, 5xx, 429.",
+            ("route", "kind"),
+            registry=registry,
+        )
+        self.upstream_duration = Histogram(
+            "cacheproxy_upstream_request_duration_seconds",
+            "Time until the upstream's response head arrived.",
+            ("route",),
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.request_duration = Histogram(
+            "cacheproxy_request_duration_seconds",
+            "Time to answer a client, by cache result.",
+            ("result",),
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.coalesced = Counter(
+            "cacheproxy_coalesced_requests",
+            "Client requests that shared another request's upstream fetch.",
+            registry=registry,
+        )
+        self.cache_entries = Gauge(
+            "cacheproxy_cache_entries",
+            "Records (URIs with their variants) held in the in-process cache.",
+            registry=registry,
+        )
+        self.cache_bytes = Gauge(
+            "cacheproxy_cache_bytes",
+            "Bytes accounted to the in-process cache's budget.",
+            registry=registry,
+        )
+        self.cache_evictions = Counter(
+            "cacheproxy_cache_evictions",
+            "Records evicted to stay within the byte budget.",
+            registry=registry,
+        )
+        self.response_bytes = Counter(
+            "cacheproxy_response_bytes",
+            "Body bytes sent to clients.",
+            registry=registry,
+        )
+        self.upstream_bytes = Counter(
+            "cacheproxy_upstream_bytes",
+            "Body bytes received from the upstream.",
+            registry=registry,
+        )
+        self.bytes_saved = Counter(
+            "cacheproxy_bytes_saved",
+            "Body bytes sent to clients from the cache instead of fetched upstream.",
+            registry=registry,
+        )
+        self.store_errors = Counter(
+            "cacheproxy_store_errors",
+            "Store operations that failed, by backend.",
+            ("backend",),
+            registry=registry,
+        )
+        self.build_info = Info(
+            "cacheproxy_build",
+            "The version of aitronos-cache-proxy.",
+            registry=registry,
+        )
+        self.build_info.info({"version": __version__})
+        self._requests = {
+            (route, result): self.requests.labels(route, result)
+            for route in ROUTES
+            for result in RESULTS
+        }
+        self._durations = {result: self.request_duration.labels(result) for result in RESULTS}
+
+    def track_store(self, entries: Callable[[], int], size: Callable[[], int]) -> None:
+        self.cache_entries.set_function(entries)
+        self.cache_bytes.set_function(size)
+
+    def observe_request(self, route: str, result: str, seconds: float) -> None:
+        self._requests[route, result].inc()
+        self._durations[result].observe(seconds)

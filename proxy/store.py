@@ -1,0 +1,130 @@
+"""Where stored responses live: the ``Store`` seam and the in-process memory store."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from cachetools import TLRUCache
+
+from proxy.models import Record, record_size
+
+
+class StoreError(Exception):
+    """A store could not answer; the handler degrades to the upstream instead of failing."""
+
+
+class Store(Protocol):
+    """Get, set and delete records of stored responses by cache key.
+
+    ``ttl`` is the retention time (seconds) of the record: a store forgets it after that.
+    """
+
+    backend: str
+
+    async def get(self, key: str) -> Record | None: ...
+
+    async def set(self, key: str, record: Record, ttl: float) -> None: ...
+
+    async def delete(self, key: str) -> None: ...
+
+    async def ready(self) -> bool: ...
+
+    async def close(self) -> None: ...
+
+    @property
+    def entries(self) -> int: ...
+
+    @property
+    def bytes(self) -> int: ...
+
+
+_Slot = tuple[Record, float]
+
+
+class _BudgetedLRU(TLRUCache[str, _Slot]):
+    """A cachetools TLRU cache of ``(record, expires_at)`` that reports budget evictions."""
+
+    def __init__(
+        self,
+        max_bytes: int,
+        timer: Callable[[], float],
+        on_evict: Callable[[], None] | None,
+    ) -> None:
+        super().__init__(
+            maxsize=max_bytes,
+            ttu=lambda _key, slot, _now: slot[1],
+            timer=timer,
+            getsizeof=lambda slot: record_size(slot[0]),
+        )
+        self._on_evict = on_evict
+
+    def popitem(self) -> tuple[str, _Slot]:
+        item = super().popitem()
+        if self._on_evict is not None:
+            self._on_evict()
+        return item
+
+
+class MemoryStore:
+    """An LRU cache bounded by a byte budget, with per-record retention (cachetools TLRUCache).
+
+    Records past their retention time are dropped; when the budget is exceeded the least
+    recently used records are evicted.
+    """
+
+    backend = "memory"
+
+    def __init__(
+        self,
+        max_bytes: int,
+        *,
+        clock: Callable[[], float],
+        on_evict: Callable[[], None] | None = None,
+    ) -> None:
+        self._cache = _BudgetedLRU(max_bytes, clock, on_evict)
+        self._max_bytes = max_bytes
+        self._clock = clock
+
+    async def get(self, key: str) -> Record | None:
+        return self.get_nowait(key)
+
+    def get_nowait(self, key: str) -> Record | None:
+        slot = self._cache.get(key)
+        return None if slot is None else slot[0]
+
+    async def set(self, key: str, record: Record, ttl: float) -> None:
+        self.set_nowait(key, record, ttl)
+
+    def set_nowait(self, key: str, record: Record, ttl: float) -> None:
+        if ttl <= 0 or record_size(record) > self._max_bytes:
+            self._cache.pop(key, None)
+            return
+        self._cache[key] = (record, self._clock() + ttl)
+
+    async def delete(self, key: str) -> None:
+        self._cache.pop(key, None)
+
+    def delete_nowait(self, key: str) -> None:
+        self._cache.pop(key, None)
+
+    async def ready(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        self._cache.clear()
+
+    def expire(self) -> None:
+        self._cache.expire()
+
+    @property
+    def entries(self) -> int:
+        return len(self._cache)
+
+    @property
+    def bytes(self) -> int:
+        return int(self._cache.currsize)
+
+
+def describe(store: Any) -> str:
+    return str(getattr(store, "backend", type(store).__name__))

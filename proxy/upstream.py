@@ -1,0 +1,196 @@
+"""The seam to the origin: a pooled aiohttp client, its errors, and single-flight coalescing."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterable, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+import aiohttp
+from yarl import URL
+
+T = TypeVar("T")
+
+
+class UpstreamError(Exception):
+    """The origin could not give a usable answer. ``kind`` is a bounded metric label."""
+
+    kind = "error"
+    status = 502
+    code = "UPSTREAM_ERROR"
+
+
+class UpstreamUnavailable(UpstreamError):
+    """Connection refused, reset or closed before a response: answered with 502."""
+
+    kind = "refused"
+    code = "UPSTREAM_UNAVAILABLE"
+
+
+class UpstreamTimeout(UpstreamError):
+    """No answer within the configured time: answered with 504 (RFC 9110 §15.6.5)."""
+
+    kind = "timeout"
+    status = 504
+    code = "UPSTREAM_TIMEOUT"
+
+
+class UpstreamInvalid(UpstreamError):
+    """The origin answered with something that is not valid HTTP, or a truncated body."""
+
+    kind = "invalid"
+    code = "UPSTREAM_INVALID_RESPONSE"
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamConfig:
+    base_url: str
+    connect_timeout: float = 5.0
+    timeout: float = 30.0
+    max_connections: int = 256
+
+
+def translate_error(error: BaseException) -> UpstreamError:
+    """Map aiohttp's exception tree onto ours, keeping the origin's details out of the message."""
+    if isinstance(error, UpstreamError):
+        return error
+    if isinstance(error, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
+        return UpstreamTimeout("the upstream did not answer in time")
+    if isinstance(error, aiohttp.ClientPayloadError | aiohttp.ClientResponseError):
+        return UpstreamInvalid("the upstream sent an invalid response")
+    if isinstance(error, aiohttp.ServerDisconnectedError | aiohttp.ClientConnectionError | OSError):
+        return UpstreamUnavailable("the upstream is unreachable")
+    return UpstreamInvalid("the upstream sent an invalid response")
+
+
+class Upstream:
+    """One pooled, keep-alive client session to the origin.
+
+    Redirects are not followed, bodies are not decompressed, cookies are not kept (a shared
+    cookie jar would leak one caller's session to the next) and no default headers are added.
+    """
+
+    def __init__(self, config: UpstreamConfig) -> None:
+        self.config = config
+        self.base = URL(config.base_url.rstrip("/"))
+        self.origin_hosts = frozenset({self.base.raw_authority.lower(), self.base.raw_host or ""})
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(
+            limit=self.config.max_connections,
+            keepalive_timeout=30,
+            ttl_dns_cache=300,
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(
+                total=None,
+                connect=self.config.connect_timeout,
+                sock_read=self.config.timeout,
+            ),
+            auto_decompress=False,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+            read_bufsize=2**16,
+        )
+
+    @property
+    def ready(self) -> bool:
+        return self._session is not None and not self._session.closed
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    def url_for(self, target: str) -> URL:
+        """The origin URL for a request-target, byte for byte (no normalisation of the path)."""
+        return URL(str(self.base) + target, encoded=True)
+
+    async def fetch(
+        self,
+        method: str,
+        target: str,
+        headers: Mapping[str, str] | list[tuple[str, str]],
+        body: AsyncIterable[bytes] | bytes | None = None,
+    ) -> aiohttp.ClientResponse:
+        """Send one request and return the response once its head has arrived.
+
+        The caller reads or releases the body. Raises ``UpstreamError``.
+        """
+        if self._session is None:
+            raise UpstreamUnavailable("the upstream session is not open")
+        try:
+            async with asyncio.timeout(self.config.timeout):
+                return await self._session.request(
+                    method,
+                    self.url_for(target),
+                    headers=headers,
+                    data=body,
+                    allow_redirects=False,
+                    compress=None,
+                )
+        except (TimeoutError, aiohttp.ClientError, OSError) as error:
+            raise translate_error(error) from error
+
+    async def read_body(self, response: aiohttp.ClientResponse, limit: int) -> bytes:
+        """Read a whole body of at most ``limit`` bytes (one more byte signals "too large")."""
+        try:
+            async with asyncio.timeout(self.config.timeout):
+                chunks: list[bytes] = []
+                size = 0
+                while size <= limit:
+                    chunk = await response.content.read(min(2**16, limit + 1 - size))
+                    if not chunk:
+                        break
+                    chunks.append(chunk)
+                    size += len(chunk)
+                return b"".join(chunks)
+        except (TimeoutError, aiohttp.ClientError, OSError) as error:
+            response.close()
+            raise translate_error(error) from error
+
+
+class SingleFlight(Generic[T]):
+    """Run at most one task per key; concurrent callers share its outcome.
+
+    The task runs detached from its callers: a caller that goes away (a disconnecting client)
+    cancels nothing for the others, and the task finishes even if nobody waits any more.
+    """
+
+    def __init__(self) -> None:
+        self._flights: dict[str, asyncio.Task[T]] = {}
+
+    def __len__(self) -> int:
+        return len(self._flights)
+
+    def join(self, key: str, factory: Callable[[], Awaitable[T]]) -> tuple[asyncio.Task[T], bool]:
+        """The flight for ``key``, started if none is under way, and whether this call led it.
+
+        Callers await it through ``asyncio.shield`` so that leaving cancels only themselves.
+        """
+        task = self._flights.get(key)
+        if task is not None:
+            return task, False
+        task = asyncio.ensure_future(factory())
+        self._flights[key] = task
+        task.add_done_callback(lambda done: self._land(key, done))
+        return task, True
+
+    async def run(self, key: str, factory: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
+        """Await the flight for ``key``, starting it if needed. Returns ``(result, leader)``."""
+        task, leader = self.join(key, factory)
+        return await asyncio.shield(task), leader
+
+    def _land(self, key: str, task: asyncio.Task[T]) -> None:
+        if self._flights.get(key) is task:
+            del self._flights[key]
+        if not task.cancelled():
+            task.exception()  # retrieved, so an unawaited failure is not reported as lost
+
+    async def cancel_all(self) -> None:
+        tasks = list(self._flights.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
