@@ -854,7 +854,7 @@ def create_simulator_app(
     if simulator is not None and config is not None:
         raise ValueError("pass either config or simulator, not both")
     app = web.Application(middlewares=[_count_and_fault])
-    app[SIMULATOR_KEY] = simulator or Simulator(config, clock=clock)
+    app[SIMULATOR_KEY] = simulator if simulator is not None else Simulator(config, clock=clock)
     app.on_response_prepare.append(_count_response)
     item = API_PREFIX + "/{transcription_id}"
     app.router.add_post(API_PREFIX, create_transcription)
