@@ -161,9 +161,14 @@ class SingleFlight(Generic[T]):
 
     def __init__(self) -> None:
         self._flights: dict[str, asyncio.Task[T]] = {}
+        self._joined: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self._flights)
+
+    def waiting(self) -> int:
+        """Callers that joined a flight still under way (the leaders included)."""
+        return sum(self._joined.values())
 
     def join(self, key: str, factory: Callable[[], Awaitable[T]]) -> tuple[asyncio.Task[T], bool]:
         """The flight for ``key``, started if none is under way, and whether this call led it.
@@ -172,9 +177,11 @@ class SingleFlight(Generic[T]):
         """
         task = self._flights.get(key)
         if task is not None:
+            self._joined[key] += 1
             return task, False
         task = asyncio.ensure_future(factory())
         self._flights[key] = task
+        self._joined[key] = 1
         task.add_done_callback(lambda done: self._land(key, done))
         return task, True
 
@@ -186,6 +193,7 @@ class SingleFlight(Generic[T]):
     def _land(self, key: str, task: asyncio.Task[T]) -> None:
         if self._flights.get(key) is task:
             del self._flights[key]
+            del self._joined[key]
         if not task.cancelled():
             task.exception()  # retrieved, so an unawaited failure is not reported as lost
 

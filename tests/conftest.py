@@ -1,0 +1,169 @@
+"""Shared fixtures: a controllable origin on a real socket and a proxy in front of it."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import CollectorRegistry
+
+from proxy.app import PROXY_KEY, CachingProxy, create_app
+from proxy.config import Settings
+from proxy.headers import format_http_date, parse_entity_tag_list, weak_match
+
+START = 1_800_000_000.0
+
+
+class FakeClock:
+    """A clock the test moves by hand; shared by the origin and the proxy."""
+
+    def __init__(self, now: float = START) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@dataclass
+class Resource:
+    body: bytes
+    cache_control: str | None = "public, max-age=5"
+    status: int = 200
+    extra: dict[str, str] = field(default_factory=dict)
+    etag: bool = True
+    last_modified: float | None = None
+
+    @property
+    def tag(self) -> str:
+        return '"' + hashlib.sha256(self.body).hexdigest()[:16] + '"'
+
+
+class Origin:
+    """An aiohttp origin whose resources, failures and pacing a test controls.
+
+    It records every request it receives, so tests can assert what reached the upstream.
+    """
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+        self.resources: dict[str, Resource] = {}
+        self.requests: list[web.Request] = []
+        self.received = asyncio.Event()
+        self.gate: asyncio.Event | None = None
+        self.fail_status: int | None = None
+        self.hang = False
+
+    def put(self, path: str, body: bytes | str, **kwargs: Any) -> Resource:
+        resource = Resource(body.encode() if isinstance(body, str) else body, **kwargs)
+        self.resources[path] = resource
+        return resource
+
+    def count(self, path: str | None = None, method: str | None = None) -> int:
+        return sum(
+            1
+            for request in self.requests
+            if (path is None or request.raw_path == path)
+            and (method is None or request.method == method)
+        )
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        self.requests.append(request)
+        self.received.set()
+        if self.hang:
+            await asyncio.Event().wait()
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.fail_status is not None:
+            return web.json_response(
+                {"success": False, "error": {"code": "DOWN", "message": "down"}},
+                status=self.fail_status,
+            )
+        if request.method in ("POST", "PUT", "DELETE", "PATCH"):
+            await request.read()
+            if request.method == "DELETE":
+                self.resources.pop(request.raw_path, None)
+            headers = {}
+            if "X-Location" in request.headers:
+                headers["Location"] = request.headers["X-Location"]
+            return web.json_response({"ok": True, "method": request.method}, headers=headers)
+        resource = self.resources.get(request.raw_path)
+        if resource is None:
+            return web.json_response({"success": False}, status=404)
+        headers = {"Date": format_http_date(self.clock()), **resource.extra}
+        if resource.cache_control is not None:
+            headers["Cache-Control"] = resource.cache_control
+        if resource.etag:
+            headers["ETag"] = resource.tag
+        if resource.last_modified is not None:
+            headers["Last-Modified"] = format_http_date(resource.last_modified)
+        if resource.etag and resource.status == 200:
+            tags = parse_entity_tag_list(request.headers.get("If-None-Match"))
+            if tags and any(weak_match(tag, resource.tag) for tag in tags):
+                return web.Response(status=304, headers=headers)
+        return web.Response(status=resource.status, body=resource.body, headers=headers)
+
+
+@dataclass
+class Harness:
+    origin: Origin
+    origin_server: TestServer
+    client: TestClient[web.Request, web.Application]
+    clock: FakeClock
+    registry: CollectorRegistry
+
+    @property
+    def proxy(self) -> CachingProxy:
+        return self.client.app[PROXY_KEY]  # type: ignore[index]
+
+    def metric(self, name: str, **labels: str) -> float:
+        value = self.registry.get_sample_value(name, labels)
+        return 0.0 if value is None else value
+
+    async def get(self, path: str, token: str | None = "tok-a", **headers: str) -> Any:
+        if token is not None:
+            headers.setdefault("Authorization", f"Bearer {token}")
+        return await self.client.get(path, headers=headers)
+
+    async def wait_for(self, condition: Callable[[], bool], timeout: float = 5.0) -> None:
+        """Wait until a condition on the proxy's state holds (a bounded wait on state, not time)."""
+        async with asyncio.timeout(timeout):
+            while not condition():
+                await asyncio.sleep(0.005)
+
+
+MakeHarness = Callable[..., Awaitable[Harness]]
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+async def make_harness(aiohttp_server: Any, aiohttp_client: Any, clock: FakeClock) -> MakeHarness:
+    async def make(**settings: Any) -> Harness:
+        origin = Origin(clock)
+        origin_app = web.Application()
+        origin_app.router.add_route("*", "/{tail:.*}", origin.handle)
+        origin_server = await aiohttp_server(origin_app)
+        registry = CollectorRegistry()
+        upstream = settings.pop("upstream", str(origin_server.make_url("")))
+        app = create_app(Settings(upstream=upstream, **settings), registry=registry, clock=clock)
+        client = await aiohttp_client(app)
+        return Harness(origin, origin_server, client, clock, registry)
+
+    return make
+
+
+@pytest.fixture
+async def harness(make_harness: MakeHarness) -> Harness:
+    return await make_harness()
