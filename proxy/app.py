@@ -179,6 +179,15 @@ class CachingProxy:
                 cache_status(fwd="uri-miss", detail=error.kind),
             )
             result = "error"
+        except (asyncio.CancelledError, web.HTTPException):
+            raise
+        except Exception:
+            # A bug must not become a traceback for the client nor a poisoned entry.
+            log.exception("unexpected error while handling %s %s", request.method, request.path)
+            response = error_response(
+                500, "PROXY_ERROR", "the proxy failed to handle the request", cache_status()
+            )
+            result = "error"
         request[RESULT_KEY] = result
         self.metrics.observe_request(route, result, time.perf_counter() - started)
         return response
