@@ -50,6 +50,7 @@ from proxy.policy import (
     storable,
     stored_headers,
     validator_matches,
+    with_date,
 )
 from proxy.store import MemoryStore, Store, StoreError
 from proxy.upstream import (
@@ -379,7 +380,7 @@ class CachingProxy:
         entry = StoredResponse(
             status=status,
             reason=response.reason or "",
-            headers=stored_headers(received, _cache_control_of(received)),
+            headers=with_date(stored_headers(received, _cache_control_of(received)), response_time),
             body=body,
             request_time=request_time,
             response_time=response_time,

@@ -289,10 +289,20 @@ def stored_headers(headers: Headers, cache_control: CacheControl) -> Headers:
     return tuple((key, value) for key, value in headers if key.lower() not in drop)
 
 
+def with_date(headers: Headers, now: float) -> Headers:
+    """RFC 9110 §6.6.1: a cache with a clock adds ``Date`` to a response that has none."""
+    if header_value(headers, "date") is not None:
+        return headers
+    return (*headers, ("Date", format_http_date(now)))
+
+
 def freshen(
     entry: StoredResponse, not_modified: Headers, request_time: float, response_time: float
 ) -> StoredResponse:
     """§4.3.4: update a stored response with the fields of a 304 that validated it."""
+    if header_value(not_modified, "date") is None:
+        # RFC 9110 §6.6.1: a recipient with a clock adds the Date the origin left out.
+        not_modified = (*not_modified, ("Date", format_http_date(response_time)))
     updates = {key.lower(): None for key, _ in not_modified if key.lower() not in NOT_FRESHENED}
     kept = tuple((key, value) for key, value in entry.headers if key.lower() not in updates)
     fresh = tuple((key, value) for key, value in not_modified if key.lower() in updates)
