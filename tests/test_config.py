@@ -1,0 +1,75 @@
+"""Settings from arguments and the environment, and the one-line start-up errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from proxy.config import ConfigError, Settings, parse_settings, parse_size
+
+
+def test_defaults_match_the_contract() -> None:
+    settings = parse_settings([], {})
+    assert settings == Settings()
+    assert settings.upstream == "https://api.aitronos.com"
+    assert (settings.host, settings.port) == ("127.0.0.1", 8080)
+    assert settings.cache_max_bytes == 256 * 1024**2
+    assert settings.cache_scope == "credential"
+
+
+def test_environment_sets_every_option_and_the_command_line_wins() -> None:
+    env = {
+        "PROXY_UPSTREAM": "http://origin:9000/",
+        "PROXY_PORT": "9090",
+        "PROXY_CACHE_MAX_BYTES": "64MiB",
+        "PROXY_CREDENTIAL_HEADERS": "Authorization, X-Tenant",
+    }
+    settings = parse_settings(["--port", "7070"], env)
+    assert settings.upstream == "http://origin:9000"
+    assert settings.port == 7070
+    assert settings.cache_max_bytes == 64 * 1024**2
+    assert settings.credential_headers == ("authorization", "x-tenant")
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "named"),
+    [
+        (["--port", "http"], {}, "--port"),
+        (["--port", "70000"], {}, "--port"),
+        ([], {"PROXY_PORT": "-1"}, "PROXY_PORT"),
+        (["--upstream", "ftp://x"], {}, "--upstream"),
+        (["--cache-scope", "everyone"], {}, "--cache-scope"),
+        (["--cache-max-bytes", "lots"], {}, "--cache-max-bytes"),
+        (["--upstream-timeout", "0"], {}, "--upstream-timeout"),
+        (["--access-log", "maybe"], {}, "--access-log"),
+    ],
+)
+def test_bad_values_name_the_option(argv: list[str], env: dict[str, str], named: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse_settings(argv, env)
+    message = str(raised.value)
+    assert message.startswith(named + ":")
+    assert "\n" not in message
+
+
+def test_sizes() -> None:
+    assert parse_size("4096") == 4096
+    assert parse_size("64KiB") == 65536
+    assert parse_size("1.5MB") == 1_500_000
+    with pytest.raises(ValueError):
+        parse_size("12 parsecs")
+
+
+def test_bad_option_stops_the_process_with_one_line() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "proxy", "--port", "nope"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "aitronos-cache-proxy: error: --port: expected a number, got 'nope'"
+    ]
