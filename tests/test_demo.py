@@ -1,0 +1,277 @@
+"""The demo at a tiny scale, and its reusable parts: the fleet, the metrics reader, the table."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import re
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
+
+from proxy.demo import (
+    DemoEndpoints,
+    DemoOptions,
+    FleetResult,
+    PhaseResult,
+    ProxyStats,
+    UpstreamStats,
+    assign_pollers,
+    build_parser,
+    demo_simulator_config,
+    fetch_simulator_stats,
+    format_table,
+    main,
+    parse_proxy_metrics,
+    run_demo,
+    run_fleet,
+    seed_simulator,
+    serving,
+    table_rows,
+)
+from proxy.metrics import Metrics
+from proxy.simulator import SimulatorConfig, create_simulator_app
+
+TINY = ["--pollers", "10", "--transcriptions", "3", "--duration", "2"]
+ROW_NAMES = (
+    "client requests",
+    "upstream requests",
+    "hit ratio",
+    "304s answered locally",
+    "bytes sent to clients",
+    "bytes fetched from upstream",
+    "bandwidth saved",
+    "p50 latency",
+    "p99 latency",
+)
+
+
+def row(table: str, name: str) -> list[str]:
+    for line in table.splitlines():
+        if line.startswith(name):
+            return re.split(r"\s{2,}", line[len(name) :].strip())
+    raise AssertionError(f"no row {name!r} in\n{table}")
+
+
+def test_demo_cli_prints_both_columns_and_the_proxy_saves_upstream_requests(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(TINY, {}) == 0
+    captured = capsys.readouterr()
+    assert "without proxy" in captured.out
+    assert "with proxy" in captured.out
+    for name in ROW_NAMES:
+        assert len(row(captured.out, name)) == 2, name
+    without, with_proxy = (int(n) for n in row(captured.out, "upstream requests"))
+    clients_without, _ = (int(n) for n in row(captured.out, "client requests"))
+    assert without == clients_without >= 10
+    assert with_proxy < without
+    assert row(captured.out, "hit ratio")[1].endswith("%")
+    assert "pollers done" in captured.err
+
+
+async def test_run_demo_reports_proxy_figures_from_its_metrics() -> None:
+    out, err = io.StringIO(), io.StringIO()
+    options = DemoOptions(pollers=12, transcriptions=3, duration=2.0)
+    results = await run_demo(options, out=out, err=err)
+    assert results is not None
+    without, with_proxy = results
+    assert without.proxy is None
+    assert with_proxy.proxy is not None
+    assert without.upstream.requests == without.fleet.requests
+    assert with_proxy.upstream.requests < without.upstream.requests
+    assert with_proxy.proxy.requests == with_proxy.fleet.requests
+    assert with_proxy.proxy.results.get("hit", 0) > 0
+    assert with_proxy.proxy.upstream_bytes == with_proxy.upstream.bytes_sent
+    assert with_proxy.fleet.bytes_received == with_proxy.proxy.response_bytes
+
+
+async def test_keep_running_serves_until_stopped_then_cleans_up() -> None:
+    stop = asyncio.Event()
+    serving_now = asyncio.Event()
+    seen: list[DemoEndpoints] = []
+
+    def on_serving(endpoints: DemoEndpoints) -> None:
+        seen.append(endpoints)
+        serving_now.set()
+
+    out = io.StringIO()
+    options = DemoOptions(pollers=4, transcriptions=2, duration=1.0, keep_running=True)
+    demo = asyncio.create_task(
+        run_demo(options, out=out, err=io.StringIO(), stop=stop, on_serving=on_serving)
+    )
+    await asyncio.wait_for(serving_now.wait(), timeout=30)
+    (endpoints,) = seen
+    assert endpoints.proxy_url is not None
+    assert f"{endpoints.proxy_url}/metrics" in out.getvalue()
+    assert "curl" in out.getvalue()
+    item = f"{endpoints.proxy_url}/v1/audio/transcribe/{endpoints.transcription_id}"
+    async with aiohttp.ClientSession() as session:
+        async with session.get(
+            item, headers={"Authorization": f"Bearer {endpoints.token}"}
+        ) as response:
+            assert response.status == 200
+            assert "aitronos-cache-proxy" in response.headers["Cache-Status"]
+        async with session.get(f"{endpoints.proxy_url}/metrics") as response:
+            assert "cacheproxy_requests_total" in await response.text()
+        stop.set()
+        assert await asyncio.wait_for(demo, timeout=30) is not None
+        for url in (endpoints.proxy_url, endpoints.simulator_url):
+            with pytest.raises(aiohttp.ClientConnectionError):
+                await session.get(f"{url}/healthz")
+
+
+async def test_stop_before_the_table_interrupts_and_reports_it() -> None:
+    stop = asyncio.Event()
+    stop.set()
+    err = io.StringIO()
+    options = DemoOptions(pollers=4, transcriptions=2, duration=30.0)
+    result = await asyncio.wait_for(run_demo(options, out=io.StringIO(), err=err, stop=stop), 10)
+    assert result is None
+    assert "interrupted" in err.getvalue()
+
+
+@pytest.fixture
+async def sim_url() -> AsyncIterator[str]:
+    config = SimulatorConfig(queued_seconds=0.0, processing_seconds=3600.0)
+    async with serving(create_simulator_app(config)) as url:
+        yield url
+
+
+async def test_fleet_revalidates_with_the_last_etag(sim_url: str) -> None:
+    async with aiohttp.ClientSession() as session:
+        created = await seed_simulator(session, sim_url, ["a", "b"], 2)
+        fleet = await run_fleet(
+            sim_url, assign_pollers(created, 6), 0.6, session=session, interval=0.1
+        )
+        stats = await fetch_simulator_stats(session, sim_url)
+    assert fleet.pollers_done == 0
+    assert fleet.errors == 0
+    assert fleet.requests == stats.requests > 6
+    assert fleet.statuses == {200: 6, 304: fleet.requests - 6}
+    assert stats.not_modified == fleet.requests - 6
+    assert fleet.bytes_received == stats.bytes_sent
+    assert len(fleet.latencies) == fleet.requests
+
+
+async def test_fleet_stops_polling_once_the_transcription_is_final() -> None:
+    config = SimulatorConfig(queued_seconds=0.0, processing_seconds=0.0)
+    async with serving(create_simulator_app(config)) as url:
+        async with aiohttp.ClientSession() as session:
+            created = await seed_simulator(session, url, ["a"], 3)
+        fleet = await run_fleet(url, assign_pollers(created, 9), 30.0, interval=0.05)
+    assert fleet.requests == 9
+    assert fleet.pollers_done == 9
+    assert fleet.elapsed < 30.0
+    assert len(fleet.completion_lags) == 9
+
+
+async def test_fleet_counts_errors_and_keeps_polling(sim_url: str) -> None:
+    async with aiohttp.ClientSession() as session:
+        (pair,) = await seed_simulator(session, sim_url, ["a"], 1)
+        await session.post(f"{sim_url}/_sim/faults", json={"status": 503, "count": 2})
+        fleet = await run_fleet(sim_url, [pair], 0.5, session=session, interval=0.05)
+    assert fleet.statuses[503] == 2
+    assert fleet.statuses[200] == 1
+    assert fleet.statuses[304] >= 1
+
+
+async def test_proxy_metrics_are_read_from_the_proxys_own_exposition() -> None:
+    metrics = Metrics(CollectorRegistry())
+    for _ in range(7):
+        metrics.observe_request("transcription", "hit", 0.001)
+    metrics.observe_request("transcription", "miss", 0.01)
+    metrics.observe_request("other", "bypass", 0.01)
+    metrics.not_modified.inc(4)
+    metrics.response_bytes.inc(1000)
+    metrics.upstream_bytes.inc(300)
+    metrics.bytes_saved.inc(700)
+    stats = parse_proxy_metrics(generate_latest(metrics.registry).decode())
+    assert stats.results["hit"] == 7
+    assert stats.requests == 9
+    assert stats.hit_ratio == pytest.approx(7 / 9)
+    assert (stats.not_modified, stats.response_bytes) == (4, 1000)
+    assert (stats.upstream_bytes, stats.bytes_saved) == (300, 700)
+    earlier = ProxyStats({"hit": 2}, 1, 100, 100, 0)
+    delta = stats.since(earlier)
+    assert delta.results["hit"] == 5
+    assert delta.not_modified == 3
+    assert parse_proxy_metrics("").hit_ratio is None
+
+
+def phase(label: str, upstream_bytes: int, proxy: ProxyStats | None) -> PhaseResult:
+    fleet = FleetResult(
+        pollers=4,
+        pollers_done=4,
+        requests=100,
+        errors=0,
+        statuses={200: 100},
+        bytes_received=4096,
+        latencies=tuple(i / 1000 for i in range(1, 101)),
+        elapsed=1.0,
+        completion_lags=(0.5, 1.0, 2.0),
+    )
+    return PhaseResult(label, fleet, UpstreamStats(100, 0, upstream_bytes), proxy)
+
+
+def test_table_compares_every_phase_with_the_first() -> None:
+    proxy = ProxyStats({"hit": 90, "miss": 10}, 40, 4096, 1024, 3072)
+    phases = [phase("without proxy", 4096, None), phase("with proxy", 1024, proxy)]
+    cells = dict(table_rows(phases))
+    assert cells["hit ratio"] == ["—", "90.0%"]
+    assert cells["304s answered locally"] == ["0", "40"]
+    assert cells["bandwidth saved"] == ["—", "3.0 KiB (75.0%)"]
+    assert cells["p50 latency"] == ["50.0 ms", "50.0 ms"]
+    assert cells["p99 latency"] == ["99.0 ms", "99.0 ms"]
+    assert cells["completion noticed after (p50)"] == ["1.0 s", "1.0 s"]
+    assert "client errors" not in cells
+    table = format_table(phases)
+    assert table.splitlines()[0].split() == ["without", "proxy", "with", "proxy"]
+    assert row(table, "bytes fetched from upstream") == ["4.0 KiB", "1.0 KiB"]
+
+
+def test_fleet_percentiles_use_nearest_rank() -> None:
+    fleet = phase("x", 0, None).fleet
+    assert fleet.percentile(50) == 0.05
+    assert fleet.percentile(100) == 0.1
+    assert fleet.percentile(0) == 0.001
+    empty = FleetResult(1, 0, 0, 0, {}, 0, (), 0.0)
+    assert empty.percentile(50) is None
+
+
+def test_pollers_are_spread_over_transcriptions() -> None:
+    pairs = [("a", "1"), ("b", "2"), ("a", "3")]
+    assigned = assign_pollers(pairs, 7)
+    assert assigned == [*pairs, *pairs, pairs[0]]
+    with pytest.raises(ValueError):
+        assign_pollers([], 1)
+
+
+def test_simulator_timings_make_every_transcription_final_within_the_phase() -> None:
+    options = DemoOptions(duration=15.0, transcriptions=50)
+    config = demo_simulator_config(options)
+    latest = config.queued_seconds + config.processing_seconds + max(config.start_offsets)
+    assert len(config.start_offsets) == 50
+    assert latest < options.phase_seconds - 2
+
+
+def test_flags_and_environment() -> None:
+    args = build_parser({"DEMO_POLLERS": "7"}).parse_args(["--duration", "3", "--keep-running"])
+    assert (args.pollers, args.duration, args.keep_running) == (7, 3.0, True)
+    with pytest.raises(ValueError):
+        DemoOptions(pollers=0)
+    with pytest.raises(SystemExit):
+        main(["--duration", "0"], {})
+
+
+async def test_serving_shuts_its_app_down() -> None:
+    async with serving(web.Application()) as url:
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+", url)
+        async with aiohttp.ClientSession() as session, session.get(url) as response:
+            assert response.status == 404
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(aiohttp.ClientConnectionError):
+            await session.get(url)
