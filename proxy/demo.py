@@ -689,7 +689,12 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
 
     option("--pollers", int, defaults.pollers, "concurrent polling clients")
     option("--transcriptions", int, defaults.transcriptions, "transcriptions they poll")
-    option("--duration", float, defaults.duration, "seconds for both phases together")
+    option(
+        "--duration",
+        float,
+        defaults.duration,
+        "seconds for both phases at most; a phase ends once every poller saw a final status",
+    )
     option("--interval", float, defaults.interval, "seconds between a client's polls (±20%%)")
     option("--seed", int, defaults.seed, "random seed for the simulator and the fleet")
     parser.add_argument(

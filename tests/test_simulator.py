@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
+import signal
+import sys
 from collections.abc import Awaitable, Callable
 from email.utils import formatdate
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
@@ -620,3 +624,44 @@ def test_cli_flags_override_environment_which_overrides_defaults() -> None:
     assert config.start_offsets == (0.0, 1.5)
     assert config.seed_tokens == ("a", "b")
     assert config.seed_count == 3
+
+
+async def test_simulate_command_serves_until_sigterm() -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "proxy",
+        "simulate",
+        "--port",
+        "0",
+        "--seed-tokens",
+        "cli-token",
+        "--seed-count",
+        "1",
+        "--queued-seconds",
+        "0",
+        "--processing-seconds",
+        "600",
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert process.stdout is not None
+        first = (await asyncio.wait_for(process.stdout.readline(), 30)).decode()
+        url = first.split()[-1]
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+", url)
+        seeded = (await asyncio.wait_for(process.stdout.readline(), 30)).decode().split()
+        assert seeded[0] == "seeded"
+        async with aiohttp.ClientSession() as session:
+            async with session.get(
+                f"{url}{API}/{seeded[1]}", headers={"Authorization": "Bearer cli-token"}
+            ) as resp:
+                assert resp.status == 200
+                assert (await resp.json())["data"]["status"] == "processing"
+            async with session.get(f"{url}/_sim/stats") as resp:
+                assert (await resp.json())["requests"] == 1
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 30) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
