@@ -161,6 +161,13 @@ class CachingProxy:
         self._backoff: TLRUCache[str, tuple[float, Fetched]] = TLRUCache(
             maxsize=10_000, ttu=lambda _k, v, _now: v[0], timer=clock
         )
+        # When each key was last invalidated: a fetch that started before then must not store
+        # what it brings back, or a DELETE racing a poll would be undone (§4.4).
+        self._invalidated: TLRUCache[str, float] = TLRUCache(
+            maxsize=100_000,
+            ttu=lambda _k, at, _now: at + settings.upstream_timeout + 1,
+            timer=clock,
+        )
 
     # -- entry point -------------------------------------------------------------------------
 
@@ -441,6 +448,9 @@ class CachingProxy:
         now = self.clock()
         if retention(entry, now, self.policy) <= 0:
             return False
+        invalidated_at = self._invalidated.get(key)
+        if invalidated_at is not None and invalidated_at >= entry.request_time:
+            return False
         record = await self._store_get(key) or ()
         others = tuple(
             variant
@@ -458,7 +468,9 @@ class CachingProxy:
         return True
 
     async def invalidate(self, keys: list[str]) -> None:
+        now = self.clock()
         for key in keys:
+            self._invalidated[key] = now
             try:
                 await self.store.delete(key)
             except StoreError:

@@ -59,6 +59,7 @@ class Origin:
         self.requests: list[web.Request] = []
         self.received = asyncio.Event()
         self.gate: asyncio.Event | None = None
+        self.gated_method: str | None = None
         self.fail_status: int | None = None
         self.hang = False
 
@@ -78,9 +79,10 @@ class Origin:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         self.requests.append(request)
         self.received.set()
+        resource = self.resources.get(request.raw_path)
         if self.hang:
             await asyncio.Event().wait()
-        if self.gate is not None:
+        if self.gate is not None and self.gated_method in (None, request.method):
             await self.gate.wait()
         if self.fail_status is not None:
             return web.json_response(
@@ -95,7 +97,6 @@ class Origin:
             if "X-Location" in request.headers:
                 headers["Location"] = request.headers["X-Location"]
             return web.json_response({"ok": True, "method": request.method}, headers=headers)
-        resource = self.resources.get(request.raw_path)
         if resource is None:
             return web.json_response({"success": False}, status=404)
         headers = {"Date": format_http_date(self.clock()), **resource.extra}

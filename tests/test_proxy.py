@@ -547,3 +547,19 @@ async def test_access_log_has_no_credentials_or_query(
         }
     ]
     assert "very-secret-token" not in caplog.text and "secret" not in json.dumps(lines)
+
+
+async def test_fetch_in_flight_during_delete_does_not_store_the_old_response(
+    harness: Harness,
+) -> None:
+    harness.origin.put(PATH, "before-delete", cache_control="public, max-age=3600")
+    harness.origin.gate = asyncio.Event()
+    harness.origin.gated_method = "GET"
+    poll = asyncio.ensure_future(harness.get(PATH))
+    await harness.origin.received.wait()
+    assert (await harness.client.delete(PATH)).status == 200
+    harness.origin.gate.set()
+    assert await (await poll).read() == b"before-delete"
+    after = await harness.get(PATH)
+    assert after.status == 404
+    assert after.headers["Cache-Status"].startswith("aitronos-cache-proxy; fwd=uri-miss")
