@@ -245,9 +245,9 @@ class CachingProxy:
                 )
         raise AssertionError("unreachable")
 
-    def _flight_key(self, key: str, facts: RequestFacts, entry: StoredResponse | None) -> str:
-        selecting = selecting_values(entry.vary, facts.headers) if entry is not None else ()
-        return f"{facts.scope}\x00{key}\x00{selecting!r}"
+    def _flight_key(self, key: str, facts: RequestFacts, vary: tuple[str, ...]) -> str:
+        """Requests share a fetch only within one scope and one ``Vary`` selection."""
+        return f"{facts.scope}\x00{key}\x00{selecting_values(vary, facts.headers)!r}"
 
     async def _fetch_and_serve(
         self,
@@ -257,9 +257,10 @@ class CachingProxy:
         facts: RequestFacts,
         stale: StoredResponse | None,
         fwd: str,
+        vary: tuple[str, ...] = (),
     ) -> tuple[web.StreamResponse, str]:
         forwarded = self._upstream_headers(request, strip_validators=True)
-        flight_key = self._flight_key(key, facts, stale)
+        flight_key = self._flight_key(key, facts, stale.vary if stale is not None else vary)
         task, leader = self.flights.join(
             flight_key, lambda: self._fetch(route, key, flight_key, facts, forwarded, stale)
         )
@@ -295,6 +296,14 @@ class CachingProxy:
             return await self._stream(request, outcome, cache_status(fwd=fwd)), "miss"
         if outcome.entry is not None:
             entry = outcome.entry
+            if entry.vary and selecting_values(entry.vary, facts.headers) != entry.selecting:
+                # Collapsed onto a fetch for another variant: fetch our own (once).
+                if vary:
+                    response = await self._forward(request, route, cache_status(fwd="vary-miss"))
+                    return response, "miss"
+                return await self._fetch_and_serve(
+                    request, route, key, facts, None, "vary-miss", entry.vary
+                )
             status = cache_status(
                 fwd=fwd,
                 fwd_status=304 if outcome.revalidated else outcome.status,
@@ -317,7 +326,7 @@ class CachingProxy:
     ) -> None:
         """RFC 5861 stale-while-revalidate: refresh the entry without making the caller wait."""
         forwarded = self._upstream_headers(request, strip_validators=True)
-        flight_key = self._flight_key(key, facts, entry)
+        flight_key = self._flight_key(key, facts, entry.vary)
         task, leader = self.flights.join(
             flight_key, lambda: self._fetch(route, key, flight_key, facts, forwarded, entry)
         )

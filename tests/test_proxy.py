@@ -12,6 +12,7 @@ import pytest
 from aiohttp import web
 from yarl import URL
 
+from proxy.headers import format_http_date
 from tests.conftest import Harness, MakeHarness
 
 PATH = "/v1/audio/transcribe/trans_0123456789abcdef0123456789abcdef"
@@ -61,8 +62,6 @@ async def test_if_none_match_star_and_mismatch(harness: Harness) -> None:
 async def test_if_modified_since_answered_locally(harness: Harness) -> None:
     harness.origin.put(PATH, "body", last_modified=harness.clock() - 100)
     await harness.get(PATH)
-    from proxy.headers import format_http_date
-
     later = format_http_date(harness.clock() - 50)
     earlier = format_http_date(harness.clock() - 500)
     assert (await harness.get(PATH, **{"If-Modified-Since": later})).status == 304
@@ -563,3 +562,37 @@ async def test_fetch_in_flight_during_delete_does_not_store_the_old_response(
     after = await harness.get(PATH)
     assert after.status == 404
     assert after.headers["Cache-Status"].startswith("aitronos-cache-proxy; fwd=uri-miss")
+
+
+async def test_collapsed_waiter_with_other_vary_values_gets_its_own_variant(
+    harness: Harness,
+) -> None:
+    class Negotiating:
+        def __init__(self) -> None:
+            self.gate = asyncio.Event()
+
+        async def handle(self, request: web.Request) -> web.Response:
+            harness.origin.requests.append(request)
+            await self.gate.wait()
+            return web.Response(
+                text=request.headers.get("Accept-Language", "none"),
+                headers={
+                    "Cache-Control": "public, max-age=60",
+                    "Vary": "Accept-Language",
+                    "Date": format_http_date(harness.clock()),
+                },
+            )
+
+    negotiating = Negotiating()
+    harness.origin_server.app.router._frozen = False
+    harness.origin_server.app.router.add_get("/negotiated", negotiating.handle)
+    english = asyncio.ensure_future(harness.get("/negotiated", **{"Accept-Language": "en"}))
+    german = asyncio.ensure_future(harness.get("/negotiated", **{"Accept-Language": "de"}))
+    await harness.wait_for(lambda: harness.proxy.flights.waiting() == 2)
+    negotiating.gate.set()
+    assert await (await english).read() == b"en"
+    assert await (await german).read() == b"de"
+    for language in ("en", "de"):
+        again = await harness.get("/negotiated", **{"Accept-Language": language})
+        assert await again.read() == language.encode()
+        assert again.headers["Cache-Status"].startswith("aitronos-cache-proxy; hit")
