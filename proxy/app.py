@@ -278,7 +278,10 @@ class CachingProxy:
         if not leader:
             self.metrics.coalesced.inc()
         failed = isinstance(outcome, Fetched) and (outcome.status >= 500 or outcome.status == 429)
-        failed = failed or (isinstance(outcome, Streamed) and outcome.response.status >= 500)
+        failed = failed or (
+            isinstance(outcome, Streamed)
+            and (outcome.response.status >= 500 or outcome.response.status == 429)
+        )
         if (
             failed
             and stale is not None

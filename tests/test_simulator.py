@@ -25,25 +25,14 @@ from proxy.simulator import (
     generate_document,
     route_kind,
 )
+from tests.conftest import START, FakeClock
 
-START = 1_800_000_000.0
 API = "/v1/audio/transcribe"
 OWNER = {"Authorization": "Bearer owner-token"}
 STRANGER = {"Authorization": "Bearer someone-else"}
 
 Client = TestClient[web.Request, web.Application]
 MakeClient = Callable[..., Awaitable[Client]]
-
-
-class FakeClock:
-    def __init__(self, now: float = START) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class RecordingSleep:
