@@ -10,7 +10,7 @@ import argparse
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, NoReturn
 
 from yarl import URL
 
@@ -198,8 +198,15 @@ def build_settings(values: Mapping[str, str | None], environ: Mapping[str, str])
     return Settings(**chosen)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Turns argparse's usage-and-exit into a ``ConfigError``, so every bad option is one line."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(message)
+
+
 def parse_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
-    parser = argparse.ArgumentParser(prog="aitronos-cache-proxy")
+    parser = _Parser(prog="aitronos-cache-proxy")
     add_arguments(parser)
     namespace = parser.parse_args(list(argv))
     return build_settings(vars(namespace), environ)

@@ -54,6 +54,12 @@ def test_bad_values_name_the_option(argv: list[str], env: dict[str, str], named:
     assert "\n" not in message
 
 
+@pytest.mark.parametrize(("argv", "named"), [(["--bogus"], "--bogus"), (["--port"], "--port")])
+def test_unknown_or_incomplete_options_are_one_line_errors(argv: list[str], named: str) -> None:
+    with pytest.raises(ConfigError, match=named):
+        parse_settings(argv, {})
+
+
 def test_sizes() -> None:
     assert parse_size("4096") == 4096
     assert parse_size("64KiB") == 65536
