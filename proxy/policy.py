@@ -185,7 +185,11 @@ def decide(
     lifetime = freshness_lifetime(entry, policy)
     ttl = lifetime - age
     if req.only_if_cached:
-        return Fresh(entry, age, ttl, stale=ttl <= 0)
+        # §5.2.1.7 with §4.2.4: a stored response, but a stale one only if max-stale allows it.
+        if ttl > 0:
+            return Fresh(entry, age, ttl)
+        allowed = req.max_stale is not None and -ttl <= req.max_stale and may_serve_stale(entry)
+        return Fresh(entry, age, ttl, stale=True) if allowed else Unsatisfiable()
     if req.no_cache or request.pragma_no_cache:
         return Revalidate(entry, age, "request")
     if entry.cache_control.no_cache:

@@ -210,6 +210,14 @@ def test_only_if_cached_without_entry_is_unsatisfiable() -> None:
     assert decide(None, facts(cache_control="only-if-cached"), NOW, POLICY) == Unsatisfiable()
 
 
+def test_only_if_cached_serves_stale_only_within_max_stale() -> None:
+    record = (stored(("Cache-Control", "max-age=5")),)
+    assert isinstance(decide(record, facts(cache_control="only-if-cached"), NOW + 1, POLICY), Fresh)
+    assert decide(record, facts(cache_control="only-if-cached"), NOW + 9, POLICY) == Unsatisfiable()
+    lenient = facts(cache_control="only-if-cached, max-stale=10")
+    assert isinstance(decide(record, lenient, NOW + 9, POLICY), Fresh)
+
+
 # §4.1 Vary and the credential scope
 
 
