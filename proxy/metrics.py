@@ -14,6 +14,10 @@ from proxy import __version__
 
 ROUTES = ("transcription", "transcription_resource", "other")
 RESULTS = ("hit", "miss", "revalidated", "stale", "bypass", "error")
+#: ``status`` of ``cacheproxy_upstream_requests_total``: a status class, or ``error`` when no
+#: response arrived (the kind is then in ``cacheproxy_upstream_errors_total``).
+UPSTREAM_STATUSES = ("2xx", "3xx", "4xx", "5xx", "error")
+UPSTREAM_ERROR_KINDS = ("refused", "timeout", "invalid", "5xx", "429")
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
@@ -78,6 +82,11 @@ class Metrics:
             "Bytes accounted to the in-process cache's budget.",
             registry=registry,
         )
+        self.cache_max_bytes = Gauge(
+            "cacheproxy_cache_max_bytes",
+            "The in-process cache's byte budget, to compare cacheproxy_cache_bytes against.",
+            registry=registry,
+        )
         self.cache_evictions = Counter(
             "cacheproxy_cache_evictions",
             "Records evicted to stay within the byte budget.",
@@ -116,10 +125,23 @@ class Metrics:
             for result in RESULTS
         }
         self._durations = {result: self.request_duration.labels(result) for result in RESULTS}
+        # Every bounded label value exists from the start at 0, so rates and ratios in PromQL
+        # return a series (0, not "no data") before the first error of a kind has happened.
+        for route in ROUTES:
+            self.upstream_duration.labels(route)
+            for status in UPSTREAM_STATUSES:
+                self.upstream_requests.labels(route, status)
+            for kind in UPSTREAM_ERROR_KINDS:
+                self.upstream_errors.labels(route, kind)
 
     def track_store(self, entries: Callable[[], int], size: Callable[[], int]) -> None:
         self.cache_entries.set_function(entries)
         self.cache_bytes.set_function(size)
+
+    def track_backend(self, backend: str, max_bytes: int) -> None:
+        """Expose the store's error series at 0 and the byte budget the cache is sized to."""
+        self.store_errors.labels(backend)
+        self.cache_max_bytes.set(max_bytes)
 
     def observe_request(self, route: str, result: str, seconds: float) -> None:
         self._requests[route, result].inc()
