@@ -43,6 +43,7 @@ def serve(settings: Settings) -> None:
         port=settings.port,
         access_log=logging.getLogger("proxy.access") if settings.access_log else None,
         access_log_class=JsonAccessLogger,
+        shutdown_timeout=settings.drain_seconds,
         print=lambda message: log.info("%s", message.strip()),
     )
 

@@ -158,6 +158,7 @@ class CachingProxy:
         self.flights: SingleFlight[Outcome] = SingleFlight()
         self.background: set[asyncio.Task[Any]] = set()
         self.via = f"1.1 {CACHE_NAME}"
+        self.draining = False
         self._backoff: TLRUCache[str, tuple[float, Fetched]] = TLRUCache(
             maxsize=10_000, ttu=lambda _k, v, _now: v[0], timer=clock
         )
@@ -657,12 +658,13 @@ async def readyz(request: web.Request) -> web.Response:
         store_ready = await proxy.store.ready()
     except StoreError:
         store_ready = False
+    ready = upstream_ready and not proxy.draining
     body = {
-        "status": "ready" if upstream_ready else "unavailable",
+        "status": "draining" if proxy.draining else "ready" if ready else "unavailable",
         "upstream_session": "open" if upstream_ready else "closed",
         "store": proxy.store.backend if store_ready else f"{proxy.store.backend} degraded",
     }
-    return web.json_response(body, status=200 if upstream_ready else 503)
+    return web.json_response(body, status=200 if ready else 503)
 
 
 def create_app(
@@ -680,6 +682,7 @@ def create_app(
             settings.cache_max_bytes, clock=clock, on_evict=metrics.cache_evictions.inc
         )
     metrics.track_store(lambda: store.entries, lambda: store.bytes)
+    metrics.track_backend(store.backend, settings.cache_max_bytes)
     upstream = Upstream(
         UpstreamConfig(
             base_url=settings.upstream,
@@ -700,8 +703,15 @@ def create_app(
         await proxy.flights.cancel_all()
         await upstream.close()
         await store.close()
+        log.info("closed the upstream session and the %s store", store.backend)
+
+    async def drain(app: web.Application) -> None:
+        """Runs once the listener is closed; aiohttp then waits for in-flight requests."""
+        proxy.draining = True
+        log.info("draining: finishing in-flight requests for up to %gs", settings.drain_seconds)
 
     app.cleanup_ctx.append(lifecycle)
+    app.on_shutdown.append(drain)
     app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -149,6 +149,12 @@ class Settings:
     heuristic_max: float = _option(
         3600.0, _bounded(float, 0), "cap on heuristic freshness (RFC 9111 §4.2.2)", "SECONDS"
     )
+    drain_seconds: float = _option(
+        25.0,
+        _bounded(float, 0.001),
+        "on SIGTERM, seconds in-flight requests get to finish before they are cut",
+        "SECONDS",
+    )
     access_log: bool = _option(True, parse_bool, "one JSON access-log line per request", "BOOL")
     log_level: str = _option(
         "info", _choice("debug", "info", "warning", "error"), "log level", "LEVEL"
