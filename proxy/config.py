@@ -90,8 +90,49 @@ def _choice(*choices: str) -> Callable[[str], str]:
     return convert
 
 
-def _option(default: Any, parse: Callable[[str], Any], help: str, metavar: str = "") -> Any:
-    return field(default=default, metadata={"parse": parse, "help": help, "metavar": metavar})
+def _option(
+    default: Any, parse: Callable[[str], Any], help: str, metavar: str = "", *, secret: bool = False
+) -> Any:
+    """A setting; a ``secret`` one stays out of the ``Settings`` repr (and so out of logs)."""
+    return field(
+        default=default,
+        repr=not secret,
+        metadata={"parse": parse, "help": help, "metavar": metavar},
+    )
+
+
+_REDIS_SCHEMES = ("redis", "rediss", "unix")
+_REDIS_PREFIX_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+
+
+def parse_redis_url(text: str) -> str:
+    """A URL redis-py accepts; the message never repeats the URL, which may hold a password."""
+    if not text:
+        return ""
+    expected = "expected redis://[[user]:password@]host[:port][/db], rediss://... or unix:///path"
+    try:
+        url = URL(text)
+    except ValueError:
+        raise ValueError(expected) from None
+    if url.scheme not in _REDIS_SCHEMES or not (url.host or url.path.strip("/")):
+        raise ValueError(expected)
+    try:
+        from redis.asyncio.connection import parse_url
+    except ImportError:
+        raise ValueError(
+            "redis-py is not installed: pip install 'aitronos-cache-proxy[redis]'"
+        ) from None
+    try:
+        parse_url(text)
+    except (ValueError, TypeError):
+        raise ValueError("not a URL redis-py can use (check the port and the options)") from None
+    return text
+
+
+def parse_redis_prefix(text: str) -> str:
+    if not _REDIS_PREFIX_RE.fullmatch(text):
+        raise ValueError(f"expected 1 to 64 of A-Z a-z 0-9 _ . : -, got {text!r}")
+    return text
 
 
 @dataclass(frozen=True)
@@ -154,6 +195,38 @@ class Settings:
         _bounded(float, 0.001),
         "on SIGTERM, seconds in-flight requests get to finish before they are cut",
         "SECONDS",
+    )
+    redis_url: str = _option(
+        "",
+        parse_redis_url,
+        "Redis shared by all replicas as a second cache tier, for coalescing and invalidation "
+        "(empty: in-process cache only)",
+        "URL",
+        secret=True,
+    )
+    redis_prefix: str = _option(
+        "acp", parse_redis_prefix, "namespace of the proxy's keys and channels in Redis", "PREFIX"
+    )
+    redis_timeout_ms: float = _option(
+        100.0,
+        _bounded(float, 1),
+        "milliseconds a Redis call may take before the proxy goes on without it",
+        "MS",
+    )
+    redis_local_ttl: float = _option(
+        1.0,
+        _bounded(float, 0),
+        "seconds a replica keeps its in-process copy of a shared entry before reading Redis again",
+        "SECONDS",
+    )
+    redis_lock_ttl: float = _option(
+        3.0,
+        _bounded(float, 0.01),
+        "seconds a replica that died while fetching keeps the others waiting (renewed while alive)",
+        "SECONDS",
+    )
+    redis_max_connections: int = _option(
+        64, _bounded(int, 1), "connections kept to Redis (besides the subscription)", "N"
     )
     access_log: bool = _option(True, parse_bool, "one JSON access-log line per request", "BOOL")
     log_level: str = _option(

@@ -113,6 +113,19 @@ class Metrics:
             ("backend",),
             registry=registry,
         )
+        self.store_unreadable = Counter(
+            "cacheproxy_store_unreadable_entries",
+            "Shared entries that could not be decoded (another format version, corruption): "
+            "treated as misses.",
+            ("backend",),
+            registry=registry,
+        )
+        self.store_degraded = Gauge(
+            "cacheproxy_store_degraded",
+            "1 while a shared store is unreachable and the proxy serves from memory and upstream.",
+            ("backend",),
+            registry=registry,
+        )
         self.build_info = Info(
             "cacheproxy_build",
             "The version of aitronos-cache-proxy.",

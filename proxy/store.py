@@ -114,6 +114,9 @@ class MemoryStore:
     async def close(self) -> None:
         self._cache.clear()
 
+    def clear(self) -> None:
+        self._cache.clear()
+
     def expire(self) -> None:
         self._cache.expire()
 
