@@ -9,7 +9,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
@@ -19,7 +19,8 @@ from multidict import CIMultiDict
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from proxy import CACHE_NAME
-from proxy.config import Settings
+from proxy.config import ConfigError, Settings
+from proxy.coordination import Coordinator, Notice
 from proxy.headers import (
     HOP_BY_HOP,
     CacheControl,
@@ -45,6 +46,7 @@ from proxy.policy import (
     not_modified_headers,
     request_facts,
     retention,
+    select_variant,
     selecting_values,
     stale_if_error_allows,
     storable,
@@ -60,6 +62,9 @@ from proxy.upstream import (
     UpstreamError,
     translate_error,
 )
+
+if TYPE_CHECKING:
+    from proxy.redis_store import RedisShare
 
 log = logging.getLogger("proxy")
 
@@ -102,7 +107,10 @@ def error_response(status: int, code: str, message: str, status_header: str) -> 
 
 @dataclass(frozen=True, slots=True)
 class Fetched:
-    """An upstream answer read in full, shareable with collapsed requests."""
+    """An upstream answer read in full, shareable with collapsed requests.
+
+    ``collapsed``: another replica fetched it; this one read what that replica stored.
+    """
 
     status: int
     reason: str
@@ -111,6 +119,7 @@ class Fetched:
     entry: StoredResponse | None = None
     stored: bool = False
     revalidated: bool = False
+    collapsed: bool = False
 
 
 @dataclass(slots=True)
@@ -144,8 +153,10 @@ class CachingProxy:
         upstream: Upstream,
         metrics: Metrics,
         clock: Callable[[], float],
+        coordinator: Coordinator | None = None,
     ) -> None:
         self.settings = settings
+        self.coordinator = coordinator
         self.store = store
         self.upstream = upstream
         self.metrics = metrics
@@ -263,7 +274,8 @@ class CachingProxy:
         forwarded = self._upstream_headers(request, strip_validators=True)
         flight_key = self._flight_key(key, facts, stale.vary if stale is not None else vary)
         task, leader = self.flights.join(
-            flight_key, lambda: self._fetch(route, key, flight_key, facts, forwarded, stale)
+            flight_key,
+            lambda: self._coordinated_fetch(route, key, flight_key, facts, forwarded, stale),
         )
         try:
             outcome = await asyncio.shield(task)
@@ -276,7 +288,8 @@ class CachingProxy:
                 status = cache_status(fwd=fwd, detail=error.kind)
                 return self._serve_stored(request, stale, status), "stale"
             raise
-        if not leader:
+        collapsed = not leader or (isinstance(outcome, Fetched) and outcome.collapsed)
+        if collapsed:
             self.metrics.coalesced.inc()
         failed = isinstance(outcome, Fetched) and (outcome.status >= 500 or outcome.status == 429)
         failed = failed or (
@@ -312,7 +325,7 @@ class CachingProxy:
                 fwd=fwd,
                 fwd_status=304 if outcome.revalidated else outcome.status,
                 stored=outcome.stored,
-                collapsed=not leader,
+                collapsed=collapsed,
             )
             age = max(0.0, self.clock() - entry.response_time) + entry.corrected_initial_age
             result = "revalidated" if outcome.revalidated else "miss"
@@ -332,10 +345,55 @@ class CachingProxy:
         forwarded = self._upstream_headers(request, strip_validators=True)
         flight_key = self._flight_key(key, facts, entry.vary)
         task, leader = self.flights.join(
-            flight_key, lambda: self._fetch(route, key, flight_key, facts, forwarded, entry)
+            flight_key,
+            lambda: self._coordinated_fetch(route, key, flight_key, facts, forwarded, entry),
         )
         if leader:
             task.add_done_callback(_release_orphan)
+
+    async def _coordinated_fetch(
+        self,
+        route: str,
+        key: str,
+        flight_key: str,
+        facts: RequestFacts,
+        forwarded: list[tuple[str, str]],
+        stale: StoredResponse | None,
+    ) -> Outcome:
+        """``_fetch`` once across replicas: when another replica is already fetching this
+        flight, wait for it and take what it stored instead of asking the upstream again.
+        """
+        if self.coordinator is None or flight_key in self._backoff:
+            return await self._fetch(route, key, flight_key, facts, forwarded, stale)
+        async with self.coordinator.claim(flight_key) as claim:
+            if claim.notice is not None:
+                shared = await self._shared_outcome(key, facts, claim.notice)
+                if shared is not None:
+                    return shared
+            outcome = await self._fetch(route, key, flight_key, facts, forwarded, stale)
+            if isinstance(outcome, Fetched) and outcome.stored and outcome.entry is not None:
+                claim.announce(outcome.entry.response_time, revalidated=outcome.revalidated)
+            return outcome
+
+    async def _shared_outcome(
+        self, key: str, facts: RequestFacts, notice: Notice
+    ) -> Fetched | None:
+        """The response another replica stored for this flight, if it (or a newer one) is there."""
+        if notice.response_time is None:
+            return None
+        record = await self._store_get(key)
+        entry = select_variant(record, facts) if record else None
+        if entry is None or entry.response_time < notice.response_time:
+            return None
+        return Fetched(
+            entry.status,
+            entry.reason,
+            entry.headers,
+            entry.body,
+            entry,
+            revalidated=notice.revalidated,
+            collapsed=True,
+        )
 
     async def _fetch(
         self,
@@ -659,8 +717,12 @@ async def readyz(request: web.Request) -> web.Response:
     except StoreError:
         store_ready = False
     ready = upstream_ready and not proxy.draining
+    if not ready:
+        status = "draining" if proxy.draining else "unavailable"
+    else:
+        status = "ready" if store_ready else "degraded"
     body = {
-        "status": "draining" if proxy.draining else "ready" if ready else "unavailable",
+        "status": status,
         "upstream_session": "open" if upstream_ready else "closed",
         "store": proxy.store.backend if store_ready else f"{proxy.store.backend} degraded",
     }
@@ -673,10 +735,19 @@ def create_app(
     store: Store | None = None,
     registry: CollectorRegistry | None = None,
     clock: Callable[[], float] = time.time,
+    coordinator: Coordinator | None = None,
 ) -> web.Application:
-    """Build the proxy application; tests inject the store, registry and clock."""
+    """Build the proxy application; tests inject the store, registry, clock and coordinator.
+
+    With ``settings.redis_url`` (and no injected store) the store is the Redis-backed tier and
+    fetches are coordinated across the replicas sharing it.
+    """
     registry = registry if registry is not None else CollectorRegistry()
     metrics = Metrics(registry)
+    share = None
+    if store is None and settings.redis_url:
+        share = redis_share(settings, metrics, clock)
+        store, coordinator = share.store, share.coordinator
     if store is None:
         store = MemoryStore(
             settings.cache_max_bytes, clock=clock, on_evict=metrics.cache_evictions.inc
@@ -691,7 +762,7 @@ def create_app(
             max_connections=settings.upstream_max_connections,
         )
     )
-    proxy = CachingProxy(settings, store, upstream, metrics, clock)
+    proxy = CachingProxy(settings, store, upstream, metrics, clock, coordinator)
     app = web.Application(handler_args={"max_field_size": 16384})
     app[PROXY_KEY] = proxy
     app[METRICS_KEY] = metrics
@@ -699,10 +770,14 @@ def create_app(
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await upstream.start()
+        if share is not None:
+            await share.start()
         yield
         await proxy.flights.cancel_all()
         await upstream.close()
         await store.close()
+        if share is not None:
+            await share.close()
         log.info("closed the upstream session and the %s store", store.backend)
 
     async def drain(app: web.Application) -> None:
@@ -717,6 +792,17 @@ def create_app(
     app.router.add_get("/readyz", readyz)
     app.router.add_route("*", "/{tail:.*}", proxy.handle)
     return app
+
+
+def redis_share(settings: Settings, metrics: Metrics, clock: Callable[[], float]) -> RedisShare:
+    """The Redis tier, imported only when asked for, since redis-py is an optional extra."""
+    try:
+        from proxy.redis_store import RedisShare
+    except ImportError:
+        raise ConfigError(
+            "--redis-url: redis-py is not installed: pip install 'aitronos-cache-proxy[redis]'"
+        ) from None
+    return RedisShare(settings, metrics, clock)
 
 
 class JsonAccessLogger(AbstractAccessLogger):

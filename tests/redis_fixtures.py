@@ -1,4 +1,5 @@
-"""Fixtures for tests against a real Redis: imported by the ``test_redis_*`` modules.
+"""Fixtures for tests against a real Redis, loaded with ``pytest_plugins`` by the modules that
+use them (helpers they import live in ``tests.redis_support``).
 
 ``redis_url`` is ``REDIS_URL`` when set (each test gets its own key prefix, so nothing it
 writes touches anything else), otherwise a ``redis-server`` this fixture starts on a free port.
@@ -7,17 +8,20 @@ writes touches anything else), otherwise a ``redis-server`` this fixture starts 
 
 from __future__ import annotations
 
-import asyncio
 import os
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from contextlib import AbstractAsyncContextManager
+from typing import Any
 
+import aiohttp
 import pytest
-from aiohttp import web
+from aiohttp.test_utils import TestServer
 from redis.asyncio import Redis
 
-from proxy.replicas import LocalRedis
+from proxy.config import Settings
+from proxy.replicas import LocalRedis, Replica, run_replicas
+from tests.redis_support import CountingUpstream, Fleet
 
 
 @pytest.fixture
@@ -51,62 +55,35 @@ async def redis_admin(redis_url: str, redis_prefix: str) -> AsyncIterator[Redis]
     await client.aclose()
 
 
-async def eventually(
-    condition: Callable[[], bool | Awaitable[bool]], *, within: float = 10.0, what: str = ""
-) -> None:
-    """Wait until ``condition`` holds, checking on every short tick; fail after ``within`` s."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while True:
-        result = condition()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what or condition}")
-        await asyncio.sleep(0.005)
+@pytest.fixture
+def upstream() -> CountingUpstream:
+    return CountingUpstream()
 
 
-@dataclass
-class CountingUpstream:
-    """An origin that counts requests per path and can hold them until released.
+@pytest.fixture
+async def origin(
+    upstream: CountingUpstream, aiohttp_server: Callable[..., Awaitable[TestServer]]
+) -> TestServer:
+    return await aiohttp_server(upstream.app())
 
-    Each GET answers a new ``version`` of the path's document while it has not changed:
-    ``max-age=60`` and an ETag, like the transcription API for a finished job.
-    """
 
-    requests: dict[str, int] = field(default_factory=dict)
-    versions: dict[str, int] = field(default_factory=dict)
-    arrived: asyncio.Event = field(default_factory=asyncio.Event)
-    gate: asyncio.Event | None = None
-    on_request: Callable[[web.Request], Awaitable[None]] | None = None
+@pytest.fixture
+def fleet(origin: TestServer, redis_url: str, redis_prefix: str, redis_admin: Redis) -> Fleet:
+    """``fleet(n, **settings)``: n replicas in front of ``origin`` sharing the test's Redis."""
 
-    def app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self.handle)
-        return app
+    def start(count: int, **overrides: Any) -> AbstractAsyncContextManager[list[Replica]]:
+        options: dict[str, Any] = {
+            "upstream": str(origin.make_url("")).rstrip("/"),
+            "redis_url": redis_url,
+            "redis_prefix": redis_prefix,
+            "redis_timeout_ms": 1000,  # a busy CI machine must not make Redis look slow
+        }
+        return run_replicas(Settings(**(options | overrides)), count)
 
-    def count(self, path: str) -> int:
-        return self.requests.get(path, 0)
+    return start
 
-    @property
-    def total(self) -> int:
-        return sum(self.requests.values())
 
-    async def handle(self, request: web.Request) -> web.Response:
-        path = request.path
-        if request.method != "GET":
-            self.versions[path] = self.versions.get(path, 0) + 1
-            return web.Response(status=204)
-        self.requests[path] = self.count(path) + 1
-        self.arrived.set()
-        if self.on_request is not None:
-            await self.on_request(request)
-        if self.gate is not None:
-            await self.gate.wait()
-        version = self.versions.get(path, 0)
-        return web.json_response(
-            {"path": path, "version": version},
-            headers={"Cache-Control": "max-age=60", "ETag": f'"v{version}"'},
-        )
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session

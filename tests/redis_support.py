@@ -1,0 +1,93 @@
+"""Helpers for the tests of replicas sharing Redis: waiting on a condition, a counting origin."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from proxy.replicas import Replica
+
+JOB = "/v1/audio/transcribe/job-1"
+#: ``fleet(count, **settings)`` starts replicas sharing the test's Redis (see the fixture).
+Fleet = Callable[..., AbstractAsyncContextManager[list[Replica]]]
+
+
+async def eventually(
+    condition: Callable[[], bool | Awaitable[bool]], *, within: float = 10.0, what: str = ""
+) -> None:
+    """Wait until ``condition`` holds, checking on every short tick; fail after ``within`` s."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        result = condition()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what or condition}")
+        await asyncio.sleep(0.005)
+
+
+@dataclass
+class CountingUpstream:
+    """An origin that counts requests per path and can hold them until released.
+
+    Each GET answers a new ``version`` of the path's document while it has not changed:
+    ``max-age=60`` and an ETag, like the transcription API for a finished job.
+    """
+
+    requests: dict[str, int] = field(default_factory=dict)
+    versions: dict[str, int] = field(default_factory=dict)
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    gate: asyncio.Event | None = None
+    on_request: Callable[[web.Request], Awaitable[None]] | None = None
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        return app
+
+    def count(self, path: str) -> int:
+        return self.requests.get(path, 0)
+
+    @property
+    def total(self) -> int:
+        return sum(self.requests.values())
+
+    async def handle(self, request: web.Request) -> web.Response:
+        path = request.path
+        if request.method != "GET":
+            self.versions[path] = self.versions.get(path, 0) + 1
+            return web.Response(status=204)
+        self.requests[path] = self.count(path) + 1
+        self.arrived.set()
+        if self.on_request is not None:
+            await self.on_request(request)
+        if self.gate is not None:
+            await self.gate.wait()
+        version = self.versions.get(path, 0)
+        return web.json_response(
+            {"path": path, "version": version},
+            headers={"Cache-Control": "max-age=60", "ETag": f'"v{version}"'},
+        )
+
+
+async def get(
+    http: aiohttp.ClientSession, replica: Replica | str, path: str = JOB
+) -> tuple[int, str, dict[str, Any]]:
+    """Status, ``Cache-Status`` and JSON body of a GET through a replica (or a base URL)."""
+    base = replica if isinstance(replica, str) else replica.url
+    async with http.get(base + path) as response:
+        return response.status, response.headers.get("Cache-Status", ""), await response.json()
+
+
+async def readiness(http: aiohttp.ClientSession, replica: Replica) -> tuple[int, dict[str, Any]]:
+    async with http.get(replica.url + "/readyz") as response:
+        return response.status, await response.json()

@@ -1,0 +1,116 @@
+"""Several proxy replicas sharing one Redis in front of one upstream, through real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import pytest
+from redis.asyncio import Redis
+
+from proxy.codec import decode_record
+from proxy.redis_store import RedisKeys
+from tests.redis_support import JOB, CountingUpstream, Fleet, eventually, get
+
+pytest_plugins = ("tests.redis_fixtures",)
+
+
+async def test_a_second_replica_hits_what_the_first_stored(
+    fleet: Fleet, upstream: CountingUpstream, http: aiohttp.ClientSession
+) -> None:
+    async with fleet(2) as (first, second):
+        status, cache_status, body = await get(http, first)
+        assert status == 200 and "fwd=uri-miss" in cache_status and "stored" in cache_status
+        status, cache_status, again = await get(http, second)
+    assert status == 200 and "; hit" in cache_status
+    assert again == body
+    assert upstream.count(JOB) == 1
+
+
+@pytest.mark.parametrize("replicas", [2, 3])
+async def test_concurrent_misses_across_replicas_make_one_upstream_request(
+    replicas: int, fleet: Fleet, upstream: CountingUpstream, http: aiohttp.ClientSession
+) -> None:
+    upstream.gate = asyncio.Event()
+    async with fleet(replicas) as proxies:
+        calls = [asyncio.create_task(get(http, proxy)) for proxy in proxies for _ in range(3)]
+        await upstream.arrived.wait()
+        # Every other replica must be waiting on the holder, not merely late, for this to test
+        # coalescing (a late one would simply hit).
+        await eventually(
+            lambda: sum(p.proxy.coordinator.waiting for p in proxies) == replicas - 1,  # type: ignore[union-attr]
+            what="the other replicas to wait for the one fetching",
+        )
+        upstream.gate.set()
+        answers = await asyncio.gather(*calls)
+        coalesced = sum(p.metric("cacheproxy_coalesced_requests_total") for p in proxies)
+    assert upstream.count(JOB) == 1
+    assert [status for status, _, _ in answers] == [200] * len(calls)
+    assert len({repr(body) for _, _, body in answers}) == 1
+    assert sum("collapsed" in cache_status for _, cache_status, _ in answers) == len(calls) - 1
+    assert coalesced == len(calls) - 1
+
+
+async def test_a_delete_through_one_replica_is_seen_by_the_others(
+    fleet: Fleet,
+    upstream: CountingUpstream,
+    http: aiohttp.ClientSession,
+    redis_admin: Redis,
+    redis_prefix: str,
+) -> None:
+    # A long local life: only the invalidation message can make the other replica forget.
+    async with fleet(3, redis_local_ttl=3600) as (first, second, third):
+        for proxy in (first, second, third):
+            await get(http, proxy)
+        assert all(p.proxy.store.entries == 1 for p in (second, third))
+        async with http.delete(first.url + JOB) as deleted:
+            assert deleted.status == 204
+        assert await redis_admin.exists(RedisKeys(redis_prefix).record(JOB)) == 0
+        await eventually(
+            lambda: second.proxy.store.entries == 0 and third.proxy.store.entries == 0,
+            what="the invalidation to reach the other replicas",
+        )
+        status, cache_status, body = await get(http, second)
+    assert status == 200 and "fwd=uri-miss" in cache_status
+    assert body["version"] == 1
+    assert upstream.count(JOB) == 2
+
+
+async def test_a_write_by_one_replica_replaces_the_others_local_copy(
+    fleet: Fleet, upstream: CountingUpstream, http: aiohttp.ClientSession
+) -> None:
+    async with fleet(2, redis_local_ttl=3600) as (first, second):
+        await get(http, first)
+        await get(http, second)
+        upstream.versions[JOB] = 7
+        async with http.get(first.url + JOB, headers={"Cache-Control": "no-cache"}) as response:
+            assert (await response.json())["version"] == 7
+        await eventually(lambda: second.proxy.store.entries == 0, what="the local copy to go")
+        _, cache_status, body = await get(http, second)
+    assert "; hit" in cache_status and body["version"] == 7
+
+
+async def test_an_unreadable_entry_is_a_miss_and_is_then_overwritten(
+    fleet: Fleet,
+    upstream: CountingUpstream,
+    http: aiohttp.ClientSession,
+    redis_admin: Redis,
+    redis_prefix: str,
+) -> None:
+    name = RedisKeys(redis_prefix).record(JOB)
+    other = "/v1/audio/transcribe/job-2"
+    await redis_admin.set(name, b"\x80\x04\x95 not ours")
+    await redis_admin.set(RedisKeys(redis_prefix).record(other), b"acp\x09 a future format")
+    async with fleet(1) as (proxy,):
+        status, cache_status, _ = await get(http, proxy)
+        assert status == 200 and "fwd=uri-miss" in cache_status
+        status, _, _ = await get(http, proxy, other)
+        assert status == 200
+        unreadable = proxy.metric("cacheproxy_store_unreadable_entries_total", {"backend": "redis"})
+        errors = proxy.metric("cacheproxy_store_errors_total", {"backend": "redis"})
+    # Each request reads the entry when it looks up and again when it merges its variant in.
+    assert unreadable >= 2 and errors == 0
+    assert upstream.count(JOB) == 1
+    (entry,) = decode_record(await redis_admin.get(name))
+    assert entry.status == 200 and b"job-1" in entry.body
+    assert 0 < await redis_admin.pttl(name) <= 60_000 + 3_600_000 + 300_000
