@@ -115,8 +115,8 @@ class Metrics:
         )
         self.store_unreadable = Counter(
             "cacheproxy_store_unreadable_entries",
-            "Shared entries that could not be decoded (another format version, corruption): "
-            "treated as misses.",
+            "Reads that found a shared entry this version cannot decode (another format "
+            "version, corruption): treated as misses.",
             ("backend",),
             registry=registry,
         )

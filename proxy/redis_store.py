@@ -34,6 +34,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from yarl import URL
 
@@ -129,6 +130,13 @@ class CircuitBreaker:
     def closed(self) -> bool:
         return self._open_until is None
 
+    @property
+    def due(self) -> bool:
+        """Open, with its backoff over and no probe under way."""
+        return (
+            self._open_until is not None and not self._probing and self.clock() >= self._open_until
+        )
+
     def allow(self) -> bool:
         if self._open_until is None:
             return True
@@ -199,7 +207,7 @@ class RedisLink:
         except (RedisError, OSError, TimeoutError) as error:
             self.on_error()
             if self.breaker.failed():
-                log.warning("redis unavailable, serving from memory and upstream: %r", error)
+                log.warning("redis unavailable, serving from memory and upstream: %s", _why(error))
             raise StoreError("redis is unavailable") from error
         except BaseException:
             self.breaker.abandoned()
@@ -207,6 +215,12 @@ class RedisLink:
         if self.breaker.succeeded():
             log.info("redis is reachable again")
         return result
+
+    async def probe(self) -> None:
+        """Ping Redis when the circuit is due for it, so it closes again without traffic."""
+        if self.breaker.due:
+            with suppress(StoreError):
+                await self.run(lambda client: client.ping())
 
     def trip(self, reason: str) -> None:
         if self.breaker.trip():
@@ -526,7 +540,9 @@ class RedisShare:
         timeout = settings.redis_timeout_ms / 1000
         common: dict[str, Any] = {
             "socket_connect_timeout": timeout,
-            "retry": Retry(NoBackoff(), 0),  # the breaker decides when to try again
+            # One immediate retry on a broken connection, so a pooled connection that died with
+            # a restarted Redis costs nothing; any other retrying is the breaker's to decide.
+            "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         }
         pool = BlockingConnectionPool.from_url(
             self.url,
@@ -596,8 +612,8 @@ class RedisShare:
                 await self._receive(pubsub)
             except (RedisError, OSError, TimeoutError) as error:
                 if self.subscribed:
-                    log.warning("redis subscription lost: %r", error)
-                self.link.trip(f"subscription failed: {error!r}")
+                    log.warning("redis subscription lost: %s", _why(error))
+                self.link.trip(f"subscription failed: {_why(error)}")
             finally:
                 self.subscribed = False
                 self._subscription.clear()
@@ -627,6 +643,7 @@ class RedisShare:
     async def _receive(self, pubsub: PubSub) -> None:
         pinged = False
         while True:
+            await self.link.probe()
             message = await pubsub.get_message(timeout=PING_INTERVAL)
             if message is None:
                 if pinged:
@@ -646,6 +663,10 @@ class RedisShare:
         origin, _, key_digest = _text(data).partition(" ")
         if origin != self.back.origin and key_digest:
             self.store.forget(key_digest)
+
+
+def _why(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
 
 
 def _text(value: bytes | str) -> str:
