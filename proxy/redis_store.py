@@ -551,7 +551,7 @@ class RedisShare:
             socket_timeout=timeout,
             **common,
         )
-        self.client = Redis(connection_pool=pool)
+        self.client = Redis.from_pool(pool)
         self._listener_client = Redis.from_url(
             self.url, socket_timeout=max(timeout, PING_INTERVAL), **common
         )
