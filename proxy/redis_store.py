@@ -328,7 +328,7 @@ class TieredStore:
     then works as a lone replica until Redis is back.
     """
 
-    backend = "memory+redis"
+    backend = "redis"
 
     def __init__(
         self,

@@ -28,8 +28,6 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile"
 COMPOSE = ROOT / "docker-compose.yml"
 PROXIES = ("proxy-1", "proxy-2")
-#: Settings the compose file passes that another branch adds (the Redis store).
-PENDING_SETTINGS = {"PROXY_REDIS_URL"}
 
 
 def instructions() -> list[tuple[str, str]]:
@@ -162,7 +160,7 @@ def test_compose_runs_two_proxies_redis_prometheus_and_grafana() -> None:
         assert proxy["build"] == "."
         assert (ROOT / proxy["build"] / "Dockerfile").is_file()
         env = proxy["environment"]
-        assert set(env) <= known | PENDING_SETTINGS, set(env) - known
+        assert set(env) <= known, set(env) - known
         assert env["PROXY_REDIS_URL"].startswith("redis://redis:")
         assert "PROXY_HOST" not in env
         assert proxy["depends_on"]["redis"]["condition"] == "service_healthy"
@@ -183,12 +181,12 @@ def test_compose_proxy_settings_parse_with_their_defaults() -> None:
     env = {
         key: _substituted(str(value), lambda name: "")
         for key, value in proxy["environment"].items()
-        if key not in PENDING_SETTINGS
     }
     settings = build_settings({}, {**image_env(), **env})
     grace = re.fullmatch(r"(\d+)s", proxy["stop_grace_period"])
 
     assert settings.upstream == "https://api.aitronos.com"
+    assert settings.redis_url == "redis://redis:6379/0"
     assert grace is not None
     assert settings.drain_seconds < int(grace.group(1)), "SIGKILL would cut the drain short"
 

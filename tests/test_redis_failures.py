@@ -78,7 +78,7 @@ async def test_a_redis_crash_degrades_to_memory_and_upstream_and_recovers_by_its
     assert (ready_status, ready["status"], ready["store"]) == (
         200,
         "degraded",
-        "memory+redis degraded",
+        "redis degraded",
     )
     assert (recovered_status, recovered["status"]) == (200, "ready")
     assert shared == 1 and "; hit" in second_view
