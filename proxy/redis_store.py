@@ -13,8 +13,9 @@ path, query or credential is stored in clear):
   with its retention time.
 - ``{prefix}:lock:{h(flight)}``: who is fetching a flight, expiring unless renewed.
 - channel ``{prefix}:done:{h(flight)}``: the holder's ``Notice`` when its fetch is over.
-- channel ``{prefix}:invalidate``: "``origin digest``" after every write or delete, so the other
-  replicas drop their in-process copy.
+- channel ``{prefix}:invalidate``: "``origin digest set|del``" after every write or delete, so
+  the other replicas drop their in-process copy (and, after a delete, refuse to store what a
+  fetch that started before it brings back).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from typing import Any, TypeVar
 
+from cachetools import TLRUCache
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
@@ -283,14 +285,14 @@ class RedisStore:
         name = self.keys.record(key)
         data = encode_record(record)
         milliseconds = max(1, math.ceil(ttl * 1000))
-        await self._write(key, lambda pipe: pipe.set(name, data, px=milliseconds))
+        await self._write(key, "set", lambda pipe: pipe.set(name, data, px=milliseconds))
 
     async def delete(self, key: str) -> None:
         name = self.keys.record(key)
-        await self._write(key, lambda pipe: pipe.delete(name))
+        await self._write(key, "del", lambda pipe: pipe.delete(name))
 
-    async def _write(self, key: str, command: Callable[[Any], Any]) -> None:
-        message = f"{self.origin} {digest(key)}"
+    async def _write(self, key: str, kind: str, command: Callable[[Any], Any]) -> None:
+        message = f"{self.origin} {digest(key)} {kind}"
 
         async def write(client: Redis) -> None:
             async with client.pipeline(transaction=False) as pipe:
@@ -326,6 +328,10 @@ class TieredStore:
     another one stored, and is dropped at once when another replica writes or deletes the key.
     When Redis cannot take a write, the front keeps the entry for its whole retention: the proxy
     then works as a lone replica until Redis is back.
+
+    A key another replica deleted is remembered for ``remember`` seconds: a record whose newest
+    response was requested before the delete is not stored, or a poll in flight here while a
+    DELETE went through another replica would put the pre-DELETE body back for everyone (§4.4).
     """
 
     backend = "redis"
@@ -336,12 +342,18 @@ class TieredStore:
         back: RedisStore,
         *,
         local_ttl: float,
+        clock: Callable[[], float],
+        remember: float = 60.0,
         healthy: Callable[[], bool] = lambda: True,
     ) -> None:
         self.front = front
         self.back = back
         self.local_ttl = local_ttl
+        self.clock = clock
         self.healthy = healthy
+        self._deleted: TLRUCache[str, float] = TLRUCache(
+            maxsize=100_000, ttu=lambda _key, at, _now: at + remember, timer=clock
+        )
 
     async def get(self, key: str) -> Record | None:
         local = digest(key)
@@ -357,6 +369,9 @@ class TieredStore:
         return record
 
     async def set(self, key: str, record: Record, ttl: float) -> None:
+        deleted_at = self.deleted_at(key)
+        if deleted_at is not None and record and record[0].request_time <= deleted_at:
+            return
         try:
             await self.back.set(key, record, ttl)
         except StoreError:
@@ -370,9 +385,15 @@ class TieredStore:
         with suppress(StoreError):
             await self.back.delete(key)
 
-    def forget(self, key_digest: str) -> None:
-        """Drop the front copy of a key another replica changed."""
+    def forget(self, key_digest: str, *, deleted: bool = False) -> None:
+        """Drop the front copy of a key another replica changed (and note when it deleted it)."""
         self.front.delete_nowait(key_digest)
+        if deleted:
+            self._deleted[key_digest] = self.clock()
+
+    def deleted_at(self, key: str) -> float | None:
+        """When another replica last deleted ``key``, within the last ``remember`` seconds."""
+        return self._deleted.get(digest(key))
 
     def forget_all(self) -> None:
         self.front.clear()
@@ -566,7 +587,12 @@ class RedisShare:
             settings.cache_max_bytes, clock=clock, on_evict=metrics.cache_evictions.inc
         )
         self.store = TieredStore(
-            front, self.back, local_ttl=settings.redis_local_ttl, healthy=lambda: self.healthy
+            front,
+            self.back,
+            local_ttl=settings.redis_local_ttl,
+            clock=clock,
+            remember=settings.upstream_timeout + 1,
+            healthy=lambda: self.healthy,
         )
         self.coordinator = RedisCoordinator(
             self.link,
@@ -660,9 +686,9 @@ class RedisShare:
                     self.coordinator.notify(flight_digest, message["data"])
 
     def _invalidated(self, data: bytes) -> None:
-        origin, _, key_digest = _text(data).partition(" ")
+        origin, key_digest, kind = [*_text(data).split(" "), "", ""][:3]
         if origin != self.back.origin and key_digest:
-            self.store.forget(key_digest)
+            self.store.forget(key_digest, deleted=kind == "del")
 
 
 def _why(error: BaseException) -> str:

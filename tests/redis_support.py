@@ -67,12 +67,12 @@ class CountingUpstream:
             self.versions[path] = self.versions.get(path, 0) + 1
             return web.Response(status=204)
         self.requests[path] = self.count(path) + 1
+        version = self.versions.get(path, 0)  # the answer is made now, sent when released
         self.arrived.set()
         if self.on_request is not None:
             await self.on_request(request)
         if self.gate is not None:
             await self.gate.wait()
-        version = self.versions.get(path, 0)
         return web.json_response(
             {"path": path, "version": version},
             headers={"Cache-Control": "max-age=60", "ETag": f'"v{version}"'},

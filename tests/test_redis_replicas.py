@@ -76,6 +76,32 @@ async def test_a_delete_through_one_replica_is_seen_by_the_others(
     assert upstream.count(JOB) == 2
 
 
+async def test_a_poll_in_flight_on_one_replica_does_not_undo_a_delete_through_another(
+    fleet: Fleet,
+    upstream: CountingUpstream,
+    http: aiohttp.ClientSession,
+    redis_admin: Redis,
+    redis_prefix: str,
+) -> None:
+    upstream.gate = asyncio.Event()
+    async with fleet(2) as (first, second):
+        poll = asyncio.create_task(get(http, second))
+        await upstream.arrived.wait()
+        async with http.delete(first.url + JOB) as deleted:
+            assert deleted.status == 204
+        await eventually(
+            lambda: second.proxy.store.deleted_at(JOB) is not None,  # type: ignore[attr-defined]
+            what="the delete to reach the polling replica",
+        )
+        upstream.gate.set()
+        status, _, before = await poll
+        stored = await redis_admin.exists(RedisKeys(redis_prefix).record(JOB))
+        _, cache_status, after = await get(http, first)
+    assert status == 200 and before["version"] == 0
+    assert stored == 0
+    assert "fwd=uri-miss" in cache_status and after["version"] == 1
+
+
 async def test_a_write_by_one_replica_replaces_the_others_local_copy(
     fleet: Fleet, upstream: CountingUpstream, http: aiohttp.ClientSession
 ) -> None:

@@ -85,7 +85,7 @@ async def kit(
     if request.param == "redis":
         yield Kit(shared, elapse)
     else:
-        yield Kit(TieredStore(memory, shared, local_ttl=1.0), elapse)
+        yield Kit(TieredStore(memory, shared, local_ttl=1.0, clock=clock), elapse)
     await client.aclose()
 
 
