@@ -29,15 +29,17 @@ class Notice:
 class Claim:
     """The answer to "may I fetch this flight?".
 
-    ``leader``: fetch, then ``announce`` what was stored (``coordinated`` is false when the
-    coordinator could not be asked and the fetch goes ahead alone). Otherwise ``notice`` says
-    what the replica that fetched stored.
+    Without a ``notice``, this replica leads: it fetches, then ``announce``s what it stored (also
+    when the coordinator could not be asked and the fetch goes ahead alone). With one, another
+    replica fetched, and the notice says what it stored.
     """
 
-    leader: bool
     notice: Notice | None = None
-    coordinated: bool = True
     announced: Notice = Notice()
+
+    @property
+    def leader(self) -> bool:
+        return self.notice is None
 
     def announce(self, response_time: float | None, *, revalidated: bool = False) -> None:
         self.announced = Notice(response_time, revalidated)

@@ -458,13 +458,13 @@ class RedisCoordinator:
         token = secrets.token_hex(16)
         acquired, notice = await self._contend(flight_digest, lock, token)
         if notice is not None:
-            yield Claim(leader=False, notice=notice)
+            yield Claim(notice)
             return
         if not acquired:
-            yield Claim(leader=True, coordinated=False)
+            yield Claim()
             return
         renewal = asyncio.create_task(self._renew(lock, token))
-        claim = Claim(leader=True)
+        claim = Claim()
         try:
             yield claim
         finally:

@@ -9,7 +9,8 @@ import pytest
 from redis.asyncio import Redis
 
 from proxy.codec import decode_record
-from proxy.redis_store import RedisKeys
+from proxy.coordination import Notice
+from proxy.redis_store import RedisKeys, _parse_notice, digest
 from tests.redis_support import JOB, CountingUpstream, Fleet, eventually, get
 
 pytest_plugins = ("tests.redis_fixtures",)
@@ -140,3 +141,34 @@ async def test_an_unreadable_entry_is_a_miss_and_is_then_overwritten(
     (entry,) = decode_record(await redis_admin.get(name))
     assert entry.status == 200 and b"job-1" in entry.body
     assert 0 < await redis_admin.pttl(name) <= 60_000 + 3_600_000 + 300_000
+
+
+async def test_garbage_on_the_channels_is_ignored_and_the_subscription_survives(
+    fleet: Fleet, http: aiohttp.ClientSession, redis_admin: Redis, redis_prefix: str
+) -> None:
+    keys = RedisKeys(redis_prefix)
+    async with fleet(1, redis_local_ttl=3600) as (proxy,):
+        await get(http, proxy)
+        assert proxy.proxy.store.entries == 1
+        for garbage in (b"", b"\xff\xfe", b"someone", b"a b c d e"):
+            await redis_admin.publish(keys.invalidate, garbage)
+            await redis_admin.publish(keys.done("0" * 64), garbage)
+        # A well-formed invalidation from "another replica", after the garbage: once it has
+        # taken effect, the listener has read past everything before it.
+        await redis_admin.publish(keys.invalidate, f"other {digest(JOB)} del".encode())
+        await eventually(lambda: proxy.proxy.store.entries == 0, what="the invalidation")
+        status, cache_status, _ = await get(http, proxy)
+        gauge = proxy.metric("cacheproxy_store_degraded", {"backend": "redis"})
+    assert status == 200 and "; hit" in cache_status  # read back from Redis, which still has it
+    assert gauge == 0
+
+
+@pytest.mark.parametrize(
+    "payload", [b"", b"[]", b'"t"', b"{}", b'{"t": "yesterday"}', b'{"t": true}', b"\xff"]
+)
+def test_a_notice_that_cannot_be_read_says_nothing_was_stored(payload: bytes) -> None:
+    assert _parse_notice(payload) == Notice()
+
+
+def test_a_notice_names_the_stored_response() -> None:
+    assert _parse_notice(b'{"t": 1800000000.5, "r": true}') == Notice(1800000000.5, True)
