@@ -20,6 +20,7 @@ from proxy.app import create_app
 from proxy.config import ConfigError, Settings, parse_settings
 from proxy.redis_store import CircuitBreaker, RedisKeys, redacted_url
 from proxy.replicas import LocalRedis, Replica, free_port
+from tests.conftest import FakeClock
 from tests.redis_support import JOB, CountingUpstream, Fleet, eventually, get, readiness
 
 pytest_plugins = ("tests.redis_fixtures",)
@@ -240,47 +241,39 @@ def test_without_a_redis_url_nothing_needs_redis_py(monkeypatch: pytest.MonkeyPa
     assert app is not None
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_the_circuit_opens_after_consecutive_failures_and_probes_once_after_the_backoff() -> None:
-    clock = Clock()
+    clock = FakeClock()
     breaker = CircuitBreaker(threshold=3, initial=0.5, maximum=2.0, clock=clock)
     assert [breaker.failed() for _ in range(3)] == [False, False, True]
     assert not breaker.closed and not breaker.allow()
-    clock.now += 0.5
+    clock.advance(0.5)
     assert breaker.allow() and not breaker.allow()  # one probe at a time
     assert breaker.succeeded() and breaker.closed and breaker.allow()
 
 
 def test_the_backoff_doubles_up_to_its_maximum_and_resets_on_success() -> None:
-    clock = Clock()
+    clock = FakeClock()
     breaker = CircuitBreaker(threshold=1, initial=0.5, maximum=2.0, clock=clock)
     waits = []
     breaker.failed()
     for _ in range(4):
         opened_at = clock.now
         while not breaker.allow():
-            clock.now += 0.25
+            clock.advance(0.25)
         waits.append(clock.now - opened_at)
         breaker.failed()
     assert waits == [0.5, 1.0, 2.0, 2.0]
     breaker.succeeded()
     breaker.failed()
-    clock.now += 0.5
+    clock.advance(0.5)
     assert breaker.allow()
 
 
 def test_a_cancelled_probe_lets_the_next_call_probe() -> None:
-    clock = Clock()
+    clock = FakeClock()
     breaker = CircuitBreaker(threshold=1, initial=0.5, clock=clock)
     breaker.failed()
-    clock.now += 0.5
+    clock.advance(0.5)
     assert breaker.allow()
     breaker.abandoned()
     assert breaker.allow()

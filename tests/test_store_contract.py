@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 from proxy.models import StoredResponse
 from proxy.redis_store import RedisKeys, RedisLink, RedisStore, TieredStore
 from proxy.store import MemoryStore, Store
+from tests.conftest import FakeClock
 
 ENTRY = StoredResponse(
     status=200,
@@ -31,14 +32,6 @@ NEWER = replace(ENTRY, body=b'{"text": "hello again"}', response_time=1_800_000_
 KEY = "/v1/audio/transcribe/job-1?format=json"
 
 pytest_plugins = ("tests.redis_fixtures",)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclass
@@ -65,11 +58,11 @@ async def kit(
     redis_prefix: str,
     redis_admin: Redis,
 ) -> AsyncIterator[Kit]:
-    clock = Clock()
+    clock = FakeClock()
     memory = MemoryStore(1024**2, clock=clock)
 
     async def advance(seconds: float) -> None:
-        clock.now += seconds
+        clock.advance(seconds)
 
     if request.param == "memory":
         yield Kit(memory, advance)
