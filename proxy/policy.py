@@ -110,7 +110,11 @@ def request_facts(
 def selecting_values(
     vary: tuple[str, ...], headers: Mapping[str, str]
 ) -> tuple[tuple[str, str], ...]:
-    """The normalised values of the request fields a ``Vary`` names (§4.1)."""
+    """The request fields a ``Vary`` names (§4.1), normalised and then digested.
+
+    Only equality matters for selecting a variant, and a response may vary on a credential
+    (``Vary: Authorization``), so stored entries keep a digest, never the value itself.
+    """
     getall = getattr(headers, "getall", None)
     values = []
     for name in vary:
@@ -119,7 +123,11 @@ def selecting_values(
         else:
             single = headers.get(name)
             found = [single] if single is not None else []
-        values.append((name, normalize_field_value(found)))
+        if not found:
+            values.append((name, ""))
+            continue
+        normalized = normalize_field_value(found).encode("utf-8", "surrogateescape")
+        values.append((name, hashlib.blake2b(normalized, digest_size=16).hexdigest()))
     return tuple(values)
 
 

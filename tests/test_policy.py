@@ -23,6 +23,7 @@ from proxy.policy import (
     request_facts,
     retention,
     select_variant,
+    selecting_values,
     stale_if_error_allows,
     storable,
     stored_headers,
@@ -221,16 +222,28 @@ def test_only_if_cached_serves_stale_only_within_max_stale() -> None:
 # §4.1 Vary and the credential scope
 
 
+def language(value: str) -> tuple[tuple[str, str], ...]:
+    return selecting_values(("accept-language",), CIMultiDict({"Accept-Language": value}))
+
+
 def test_vary_selects_matching_variant() -> None:
-    english = stored(("Vary", "Accept-Language"), selecting=(("accept-language", "en"),))
-    german = stored(("Vary", "Accept-Language"), selecting=(("accept-language", "de"),))
+    english = stored(("Vary", "Accept-Language"), selecting=language("en"))
+    german = stored(("Vary", "Accept-Language"), selecting=language("de"))
     chosen = select_variant((german, english), facts(accept_language="en"))
     assert chosen is english
 
 
 def test_vary_mismatch_is_a_vary_miss() -> None:
-    english = stored(("Vary", "Accept-Language"), selecting=(("accept-language", "en"),))
+    english = stored(("Vary", "Accept-Language"), selecting=language("en"))
     assert decide((english,), facts(accept_language="fr"), NOW, POLICY) == Miss("vary-miss")
+
+
+def test_selecting_values_never_hold_a_credential_in_clear() -> None:
+    headers = CIMultiDict({"Authorization": "Bearer secret-token", "Accept": " a,  b "})
+    selecting = selecting_values(("accept", "authorization", "x-absent"), headers)
+    assert "secret-token" not in repr(selecting)
+    assert selecting[0] == selecting_values(("accept",), CIMultiDict({"Accept": "a, b"}))[0]
+    assert selecting[2] == ("x-absent", "")
 
 
 def test_entry_of_another_scope_is_never_selected() -> None:
