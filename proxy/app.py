@@ -29,7 +29,15 @@ from proxy.headers import (
     parse_retry_after,
 )
 from proxy.metrics import Metrics, status_class
-from proxy.models import Fresh, Headers, Miss, Revalidate, StoredResponse, Unsatisfiable
+from proxy.models import (
+    Fresh,
+    Headers,
+    Miss,
+    Revalidate,
+    StoredResponse,
+    Unsatisfiable,
+    header_value,
+)
 from proxy.policy import (
     UNHANDLED_PRECONDITIONS,
     CachePolicy,
@@ -54,6 +62,7 @@ from proxy.policy import (
     validator_matches,
     with_date,
 )
+from proxy.server import RequestBody, RequestRejected, handler_args, request_guard
 from proxy.store import MemoryStore, Store, StoreError
 from proxy.upstream import (
     SingleFlight,
@@ -198,6 +207,9 @@ class CachingProxy:
                 str(error),
                 cache_status(fwd="uri-miss", detail=error.kind),
             )
+            result = "error"
+        except RequestRejected as rejected:
+            response = rejected.response()
             result = "error"
         except (asyncio.CancelledError, web.HTTPException):
             raise
@@ -423,7 +435,9 @@ class CachingProxy:
         status = response.status
         if status == 304 and stale is not None:
             response.release()
-            if not validator_matches(stale, received):
+            if not validator_matches(stale, received) or header_value(received, "set-cookie"):
+                # A 304 carrying Set-Cookie would put one caller's cookie into the shared
+                # entry: fetch the full response instead, which is then not stored (§3.5).
                 return await self._fetch(route, key, flight_key, facts, forwarded, None)
             entry = freshen(stale, received, request_time, response_time)
             stored = await self._save(key, entry, facts)
@@ -646,8 +660,9 @@ class CachingProxy:
         version = f"{request.version.major}.{request.version.minor}"
         forwarded += [
             ("X-Forwarded-For", f"{prior_for}, {peer}" if prior_for else peer),
+            # No X-Forwarded-Host: it would carry the client's unkeyed Host to an origin that
+            # may build links from it, and the answer would be stored for everyone.
             ("X-Forwarded-Proto", request.scheme),
-            ("X-Forwarded-Host", request.host),
             (
                 "Via",
                 f"{prior_via}, {version} {CACHE_NAME}" if prior_via else f"{version} {CACHE_NAME}",
@@ -659,17 +674,30 @@ class CachingProxy:
         self, request: web.Request, route: str, status_header: str
     ) -> web.StreamResponse:
         """Pass a request through uncached, streaming both bodies."""
-        headers = self._upstream_headers(request, strip_validators=False)
-        body = request.content.iter_chunked(CHUNK) if request.body_exists else None
-        response = await self._send(route, request.method, request.raw_path, headers, body)
+        response = await self._send_with_body(request, route)
         received = (*end_to_end(response.headers.items()), ("Via", self.via))
         return await self._stream(request, Streamed(response, received), status_header)
 
+    async def _send_with_body(self, request: web.Request, route: str) -> aiohttp.ClientResponse:
+        """Forward the request as it is, its body streamed within the client limits."""
+        headers = self._upstream_headers(request, strip_validators=False)
+        body = None
+        if request.body_exists:
+            body = RequestBody(
+                request.content,
+                limit=self.settings.max_body_bytes,
+                idle_timeout=self.settings.client_body_timeout,
+            )
+        try:
+            return await self._send(route, request.method, request.raw_path, headers, body)
+        except UpstreamError:
+            if body is not None and body.rejected is not None:
+                raise body.rejected from None
+            raise
+
     async def _unsafe(self, request: web.Request, route: str) -> tuple[web.StreamResponse, str]:
         """§4.4: forward an unsafe method and, on success, invalidate what it touched."""
-        headers = self._upstream_headers(request, strip_validators=False)
-        body = request.content.iter_chunked(CHUNK) if request.body_exists else None
-        response = await self._send(route, request.method, request.raw_path, headers, body)
+        response = await self._send_with_body(request, route)
         received = (*end_to_end(response.headers.items()), ("Via", self.via))
         if invalidates(request.method, response.status):
             targets = invalidation_targets(request.raw_path, received, self.upstream.origin_hosts)
@@ -763,7 +791,9 @@ def create_app(
         )
     )
     proxy = CachingProxy(settings, store, upstream, metrics, clock, coordinator)
-    app = web.Application(handler_args={"max_field_size": 16384})
+    app = web.Application(
+        handler_args=handler_args(settings), middlewares=[request_guard(settings)]
+    )
     app[PROXY_KEY] = proxy
     app[METRICS_KEY] = metrics
     app[SETTINGS_KEY] = settings

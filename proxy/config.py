@@ -135,6 +135,12 @@ def parse_redis_prefix(text: str) -> str:
     return text
 
 
+def parse_optional_port(text: str) -> int | None:
+    if not text.strip():
+        return None
+    return int(_bounded(int, 0, 65535)(text))
+
+
 @dataclass(frozen=True)
 class Settings:
     """All configuration of one proxy process."""
@@ -158,7 +164,11 @@ class Settings:
         "NAMES",
     )
     scope_secret: str = _option(
-        "", str, "key for hashing credentials into cache keys (same on all replicas)", "SECRET"
+        "",
+        str,
+        "key for hashing credentials into cache keys (same on all replicas)",
+        "SECRET",
+        secret=True,
     )
     cache_max_bytes: int = _option(
         256 * 1024**2, _bounded(parse_size, 1024), "byte budget of the in-process cache", "SIZE"
@@ -227,6 +237,54 @@ class Settings:
     )
     redis_max_connections: int = _option(
         64, _bounded(int, 1), "connections kept to Redis (besides the subscription)", "N"
+    )
+    max_request_line: int = _option(
+        8 * 1024,
+        _bounded(parse_size, 64, 1024**2),
+        "longest request-target (path and query) accepted; longer is answered 414",
+        "SIZE",
+    )
+    max_header_bytes: int = _option(
+        32 * 1024,
+        _bounded(parse_size, 256, 16 * 1024**2),
+        "largest request header section accepted; larger is answered 431",
+        "SIZE",
+    )
+    max_body_bytes: int = _option(
+        64 * 1024**2,
+        _bounded(parse_size, 0),
+        "largest request body forwarded; larger is answered 413",
+        "SIZE",
+    )
+    client_header_timeout: float = _option(
+        30.0,
+        _bounded(float, 0.01),
+        "seconds a connection may take to send a request head, counted from its opening or its "
+        "previous response (also the keep-alive idle limit)",
+        "SECONDS",
+    )
+    client_body_timeout: float = _option(
+        30.0,
+        _bounded(float, 0.01),
+        "seconds a client may pause while sending a request body; then 408",
+        "SECONDS",
+    )
+    admin_token: str = _option(
+        "",
+        str,
+        "bearer token for PURGE and DELETE /_cache/...; empty disables purging (prefer the "
+        "environment variable: arguments are visible to other local users)",
+        "TOKEN",
+        secret=True,
+    )
+    admin_host: str = _option(
+        "127.0.0.1", str, "address of the admin listener (with --admin-port)", "HOST"
+    )
+    admin_port: int | None = _option(
+        None,
+        parse_optional_port,
+        "serve /metrics and purging only on this port, not on the public one",
+        "PORT",
     )
     access_log: bool = _option(True, parse_bool, "one JSON access-log line per request", "BOOL")
     log_level: str = _option(
