@@ -20,11 +20,11 @@ from aiohttp import web
 
 from proxy.app import PROXY_KEY
 from proxy.config import Settings
-from rawkit import (
+from tests.rawkit import (
     HOST,
     RawRequest,
-    RunningProxy,
     RawUpstream,
+    RunningProxy,
     closed_by_peer,
     exchange,
     get_ok,
