@@ -27,6 +27,7 @@ from proxy.headers import (
     connection_tokens,
     parse_cache_control,
     parse_retry_after,
+    valid_field,
 )
 from proxy.metrics import Metrics, status_class
 from proxy.models import (
@@ -144,11 +145,17 @@ Outcome = Fetched | Streamed
 
 
 def end_to_end(items: Any) -> Headers:
-    """RFC 9110 §7.6.1: drop hop-by-hop fields and those the ``Connection`` field names."""
+    """RFC 9110 §7.6.1: drop hop-by-hop fields and those the ``Connection`` field names.
+
+    Fields with control characters are dropped too (§5.5): aiohttp refuses to send them, so
+    storing one would make an entry that can never be served.
+    """
     pairs = list(items)
     connection = connection_tokens(v for k, v in pairs if k.lower() == "connection")
     return tuple(
-        (k, v) for k, v in pairs if k.lower() not in HOP_BY_HOP and k.lower() not in connection
+        (k, v)
+        for k, v in pairs
+        if k.lower() not in HOP_BY_HOP and k.lower() not in connection and valid_field(k, v)
     )
 
 
@@ -468,6 +475,8 @@ class CachingProxy:
             return Streamed(response, received, body)
         response.release()
         if not can_store:
+            if status in (429, 503):
+                self._note_backoff(flight_key, response, received, body)
             return Fetched(status, response.reason or "", received, body)
         entry = StoredResponse(
             status=status,
@@ -486,15 +495,23 @@ class CachingProxy:
         return Fetched(status, entry.reason, entry.headers, body, entry, stored)
 
     def _note_backoff(
-        self, flight_key: str, response: aiohttp.ClientResponse, received: Headers
+        self,
+        flight_key: str,
+        response: aiohttp.ClientResponse,
+        received: Headers,
+        body: bytes = b"",
     ) -> None:
-        """Honour ``Retry-After`` on 429/503: no request for this key goes upstream meanwhile."""
+        """Honour ``Retry-After`` on 429/503: no request for this key goes upstream meanwhile.
+
+        Noted once on the head (so a streamed answer counts too), again with the error body
+        once read, so callers inside the window get the origin's envelope, not an empty body.
+        """
         now = self.clock()
         delay = parse_retry_after(response.headers.get("Retry-After"), now)
         if delay is None or delay <= 0:
             return
         delay = min(delay, 3600.0)
-        placeholder = Fetched(response.status, response.reason or "", received, b"")
+        placeholder = Fetched(response.status, response.reason or "", received, body)
         self._backoff[flight_key] = (now + delay, placeholder)
 
     async def _send(

@@ -263,6 +263,14 @@ def normalize_field_value(values: Iterable[str]) -> str:
     return ", ".join(" ".join(value.split()) for value in values)
 
 
+_FORBIDDEN_IN_FIELD = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def valid_field(name: str, value: str) -> bool:
+    """RFC 9110 §5.5: no control characters but HTAB; such a field cannot be sent on."""
+    return _FORBIDDEN_IN_FIELD.search(name) is None and _FORBIDDEN_IN_FIELD.search(value) is None
+
+
 def sanitize_field_value(value: str) -> str | None:
     """``None`` when a value carries CR, LF or NUL, which RFC 9110 §5.5 forbids."""
     if "\r" in value or "\n" in value or "\x00" in value:

@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterable, Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Generic, TypeVar
 
 import aiohttp
 from yarl import URL
+
+from proxy.headers import valid_field
 
 T = TypeVar("T")
 
@@ -62,6 +65,13 @@ def translate_error(error: BaseException) -> UpstreamError:
     if isinstance(error, aiohttp.ServerDisconnectedError | aiohttp.ClientConnectionError | OSError):
         return UpstreamUnavailable("the upstream is unreachable")
     return UpstreamInvalid("the upstream sent an invalid response")
+
+
+def standard_reason(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
 
 
 class Upstream:
@@ -123,7 +133,7 @@ class Upstream:
             raise UpstreamUnavailable("the upstream session is not open")
         try:
             async with asyncio.timeout(self.config.timeout):
-                return await self._session.request(
+                response = await self._session.request(
                     method,
                     self.url_for(target),
                     headers=headers,
@@ -133,6 +143,11 @@ class Upstream:
                 )
         except (TimeoutError, aiohttp.ClientError, OSError) as error:
             raise translate_error(error) from error
+        if response.reason and not valid_field("reason", response.reason):
+            # aiohttp's server refuses to send control characters: a stored entry carrying
+            # this reason could never be served again.
+            response.reason = standard_reason(response.status)
+        return response
 
     async def read_body(self, response: aiohttp.ClientResponse, limit: int) -> bytes:
         """Read a whole body of at most ``limit`` bytes (one more byte signals "too large")."""
