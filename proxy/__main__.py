@@ -6,8 +6,10 @@ run the offline demo and the simulated transcription API.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import signal
 import sys
 from collections.abc import Mapping, Sequence
 
@@ -27,8 +29,6 @@ def configure_logging(level: str) -> None:
 
 
 def serve(settings: Settings) -> None:
-    from proxy.app import JsonAccessLogger, create_app
-
     configure_logging(settings.log_level)
     log = logging.getLogger("proxy")
     if settings.shared_scope:
@@ -36,16 +36,52 @@ def serve(settings: Settings) -> None:
             "cache scope is 'shared': every caller can receive responses stored for another "
             "caller's credentials; use this only for single-tenant deployments"
         )
+    if settings.admin_token and settings.admin_port is None:
+        log.warning("purging is enabled on the public port; consider --admin-port")
     log.info("forwarding to %s", settings.upstream)
-    web.run_app(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        access_log=logging.getLogger("proxy.access") if settings.access_log else None,
-        access_log_class=JsonAccessLogger,
-        shutdown_timeout=settings.drain_seconds,
-        print=lambda message: log.info("%s", message.strip()),
-    )
+    asyncio.run(run(settings))
+
+
+async def run(settings: Settings) -> None:
+    """Serve until SIGINT or SIGTERM: the public listener and, with ``--admin-port``, the admin one.
+
+    ``ProxyRunner`` rather than ``web.run_app``, whose runner answers malformed requests with
+    aiohttp's echoing 400 instead of the proxy's. On a signal each runner stops listening, lets
+    in-flight requests finish for up to ``--drain-seconds``, then closes (admin first, since the
+    proxy application owns the shared upstream session and store).
+    """
+    from proxy.app import JsonAccessLogger, create_admin_app, create_app
+    from proxy.server import ProxyRunner
+
+    log = logging.getLogger("proxy")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    access = logging.getLogger("proxy.access") if settings.access_log else None
+    app = create_app(settings)
+    listeners = [(app, settings.host, settings.port, "proxy")]
+    if settings.admin_port is not None:
+        listeners.append((create_admin_app(app), settings.admin_host, settings.admin_port, "admin"))
+    runners: list[ProxyRunner] = []
+    try:
+        for listener_app, host, port, name in listeners:
+            runner = ProxyRunner(
+                listener_app,
+                access_log=access,
+                access_log_class=JsonAccessLogger,
+                shutdown_timeout=settings.drain_seconds,
+            )
+            runners.append(runner)
+            await runner.setup()
+            await web.TCPSite(runner, host, port).start()
+            for address in runner.addresses:
+                log.info("Running on http://%s:%s (%s)", address[0], address[1], name)
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        for runner in reversed(runners):
+            await runner.cleanup()
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:

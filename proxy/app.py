@@ -19,6 +19,7 @@ from multidict import CIMultiDict
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from proxy import CACHE_NAME
+from proxy.admin import Purger, add_admin_routes, add_reserved_routes
 from proxy.config import ConfigError, Settings
 from proxy.coordination import Coordinator, Notice
 from proxy.headers import (
@@ -578,6 +579,20 @@ class CachingProxy:
             except StoreError:
                 self.metrics.store_errors.labels(self.store.backend).inc()
 
+    async def purge(self, key: str) -> tuple[bool, bool]:
+        """Forget ``key`` on an operator's request: (whether it was stored, whether every tier
+        of the store confirmed). Like any invalidation, a fetch already in flight cannot
+        store its answer afterwards."""
+        existed = await self._store_get(key) is not None
+        self._invalidated[key] = self.clock()
+        try:
+            await self.store.delete(key)
+            confirmed = await self.store.ready()
+        except StoreError:
+            self.metrics.store_errors.labels(self.store.backend).inc()
+            confirmed = False
+        return existed, confirmed
+
     # -- responses ---------------------------------------------------------------------------
 
     def _serve(
@@ -741,6 +756,7 @@ def _release_orphan(task: asyncio.Task[Outcome]) -> None:
 PROXY_KEY = web.AppKey("proxy", CachingProxy)
 METRICS_KEY = web.AppKey("metrics", Metrics)
 SETTINGS_KEY = web.AppKey("settings", Settings)
+PURGER_KEY = web.AppKey("purger", Purger)
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
@@ -834,7 +850,14 @@ def create_app(
 
     app.cleanup_ctx.append(lifecycle)
     app.on_shutdown.append(drain)
-    app.router.add_get("/metrics", metrics_endpoint)
+    purger = None
+    if settings.admin_token:
+        purger = Purger(proxy.purge, settings.admin_token)
+        app[PURGER_KEY] = purger
+    if settings.admin_port is None:
+        add_admin_routes(app.router, purger, metrics_endpoint)
+    else:
+        add_reserved_routes(app.router)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_route("*", "/{tail:.*}", proxy.handle)
@@ -850,6 +873,25 @@ def redis_share(settings: Settings, metrics: Metrics, clock: Callable[[], float]
             "--redis-url: redis-py is not installed: pip install 'aitronos-cache-proxy[redis]'"
         ) from None
     return RedisShare(settings, metrics, clock)
+
+
+def create_admin_app(app: web.Application) -> web.Application:
+    """The admin listener's application: ``/metrics`` and purging for the proxy ``app``.
+
+    It shares the proxy's objects and owns none of them: ``app``'s lifecycle opens and closes
+    them, so the admin runner is cleaned up first.
+    """
+    settings = app[SETTINGS_KEY]
+    admin = web.Application(
+        handler_args=handler_args(settings), middlewares=[request_guard(settings)]
+    )
+    admin[PROXY_KEY] = app[PROXY_KEY]
+    admin[METRICS_KEY] = app[METRICS_KEY]
+    admin[SETTINGS_KEY] = settings
+    add_admin_routes(admin.router, app.get(PURGER_KEY), metrics_endpoint)
+    admin.router.add_get("/healthz", healthz)
+    admin.router.add_get("/readyz", readyz)
+    return admin
 
 
 class JsonAccessLogger(AbstractAccessLogger):
@@ -874,4 +916,4 @@ class JsonAccessLogger(AbstractAccessLogger):
         return self.logger.isEnabledFor(logging.INFO)
 
 
-__all__ = ["CachingProxy", "JsonAccessLogger", "create_app", "route_of"]
+__all__ = ["CachingProxy", "JsonAccessLogger", "create_admin_app", "create_app", "route_of"]

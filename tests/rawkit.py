@@ -16,7 +16,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from proxy.app import create_app
+from proxy.app import create_admin_app, create_app
 from proxy.config import Settings
 from proxy.server import ProxyRunner
 
@@ -28,25 +28,39 @@ class RunningProxy:
     app: web.Application
     port: int
     registry: CollectorRegistry
+    admin_port: int | None = None
 
     @property
     def url(self) -> str:
         return f"http://{HOST}:{self.port}"
 
+    @property
+    def admin_url(self) -> str:
+        assert self.admin_port is not None
+        return f"http://{HOST}:{self.admin_port}"
+
 
 @contextlib.asynccontextmanager
 async def serve_proxy(settings: Settings, **create: Any) -> AsyncIterator[RunningProxy]:
-    """The proxy on ``ProxyRunner`` and a free port, as ``python -m proxy`` runs it."""
+    """The proxy on ``ProxyRunner`` and free ports, as ``python -m proxy`` runs it.
+
+    With ``admin_port`` set (to anything, 0 included) the admin listener runs on a free port.
+    """
     registry = create.pop("registry", None) or CollectorRegistry()
     app = create_app(replace(settings, host=HOST, port=0), registry=registry, **create)
-    runner = ProxyRunner(app, access_log=None)
-    await runner.setup()
+    runners = [ProxyRunner(app, access_log=None)]
+    if settings.admin_port is not None:
+        runners.append(ProxyRunner(create_admin_app(app), access_log=None))
     try:
-        site = web.TCPSite(runner, HOST, 0)
-        await site.start()
-        yield RunningProxy(app, runner.addresses[0][1], registry)
+        ports = []
+        for runner in runners:
+            await runner.setup()
+            await web.TCPSite(runner, HOST, 0).start()
+            ports.append(runner.addresses[0][1])
+        yield RunningProxy(app, ports[0], registry, ports[1] if len(ports) > 1 else None)
     finally:
-        await runner.cleanup()
+        for runner in reversed(runners):
+            await runner.cleanup()
 
 
 @contextlib.asynccontextmanager

@@ -1,0 +1,100 @@
+"""Operator endpoints: authenticated purge, and the routes only the admin listener may serve.
+
+Purging goes through the proxy's invalidation and so ``Store.delete``: every tier behind the store
+(memory, Redis and the other replicas' fronts) forgets the key, and a fetch in flight cannot store
+its answer afterwards. It is enabled only when an admin token is configured, and the token is
+compared in constant time. With ``--admin-port`` these routes (and ``/metrics``) move to their own
+listener and the public port answers 404 for them instead of forwarding them to the origin.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+log = logging.getLogger("proxy.admin")
+
+#: ``DELETE /_cache/<request-target>`` purges ``<request-target>``, for clients that cannot send
+#: a ``PURGE`` method.
+PURGE_PREFIX = "/_cache"
+RESERVED_PATHS = ("/metrics", PURGE_PREFIX + "/{tail:.*}")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _error(status: int, code: str, message: str) -> web.Response:
+    return web.json_response(
+        {"success": False, "error": {"code": code, "message": message}}, status=status
+    )
+
+
+async def not_here(request: web.Request) -> web.Response:
+    """404 for admin paths on a listener that does not serve them (never forwarded upstream)."""
+    return _error(404, "NOT_FOUND", "Not served on this listener.")
+
+
+async def purge_disabled(request: web.Request) -> web.Response:
+    if request.method == "PURGE":
+        return _error(405, "METHOD_NOT_ALLOWED", "Purging is not enabled here.")
+    return _error(404, "NOT_FOUND", "Purging is not enabled here.")
+
+
+class Purger:
+    """Removes a stored URI (all its variants, for every credential scope) on an admin's request."""
+
+    def __init__(
+        self, invalidate: Callable[[str], Awaitable[tuple[bool, bool]]], token: str
+    ) -> None:
+        """``invalidate(key)`` forgets a key and says whether it was stored and whether every
+        tier of the store confirmed."""
+        if not token:
+            raise ValueError("a purger needs an admin token")
+        self._invalidate = invalidate
+        self._expected = f"Bearer {token}".encode()
+
+    def authorized(self, request: web.Request) -> bool:
+        given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
+        return hmac.compare_digest(given, self._expected)
+
+    async def purge(self, request: web.Request) -> web.Response:
+        if not self.authorized(request):
+            response = _error(401, "UNAUTHORIZED", "A valid admin token is required.")
+            response.headers["WWW-Authenticate"] = 'Bearer realm="aitronos-cache-proxy admin"'
+            return response
+        key = request.raw_path
+        if request.method != "PURGE":
+            key = key.removeprefix(PURGE_PREFIX)
+        if not key.startswith("/"):
+            return _error(400, "BAD_REQUEST", "Name the request-target to purge.")
+        existed, confirmed = await self._invalidate(key)
+        if not confirmed:
+            log.warning("purge of %s not confirmed by every store tier", key.partition("?")[0])
+            return _error(
+                503,
+                "STORE_UNAVAILABLE",
+                "Forgotten here, but the store could not confirm it everywhere; retry.",
+            )
+        log.info("purged %s (%s)", key.partition("?")[0], "stored" if existed else "absent")
+        return web.json_response({"success": True, "data": {"key": key, "existed": existed}})
+
+
+def add_admin_routes(router: web.UrlDispatcher, purger: Purger | None, metrics: Handler) -> None:
+    """``/metrics`` and purging; must be added before the proxy's catch-all route."""
+    router.add_get("/metrics", metrics)
+    purge: Handler = purger.purge if purger is not None else purge_disabled
+    router.add_route("PURGE", "/{tail:.*}", purge)
+    router.add_route("DELETE", PURGE_PREFIX + "/{tail:.*}", purge)
+    router.add_route("*", PURGE_PREFIX + "/{tail:.*}", purge_disabled)
+
+
+def add_reserved_routes(router: web.UrlDispatcher) -> None:
+    """On the public listener when the admin one is separate: admin paths answer 404."""
+    for path in RESERVED_PATHS:
+        router.add_route("*", path, not_here)
+    router.add_route("PURGE", "/{tail:.*}", purge_disabled)
+
+
+__all__ = ["PURGE_PREFIX", "Purger", "add_admin_routes", "add_reserved_routes"]
