@@ -86,9 +86,11 @@ def credential_scope(values: Iterable[str | None], *, shared: bool, secret: byte
     """
     if shared:
         return ""
-    material = "\x00".join(value or "" for value in values)
-    if not material.strip("\x00"):
+    present = [value or "" for value in values]
+    if not any(present):
         return "anonymous"
+    # Length-prefixed, so no two different credential tuples share the material.
+    material = "".join(f"{len(value)}:{value}" for value in present)
     digest = hashlib.blake2b(
         material.encode("utf-8", "surrogateescape"), digest_size=16, key=secret
     )
@@ -193,8 +195,9 @@ def decide(
     lifetime = freshness_lifetime(entry, policy)
     ttl = lifetime - age
     if req.only_if_cached:
-        # §5.2.1.7 with §4.2.4: a stored response, but a stale one only if max-stale allows it.
-        if ttl > 0:
+        # §5.2.1.7 with §4.2.4: a stored response, but a stale one only if max-stale allows it,
+        # and never one that no-cache says must be validated first (§5.2.2.4).
+        if ttl > 0 and not entry.cache_control.no_cache:
             return Fresh(entry, age, ttl)
         allowed = req.max_stale is not None and -ttl <= req.max_stale and may_serve_stale(entry)
         return Fresh(entry, age, ttl, stale=True) if allowed else Unsatisfiable()
