@@ -29,6 +29,13 @@ class RunningProxy:
     port: int
     registry: CollectorRegistry
     admin_port: int | None = None
+    server: web.Server | None = None
+
+    @property
+    def connections(self) -> int:
+        """Client connections the public listener holds open."""
+        assert self.server is not None
+        return len(self.server.connections)
 
     @property
     def url(self) -> str:
@@ -57,7 +64,8 @@ async def serve_proxy(settings: Settings, **create: Any) -> AsyncIterator[Runnin
             await runner.setup()
             await web.TCPSite(runner, HOST, 0).start()
             ports.append(runner.addresses[0][1])
-        yield RunningProxy(app, ports[0], registry, ports[1] if len(ports) > 1 else None)
+        admin_port = ports[1] if len(ports) > 1 else None
+        yield RunningProxy(app, ports[0], registry, admin_port, runners[0].server)
     finally:
         for runner in reversed(runners):
             await runner.cleanup()
