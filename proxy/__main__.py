@@ -82,6 +82,8 @@ async def run(settings: Settings) -> None:
     finally:
         for runner in reversed(runners):
             await runner.cleanup()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
