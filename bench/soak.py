@@ -19,6 +19,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import statistics
 import sys
 import time
@@ -412,8 +413,8 @@ class ProxyProcess:
                 if not line:
                     raise RuntimeError("the proxy exited:\n" + "".join(log))
                 log.append(line)
-                if "proxy listening on " in line:
-                    url = line.rsplit("proxy listening on ", 1)[1].strip()
+                if match := re.search(r"Running on (http://\S+) \(proxy\)", line):
+                    url = match.group(1)
                     break
         started = cls(process, url, log)
         started._drain = asyncio.ensure_future(started._pump())

@@ -290,7 +290,7 @@ async def test_shared_scope_is_the_only_way_to_share(naive: tuple[NaiveOrigin, s
 
 
 def start_proxy_process(*arguments: str) -> tuple[subprocess.Popen[str], list[str]]:
-    """``python -m proxy`` on a free port; returns it and its log lines up to "listening on"."""
+    """``python -m proxy`` on a free port; returns it and its log lines up to "Running on"."""
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     process = subprocess.Popen(
         [sys.executable, "-m", "proxy", "--port", "0", *arguments],
@@ -309,12 +309,12 @@ def start_proxy_process(*arguments: str) -> tuple[subprocess.Popen[str], list[st
 
     threading.Thread(target=pump, daemon=True).start()
     seen = []
-    while not seen or "listening on" not in seen[-1]:
+    while not seen or "Running on" not in seen[-1]:
         try:
             line = lines.get(timeout=20)
         except queue.Empty:
             process.kill()
-            raise AssertionError(f"no 'listening on' line: {seen}") from None
+            raise AssertionError(f"no 'Running on' line: {seen}") from None
         if not line:
             raise AssertionError(f"the proxy exited: {seen}")
         seen.append(line)
@@ -325,7 +325,7 @@ def start_proxy_process(*arguments: str) -> tuple[subprocess.Popen[str], list[st
 def test_shared_scope_is_announced_as_a_warning_at_start_up(scope: str, warned: bool) -> None:
     process, lines = start_proxy_process("--cache-scope", scope, "--upstream", "http://127.0.0.1:9")
     try:
-        assert any("listening on" in line for line in lines), lines
+        assert any("Running on" in line for line in lines), lines
         warnings = [line for line in lines if "WARNING" in line and "shared" in line]
         assert bool(warnings) is warned, lines
     finally:
