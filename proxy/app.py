@@ -244,6 +244,10 @@ class CachingProxy:
             shared=self.settings.shared_scope,
             secret=self.settings.scope_secret.encode(),
         )
+        if not self.settings.public_host:
+            # The client's Host reaches the origin as X-Forwarded-Host, so it is part of the
+            # key: a forged Host can only ever shape its own variant, never another caller's.
+            scope = f"{scope}@{request.host.lower()}"
         facts = request_facts(
             headers, scope=scope, cache_control=headers.getall("cache-control", ())
         )
@@ -692,9 +696,8 @@ class CachingProxy:
         version = f"{request.version.major}.{request.version.minor}"
         forwarded += [
             ("X-Forwarded-For", f"{prior_for}, {peer}" if prior_for else peer),
-            # No X-Forwarded-Host: it would carry the client's unkeyed Host to an origin that
-            # may build links from it, and the answer would be stored for everyone.
             ("X-Forwarded-Proto", request.scheme),
+            ("X-Forwarded-Host", self.settings.public_host or request.host),
             (
                 "Via",
                 f"{prior_via}, {version} {CACHE_NAME}" if prior_via else f"{version} {CACHE_NAME}",

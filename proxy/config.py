@@ -63,6 +63,16 @@ def parse_header_list(text: str) -> tuple[str, ...]:
     return names
 
 
+def parse_public_host(text: str) -> str:
+    """A host[:port] as clients name the proxy; empty means "whatever the client sends"."""
+    text = text.strip()
+    if text and not re.fullmatch(
+        r"[A-Za-z0-9.\-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?", text
+    ):
+        raise ValueError(f"expected a host or host:port, got {text!r}")
+    return text
+
+
 def _bounded(
     kind: Callable[[str], Any], low: float, high: float | None = None
 ) -> Callable[[str], Any]:
@@ -150,6 +160,13 @@ class Settings:
     )
     host: str = _option("127.0.0.1", str, "address to listen on", "HOST")
     port: int = _option(8080, _bounded(int, 0, 65535), "port to listen on", "PORT")
+    public_host: str = _option(
+        "",
+        parse_public_host,
+        "the host[:port] clients use for the proxy (e.g. the load balancer's), sent upstream as "
+        "X-Forwarded-Host; when empty the client's Host is sent and becomes part of the cache key",
+        "HOST",
+    )
     cache_scope: str = _option(
         "credential",
         _choice("credential", "shared"),

@@ -136,7 +136,7 @@ def bearer(name: str) -> dict[str, str]:
 async def test_routing_headers_from_a_client_never_reach_the_origin_or_the_cache(
     proxy: RunningProxy, naive: tuple[NaiveOrigin, str]
 ) -> None:
-    status, _headers, attacker = await get(proxy.url + PATH, {**POISON, "Host": "evil.test"})
+    status, _headers, attacker = await get(proxy.url + PATH, POISON)
     assert status == 200
     assert attacker["path"] == PATH
     assert "evil" not in json.dumps(attacker) and "gopher" not in json.dumps(attacker)
@@ -147,6 +147,18 @@ async def test_routing_headers_from_a_client_never_reach_the_origin_or_the_cache
     assert naive[0].hits[""] == 1
 
 
+async def test_a_forged_host_only_shapes_its_own_variant(
+    proxy: RunningProxy, naive: tuple[NaiveOrigin, str]
+) -> None:
+    _status, _headers, attacker = await get(proxy.url + PATH, {"Host": "evil.test"})
+    assert attacker["reflected"]["x-forwarded-host"] == "evil.test"
+    status, headers, victim = await get(proxy.url + PATH)
+    assert status == 200
+    assert headers["Cache-Status"].startswith("aitronos-cache-proxy; fwd=uri-miss")
+    assert "evil" not in json.dumps(victim)
+    assert naive[0].hits[""] == 2
+
+
 async def test_x_original_url_cannot_store_another_resource_under_this_key(
     proxy: RunningProxy,
 ) -> None:
@@ -154,14 +166,14 @@ async def test_x_original_url_cannot_store_another_resource_under_this_key(
     assert first["path"] == PATH
 
 
-async def test_the_host_a_client_names_is_not_passed_upstream(
+async def test_the_host_a_client_names_is_forwarded_only_as_x_forwarded_host(
     proxy: RunningProxy, naive: tuple[NaiveOrigin, str]
 ) -> None:
-    _status, _headers, body = await get(proxy.url + PATH, {"Host": "evil.test"})
+    _status, _headers, body = await get(proxy.url + PATH, {"Host": "api.example:8080"})
     reflected = body["reflected"]
     assert isinstance(reflected, dict)
     assert reflected["host"] == naive[1].removeprefix("http://")
-    assert reflected["x-forwarded-host"] is None
+    assert reflected["x-forwarded-host"] == "api.example:8080"
     assert reflected["x-forwarded-proto"] == "http"
 
 

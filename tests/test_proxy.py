@@ -450,6 +450,7 @@ async def test_hop_by_hop_headers_are_dropped_and_forwarding_headers_added(
     assert sent["Via"].endswith("aitronos-cache-proxy")
     assert sent["X-Forwarded-For"] == "127.0.0.1"
     assert sent["X-Forwarded-Proto"] == "http"
+    assert sent["X-Forwarded-Host"] == harness.client.make_url("").authority
     assert sent["Host"] == harness.origin_server.make_url("").authority
     assert "X-Secret-Hop" not in response.headers
 
@@ -596,3 +597,26 @@ async def test_collapsed_waiter_with_other_vary_values_gets_its_own_variant(
         again = await harness.get("/negotiated", **{"Accept-Language": language})
         assert await again.read() == language.encode()
         assert again.headers["Cache-Status"].startswith("aitronos-cache-proxy; hit")
+
+
+async def test_public_host_is_forwarded_and_the_client_host_is_neither_sent_nor_keyed(
+    make_harness: MakeHarness,
+) -> None:
+    harness = await make_harness(public_host="api.example.com")
+    harness.origin.put(PATH, "body")
+    await harness.get(PATH, Host="evil.test")
+    assert harness.origin.requests[0].headers["X-Forwarded-Host"] == "api.example.com"
+    shared = await harness.get(PATH, Host="proxy.internal")
+    assert shared.headers["Cache-Status"].startswith("aitronos-cache-proxy; hit")
+
+
+async def test_without_public_host_the_client_host_is_forwarded_and_keyed(
+    harness: Harness,
+) -> None:
+    harness.origin.put(PATH, "body")
+    await harness.get(PATH, Host="one.example")
+    assert harness.origin.requests[0].headers["X-Forwarded-Host"] == "one.example"
+    other = await harness.get(PATH, Host="two.example")
+    assert other.headers["Cache-Status"].startswith("aitronos-cache-proxy; fwd=uri-miss")
+    same = await harness.get(PATH, Host="ONE.example")
+    assert same.headers["Cache-Status"].startswith("aitronos-cache-proxy; hit")
