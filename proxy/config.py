@@ -304,6 +304,12 @@ class Settings:
         "PORT",
     )
     access_log: bool = _option(True, parse_bool, "one JSON access-log line per request", "BOOL")
+    event_loop: str = _option(
+        "auto",
+        _choice("auto", "asyncio", "uvloop"),
+        "event loop to serve on; auto picks uvloop (the speedups extra) when it is installed",
+        "LOOP",
+    )
     log_level: str = _option(
         "info", _choice("debug", "info", "warning", "error"), "log level", "LEVEL"
     )
