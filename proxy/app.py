@@ -32,6 +32,7 @@ from proxy.headers import (
 )
 from proxy.metrics import Metrics, status_class
 from proxy.models import (
+    NOT_SERVED,
     Fresh,
     Headers,
     Miss,
@@ -86,8 +87,6 @@ UNTRUSTED_REQUEST_FIELDS = frozenset(
 #: Client validators are evaluated here against the stored response, never sent upstream on a
 #: cacheable fetch, so that the fetch is the same for every collapsed caller.
 CLIENT_VALIDATORS = frozenset({"if-none-match", "if-modified-since"})
-#: Fields not copied from a stored response onto a response built from it.
-NOT_SERVED = frozenset({"age", "content-length", "cache-status"}) | HOP_BY_HOP
 ERROR_BODY_LIMIT = 64 * 1024
 MAX_VARIANTS = 16
 CHUNK = 2**16
@@ -615,16 +614,16 @@ class CachingProxy:
             headers["Age"] = str(int(age))
             headers["Cache-Status"] = status_header
             return web.Response(status=304, headers=headers)
-        headers = CIMultiDict((k, v) for k, v in entry.headers if k.lower() not in NOT_SERVED)
-        headers["Age"] = str(int(age))
-        headers["Cache-Status"] = status_header
         size = len(entry.body)
         if request.method != "HEAD":
             self.metrics.response_bytes.inc(size)
             if saved:
                 self.metrics.bytes_saved.inc(size)
         return web.Response(
-            status=entry.status, reason=entry.reason, headers=headers, body=entry.body
+            status=entry.status,
+            reason=entry.reason,
+            headers=(*entry.served, ("Age", str(int(age))), ("Cache-Status", status_header)),
+            body=entry.body,
         )
 
     def _serve_stored(

@@ -118,6 +118,9 @@ class CacheControl:
     present: bool = False
 
 
+#: The directives of a message without ``Cache-Control``: most requests, parsed once.
+NO_DIRECTIVES = CacheControl()
+
 _DELTA_DIRECTIVES = {
     "max-age": "max_age",
     "s-maxage": "s_maxage",
@@ -147,6 +150,8 @@ def _field_names(argument: str) -> tuple[str, ...]:
 
 def parse_cache_control(values: Iterable[str] | str | None) -> CacheControl:
     """Parse one or more ``Cache-Control`` field values; unknown directives are ignored (§5.2.3)."""
+    if not values:
+        return NO_DIRECTIVES
     found: dict[str, object] = {}
     items = split_list(values)
     for item in items:

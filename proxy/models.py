@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from proxy.headers import (
+    HOP_BY_HOP,
     CacheControl,
     parse_cache_control,
     parse_delta_seconds,
@@ -14,6 +15,10 @@ from proxy.headers import (
 )
 
 Headers = tuple[tuple[str, str], ...]
+
+#: Fields not copied from a stored response onto a response built from it: recomputed per
+#: response (``Age``, ``Cache-Status``, ``Content-Length``) or connection-specific.
+NOT_SERVED = frozenset({"age", "content-length", "cache-status"}) | HOP_BY_HOP
 
 
 def header_values(headers: Headers, name: str) -> list[str]:
@@ -55,6 +60,7 @@ class StoredResponse:
     vary: tuple[str, ...] = field(init=False, compare=False, repr=False)
     corrected_initial_age: float = field(init=False, compare=False, repr=False)
     size: int = field(init=False, compare=False, repr=False)
+    served: Headers = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         headers = self.headers
@@ -71,6 +77,7 @@ class StoredResponse:
         setter(self, "last_modified", parse_http_date(header_value(headers, "last-modified")))
         setter(self, "vary", parse_vary(header_values(headers, "vary")))
         setter(self, "corrected_initial_age", max(apparent_age, corrected_age_value))
+        setter(self, "served", tuple(item for item in headers if item[0].lower() not in NOT_SERVED))
         setter(
             self,
             "size",

@@ -90,8 +90,10 @@ class MemoryStore:
         return self.get_nowait(key)
 
     def get_nowait(self, key: str) -> Record | None:
-        slot = self._cache.get(key)
-        return None if slot is None else slot[0]
+        try:
+            return self._cache[key][0]
+        except KeyError:
+            return None
 
     async def set(self, key: str, record: Record, ttl: float) -> None:
         self.set_nowait(key, record, ttl)
