@@ -1,0 +1,107 @@
+"""``python -m bench``: run the benchmarks, write ``results.md``, ``results.json``, ``fleet.png``.
+
+    python -m bench --mode all --scale full      # the committed results (about 15 minutes)
+    python -m bench --mode all --scale tiny      # a few seconds each, as CI's smoke test runs it
+
+Every system runs as a real process on loopback ports. nginx, Varnish and wrk are installed from
+Debian's packages when missing (``--no-install`` to skip that); a system that cannot run is
+reported as skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import shutil
+import sys
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bench import fleet, hit, memory, report
+from bench.processes import REPO_ROOT, Pinning
+
+MODES = ("hit", "fleet", "memory")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Benchmark the proxy against bare aiohttp, nginx and Varnish on this machine.",
+    )
+    parser.add_argument("--mode", choices=("all", *MODES), default="all")
+    parser.add_argument("--scale", choices=("tiny", "full"), default="full")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="where to write results (default bench/results, or bench/results/tmp for tiny)",
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="SYSTEM",
+        help="limit hit and fleet runs to this system (repeatable), e.g. 'nginx proxy_cache'",
+    )
+    parser.add_argument(
+        "--no-pin", action="store_true", help="do not pin servers and load generators to CPUs"
+    )
+    parser.add_argument(
+        "--no-install", action="store_true", help="never apt-get install missing tools"
+    )
+    parser.add_argument("--keep-workdir", action="store_true", help="keep configs and logs")
+    parser.add_argument("--note", action="append", default=[], help="a line for the report")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    arguments = sys.argv[1:] if argv is None else argv
+    command = shlex.join(["python", "-m", "bench", *arguments])
+    out = args.out or (REPO_ROOT / "bench" / "results" / ("tmp" if args.scale == "tiny" else ""))
+    modes = MODES if args.mode == "all" else (args.mode,)
+    pinning = Pinning.choose(not args.no_pin)
+    install = not args.no_install
+    only = frozenset(args.only)
+    workdir = Path(tempfile.mkdtemp(prefix="aitronos-bench-"))
+    started = datetime.now(UTC)
+    load_before = report.load_average()
+
+    def log(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    log(f"bench: {', '.join(modes)} at scale {args.scale}; {pinning.describe()}; work in {workdir}")
+    hits = fleets = points = None
+    try:
+        if "hit" in modes:
+            hits = hit.measure(workdir, args.scale, pinning, install=install, log=log, only=only)
+        if "fleet" in modes:
+            fleets = fleet.measure(
+                workdir, args.scale, pinning, install=install, log=log, only=only
+            )
+        if "memory" in modes:
+            points = memory.measure(workdir, args.scale, pinning, log=log)
+    finally:
+        if not args.keep_workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+    written = report.write(
+        out,
+        command=command,
+        scale=args.scale,
+        pinning=pinning.describe(),
+        load_before=load_before,
+        load_after=report.load_average(),
+        started=started,
+        hits=hits,
+        fleets=fleets,
+        memory=points,
+        notes=args.note,
+    )
+    print(written.read_text())
+    log(f"bench: wrote {written}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,236 @@
+"""The polling-fleet economy: the same fleet through no cache, nginx, Varnish and this proxy.
+
+The fleet is the demo's (``proxy.demo.run_fleet``): pollers that send ``If-None-Match`` with the
+last ETag and stop once the transcription is final. For each fleet size and system, fresh
+transcriptions are seeded, the fleet polls them until every one is final, and the simulator's
+per-ID counts say how many requests reached the origin.
+
+The floor of an ideal shared cache for one ID polled from ``t0`` that becomes final at ``F``,
+with ``max-age=M`` while pending: one fetch per max-age window while pending, ``ceil((F-t0)/M)``,
+plus the one fetch that sees the final status; nothing after that. "Upstream requests per ID per
+max-age window" divides what reached the origin by that floor, so an ideal cache scores 1.0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from bench import client, processes
+from bench.processes import Pinning, Service, Unavailable
+from proxy.demo import assign_pollers, percentile, run_fleet, seed_simulator
+from proxy.simulator import API_PREFIX
+
+
+@dataclass(frozen=True)
+class FleetScale:
+    sizes: tuple[int, ...]
+    transcriptions: int
+    tokens: int
+    interval: float
+    queued: float
+    processing: float
+    stagger: float
+    pending_max_age: int
+
+
+SCALES = {
+    "tiny": FleetScale(
+        sizes=(2, 6),
+        transcriptions=2,
+        tokens=2,
+        interval=0.15,
+        queued=0.0,
+        processing=0.5,
+        stagger=0.2,
+        pending_max_age=1,
+    ),
+    "full": FleetScale(
+        sizes=(10, 100, 1000),
+        transcriptions=10,
+        tokens=5,
+        interval=1.0,
+        queued=1.0,
+        processing=12.0,
+        stagger=4.0,
+        pending_max_age=5,
+    ),
+}
+
+SYSTEMS = ("no cache", "nginx proxy_cache", "Varnish", "aitronos-cache-proxy")
+
+
+@dataclass
+class FleetRun:
+    system: str
+    pollers: int
+    transcriptions: int
+    client_requests: int = 0
+    client_errors: int = 0
+    pollers_done: int = 0
+    upstream_requests: int = 0
+    upstream_not_modified: int = 0
+    upstream_bytes: int = 0
+    floor: int = 0
+    per_id_ratio_mean: float = 0.0
+    per_id_ratio_max: float = 0.0
+    upstream_after_final: int = 0
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    completion_lag_p50_s: float | None = None
+    seconds: float = 0.0
+    skipped: str | None = None
+    per_id: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def per_window(self) -> float:
+        """Upstream requests per ID per max-age window, over all IDs (1.0 is the floor)."""
+        return self.upstream_requests / self.floor if self.floor else 0.0
+
+
+def _final_at(body: bytes) -> float | None:
+    """When the transcription became final, from its ``completed_at``."""
+    try:
+        completed = json.loads(body)["data"]["completed_at"]
+        return datetime.fromisoformat(completed).timestamp() if completed else None
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+async def run_one(
+    system: str,
+    base_url: str,
+    simulator_url: str,
+    scale: FleetScale,
+    pollers: int,
+) -> FleetRun:
+    """Seed, poll until all are final, then have every poller read its result once more."""
+    connector = aiohttp.TCPConnector(limit=pollers + 16, limit_per_host=0)
+    timeout = aiohttp.ClientTimeout(total=15.0)
+    ids = min(scale.transcriptions, pollers)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        tokens = [f"fleet-{i}" for i in range(min(scale.tokens, ids))]
+        created = await seed_simulator(session, simulator_url, tokens, ids)
+        client.reset_stats(simulator_url)
+        started_wall = time.time()
+        horizon = scale.queued + scale.processing + scale.stagger
+        duration = horizon + scale.pending_max_age + 3 * scale.interval + 2.0
+        assignments = assign_pollers(created, pollers)
+        fleet = await run_fleet(
+            base_url,
+            assignments,
+            duration,
+            session=session,
+            interval=scale.interval,
+            seed=pollers,
+        )
+        during = client.stats(simulator_url, per_id=True)
+        reread = await run_fleet(
+            base_url, assignments, 2.0 + scale.interval, session=session, interval=scale.interval
+        )
+        after = client.stats(simulator_url, per_id=True)
+        run = FleetRun(system, pollers, ids)
+        run.client_requests = fleet.requests
+        run.client_errors = fleet.errors + reread.errors
+        run.pollers_done = fleet.pollers_done
+        run.upstream_requests = sum(during["transcription_gets"].values())
+        run.upstream_not_modified = during["not_modified"]
+        run.upstream_bytes = during["bytes_sent"]
+        run.upstream_after_final = sum(after["transcription_gets"].values()) - sum(
+            during["transcription_gets"].values()
+        )
+        run.seconds = fleet.elapsed
+        p50, p99 = percentile(fleet.latencies, 50), percentile(fleet.latencies, 99)
+        run.p50_ms = None if p50 is None else p50 * 1000
+        run.p99_ms = None if p99 is None else p99 * 1000
+        lag = percentile(fleet.completion_lags, 50)
+        run.completion_lag_p50_s = lag
+        ratios = []
+        for token, transcription_id in created:
+            status, _, body = client.http_get(
+                f"{simulator_url}{API_PREFIX}/{transcription_id}",
+                {"Authorization": f"Bearer {token}"},
+            )
+            final_at = _final_at(body) if status == 200 else None
+            if final_at is None:
+                continue
+            windows = math.ceil(max(0.0, final_at - started_wall) / scale.pending_max_age) + 1
+            got = during["transcription_gets"].get(transcription_id, 0)
+            run.floor += windows
+            ratios.append(got / windows)
+            run.per_id.append({"id_windows": windows, "upstream_requests": got})
+        if ratios:
+            run.per_id_ratio_mean = sum(ratios) / len(ratios)
+            run.per_id_ratio_max = max(ratios)
+        return run
+
+
+def measure(
+    workdir: Path,
+    scale_name: str,
+    pinning: Pinning,
+    *,
+    install: bool,
+    log: Callable[[str], None],
+    only: frozenset[str] = frozenset(),
+) -> list[FleetRun]:
+    scale = SCALES[scale_name]
+    simulator = processes.start_simulator(
+        workdir,
+        [
+            "--queued-seconds", str(scale.queued),
+            "--processing-seconds", str(scale.processing),
+            "--pending-max-age", str(scale.pending_max_age),
+            "--start-offsets", ",".join(
+                f"{scale.stagger * i / scale.transcriptions:.3f}"
+                for i in range(scale.transcriptions)
+            ),
+            "--seed", "7",
+        ],
+        pinning,
+    )  # fmt: skip
+    port = simulator.port
+    starters: dict[str, Callable[[], Service | None]] = {
+        "no cache": lambda: None,
+        "nginx proxy_cache": lambda: processes.start_nginx(workdir, port, pinning, install=install),
+        "Varnish": lambda: processes.start_varnish(workdir, port, pinning, install=install),
+        "aitronos-cache-proxy": lambda: processes.start_proxy(
+            workdir, simulator.url, pinning, options=["--access-log", "false"]
+        ),
+    }
+    runs: list[FleetRun] = []
+    try:
+        for system in SYSTEMS:
+            if only and system not in only:
+                continue
+            try:
+                service = starters[system]()
+            except Unavailable as error:
+                log(f"fleet: {system} skipped: {error}")
+                runs += [FleetRun(system, size, 0, skipped=str(error)) for size in scale.sizes]
+                continue
+            try:
+                base_url = simulator.url if service is None else service.url
+                for size in scale.sizes:
+                    run = asyncio.run(run_one(system, base_url, simulator.url, scale, size))
+                    runs.append(run)
+                    log(
+                        f"fleet: {system} x{size}: {run.client_requests} client requests, "
+                        f"{run.upstream_requests} upstream ({run.per_window:.2f} per ID per "
+                        f"window, floor {run.floor}), {run.upstream_after_final} after final"
+                    )
+            finally:
+                if service is not None:
+                    service.stop()
+    finally:
+        simulator.stop()
+    return runs
