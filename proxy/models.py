@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from proxy.headers import (
@@ -68,7 +69,9 @@ class StoredResponse:
         cache_control = parse_cache_control(cdn or header_values(headers, "cache-control"))
         date = parse_http_date(header_value(headers, "date"))
         age = parse_delta_seconds(header_value(headers, "age")) or 0
-        apparent_age = max(0.0, self.response_time - date) if date is not None else 0.0
+        # §4.2.3 apparent_age, with the receipt time at the one-second resolution of the Date it
+        # is compared with: a response dated in the second it arrives is not up to 1 s old.
+        apparent_age = max(0.0, math.floor(self.response_time) - date) if date is not None else 0.0
         corrected_age_value = age + (self.response_time - self.request_time)
         setter = object.__setattr__
         setter(self, "cache_control", cache_control)

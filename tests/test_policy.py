@@ -144,6 +144,14 @@ def test_age_uses_apparent_age_when_date_is_old() -> None:
     assert current_age(entry, NOW) == 20
 
 
+def test_apparent_age_compares_date_at_its_one_second_resolution() -> None:
+    dated = StoredResponse(
+        200, "OK", (("Date", format_http_date(NOW)),), b"", NOW + 0.9, NOW + 0.9, "s"
+    )
+    assert current_age(dated, NOW + 0.9) == 0
+    assert current_age(dated, NOW + 2.9) == 2
+
+
 # §4 constructing responses from caches
 
 
