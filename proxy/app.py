@@ -91,6 +91,7 @@ ERROR_BODY_LIMIT = 64 * 1024
 MAX_VARIANTS = 16
 CHUNK = 2**16
 
+_TRANSCRIPTIONS = "/v1/audio/transcribe/"
 _TRANSCRIPTION = re.compile(r"^/v1/audio/transcribe/[^/]+/?$")
 _TRANSCRIPTION_RESOURCE = re.compile(r"^/v1/audio/transcribe/[^/]+/.+")
 
@@ -99,6 +100,8 @@ RESULT_KEY = web.RequestKey("cache_result", str)
 
 def route_of(path: str) -> str:
     """The bounded ``route`` label of a path (never the path itself)."""
+    if not path.startswith(_TRANSCRIPTIONS):
+        return "other"
     if _TRANSCRIPTION.match(path):
         return "transcription"
     if _TRANSCRIPTION_RESOURCE.match(path):
@@ -173,6 +176,9 @@ class CachingProxy:
     ) -> None:
         self.settings = settings
         self.coordinator = coordinator
+        self._credential_headers = settings.credential_headers
+        self._shared_scope = settings.shared_scope
+        self._scope_secret = settings.scope_secret.encode()
         self.store = store
         self.upstream = upstream
         self.metrics = metrics
@@ -235,13 +241,15 @@ class CachingProxy:
 
     async def _cacheable(self, request: web.Request, route: str) -> tuple[web.StreamResponse, str]:
         headers = request.headers
-        if any(name in headers for name in UNHANDLED_PRECONDITIONS) or request.body_exists:
-            response = await self._forward(request, route, cache_status(fwd="request"))
-            return response, "bypass"
+        for name in UNHANDLED_PRECONDITIONS:
+            if name in headers:
+                return await self._forward(request, route, cache_status(fwd="request")), "bypass"
+        if request.body_exists:
+            return await self._forward(request, route, cache_status(fwd="request")), "bypass"
         scope = credential_scope(
-            (headers.get(name) for name in self.settings.credential_headers),
-            shared=self.settings.shared_scope,
-            secret=self.settings.scope_secret.encode(),
+            [headers.get(name) for name in self._credential_headers],
+            shared=self._shared_scope,
+            secret=self._scope_secret,
         )
         if not self.settings.public_host:
             # The client's Host reaches the origin as X-Forwarded-Host, so it is part of the
