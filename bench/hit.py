@@ -7,6 +7,7 @@ its cache; the simulator behind them counts upstream requests during the run to 
 from __future__ import annotations
 
 import base64
+import importlib.util
 import json
 import subprocess
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from bench import client, processes
 from bench.processes import Pinning, Service, Unavailable
 
 TOKEN = "bench-hit-token"
+PROXY = "aitronos-cache-proxy"
 
 WRK_REPORT = """\
 done = function(summary, latency, requests)
@@ -132,6 +134,44 @@ def run_wrk(
     raise Unavailable(f"wrk failed ({result.returncode}): {result.stderr.strip()[-300:]}")
 
 
+def run_once(
+    wrk: str,
+    service: Service,
+    simulator: Service,
+    path: str,
+    headers: dict[str, str],
+    scale: HitScale,
+    script: Path,
+    pinning: Pinning,
+) -> WrkRun:
+    """One wrk run (after a warm-up), with the server's CPU time and the upstream's count."""
+    url = service.url + path
+    options: dict[str, Any] = {
+        "connections": scale.connections,
+        "script": script,
+        "pinning": pinning,
+    }
+    if scale.warmup:
+        run_wrk(wrk, url, headers, duration=scale.warmup, **options)
+    upstream_before = client.stats(simulator.url)["requests"]
+    cpu_before = processes.cpu_seconds(service.pid)
+    raw = run_wrk(wrk, url, headers, duration=scale.duration, **options)
+    cpu_after = processes.cpu_seconds(service.pid)
+    upstream_after = client.stats(simulator.url)["requests"]
+    return WrkRun(
+        requests=raw["requests"],
+        duration_s=raw["duration_us"] / 1e6,
+        bytes=raw["bytes"],
+        p50_ms=raw["p50_us"] / 1000,
+        p90_ms=raw["p90_us"] / 1000,
+        p99_ms=raw["p99_us"] / 1000,
+        max_ms=raw["max_us"] / 1000,
+        errors=sum(raw[k] for k in ("connect", "read", "write", "status", "timeout")),
+        upstream_requests=upstream_after - upstream_before,
+        cpu_seconds=cpu_after - cpu_before,
+    )
+
+
 def capture_response(url: str, headers: dict[str, str], path: Path) -> None:
     """Save one hit's status, headers and body for the bare-aiohttp ceiling to replay."""
     status, got_headers, body = client.http_get(url, headers)
@@ -152,6 +192,14 @@ class System:
     start: Callable[[], Service]
     ceiling: str | None = None
     note: str = ""
+    loop: str = "asyncio"
+
+
+def missing_loop(loop: str) -> str | None:
+    """Why a system on ``loop`` cannot run here, if it cannot."""
+    if loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
+        return "uvloop is not installed (pip install '.[speedups]')"
+    return None
 
 
 def measure(
@@ -180,59 +228,50 @@ def measure(
         headers = {"Authorization": f"Bearer {TOKEN}"}
         response_file = workdir / "hit-response.json"
         port = simulator.port
-        proxy_note = "access log off"
+
+        def proxy(name: str, loop: str, access_log: bool) -> Callable[[], Service]:
+            options = ["--event-loop", loop, "--access-log", str(access_log).lower()]
+            if access_log:
+                options += ["--log-level", "info"]
+            return lambda: processes.start_proxy(
+                workdir, simulator.url, pinning, name=name, options=options
+            )
+
+        def bare(loop: str) -> Callable[[], Service]:
+            def start() -> Service:
+                if not response_file.exists():
+                    with processes.running(proxy("capture", loop, False)()) as capturing:
+                        client.http_get(capturing.url + path, headers)
+                        capture_response(capturing.url + path, headers, response_file)
+                return processes.start_bare(workdir, response_file, pinning, loop=loop)
+
+            return start
+
+        replay = "replays the proxy's hit response"
         systems = [
             System(
-                "aitronos-cache-proxy",
-                lambda: processes.start_proxy(
-                    workdir,
-                    simulator.url,
-                    pinning,
-                    options=["--access-log", "false", "--event-loop", "asyncio"],
-                ),
+                PROXY,
+                proxy(PROXY, "asyncio", False),
                 ceiling="bare aiohttp",
-                note=f"asyncio loop, {proxy_note}",
+                note="asyncio loop, access log off",
             ),
+            System("bare aiohttp", bare("asyncio"), note=f"asyncio loop; {replay}"),
             System(
-                "bare aiohttp",
-                lambda: processes.start_bare(workdir, response_file, pinning, loop="asyncio"),
-                note="asyncio loop; replays the proxy's hit response",
-            ),
-            System(
-                "aitronos-cache-proxy (uvloop)",
-                lambda: processes.start_proxy(
-                    workdir,
-                    simulator.url,
-                    pinning,
-                    name="aitronos-cache-proxy-uvloop",
-                    options=["--access-log", "false", "--event-loop", "uvloop"],
-                ),
+                f"{PROXY} (uvloop)",
+                proxy(f"{PROXY}-uvloop", "uvloop", False),
                 ceiling="bare aiohttp (uvloop)",
-                note=f"uvloop, {proxy_note}",
+                note="uvloop, access log off",
+                loop="uvloop",
             ),
             System(
-                "bare aiohttp (uvloop)",
-                lambda: processes.start_bare(workdir, response_file, pinning, loop="uvloop"),
-                note="uvloop; replays the proxy's hit response",
+                "bare aiohttp (uvloop)", bare("uvloop"), note=f"uvloop; {replay}", loop="uvloop"
             ),
             System(
-                "aitronos-cache-proxy (access log on)",
-                lambda: processes.start_proxy(
-                    workdir,
-                    simulator.url,
-                    pinning,
-                    name="aitronos-cache-proxy-logging",
-                    options=[
-                        "--access-log",
-                        "true",
-                        "--log-level",
-                        "info",
-                        "--event-loop",
-                        "uvloop",
-                    ],
-                ),
+                f"{PROXY} (access log on)",
+                proxy(f"{PROXY}-logging", "uvloop", True),
                 ceiling="bare aiohttp (uvloop)",
                 note="uvloop, JSON access log to a file",
+                loop="uvloop",
             ),
             System(
                 "nginx proxy_cache",
@@ -242,7 +281,7 @@ def measure(
             System(
                 "Varnish",
                 lambda: processes.start_varnish(workdir, port, pinning, install=install),
-                note="malloc storage, grace 1h",
+                note="malloc storage, grace 1h, keep 1h",
             ),
         ]
         if only:
@@ -254,6 +293,11 @@ def measure(
         services: dict[str, Service] = {}
         try:
             for system in systems:
+                reason = missing_loop(system.loop)
+                if reason is not None:
+                    results[system.name].skipped = reason
+                    log(f"hit: {system.name} skipped: {reason}")
+                    continue
                 try:
                     service = system.start()
                 except Unavailable as error:
@@ -266,7 +310,7 @@ def measure(
                         status, _, _ = client.http_get(service.url + path, headers)
                         if status != 200:
                             raise Unavailable(f"warm-up request answered {status}")
-                    if system.name == "aitronos-cache-proxy":
+                    if system.name == PROXY and not response_file.exists():
                         capture_response(service.url + path, headers, response_file)
                 except (Unavailable, OSError) as error:
                     results[system.name].skipped = f"warm-up failed: {error}"
@@ -274,47 +318,18 @@ def measure(
                     del services[system.name]
             for round_number in range(scale.rounds):
                 for system in systems:
-                    service_or_none = services.get(system.name)
-                    if service_or_none is None:
+                    running = services.get(system.name)
+                    if running is None:
                         continue
-                    url = service_or_none.url + path
-                    if scale.warmup:
-                        run_wrk(
-                            wrk,
-                            url,
-                            headers,
-                            duration=scale.warmup,
-                            connections=scale.connections,
-                            script=script,
-                            pinning=pinning,
+                    try:
+                        run = run_once(
+                            wrk, running, simulator, path, headers, scale, script, pinning
                         )
-                    before = client.stats(simulator.url)["requests"]
-                    cpu_before = processes.cpu_seconds(service_or_none.pid)
-                    raw = run_wrk(
-                        wrk,
-                        url,
-                        headers,
-                        duration=scale.duration,
-                        connections=scale.connections,
-                        script=script,
-                        pinning=pinning,
-                    )
-                    cpu_after = processes.cpu_seconds(service_or_none.pid)
-                    after = client.stats(simulator.url)["requests"]
-                    run = WrkRun(
-                        requests=raw["requests"],
-                        duration_s=raw["duration_us"] / 1e6,
-                        bytes=raw["bytes"],
-                        p50_ms=raw["p50_us"] / 1000,
-                        p90_ms=raw["p90_us"] / 1000,
-                        p99_ms=raw["p99_us"] / 1000,
-                        max_ms=raw["max_us"] / 1000,
-                        errors=sum(
-                            raw[k] for k in ("connect", "read", "write", "status", "timeout")
-                        ),
-                        upstream_requests=after - before,
-                        cpu_seconds=cpu_after - cpu_before,
-                    )
+                    except Unavailable as error:
+                        results[system.name].skipped = str(error)
+                        running.stop()
+                        del services[system.name]
+                        continue
                     results[system.name].runs.append(run)
                     log(
                         f"hit: round {round_number + 1}/{scale.rounds} {system.name}: "

@@ -1,0 +1,120 @@
+"""Every benchmark mode runs end to end at a tiny scale and writes its tables and its chart.
+
+One ``python -m bench --mode all --scale tiny`` run (about half a minute) is shared by the tests
+below. They check what each mode produced, never how fast: figures belong in ``bench/results``.
+A system is only excused when its binary is missing (``.ci/run`` installs nginx, Varnish and wrk).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHES = ("nginx proxy_cache", "Varnish", "aitronos-cache-proxy")
+BINARIES = {"nginx proxy_cache": "nginx", "Varnish": "varnishd"}
+HIT_SYSTEMS = (
+    "aitronos-cache-proxy",
+    "bare aiohttp",
+    "aitronos-cache-proxy (uvloop)",
+    "bare aiohttp (uvloop)",
+    "aitronos-cache-proxy (access log on)",
+    "nginx proxy_cache",
+    "Varnish",
+)
+
+
+def installed(binary: str) -> bool:
+    return bool(shutil.which(binary) or shutil.which(binary, path="/usr/sbin:/sbin"))
+
+
+def excuse_if_missing(system: str, skipped: str | None) -> None:
+    """Skip when the system's binary is missing; any other reason to skip it is a failure."""
+    if skipped is None:
+        return
+    binary = "wrk" if skipped.startswith("wrk") else BINARIES.get(system)
+    if binary is not None and not installed(binary):
+        pytest.skip(f"{system}: {binary} is not installed")
+    pytest.fail(f"{system} was skipped: {skipped}")
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("bench")
+    command = [sys.executable, "-m", "bench", "--mode", "all", "--scale", "tiny"]
+    command += ["--out", str(directory), "--no-install"]
+    completed = subprocess.run(
+        command, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return directory
+
+
+@pytest.fixture(scope="module")
+def results(out: Path) -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads((out / "results.json").read_text())
+    return loaded
+
+
+def test_the_report_has_every_section_the_machine_and_the_command(out: Path) -> None:
+    text = (out / "results.md").read_text()
+    for heading in ("## Machine", "## Targets", "## Cache-hit path", "## Polling-fleet economy"):
+        assert heading in text
+    assert "## Memory" in text
+    assert "python -m bench --mode all --scale tiny" in text
+    for fact in ("| CPU |", "| RAM |", "| kernel |", "| Python |", "| aiohttp |", "| nginx |"):
+        assert fact in text
+
+
+def test_the_fleet_chart_is_a_png(out: Path) -> None:
+    assert (out / "fleet.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("system", HIT_SYSTEMS)
+def test_hit_mode_measures_each_system_from_its_cache(results: dict[str, Any], system: str) -> None:
+    rows = {row["system"]: row for row in results["hit"]}
+    assert system in rows, sorted(rows)
+    row = rows[system]
+    excuse_if_missing(system, row["skipped"])
+    median = row["median"]
+    assert median["requests"] > 0
+    assert median["errors"] == 0
+    assert sum(run["upstream_requests"] for run in row["runs"]) == 0
+
+
+def test_hit_mode_compares_the_proxy_with_its_ceiling(results: dict[str, Any]) -> None:
+    measured = [t["target"] for t in results["targets"]]
+    assert any(name.startswith("hit throughput") for name in measured)
+    assert any(name.startswith("p99 hit latency") for name in measured)
+
+
+@pytest.mark.parametrize("system", CACHES)
+def test_fleet_mode_shows_each_cache_sparing_the_upstream(
+    results: dict[str, Any], system: str
+) -> None:
+    runs = results["fleet"]
+    largest = max(run["pollers"] for run in runs)
+    by_system = {run["system"]: run for run in runs if run["pollers"] == largest}
+    baseline, cached = by_system["no cache"], by_system[system]
+    excuse_if_missing(system, cached["skipped"])
+    assert baseline["upstream_requests"] == baseline["client_requests"] > 0
+    assert 0 < cached["upstream_requests"] < baseline["upstream_requests"]
+    assert cached["pollers_done"] == largest
+    assert cached["upstream_after_final"] == 0
+    assert cached["per_window"] > 0
+
+
+def test_memory_mode_fills_the_cache_through_real_requests(results: dict[str, Any]) -> None:
+    points = results["memory"]
+    assert [p["entries"] for p in points] == [100, 500]
+    for point in points:
+        assert point["errors"] == 0
+        assert point["cache_entries_metric"] == point["entries"]
+        assert point["rss_bytes"] > point["baseline_rss_bytes"] > 0
+        assert point["body_bytes"] > 0
