@@ -18,10 +18,10 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import fleet, hit, memory, report
-from bench.processes import REPO_ROOT, Pinning
+from bench import fleet, hit, memory, profile, report
+from bench.processes import REPO_ROOT, Pinning, Unavailable
 
-MODES = ("hit", "fleet", "memory")
+MODES = ("hit", "fleet", "memory", "profile")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
 
     log(f"bench: {', '.join(modes)} at scale {args.scale}; {pinning.describe()}; work in {workdir}")
     hits = fleets = points = None
+    profiles: list[profile.Profile] | str | None = None
     try:
         if "hit" in modes:
             hits = hit.measure(workdir, args.scale, pinning, install=install, log=log, only=only)
@@ -82,6 +83,15 @@ def main(argv: list[str] | None = None) -> int:
             )
         if "memory" in modes:
             points = memory.measure(workdir, args.scale, pinning, log=log)
+        if "profile" in modes:
+            seconds = 1.0 if args.scale == "tiny" else 8.0
+            try:
+                profiles = profile.profile_hits(
+                    workdir, pinning, loop="uvloop", seconds=seconds, install=install
+                )
+            except Unavailable as error:
+                profiles = str(error)
+                log(f"profile skipped: {error}")
     finally:
         if not args.keep_workdir:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -96,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         hits=hits,
         fleets=fleets,
         memory=points,
+        profiles=profiles,
         notes=args.note,
     )
     print(written.read_text())

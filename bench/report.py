@@ -15,6 +15,9 @@ from bench.fleet import SYSTEMS, FleetRun
 from bench.hit import HitResult, ratios_to_ceiling
 from bench.memory import MemoryPoint
 from bench.processes import binary_version
+from bench.profile import Profile
+from bench.profile import render as render_profile
+from bench.profile import summary as profile_summary
 
 NONE = "n/a"
 TARGET_RATIO = 0.8
@@ -269,6 +272,7 @@ def write(
     hits: list[HitResult] | None,
     fleets: list[FleetRun] | None,
     memory: list[MemoryPoint] | None,
+    profiles: list[Profile] | str | None,
     notes: list[str],
 ) -> Path:
     """Write ``results.md``, ``results.json`` and (with fleet results) ``fleet.png`` to ``out``."""
@@ -341,6 +345,19 @@ def write(
             "bytes are the response bodies the clients received.",
             "",
             *memory_table(memory),
+        ]
+    if isinstance(profiles, str):
+        lines += ["", "## Profile of a hit", "", f"Skipped: {profiles}."]
+    elif profiles:
+        (out / "profile.md").write_text(render_profile(profiles, command))
+        lines += [
+            "",
+            "## Profile of a hit",
+            "",
+            "py-spy samples of the proxy and of the bare handler on uvloop under the same wrk "
+            "load; the full tables are in [profile.md](profile.md).",
+            "",
+            *profile_summary(profiles),
         ]
     markdown = out / "results.md"
     markdown.write_text("\n".join(lines) + "\n")

@@ -118,3 +118,15 @@ def test_memory_mode_fills_the_cache_through_real_requests(results: dict[str, An
         assert point["cache_entries_metric"] == point["entries"]
         assert point["rss_bytes"] > point["baseline_rss_bytes"] > 0
         assert point["body_bytes"] > 0
+
+
+def test_profile_mode_samples_the_proxy_and_the_bare_handler(out: Path) -> None:
+    text = (out / "results.md").read_text()
+    assert "## Profile of a hit" in text
+    if not (out / "profile.md").exists():
+        reason = text.split("## Profile of a hit", 1)[1].strip().splitlines()[0]
+        pytest.skip(f"profiling is not possible here: {reason}")
+    profile = (out / "profile.md").read_text()
+    assert "## proxy (uvloop)" in profile
+    assert "## bare (uvloop)" in profile
+    assert "CachingProxy.handle (proxy/app.py)" in profile
