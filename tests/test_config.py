@@ -79,3 +79,23 @@ def test_bad_option_stops_the_process_with_one_line() -> None:
     assert result.stderr.strip().splitlines() == [
         "aitronos-cache-proxy: error: --port: expected a number, got 'nope'"
     ]
+
+
+@pytest.mark.parametrize(
+    ("choice", "loop_module"),
+    [("asyncio", "asyncio"), ("uvloop", "uvloop"), ("auto", "uvloop")],
+)
+def test_event_loop_choice_picks_the_loop_to_serve_on(choice: str, loop_module: str) -> None:
+    pytest.importorskip("uvloop")
+    from proxy.__main__ import event_loop_factory
+
+    loop = event_loop_factory(parse_settings(["--event-loop", choice], {}).event_loop)()
+    try:
+        assert type(loop).__module__.split(".")[0] == loop_module
+    finally:
+        loop.close()
+
+
+def test_an_unknown_event_loop_is_a_one_line_error() -> None:
+    with pytest.raises(ConfigError, match="--event-loop"):
+        parse_settings(["--event-loop", "trio"], {})
