@@ -344,13 +344,20 @@ def measure(
     return list(results.values())
 
 
-def ratios_to_ceiling(results: list[HitResult]) -> dict[str, float]:
-    """Median throughput relative to the ceiling measured in the same run, per system."""
+def ratios_to_ceiling(results: list[HitResult]) -> dict[str, tuple[float, float]]:
+    """Per system: (median req/s, ceiling's CPU per request / own) relative to its ceiling.
+
+    The second is the throughput each would reach with its CPU to itself. When the machine is
+    busy, a starved load generator caps every server's req/s alike and flatters the first.
+    """
     medians = {r.system: r.median() for r in results}
-    ratios: dict[str, float] = {}
+    ratios: dict[str, tuple[float, float]] = {}
     for result in results:
         mine = medians.get(result.system)
         ceiling = medians.get(result.ceiling) if result.ceiling else None
-        if mine is not None and ceiling is not None and ceiling.rps:
-            ratios[result.system] = mine.rps / ceiling.rps
+        if mine is None or ceiling is None or not ceiling.rps or not mine.cpu_us_per_request:
+            continue
+        by_rps = mine.rps / ceiling.rps
+        by_cpu = ceiling.cpu_us_per_request / mine.cpu_us_per_request
+        ratios[result.system] = (by_rps, by_cpu)
     return ratios
