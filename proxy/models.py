@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import math
+import sys
 from dataclasses import dataclass, field
 
 from proxy.headers import (
@@ -35,6 +37,22 @@ def header_value(headers: Headers, name: str) -> str | None:
     return None
 
 
+def _shared_fields(headers: Headers) -> Headers:
+    """The fields as plain interned strings: one copy of each name and repeated value.
+
+    Stored responses of one API repeat the same names and most values (``Content-Type``,
+    ``Cache-Control``, ``Server``, ``Via``); interning keeps one string for all of them, and
+    plain ``str`` names (not the client's ``istr``) are written out without conversion.
+    """
+    return tuple((sys.intern(str(name)), sys.intern(str(value))) for name, value in headers)
+
+
+@functools.lru_cache(maxsize=1024)
+def _parsed_cache_control(values: tuple[str, ...]) -> CacheControl:
+    """One shared (frozen) ``CacheControl`` per distinct field value, as most entries repeat it."""
+    return parse_cache_control(values)
+
+
 @dataclass(frozen=True, slots=True)
 class StoredResponse:
     """One stored response (RFC 9111 §3) and the request facts needed to reuse it.
@@ -64,9 +82,9 @@ class StoredResponse:
     served: Headers = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        headers = self.headers
+        headers = _shared_fields(self.headers)
         cdn = header_values(headers, "cdn-cache-control") if self.targeted else []
-        cache_control = parse_cache_control(cdn or header_values(headers, "cache-control"))
+        cache_control = _parsed_cache_control(tuple(cdn or header_values(headers, "cache-control")))
         date = parse_http_date(header_value(headers, "date"))
         age = parse_delta_seconds(header_value(headers, "age")) or 0
         # §4.2.3 apparent_age, with the receipt time at the one-second resolution of the Date it
@@ -74,6 +92,7 @@ class StoredResponse:
         apparent_age = max(0.0, math.floor(self.response_time) - date) if date is not None else 0.0
         corrected_age_value = age + (self.response_time - self.request_time)
         setter = object.__setattr__
+        setter(self, "headers", headers)
         setter(self, "cache_control", cache_control)
         setter(self, "date", date)
         setter(self, "etag", parse_entity_tag(header_value(headers, "etag")))
