@@ -85,8 +85,9 @@ def envelope_error(body: bytes) -> str | None:
         return None
     if isinstance(payload, dict) and payload.get("success") is False:
         error = payload.get("error")
-        if isinstance(error, dict) and isinstance(error.get("code"), str):
-            return error["code"]
+        code = error.get("code") if isinstance(error, dict) else None
+        if isinstance(code, str):
+            return code
     return None
 
 
