@@ -17,6 +17,7 @@ import asyncio
 import json
 import math
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -27,7 +28,7 @@ import aiohttp
 
 from bench import client, processes
 from bench.processes import Pinning, Service, Unavailable
-from proxy.demo import assign_pollers, percentile, run_fleet, seed_simulator
+from proxy.demo import FleetResult, assign_pollers, percentile, run_fleet, seed_simulator
 from proxy.simulator import API_PREFIX
 
 
@@ -66,7 +67,16 @@ SCALES = {
     ),
 }
 
-SYSTEMS = ("no cache", "nginx proxy_cache", "Varnish", "aitronos-cache-proxy")
+SYSTEMS = (
+    "no cache",
+    "nginx proxy_cache",
+    "Varnish",
+    "aitronos-cache-proxy",
+    "3 replicas, no Redis",
+    "3 replicas + Redis",
+)
+#: Scale-out runs: pollers spread round-robin over this many replicas behind one public name.
+REPLICAS = 3
 
 
 @dataclass
@@ -106,9 +116,48 @@ def _final_at(body: bytes) -> float | None:
         return None
 
 
+def _merged(results: list[FleetResult]) -> FleetResult:
+    """One fleet's result from its parts polling different replicas at the same time."""
+    statuses: Counter[int] = Counter()
+    for result in results:
+        statuses.update(result.statuses)
+    return FleetResult(
+        pollers=sum(r.pollers for r in results),
+        pollers_done=sum(r.pollers_done for r in results),
+        requests=sum(r.requests for r in results),
+        errors=sum(r.errors for r in results),
+        statuses=dict(statuses),
+        bytes_received=sum(r.bytes_received for r in results),
+        latencies=tuple(x for r in results for x in r.latencies),
+        elapsed=max(r.elapsed for r in results),
+        completion_lags=tuple(x for r in results for x in r.completion_lags),
+    )
+
+
+async def spread_fleet(
+    base_urls: list[str],
+    assignments: list[tuple[str, str]],
+    duration: float,
+    *,
+    session: aiohttp.ClientSession,
+    interval: float,
+    seed: int = 0,
+) -> FleetResult:
+    """The fleet with its pollers dealt round-robin over ``base_urls``, as a load balancer would."""
+    parts = [assignments[i :: len(base_urls)] for i in range(len(base_urls))]
+    results = await asyncio.gather(
+        *(
+            run_fleet(url, part, duration, session=session, interval=interval, seed=seed + i)
+            for i, (url, part) in enumerate(zip(base_urls, parts, strict=True))
+            if part
+        )
+    )
+    return _merged(list(results))
+
+
 async def run_one(
     system: str,
-    base_url: str,
+    base_urls: list[str],
     simulator_url: str,
     scale: FleetScale,
     pollers: int,
@@ -125,8 +174,8 @@ async def run_one(
         horizon = scale.queued + scale.processing + scale.stagger
         duration = horizon + scale.pending_max_age + 3 * scale.interval + 2.0
         assignments = assign_pollers(created, pollers)
-        fleet = await run_fleet(
-            base_url,
+        fleet = await spread_fleet(
+            base_urls,
             assignments,
             duration,
             session=session,
@@ -134,8 +183,8 @@ async def run_one(
             seed=pollers,
         )
         during = client.stats(simulator_url, per_id=True)
-        reread = await run_fleet(
-            base_url, assignments, 2.0 + scale.interval, session=session, interval=scale.interval
+        reread = await spread_fleet(
+            base_urls, assignments, 2.0 + scale.interval, session=session, interval=scale.interval
         )
         after = client.stats(simulator_url, per_id=True)
         run = FleetRun(system, pollers, ids)
@@ -199,13 +248,50 @@ def measure(
         pinning,
     )  # fmt: skip
     port = simulator.port
-    starters: dict[str, Callable[[], Service | None]] = {
-        "no cache": lambda: None,
-        "nginx proxy_cache": lambda: processes.start_nginx(workdir, port, pinning, install=install),
-        "Varnish": lambda: processes.start_varnish(workdir, port, pinning, install=install),
-        "aitronos-cache-proxy": lambda: processes.start_proxy(
-            workdir, simulator.url, pinning, options=["--access-log", "false"]
-        ),
+
+    def replicas(shared: bool) -> list[Service]:
+        started: list[Service] = []
+        try:
+            redis_options: list[str] = []
+            if shared:
+                redis = processes.start_redis(workdir, pinning)
+                started.append(redis)
+                redis_options = ["--redis-url", f"redis://127.0.0.1:{redis.port}/0"]
+            for i in range(REPLICAS):
+                started.append(
+                    processes.start_proxy(
+                        workdir,
+                        simulator.url,
+                        pinning,
+                        name=f"replica-{i}{'-redis' if shared else ''}",
+                        options=[
+                            "--access-log",
+                            "false",
+                            "--public-host",
+                            "proxy.bench",
+                            *redis_options,
+                        ],
+                    )
+                )
+        except BaseException:
+            for service in started:
+                service.stop()
+            raise
+        return started
+
+    starters: dict[str, Callable[[], list[Service]]] = {
+        "no cache": lambda: [],
+        "nginx proxy_cache": lambda: [
+            processes.start_nginx(workdir, port, pinning, install=install)
+        ],
+        "Varnish": lambda: [processes.start_varnish(workdir, port, pinning, install=install)],
+        "aitronos-cache-proxy": lambda: [
+            processes.start_proxy(
+                workdir, simulator.url, pinning, options=["--access-log", "false"]
+            )
+        ],
+        "3 replicas, no Redis": lambda: replicas(shared=False),
+        "3 replicas + Redis": lambda: replicas(shared=True),
     }
     runs: list[FleetRun] = []
     try:
@@ -213,15 +299,16 @@ def measure(
             if only and system not in only:
                 continue
             try:
-                service = starters[system]()
+                services = starters[system]()
             except Unavailable as error:
                 log(f"fleet: {system} skipped: {error}")
                 runs += [FleetRun(system, size, 0, skipped=str(error)) for size in scale.sizes]
                 continue
             try:
-                base_url = simulator.url if service is None else service.url
+                proxies = [s for s in services if s.name != "redis"]
+                base_urls = [s.url for s in proxies] or [simulator.url]
                 for size in scale.sizes:
-                    run = asyncio.run(run_one(system, base_url, simulator.url, scale, size))
+                    run = asyncio.run(run_one(system, base_urls, simulator.url, scale, size))
                     runs.append(run)
                     log(
                         f"fleet: {system} x{size}: {run.client_requests} client requests, "
@@ -229,7 +316,7 @@ def measure(
                         f"window, floor {run.floor}), {run.upstream_after_final} after final"
                     )
             finally:
-                if service is not None:
+                for service in reversed(services):
                     service.stop()
     finally:
         simulator.stop()

@@ -193,6 +193,38 @@ def running(service: Service) -> Iterator[Service]:
 # -- the systems ---------------------------------------------------------------------------------
 
 
+def start_redis(workdir: Path, pinning: Pinning) -> Service:
+    """A throwaway ``redis-server`` on a free port, keeping nothing on disk."""
+    if shutil.which("redis-server") is None:
+        raise Unavailable("redis-server is not installed (apt-get install -y redis-server)")
+    port = free_port()
+    log_path = workdir / "redis.log"
+    command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+               "--appendonly", "no", "--dir", str(workdir)]  # fmt: skip
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            pinning.wrap(command),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    service = Service("redis", process, port, log_path)
+    deadline = time.monotonic() + READY_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise Unavailable(f"redis exited: {service.log_tail(5)}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as connection:
+                connection.sendall(b"PING\r\n")
+                if connection.recv(16).startswith(b"+PONG"):
+                    return service
+        except OSError:
+            time.sleep(0.05)
+    service.stop()
+    raise Unavailable(f"redis did not answer PING within {READY_TIMEOUT:.0f}s")
+
+
 def start_simulator(workdir: Path, options: Sequence[str], pinning: Pinning) -> Service:
     port = free_port()
     command = [sys.executable, "-m", "proxy", "simulate", "--port", str(port), *options]

@@ -17,8 +17,18 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-CACHES = ("nginx proxy_cache", "Varnish", "aitronos-cache-proxy")
-BINARIES = {"nginx proxy_cache": "nginx", "Varnish": "varnishd"}
+CACHES = (
+    "nginx proxy_cache",
+    "Varnish",
+    "aitronos-cache-proxy",
+    "3 replicas, no Redis",
+    "3 replicas + Redis",
+)
+BINARIES = {
+    "nginx proxy_cache": "nginx",
+    "Varnish": "varnishd",
+    "3 replicas + Redis": "redis-server",
+}
 HIT_SYSTEMS = (
     "aitronos-cache-proxy",
     "bare aiohttp",
@@ -108,6 +118,17 @@ def test_fleet_mode_shows_each_cache_sparing_the_upstream(
     assert cached["pollers_done"] == largest
     assert cached["upstream_after_final"] == 0
     assert cached["per_window"] > 0
+
+
+def test_replicas_sharing_redis_fetch_less_than_independent_replicas(
+    results: dict[str, Any],
+) -> None:
+    runs = results["fleet"]
+    largest = max(run["pollers"] for run in runs)
+    by_system = {run["system"]: run for run in runs if run["pollers"] == largest}
+    shared, independent = by_system["3 replicas + Redis"], by_system["3 replicas, no Redis"]
+    excuse_if_missing("3 replicas + Redis", shared["skipped"])
+    assert 0 < shared["upstream_requests"] < independent["upstream_requests"]
 
 
 def test_memory_mode_fills_the_cache_through_real_requests(results: dict[str, Any]) -> None:
