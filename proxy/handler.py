@@ -62,7 +62,7 @@ from proxy.policy import (
     with_date,
 )
 from proxy.server import RequestBody, RequestRejected
-from proxy.store import Store, StoreError
+from proxy.store import SharedStore, Store, StoreError
 from proxy.upstream import (
     SingleFlight,
     Upstream,
@@ -396,10 +396,40 @@ class CachingProxy:
                 shared = await self._shared_outcome(key, facts, claim.notice)
                 if shared is not None:
                     return shared
+            else:
+                # The decision to fetch was taken on this replica's copy; another replica may
+                # have stored a fresher response and released the lock since then.
+                stored = await self._stored_since(key, facts, stale)
+                if stored is not None and stored.entry is not None:
+                    claim.announce(stored.entry.response_time, revalidated=stored.revalidated)
+                    return stored
             outcome = await self._fetch(route, key, flight_key, facts, forwarded, stale)
             if isinstance(outcome, Fetched) and outcome.stored and outcome.entry is not None:
                 claim.announce(outcome.entry.response_time, revalidated=outcome.revalidated)
             return outcome
+
+    async def _stored_since(
+        self, key: str, facts: RequestFacts, stale: StoredResponse | None
+    ) -> Fetched | None:
+        """A fresh response for this request in the shared store, newer than ``stale``."""
+        if not isinstance(self.store, SharedStore):
+            return None
+        record = await self.store.get_shared(key)
+        entry = select_variant(record, facts) if record else None
+        if entry is None or (stale is not None and entry.response_time <= stale.response_time):
+            return None
+        decision = decide((entry,), facts, self.clock(), self.policy)
+        if not isinstance(decision, Fresh) or decision.stale:
+            return None
+        return Fetched(
+            entry.status,
+            entry.reason,
+            entry.headers,
+            entry.body,
+            entry,
+            revalidated=stale is not None,
+            collapsed=True,
+        )
 
     async def _shared_outcome(
         self, key: str, facts: RequestFacts, notice: Notice

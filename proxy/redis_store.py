@@ -356,16 +356,19 @@ class TieredStore:
         )
 
     async def get(self, key: str) -> Record | None:
-        local = digest(key)
-        record = self.front.get_nowait(local)
+        record = self.front.get_nowait(digest(key))
         if record is not None:
             return record
+        return await self.get_shared(key)
+
+    async def get_shared(self, key: str) -> Record | None:
+        """Read ``key`` from Redis past the front copy: what another replica may have stored."""
         try:
             record, remaining = await self.back.get_with_ttl(key)
         except StoreError:
             return None
         if record is not None:
-            self.front.set_nowait(local, record, min(self.local_ttl, remaining))
+            self.front.set_nowait(digest(key), record, min(self.local_ttl, remaining))
         return record
 
     async def set(self, key: str, record: Record, ttl: float) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from cachetools import TLRUCache
 
@@ -40,6 +40,13 @@ class Store(Protocol):
 
 
 _Slot = tuple[Record, float]
+
+
+@runtime_checkable
+class SharedStore(Store, Protocol):
+    """A store shared between replicas, that can be read past this replica's own copy."""
+
+    async def get_shared(self, key: str) -> Record | None: ...
 
 
 class _BudgetedLRU(TLRUCache[str, _Slot]):
