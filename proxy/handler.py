@@ -184,7 +184,6 @@ class CachingProxy:
             stale_grace=settings.stale_grace,
         )
         self.flights: SingleFlight[Outcome] = SingleFlight()
-        self.background: set[asyncio.Task[Any]] = set()
         self.via = f"1.1 {CACHE_NAME}"
         self.draining = False
         self._backoff: TLRUCache[str, tuple[float, Fetched]] = TLRUCache(

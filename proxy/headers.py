@@ -71,11 +71,6 @@ def connection_tokens(values: Iterable[str]) -> frozenset[str]:
     return frozenset(token.lower() for token in split_list(values) if _TOKEN_RE.match(token))
 
 
-def is_hop_by_hop(name: str, connection: frozenset[str]) -> bool:
-    lowered = name.lower()
-    return lowered in HOP_BY_HOP or lowered in connection
-
-
 def parse_delta_seconds(value: str | None) -> int | None:
     """RFC 9111 §1.2.2 delta-seconds: ``None`` when invalid, clamped to 2**31."""
     if value is None:
@@ -274,10 +269,3 @@ _FORBIDDEN_IN_FIELD = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 def valid_field(name: str, value: str) -> bool:
     """RFC 9110 §5.5: no control characters but HTAB; such a field cannot be sent on."""
     return _FORBIDDEN_IN_FIELD.search(name) is None and _FORBIDDEN_IN_FIELD.search(value) is None
-
-
-def sanitize_field_value(value: str) -> str | None:
-    """``None`` when a value carries CR, LF or NUL, which RFC 9110 §5.5 forbids."""
-    if "\r" in value or "\n" in value or "\x00" in value:
-        return None
-    return value

@@ -61,7 +61,6 @@ class CachePolicy:
     heuristic_max: float = 3600.0
     keep_stale: float = 3600.0
     stale_grace: float = 300.0
-    targeted_field: str | None = "cdn-cache-control"
 
 
 @dataclass(frozen=True, slots=True)
@@ -403,10 +402,6 @@ def invalidation_targets(target: str, headers: Headers, origin_hosts: frozenset[
 # -- responses ------------------------------------------------------------------------------------
 
 
-def age_header(age: float) -> str:
-    return str(int(max(0.0, age)))
-
-
 def cache_status(
     *,
     hit: bool = False,
@@ -434,7 +429,3 @@ def cache_status(
     if detail is not None:
         parts.append(f'detail="{detail}"')
     return "; ".join(parts)
-
-
-def date_header(now: float) -> str:
-    return format_http_date(now)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from cachetools import TLRUCache
 
@@ -136,7 +136,3 @@ class MemoryStore:
     @property
     def bytes(self) -> int:
         return int(self._cache.currsize)
-
-
-def describe(store: Any) -> str:
-    return str(getattr(store, "backend", type(store).__name__))

@@ -200,11 +200,6 @@ class SingleFlight(Generic[T]):
         task.add_done_callback(lambda done: self._land(key, done))
         return task, True
 
-    async def run(self, key: str, factory: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
-        """Await the flight for ``key``, starting it if needed. Returns ``(result, leader)``."""
-        task, leader = self.join(key, factory)
-        return await asyncio.shield(task), leader
-
     def _land(self, key: str, task: asyncio.Task[T]) -> None:
         if self._flights.get(key) is task:
             del self._flights[key]
