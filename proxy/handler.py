@@ -157,6 +157,18 @@ def end_to_end(items: Any) -> Headers:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class FetchJob:
+    """One upstream fetch for a flight: what to ask for, for whom, and the entry it validates."""
+
+    route: str
+    key: str
+    flight_key: str
+    facts: RequestFacts
+    forwarded: tuple[tuple[str, str], ...]
+    stale: StoredResponse | None
+
+
 class CachingProxy:
     """Carries out the policy's decisions: serve, revalidate, fetch, stream, invalidate."""
 
@@ -296,12 +308,8 @@ class CachingProxy:
         fwd: str,
         vary: tuple[str, ...] = (),
     ) -> tuple[web.StreamResponse, str]:
-        forwarded = self._upstream_headers(request, strip_validators=True)
-        flight_key = self._flight_key(key, facts, stale.vary if stale is not None else vary)
-        task, leader = self.flights.join(
-            flight_key,
-            lambda: self._coordinated_fetch(route, key, flight_key, facts, forwarded, stale),
-        )
+        job = self._job(request, route, key, facts, stale, stale.vary if stale else vary)
+        task, leader = self.flights.join(job.flight_key, lambda: self._coordinated_fetch(job))
         try:
             outcome = await asyncio.shield(task)
         except asyncio.CancelledError:
@@ -367,42 +375,42 @@ class CachingProxy:
         entry: StoredResponse,
     ) -> None:
         """RFC 5861 stale-while-revalidate: refresh the entry without making the caller wait."""
-        forwarded = self._upstream_headers(request, strip_validators=True)
-        flight_key = self._flight_key(key, facts, entry.vary)
-        task, leader = self.flights.join(
-            flight_key,
-            lambda: self._coordinated_fetch(route, key, flight_key, facts, forwarded, entry),
-        )
+        job = self._job(request, route, key, facts, entry, entry.vary)
+        task, leader = self.flights.join(job.flight_key, lambda: self._coordinated_fetch(job))
         if leader:
             task.add_done_callback(_release_orphan)
 
-    async def _coordinated_fetch(
+    def _job(
         self,
+        request: web.Request,
         route: str,
         key: str,
-        flight_key: str,
         facts: RequestFacts,
-        forwarded: list[tuple[str, str]],
         stale: StoredResponse | None,
-    ) -> Outcome:
+        vary: tuple[str, ...],
+    ) -> FetchJob:
+        forwarded = tuple(self._upstream_headers(request, strip_validators=True))
+        return FetchJob(route, key, self._flight_key(key, facts, vary), facts, forwarded, stale)
+
+    async def _coordinated_fetch(self, job: FetchJob) -> Outcome:
         """``_fetch`` once across replicas: when another replica is already fetching this
         flight, wait for it and take what it stored instead of asking the upstream again.
         """
-        if self.coordinator is None or flight_key in self._backoff:
-            return await self._fetch(route, key, flight_key, facts, forwarded, stale)
-        async with self.coordinator.claim(flight_key) as claim:
+        if self.coordinator is None or job.flight_key in self._backoff:
+            return await self._fetch(job)
+        async with self.coordinator.claim(job.flight_key) as claim:
             if claim.notice is not None:
-                shared = await self._shared_outcome(key, facts, claim.notice)
+                shared = await self._shared_outcome(job.key, job.facts, claim.notice)
                 if shared is not None:
                     return shared
             else:
                 # The decision to fetch was taken on this replica's copy; another replica may
                 # have stored a fresher response and released the lock since then.
-                stored = await self._stored_since(key, facts, stale)
+                stored = await self._stored_since(job.key, job.facts, job.stale)
                 if stored is not None and stored.entry is not None:
                     claim.announce(stored.entry.response_time, revalidated=stored.revalidated)
                     return stored
-            outcome = await self._fetch(route, key, flight_key, facts, forwarded, stale)
+            outcome = await self._fetch(job)
             if isinstance(outcome, Fetched) and outcome.stored and outcome.entry is not None:
                 claim.announce(outcome.entry.response_time, revalidated=outcome.revalidated)
             return outcome
@@ -420,15 +428,7 @@ class CachingProxy:
         decision = decide((entry,), facts, self.clock(), self.policy)
         if not isinstance(decision, Fresh) or decision.stale:
             return None
-        return Fetched(
-            entry.status,
-            entry.reason,
-            entry.headers,
-            entry.body,
-            entry,
-            revalidated=stale is not None,
-            collapsed=True,
-        )
+        return _collapsed(entry, revalidated=stale is not None)
 
     async def _shared_outcome(
         self, key: str, facts: RequestFacts, notice: Notice
@@ -440,26 +440,17 @@ class CachingProxy:
         entry = select_variant(record, facts) if record else None
         if entry is None or entry.response_time < notice.response_time:
             return None
-        return Fetched(
-            entry.status,
-            entry.reason,
-            entry.headers,
-            entry.body,
-            entry,
-            revalidated=notice.revalidated,
-            collapsed=True,
-        )
+        return _collapsed(entry, revalidated=notice.revalidated)
 
-    async def _fetch(
-        self,
-        route: str,
-        key: str,
-        flight_key: str,
-        facts: RequestFacts,
-        forwarded: list[tuple[str, str]],
-        stale: StoredResponse | None,
-    ) -> Outcome:
-        """One upstream fetch for everyone waiting on ``flight_key``; stores what it may."""
+    async def _fetch(self, job: FetchJob) -> Outcome:
+        """One upstream fetch for everyone waiting on the job's flight; stores what it may."""
+        route, key, flight_key, facts, stale = (
+            job.route,
+            job.key,
+            job.flight_key,
+            job.facts,
+            job.stale,
+        )
         backoff = self._backoff.get(flight_key)
         if backoff is not None:
             until, answer = backoff
@@ -468,7 +459,7 @@ class CachingProxy:
             return Fetched(
                 answer.status, answer.reason, (*kept, ("Retry-After", retry)), answer.body
             )
-        headers = list(forwarded)
+        headers = list(job.forwarded)
         if stale is not None:
             headers.extend(conditional_headers(stale).items())
         request_time = self.clock()
@@ -481,7 +472,7 @@ class CachingProxy:
             if not validator_matches(stale, received) or header_value(received, "set-cookie"):
                 # A 304 carrying Set-Cookie would put one caller's cookie into the shared
                 # entry: fetch the full response instead, which is then not stored (§3.5).
-                return await self._fetch(route, key, flight_key, facts, forwarded, None)
+                return await self._fetch(replace(job, stale=None))
             entry = freshen(stale, received, request_time, response_time)
             stored = await self._save(key, entry, facts)
             return Fetched(
@@ -774,6 +765,19 @@ class CachingProxy:
 
 def _cache_control_of(headers: Headers) -> CacheControl:
     return parse_cache_control([v for k, v in headers if k.lower() == "cache-control"])
+
+
+def _collapsed(entry: StoredResponse, *, revalidated: bool) -> Fetched:
+    """What another replica stored for this flight, served as if this replica had fetched it."""
+    return Fetched(
+        entry.status,
+        entry.reason,
+        entry.headers,
+        entry.body,
+        entry,
+        revalidated=revalidated,
+        collapsed=True,
+    )
 
 
 def _release_orphan(task: asyncio.Task[Outcome]) -> None:
