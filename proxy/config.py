@@ -319,6 +319,23 @@ class Settings:
         return self.cache_scope == "shared"
 
 
+def env_backed_options(
+    parser: argparse.ArgumentParser, environ: Mapping[str, str], prefix: str
+) -> Callable[[str, Callable[[str], Any], Any, str], None]:
+    """``option(flag, type, default, help)`` adding flags whose default comes from ``PREFIX_FLAG``.
+
+    For the ``demo`` and ``simulate`` commands, whose options are not proxy ``Settings``.
+    """
+
+    def option(flag: str, kind: Callable[[str], Any], default: Any, text: str) -> None:
+        name = prefix + flag.lstrip("-").replace("-", "_").upper()
+        parser.add_argument(
+            flag, type=kind, default=environ.get(name, default), help=f"{text} (${name})"
+        )
+
+    return option
+
+
 def env_name(name: str) -> str:
     return "PROXY_" + name.upper()
 

@@ -31,6 +31,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
+from proxy.config import env_backed_options
 from proxy.simulator import (
     API_PREFIX,
     TERMINAL_STATUSES,
@@ -681,12 +682,7 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         description="Run the simulated API, the proxy and a polling fleet, and compare.",
     )
 
-    def option(flag: str, kind: Callable[[str], Any], default: Any, text: str) -> None:
-        env_name = "DEMO_" + flag.lstrip("-").replace("-", "_").upper()
-        parser.add_argument(
-            flag, type=kind, default=environ.get(env_name, default), help=f"{text} (${env_name})"
-        )
-
+    option = env_backed_options(parser, environ, "DEMO_")
     option("--pollers", int, defaults.pollers, "concurrent polling clients")
     option("--transcriptions", int, defaults.transcriptions, "transcriptions they poll")
     option(

@@ -49,6 +49,8 @@ from typing import Any, Final, Literal
 
 from aiohttp import web
 
+from proxy.config import env_backed_options
+
 Status = Literal["queued", "processing", "completed", "failed"]
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -889,12 +891,7 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         description="Serve a simulated Aitronos transcription API (no network, no credentials).",
     )
 
-    def option(flag: str, kind: Callable[[str], Any], default: Any, text: str) -> None:
-        env_name = "SIM_" + flag.lstrip("-").replace("-", "_").upper()
-        parser.add_argument(
-            flag, type=kind, default=environ.get(env_name, default), help=f"{text} (${env_name})"
-        )
-
+    option = env_backed_options(parser, environ, "SIM_")
     option("--host", str, "127.0.0.1", "interface to listen on")
     option("--port", int, 8081, "port to listen on; 0 picks a free one")
     option("--queued-seconds", float, defaults.queued_seconds, "time spent queued")
