@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 from proxy.app import PROXY_KEY, CachingProxy, create_app
 from proxy.config import Settings
 from proxy.headers import format_http_date, parse_entity_tag_list, weak_match
+from tests.waiting import eventually
 
 START = 1_800_000_000.0
 
@@ -136,9 +137,7 @@ class Harness:
 
     async def wait_for(self, condition: Callable[[], bool], timeout: float = 5.0) -> None:
         """Wait until a condition on the proxy's state holds (a bounded wait on state, not time)."""
-        async with asyncio.timeout(timeout):
-            while not condition():
-                await asyncio.sleep(0.005)
+        await eventually(condition, within=timeout)
 
 
 MakeHarness = Callable[..., Awaitable[Harness]]

@@ -12,27 +12,13 @@ import aiohttp
 from aiohttp import web
 
 from proxy.replicas import Replica
+from tests.waiting import eventually
+
+__all__ = ["JOB", "CountingUpstream", "Fleet", "eventually", "get"]
 
 JOB = "/v1/audio/transcribe/job-1"
 #: ``fleet(count, **settings)`` starts replicas sharing the test's Redis (see the fixture).
 Fleet = Callable[..., AbstractAsyncContextManager[list[Replica]]]
-
-
-async def eventually(
-    condition: Callable[[], bool | Awaitable[bool]], *, within: float = 10.0, what: str = ""
-) -> None:
-    """Wait until ``condition`` holds, checking on every short tick; fail after ``within`` s."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while True:
-        result = condition()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what or condition}")
-        await asyncio.sleep(0.005)
 
 
 @dataclass

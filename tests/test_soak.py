@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
-from collections.abc import Callable
 
 import pytest
 
@@ -17,6 +15,7 @@ from bench.soak import Traffic, seed_owned, simulated_api, soak
 from proxy.app import PROXY_KEY
 from proxy.config import Settings
 from tests.rawkit import serve_proxy
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.soak
 
@@ -56,16 +55,6 @@ async def test_a_proxy_process_under_sustained_mixed_traffic_loses_and_leaks_not
     assert report.exit_code == 0
 
 
-async def eventually(condition: Callable[[], bool], seconds: float = 10.0) -> bool:
-    """Whether ``condition`` holds within ``seconds``, re-checked as the loop turns."""
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.05)
-    return True
-
-
 async def test_in_process_no_task_flight_or_connection_outlives_the_traffic() -> None:
     baseline = asyncio.all_tasks()
     async with simulated_api(seed=11) as (sim_url, simulator):
@@ -84,9 +73,9 @@ async def test_in_process_no_task_flight_or_connection_outlives_the_traffic() ->
             assert tally.counts["poll hit"] > 0 and tally.counts["create"] > 0
 
             def idle() -> bool:
-                return not len(cache.flights) and not cache.background and not proxy.connections
+                return not len(cache.flights) and not proxy.connections
 
-            assert await eventually(idle), (len(cache.flights), proxy.connections)
+            await eventually(idle, what=lambda: (len(cache.flights), proxy.connections))
             assert cache.store.bytes <= settings.cache_max_bytes
         # The proxy is shut down: its upstream pool closed, so the simulator's side ends too.
         leftover = set[asyncio.Task[object]]()
@@ -96,4 +85,4 @@ async def test_in_process_no_task_flight_or_connection_outlives_the_traffic() ->
             leftover.update(asyncio.all_tasks() - baseline - {asyncio.current_task()})
             return not leftover
 
-        assert await eventually(back_to_baseline), [task.get_coro() for task in leftover]
+        await eventually(back_to_baseline, what=lambda: [task.get_coro() for task in leftover])
