@@ -1,9 +1,9 @@
 """The polling-fleet economy: the same fleet through no cache, nginx, Varnish and this proxy.
 
-The fleet is the demo's (``proxy.demo.run_fleet``): pollers that send ``If-None-Match`` with the
-last ETag and stop once the transcription is final. For each fleet size and system, fresh
-transcriptions are seeded, the fleet polls them until every one is final, and the simulator's
-per-ID counts say how many requests reached the origin.
+The fleet is the demo's (``proxy.tools.demo.run_fleet``): pollers that send ``If-None-Match`` with
+the last ETag and stop once the transcription is final. For each fleet size and system, fresh
+transcriptions are seeded, the fleet polls them until every one is final, and the simulator's per-
+ID counts say how many requests reached the origin.
 
 The floor of an ideal shared cache for one ID polled from ``t0`` that becomes final at ``F``,
 with ``max-age=M`` while pending: one fetch per max-age window while pending, ``ceil((F-t0)/M)``,
@@ -28,8 +28,8 @@ import aiohttp
 
 from bench import client, processes
 from bench.processes import Pinning, Service, Unavailable
-from proxy.demo import FleetResult, assign_pollers, percentile, run_fleet, seed_simulator
-from proxy.simulator import API_PREFIX
+from proxy.tools.demo import FleetResult, assign_pollers, percentile, run_fleet, seed_simulator
+from proxy.tools.simulator import API_PREFIX
 
 
 @dataclass(frozen=True)

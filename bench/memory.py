@@ -18,7 +18,7 @@ import aiohttp
 
 from bench import client, processes
 from bench.processes import Pinning
-from proxy.simulator import API_PREFIX
+from proxy.tools.simulator import API_PREFIX
 
 TOKEN = "bench-memory-token"
 CONCURRENCY = 32

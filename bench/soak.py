@@ -31,7 +31,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from proxy.simulator import Simulator, SimulatorConfig, create_simulator_app
+from proxy.tools.simulator import Simulator, SimulatorConfig, create_simulator_app
 
 HOST = "127.0.0.1"
 ADMIN_TOKEN = "soak-admin-token"

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from aiohttp import web
 
-from proxy.config import ConfigError, Settings, parse_settings
+from proxy.ops.config import ConfigError, Settings, parse_settings
 
 PROG = "aitronos-cache-proxy"
 
@@ -110,11 +110,11 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     arguments = list(sys.argv[1:] if argv is None else argv)
     env = os.environ if environ is None else environ
     if arguments and arguments[0] == "demo":
-        from proxy import demo
+        from proxy.tools import demo
 
         return demo.main(arguments[1:], env)
     if arguments and arguments[0] == "simulate":
-        from proxy import simulator
+        from proxy.tools import simulator
 
         return simulator.main(arguments[1:], env)
     try:

@@ -12,17 +12,17 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from proxy.admin import Purger, add_admin_routes, add_reserved_routes
-from proxy.config import ConfigError, Settings
-from proxy.coordination import Coordinator
 from proxy.handler import RESULT_KEY, CachingProxy, route_of
-from proxy.metrics import Metrics
+from proxy.ops.admin import Purger, add_admin_routes, add_reserved_routes
+from proxy.ops.config import ConfigError, Settings
+from proxy.ops.metrics import Metrics
 from proxy.server import handler_args, request_guard
-from proxy.store import MemoryStore, Store, StoreError
+from proxy.stores.coordination import Coordinator
+from proxy.stores.memory import MemoryStore, Store, StoreError
 from proxy.upstream import Upstream, UpstreamConfig
 
 if TYPE_CHECKING:
-    from proxy.redis_store import RedisShare
+    from proxy.stores.redis import RedisShare
 
 
 log = logging.getLogger("proxy")
@@ -142,7 +142,7 @@ def create_app(
 def redis_share(settings: Settings, metrics: Metrics, clock: Callable[[], float]) -> RedisShare:
     """The Redis tier, imported only when asked for, since redis-py is an optional extra."""
     try:
-        from proxy.redis_store import RedisShare
+        from proxy.stores.redis import RedisShare
     except ImportError:
         raise ConfigError(
             "--redis-url: redis-py is not installed: pip install 'aitronos-cache-proxy[redis]'"

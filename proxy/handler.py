@@ -16,9 +16,7 @@ from cachetools import TLRUCache
 from multidict import CIMultiDict
 
 from proxy import CACHE_NAME
-from proxy.config import Settings
-from proxy.coordination import Coordinator, Notice
-from proxy.headers import (
+from proxy.core.headers import (
     HOP_BY_HOP,
     CacheControl,
     connection_tokens,
@@ -26,8 +24,7 @@ from proxy.headers import (
     parse_retry_after,
     valid_field,
 )
-from proxy.metrics import Metrics, status_class
-from proxy.models import (
+from proxy.core.models import (
     NOT_SERVED,
     Fresh,
     Headers,
@@ -37,7 +34,7 @@ from proxy.models import (
     Unsatisfiable,
     header_value,
 )
-from proxy.policy import (
+from proxy.core.policy import (
     UNHANDLED_PRECONDITIONS,
     CachePolicy,
     RequestFacts,
@@ -61,8 +58,11 @@ from proxy.policy import (
     validator_matches,
     with_date,
 )
+from proxy.ops.config import Settings
+from proxy.ops.metrics import Metrics, status_class
 from proxy.server import RequestBody, RequestRejected
-from proxy.store import SharedStore, Store, StoreError
+from proxy.stores.coordination import Coordinator, Notice
+from proxy.stores.memory import SharedStore, Store, StoreError
 from proxy.upstream import (
     SingleFlight,
     Upstream,

@@ -26,7 +26,7 @@ from aiohttp.http import HttpVersion10, HttpVersion11
 from aiohttp.http_exceptions import BadHttpMessage, HttpProcessingError, LineTooLong
 from aiohttp.streams import StreamReader
 
-from proxy.config import Settings
+from proxy.ops.config import Settings
 
 log = logging.getLogger("proxy.server")
 

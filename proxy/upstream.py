@@ -11,7 +11,7 @@ from typing import Generic, TypeVar
 import aiohttp
 from yarl import URL
 
-from proxy.headers import valid_field
+from proxy.core.headers import valid_field
 
 T = TypeVar("T")
 

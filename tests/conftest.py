@@ -14,8 +14,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 
 from proxy.app import PROXY_KEY, CachingProxy, create_app
-from proxy.config import Settings
-from proxy.headers import format_http_date, parse_entity_tag_list, weak_match
+from proxy.core.headers import format_http_date, parse_entity_tag_list, weak_match
+from proxy.ops.config import Settings
 from tests.waiting import eventually
 
 START = 1_800_000_000.0

@@ -17,7 +17,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from proxy.app import create_admin_app, create_app
-from proxy.config import Settings
+from proxy.ops.config import Settings
 from proxy.server import ProxyRunner
 
 HOST = "127.0.0.1"

@@ -19,8 +19,8 @@ import pytest
 from aiohttp.test_utils import TestServer
 from redis.asyncio import Redis
 
-from proxy.config import Settings
-from proxy.replicas import LocalRedis, Replica, run_replicas
+from proxy.ops.config import Settings
+from proxy.tools.replicas import LocalRedis, Replica, run_replicas
 from tests.redis_support import CountingUpstream, Fleet
 
 

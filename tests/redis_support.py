@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from proxy.replicas import Replica
+from proxy.tools.replicas import Replica
 from tests.waiting import eventually
 
 __all__ = ["JOB", "CountingUpstream", "Fleet", "eventually", "get"]

@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from proxy.simulator import SimulatorConfig, create_simulator_app
+from proxy.tools.simulator import SimulatorConfig, create_simulator_app
 
 
 @dataclass

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.codec import MAGIC, VERSION, CodecError, decode_record, encode_record
-from proxy.models import StoredResponse
+from proxy.core.codec import MAGIC, VERSION, CodecError, decode_record, encode_record
+from proxy.core.models import StoredResponse
 
 JSON_ENTRY = StoredResponse(
     status=200,

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from proxy.config import ConfigError, Settings, parse_settings, parse_size
+from proxy.ops.config import ConfigError, Settings, parse_settings, parse_size
 
 
 def test_defaults_match_the_contract() -> None:

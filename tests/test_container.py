@@ -22,7 +22,7 @@ import yaml
 from aiohttp.test_utils import TestServer
 
 from proxy.app import create_app
-from proxy.config import Settings, build_settings, env_name
+from proxy.ops.config import Settings, build_settings, env_name
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile"

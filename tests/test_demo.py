@@ -12,7 +12,8 @@ import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 
-from proxy.demo import (
+from proxy.ops.metrics import Metrics
+from proxy.tools.demo import (
     DemoEndpoints,
     DemoOptions,
     FleetResult,
@@ -32,8 +33,7 @@ from proxy.demo import (
     serving,
     table_rows,
 )
-from proxy.metrics import Metrics
-from proxy.simulator import SimulatorConfig, create_simulator_app
+from proxy.tools.simulator import SimulatorConfig, create_simulator_app
 
 TINY = ["--pollers", "10", "--transcriptions", "3", "--duration", "2"]
 ROW_NAMES = (

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.headers import (
+from proxy.core.headers import (
     connection_tokens,
     format_http_date,
     parse_cache_control,

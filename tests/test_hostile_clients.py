@@ -19,7 +19,7 @@ import pytest
 from aiohttp import web
 
 from proxy.app import PROXY_KEY
-from proxy.config import Settings
+from proxy.ops.config import Settings
 from tests.rawkit import (
     HOST,
     RawRequest,

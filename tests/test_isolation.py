@@ -24,7 +24,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from proxy.config import Settings
+from proxy.ops.config import Settings
 from tests.rawkit import RunningProxy, serve_app, serve_proxy
 
 PATH = "/v1/audio/transcribe/trans_00000000000000000000000000000001"

@@ -17,7 +17,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from proxy.app import create_app
-from proxy.config import Settings
+from proxy.ops.config import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 DEADLINE = 15.0

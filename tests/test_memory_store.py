@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from proxy.models import StoredResponse
-from proxy.store import MemoryStore
+from proxy.core.models import StoredResponse
+from proxy.stores.memory import MemoryStore
 from tests.conftest import FakeClock
 
 

@@ -20,10 +20,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from proxy import __version__
 from proxy.app import PROXY_KEY, create_app
-from proxy.config import Settings
-from proxy.metrics import RESULTS, ROUTES, UPSTREAM_ERROR_KINDS, UPSTREAM_STATUSES
-from proxy.models import Record
-from proxy.store import MemoryStore, StoreError
+from proxy.core.models import Record
+from proxy.ops.config import Settings
+from proxy.ops.metrics import RESULTS, ROUTES, UPSTREAM_ERROR_KINDS, UPSTREAM_STATUSES
+from proxy.stores.memory import MemoryStore, StoreError
 
 ITEM = "/v1/audio/transcribe/trans_0123456789abcdef"
 TOKEN = "Bearer sk-metrics-secret-token"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from multidict import CIMultiDict
 
-from proxy.headers import format_http_date
-from proxy.models import Fresh, Miss, Revalidate, StoredResponse, Unsatisfiable
-from proxy.policy import (
+from proxy.core.headers import format_http_date
+from proxy.core.models import Fresh, Miss, Revalidate, StoredResponse, Unsatisfiable
+from proxy.core.policy import (
     CachePolicy,
     RequestFacts,
     cache_status,
@@ -321,7 +321,7 @@ def test_status_not_heuristically_cacheable_needs_explicit_freshness() -> None:
 
 
 def test_qualified_private_fields_are_not_stored() -> None:
-    from proxy.headers import parse_cache_control
+    from proxy.core.headers import parse_cache_control
 
     headers = (("Cache-Control", 'private="X-User", max-age=5'), ("X-User", "alice"), ("A", "1"))
     kept = stored_headers(headers, parse_cache_control(headers[0][1]))
@@ -437,7 +437,7 @@ def test_cache_status_members() -> None:
 
 
 def test_a_response_without_date_gets_one_when_stored() -> None:
-    from proxy.policy import with_date
+    from proxy.core.policy import with_date
 
     assert with_date((("A", "1"),), NOW) == (("A", "1"), ("Date", format_http_date(NOW)))
     dated = (("Date", "x"),)

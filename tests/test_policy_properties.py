@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from multidict import CIMultiDict
 
-from proxy.headers import (
+from proxy.core.headers import (
     DELTA_SECONDS_MAX,
     connection_tokens,
     normalize_field_value,
@@ -27,8 +27,8 @@ from proxy.headers import (
     split_list,
     valid_field,
 )
-from proxy.models import Fresh, Miss, Revalidate, StoredResponse, Unsatisfiable
-from proxy.policy import (
+from proxy.core.models import Fresh, Miss, Revalidate, StoredResponse, Unsatisfiable
+from proxy.core.policy import (
     CachePolicy,
     credential_scope,
     current_age,

@@ -24,8 +24,8 @@ import yaml
 from aiohttp.test_utils import TestServer
 
 from proxy.app import create_app
-from proxy.config import Settings
-from proxy.simulator import Simulator, SimulatorConfig, create_simulator_app
+from proxy.ops.config import Settings
+from proxy.tools.simulator import Simulator, SimulatorConfig, create_simulator_app
 
 ROOT = Path(__file__).resolve().parents[1]
 DASHBOARD = ROOT / "grafana" / "dashboards" / "cacheproxy.json"

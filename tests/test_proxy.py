@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 from yarl import URL
 
-from proxy.headers import format_http_date
+from proxy.core.headers import format_http_date
 from tests.conftest import Harness, MakeHarness
 
 PATH = "/v1/audio/transcribe/trans_0123456789abcdef0123456789abcdef"

@@ -15,9 +15,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from proxy.config import Settings
-from proxy.replicas import LocalRedis
-from proxy.store import MemoryStore, StoreError
+from proxy.ops.config import Settings
+from proxy.stores.memory import MemoryStore, StoreError
+from proxy.tools.replicas import LocalRedis
 from tests.rawkit import RunningProxy, serve_app, serve_proxy
 from tests.redis_support import JOB, CountingUpstream, Fleet, eventually, get
 

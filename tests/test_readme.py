@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import fields
 from pathlib import Path
 
-from proxy.config import Settings, env_name, option_name
+from proxy.ops.config import Settings, env_name, option_name
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -19,7 +19,7 @@ def test_every_option_is_documented_with_its_environment_variable() -> None:
 def test_every_metric_is_documented() -> None:
     from prometheus_client import CollectorRegistry
 
-    from proxy.metrics import Metrics
+    from proxy.ops.metrics import Metrics
 
     registry = CollectorRegistry()
     Metrics(registry)

@@ -17,9 +17,9 @@ from redis.asyncio import Redis
 
 from proxy.__main__ import main
 from proxy.app import create_app
-from proxy.config import ConfigError, Settings, parse_settings
-from proxy.redis_store import CircuitBreaker, RedisKeys, redacted_url
-from proxy.replicas import LocalRedis, Replica, free_port
+from proxy.ops.config import ConfigError, Settings, parse_settings
+from proxy.stores.redis import CircuitBreaker, RedisKeys, redacted_url
+from proxy.tools.replicas import LocalRedis, Replica, free_port
 from tests.conftest import FakeClock
 from tests.redis_support import JOB, CountingUpstream, Fleet, eventually, get, readiness
 
@@ -181,7 +181,7 @@ async def test_when_the_lock_holder_dies_another_replica_takes_over_after_its_ex
 async def test_a_password_in_the_redis_url_works_and_is_never_logged(
     origin: TestServer, http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from proxy.replicas import run_replicas
+    from proxy.tools.replicas import run_replicas
 
     secret = "s3cret-Pa55"
     caplog.set_level(logging.DEBUG)
@@ -221,7 +221,7 @@ def hide_redis_py(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in [name for name in sys.modules if name == "redis" or name.startswith("redis.")]:
         monkeypatch.setitem(sys.modules, name, None)
     monkeypatch.setitem(sys.modules, "redis", None)
-    monkeypatch.delitem(sys.modules, "proxy.redis_store", raising=False)
+    monkeypatch.delitem(sys.modules, "proxy.stores.redis", raising=False)
 
 
 def test_asking_for_redis_without_redis_py_is_a_one_line_startup_error(

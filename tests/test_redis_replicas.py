@@ -8,9 +8,9 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
-from proxy.codec import decode_record
-from proxy.coordination import Notice
-from proxy.redis_store import RedisKeys, _parse_notice, digest
+from proxy.core.codec import decode_record
+from proxy.stores.coordination import Notice
+from proxy.stores.redis import RedisKeys, _parse_notice, digest
 from tests.redis_support import JOB, CountingUpstream, Fleet, eventually, get
 
 pytest_plugins = ("tests.redis_fixtures",)

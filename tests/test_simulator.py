@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from proxy.simulator import (
+from proxy.tools.simulator import (
     SIMULATOR_KEY,
     Simulator,
     SimulatorConfig,

@@ -13,7 +13,7 @@ import pytest
 
 from bench.soak import Traffic, seed_owned, simulated_api, soak
 from proxy.app import PROXY_KEY
-from proxy.config import Settings
+from proxy.ops.config import Settings
 from tests.rawkit import serve_proxy
 from tests.waiting import eventually
 

@@ -13,9 +13,9 @@ from dataclasses import dataclass, replace
 import pytest
 from redis.asyncio import Redis
 
-from proxy.models import StoredResponse
-from proxy.redis_store import RedisKeys, RedisLink, RedisStore, TieredStore
-from proxy.store import MemoryStore, Store
+from proxy.core.models import StoredResponse
+from proxy.stores.memory import MemoryStore, Store
+from proxy.stores.redis import RedisKeys, RedisLink, RedisStore, TieredStore
 from tests.conftest import FakeClock
 
 ENTRY = StoredResponse(

@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from proxy.config import Settings
+from proxy.ops.config import Settings
 from tests.rawkit import (
     HOST,
     RawRequest,

@@ -7,7 +7,7 @@ import math
 import sys
 from dataclasses import dataclass, field
 
-from proxy.headers import (
+from proxy.core.headers import (
     HOP_BY_HOP,
     CacheControl,
     parse_cache_control,

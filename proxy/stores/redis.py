@@ -9,7 +9,7 @@ counted in ``cacheproxy_store_errors_total{backend="redis"}``, and never reaches
 Names in Redis (``{prefix}`` is ``--redis-prefix``; ``h(x)`` the SHA-256 of ``x`` in hex, so no
 path, query or credential is stored in clear):
 
-- ``{prefix}:{h(cache key)}``: the record, in the versioned format of ``proxy.codec``, expiring
+- ``{prefix}:{h(cache key)}``: the record, in the versioned format of ``proxy.core.codec``, expiring
   with its retention time.
 - ``{prefix}:lock:{h(flight)}``: who is fetching a flight, expiring unless renewed.
 - channel ``{prefix}:done:{h(flight)}``: the holder's ``Notice`` when its fetch is over.
@@ -40,12 +40,12 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from yarl import URL
 
-from proxy.codec import CodecError, decode_record, encode_record
-from proxy.config import Settings
-from proxy.coordination import Claim, Notice
-from proxy.metrics import Metrics
-from proxy.models import Record
-from proxy.store import MemoryStore, StoreError
+from proxy.core.codec import CodecError, decode_record, encode_record
+from proxy.core.models import Record
+from proxy.ops.config import Settings
+from proxy.ops.metrics import Metrics
+from proxy.stores.coordination import Claim, Notice
+from proxy.stores.memory import MemoryStore, StoreError
 
 log = logging.getLogger("proxy.redis")
 T = TypeVar("T")

@@ -1,10 +1,10 @@
 """``python -m proxy demo``: the same polling fleet without and with the proxy, side by side.
 
-Everything runs in this process on loopback ports: the simulated API (``proxy.simulator``), the
-proxy in front of it, and a fleet of pollers that behave like real clients (a fixed interval with
-jitter, ``If-None-Match`` with the last ETag, stopping once the transcription is final). Each phase
-polls fresh transcriptions, so the two columns start from the same state. Upstream load comes from
-the simulator's ``/_sim/stats``, cache results from the proxy's ``/metrics``.
+Everything runs in this process on loopback ports: the simulated API (``proxy.tools.simulator``),
+the proxy in front of it, and a fleet of pollers that behave like real clients (a fixed interval
+with jitter, ``If-None-Match`` with the last ETag, stopping once the transcription is final). Each
+phase polls fresh transcriptions, so the two columns start from the same state. Upstream load comes
+from the simulator's ``/_sim/stats``, cache results from the proxy's ``/metrics``.
 
 The fleet (``run_fleet``) and the table (``format_table``) are reusable so a benchmark can put other
 caches (nginx, Varnish) in the same table.
@@ -31,8 +31,8 @@ import aiohttp
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from proxy.config import env_backed_options
-from proxy.simulator import (
+from proxy.ops.config import env_backed_options
+from proxy.tools.simulator import (
     API_PREFIX,
     TERMINAL_STATUSES,
     SimulatorConfig,
@@ -496,7 +496,7 @@ def _proxy_app(upstream: str) -> web.Application | None:
     """The proxy in front of ``upstream``, or ``None`` when the proxy core is not importable."""
     try:
         from proxy.app import create_app
-        from proxy.config import Settings
+        from proxy.ops.config import Settings
     except ImportError:
         return None
     return create_app(Settings(upstream=upstream))

@@ -7,7 +7,7 @@ from typing import Protocol, runtime_checkable
 
 from cachetools import TLRUCache
 
-from proxy.models import Record, record_size
+from proxy.core.models import Record, record_size
 
 
 class StoreError(Exception):

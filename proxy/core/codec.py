@@ -13,7 +13,7 @@ import math
 import struct
 from typing import Any
 
-from proxy.models import Record, StoredResponse
+from proxy.core.models import Record, StoredResponse
 
 MAGIC = b"acp"
 VERSION = 1

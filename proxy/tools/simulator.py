@@ -49,7 +49,7 @@ from typing import Any, Final, Literal
 
 from aiohttp import web
 
-from proxy.config import env_backed_options
+from proxy.ops.config import env_backed_options
 
 Status = Literal["queued", "processing", "completed", "failed"]
 Clock = Callable[[], float]

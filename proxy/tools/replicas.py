@@ -26,7 +26,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from proxy.app import PROXY_KEY, CachingProxy, create_app
-from proxy.config import Settings
+from proxy.ops.config import Settings
 
 READY_LINE = b"Ready to accept connections"
 

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 
-from proxy.headers import (
+from proxy.core.headers import (
     HOP_BY_HOP,
     CacheControl,
     format_http_date,
@@ -22,7 +22,7 @@ from proxy.headers import (
     split_list,
     weak_match,
 )
-from proxy.models import (
+from proxy.core.models import (
     Decision,
     Fresh,
     Headers,

@@ -1,0 +1,1 @@
+"""Operating the proxy: configuration, metrics, the admin listener."""

@@ -1,0 +1,1 @@
+"""Where stored responses live: the Store seam, the memory store, the Redis tier."""
