@@ -16,6 +16,17 @@ from cachetools import TLRUCache
 from multidict import CIMultiDict
 
 from proxy import CACHE_NAME
+from proxy.core.coding import (
+    CodingError,
+    CodingPolicy,
+    Representation,
+    choose,
+    content_coding,
+    decode,
+    negotiate,
+    representations,
+    upstream_accept_encoding,
+)
 from proxy.core.headers import (
     HOP_BY_HOP,
     CacheControl,
@@ -195,6 +206,12 @@ class CachingProxy:
             keep_stale=settings.keep_stale,
             stale_grace=settings.stale_grace,
         )
+        self.codings = CodingPolicy(
+            compress_types=settings.compress_types,
+            min_bytes=settings.compress_min_bytes,
+            max_bytes=settings.max_entry_bytes,
+        )
+        self.upstream_accept_encoding = upstream_accept_encoding()
         self.flights: SingleFlight[Outcome] = SingleFlight()
         self.via = f"1.1 {CACHE_NAME}"
         self.draining = False
@@ -270,14 +287,14 @@ class CachingProxy:
         match decide(record, facts, now, self.policy):
             case Fresh(entry, age, ttl, stale):
                 status = cache_status(hit=True, ttl=ttl)
-                return self._serve(request, entry, age, status, saved=True), (
+                return await self._serve(request, entry, age, status, saved=True), (
                     "stale" if stale else "hit"
                 )
             case Revalidate(entry, age, fwd, background=True):
                 self._revalidate_in_background(route, key, facts, request, entry)
                 ttl = freshness_lifetime(entry, self.policy) - age
                 status = cache_status(hit=True, ttl=ttl, detail="stale-while-revalidate")
-                return self._serve(request, entry, age, status, saved=True), "stale"
+                return await self._serve(request, entry, age, status, saved=True), "stale"
             case Revalidate(entry, _age, fwd):
                 return await self._fetch_and_serve(request, route, key, facts, entry, fwd)
             case Miss(fwd):
@@ -308,7 +325,7 @@ class CachingProxy:
         fwd: str,
         vary: tuple[str, ...] = (),
     ) -> tuple[web.StreamResponse, str]:
-        job = self._job(request, route, key, facts, stale, stale.vary if stale else vary)
+        job = self._job(request, route, key, facts, stale, stale.selection_vary if stale else vary)
         task, leader = self.flights.join(job.flight_key, lambda: self._coordinated_fetch(job))
         try:
             outcome = await asyncio.shield(task)
@@ -319,7 +336,7 @@ class CachingProxy:
         except UpstreamError as error:
             if stale is not None and stale_if_error_allows(stale, facts, self.clock(), self.policy):
                 status = cache_status(fwd=fwd, detail=error.kind)
-                return self._serve_stored(request, stale, status), "stale"
+                return await self._serve_stored(request, stale, status), "stale"
             raise
         collapsed = not leader or (isinstance(outcome, Fetched) and outcome.collapsed)
         if collapsed:
@@ -338,21 +355,26 @@ class CachingProxy:
                 outcome.response.release()
             fwd_status = outcome.status if isinstance(outcome, Fetched) else outcome.response.status
             status = cache_status(fwd=fwd, fwd_status=fwd_status, collapsed=not leader)
-            return self._serve_stored(request, stale, status), "stale"
+            return await self._serve_stored(request, stale, status), "stale"
         if isinstance(outcome, Streamed):
-            if not leader:
+            if not leader or not self._acceptable(request, outcome.headers):
+                if leader:
+                    # Asked in the cache's codings, answered in one this client cannot read
+                    # and not storable: ask again in the client's own terms.
+                    outcome.response.release()
                 response = await self._forward(request, route, cache_status(fwd=fwd))
                 return response, "miss"
             return await self._stream(request, outcome, cache_status(fwd=fwd)), "miss"
         if outcome.entry is not None:
             entry = outcome.entry
-            if entry.vary and selecting_values(entry.vary, facts.headers) != entry.selecting:
+            selection = entry.selection_vary
+            if selection and selecting_values(selection, facts.headers) != entry.selecting:
                 # Collapsed onto a fetch for another variant: fetch our own (once).
                 if vary:
                     response = await self._forward(request, route, cache_status(fwd="vary-miss"))
                     return response, "miss"
                 return await self._fetch_and_serve(
-                    request, route, key, facts, None, "vary-miss", entry.vary
+                    request, route, key, facts, None, "vary-miss", selection
                 )
             status = cache_status(
                 fwd=fwd,
@@ -362,9 +384,10 @@ class CachingProxy:
             )
             age = max(0.0, self.clock() - entry.response_time) + entry.corrected_initial_age
             result = "revalidated" if outcome.revalidated else "miss"
-            return self._serve(request, entry, age, status, saved=outcome.revalidated), result
+            served = await self._serve(request, entry, age, status, saved=outcome.revalidated)
+            return served, result
         status = cache_status(fwd=fwd, fwd_status=outcome.status, collapsed=not leader)
-        return self._plain(outcome, status), "error" if failed else "miss"
+        return self._plain(request, outcome, status), "error" if failed else "miss"
 
     def _revalidate_in_background(
         self,
@@ -375,7 +398,7 @@ class CachingProxy:
         entry: StoredResponse,
     ) -> None:
         """RFC 5861 stale-while-revalidate: refresh the entry without making the caller wait."""
-        job = self._job(request, route, key, facts, entry, entry.vary)
+        job = self._job(request, route, key, facts, entry, entry.selection_vary)
         task, leader = self.flights.join(job.flight_key, lambda: self._coordinated_fetch(job))
         if leader:
             task.add_done_callback(_release_orphan)
@@ -389,7 +412,15 @@ class CachingProxy:
         stale: StoredResponse | None,
         vary: tuple[str, ...],
     ) -> FetchJob:
-        forwarded = tuple(self._upstream_headers(request, strip_validators=True))
+        # One stored response serves every coding: ask the origin in the cache's codings, the
+        # same for every caller sharing the fetch, whatever each client spelled.
+        forwarded = tuple(
+            (name, value)
+            for name, value in self._upstream_headers(request, strip_validators=True)
+            if name.lower() != "accept-encoding"
+        )
+        if self.upstream_accept_encoding:
+            forwarded += (("Accept-Encoding", self.upstream_accept_encoding),)
         return FetchJob(route, key, self._flight_key(key, facts, vary), facts, forwarded, stale)
 
     async def _coordinated_fetch(self, job: FetchJob) -> Outcome:
@@ -474,6 +505,10 @@ class CachingProxy:
                 # entry: fetch the full response instead, which is then not stored (§3.5).
                 return await self._fetch(replace(job, stale=None))
             entry = freshen(stale, received, request_time, response_time)
+            if entry.selection_vary != stale.selection_vary:
+                entry = replace(
+                    entry, selecting=selecting_values(entry.selection_vary, facts.headers)
+                )
             stored = await self._save(key, entry, facts)
             return Fetched(
                 entry.status, entry.reason, entry.headers, entry.body, entry, stored, True
@@ -515,11 +550,28 @@ class CachingProxy:
             scope=facts.scope,
             selecting=(),
             targeted=True,
+            derived=self._derived(status, received, body),
         )
-        if entry.vary:
-            entry = replace(entry, selecting=selecting_values(entry.vary, facts.headers))
+        if entry.selection_vary:
+            entry = replace(
+                entry, selecting=selecting_values(entry.selection_vary, facts.headers)
+            )
         stored = await self._save(key, entry, facts)
         return Fetched(status, entry.reason, entry.headers, body, entry, stored)
+
+    def _derived(self, status: int, received: Headers, body: bytes) -> tuple[Representation, ...]:
+        """The other codings of a response about to be stored, computed once, here."""
+        if status == 204:
+            return ()
+        reps = representations(
+            body=body,
+            etag=header_value(received, "etag"),
+            content_type=header_value(received, "content-type"),
+            content_encoding=[v for k, v in received if k.lower() == "content-encoding"],
+            no_transform=_cache_control_of(received).no_transform,
+            policy=self.codings,
+        )
+        return reps[1:]
 
     def _note_backoff(
         self,
@@ -621,7 +673,7 @@ class CachingProxy:
 
     # -- responses ---------------------------------------------------------------------------
 
-    def _serve(
+    async def _serve(
         self,
         request: web.Request,
         entry: StoredResponse,
@@ -629,39 +681,64 @@ class CachingProxy:
         status_header: str,
         *,
         saved: bool,
-    ) -> web.Response:
-        """Answer from a stored response, locally with 304 when the client's validator matches."""
-        if 200 <= entry.status < 300 and not_modified(entry, request.headers):
-            self.metrics.not_modified.inc()
-            headers = CIMultiDict(not_modified_headers(entry))
-            headers["Age"] = str(int(age))
-            headers["Cache-Status"] = status_header
-            return web.Response(status=304, headers=headers)
-        size = len(entry.body)
+    ) -> web.StreamResponse:
+        """Answer from a stored response in the client's coding, or 304 for what it holds."""
+        rep = choose(entry.representations, request.headers.get("accept-encoding"))
+        if rep is None:
+            # Only a coded body the client cannot read and may not transform (no-transform).
+            return await self._forward(request, route_of(request.path), status_header)
+        if 200 <= entry.status < 300:
+            held = not_modified(entry, request.headers, rep)
+            if held is not None:
+                self.metrics.not_modified.inc()
+                headers = CIMultiDict(not_modified_headers(entry, held))
+                headers["Age"] = str(int(age))
+                headers["Cache-Status"] = status_header
+                return web.Response(status=304, headers=headers)
+        size = len(rep.body)
         if request.method != "HEAD":
             self.metrics.response_bytes.inc(size)
             if saved:
                 self.metrics.bytes_saved.inc(size)
+        served = entry.represented[entry.representations.index(rep)]
         return web.Response(
             status=entry.status,
             reason=entry.reason,
-            headers=(*entry.served, ("Age", str(int(age))), ("Cache-Status", status_header)),
-            body=entry.body,
+            headers=(*served, ("Age", str(int(age))), ("Cache-Status", status_header)),
+            body=rep.body,
         )
 
-    def _serve_stored(
+    async def _serve_stored(
         self, request: web.Request, entry: StoredResponse, status_header: str
-    ) -> web.Response:
+    ) -> web.StreamResponse:
         now = self.clock()
         age = entry.corrected_initial_age + max(0.0, now - entry.response_time)
-        return self._serve(request, entry, age, status_header, saved=True)
+        return await self._serve(request, entry, age, status_header, saved=True)
 
-    def _plain(self, outcome: Fetched, status_header: str) -> web.Response:
-        headers = CIMultiDict((k, v) for k, v in outcome.headers if k.lower() not in NOT_SERVED)
+    def _acceptable(self, request: web.Request, received: Headers) -> bool:
+        """Whether the client accepts the coding of a body the cache asked for in its codings."""
+        coding = content_coding(v for k, v in received if k.lower() == "content-encoding")
+        if coding == "identity":
+            return True
+        offered = (coding,) if coding is not None else ()
+        return negotiate(request.headers.get("accept-encoding"), offered) is not None
+
+    def _plain(self, request: web.Request, outcome: Fetched, status_header: str) -> web.Response:
+        """An unstored answer (an error), decoded when the client does not accept its coding."""
+        pairs = [(k, v) for k, v in outcome.headers if k.lower() not in NOT_SERVED]
+        body = outcome.body
+        coding = content_coding(v for k, v in pairs if k.lower() == "content-encoding")
+        if coding not in (None, "identity") and not self._acceptable(request, outcome.headers):
+            try:
+                body = decode(coding, body, ERROR_BODY_LIMIT * 16)
+                pairs = [(k, v) for k, v in pairs if k.lower() not in ("content-encoding", "etag")]
+            except CodingError:
+                pass
+        headers = CIMultiDict(pairs)
         headers["Cache-Status"] = status_header
-        self.metrics.response_bytes.inc(len(outcome.body))
+        self.metrics.response_bytes.inc(len(body))
         return web.Response(
-            status=outcome.status, reason=outcome.reason, headers=headers, body=outcome.body
+            status=outcome.status, reason=outcome.reason, headers=headers, body=body
         )
 
     async def _stream(

@@ -7,6 +7,7 @@ import math
 import sys
 from dataclasses import dataclass, field
 
+from proxy.core.coding import IDENTITY, Representation
 from proxy.core.headers import (
     HOP_BY_HOP,
     CacheControl,
@@ -60,6 +61,10 @@ class StoredResponse:
     ``scope`` is the credential scope the response belongs to and ``selecting`` the values of the
     request fields its ``Vary`` names (§4.1), so a variant is only reused for matching requests.
     The derived fields are computed once here, never on the hot path of a hit.
+
+    ``derived`` holds the representations in other content codings computed from the body
+    (``proxy.core.coding``); ``representations`` puts the origin's own first, ``represented``
+    holds each one's served fields (its ``Content-Encoding``, ``ETag`` and ``Vary``).
     """
 
     status: int
@@ -71,6 +76,11 @@ class StoredResponse:
     scope: str = ""
     selecting: tuple[tuple[str, str], ...] = ()
     targeted: bool = field(default=False)
+    derived: tuple[Representation, ...] = ()
+
+    representations: tuple[Representation, ...] = field(init=False, compare=False, repr=False)
+    represented: tuple[Headers, ...] = field(init=False, compare=False, repr=False)
+    selection_vary: tuple[str, ...] = field(init=False, compare=False, repr=False)
 
     cache_control: CacheControl = field(init=False, compare=False, repr=False)
     date: float | None = field(init=False, compare=False, repr=False)
@@ -99,11 +109,30 @@ class StoredResponse:
         setter(self, "last_modified", parse_http_date(header_value(headers, "last-modified")))
         setter(self, "vary", parse_vary(header_values(headers, "vary")))
         setter(self, "corrected_initial_age", max(apparent_age, corrected_age_value))
-        setter(self, "served", tuple(item for item in headers if item[0].lower() not in NOT_SERVED))
+        served = tuple(item for item in headers if item[0].lower() not in NOT_SERVED)
+        setter(self, "served", served)
+        original = Representation(
+            _coding_token(header_values(headers, "content-encoding")),
+            self.body,
+            self.etag,
+            derived=False,
+        )
+        reps = (original, *self.derived)
+        setter(self, "representations", reps)
+        setter(self, "represented", tuple(_represented(served, rep, reps) for rep in reps))
+        vary = self.vary
+        if "accept-encoding" in vary and any(rep.coding == IDENTITY for rep in reps):
+            # Every client can be served from this one stored response (§12.5.3): the request's
+            # Accept-Encoding picks a representation, not a stored response.
+            vary = tuple(name for name in vary if name != "accept-encoding")
+        setter(self, "selection_vary", vary)
         setter(
             self,
             "size",
-            len(self.body) + sum(len(k) + len(v) for k, v in headers) + 256,
+            len(self.body)
+            + sum(len(rep.body) + 64 for rep in self.derived)
+            + sum(len(k) + len(v) for k, v in headers)
+            + 256,
         )
 
     @property
@@ -112,6 +141,34 @@ class StoredResponse:
 
     def header(self, name: str) -> str | None:
         return header_value(self.headers, name)
+
+
+def _coding_token(values: list[str]) -> str:
+    """The body's coding as one lower-case token (``identity`` when it has none)."""
+    joined = ", ".join(value.strip().lower() for value in values if value.strip())
+    return {"": IDENTITY, "x-gzip": "gzip"}.get(joined, joined)
+
+
+def _represented(served: Headers, rep: Representation, reps: tuple[Representation, ...]) -> Headers:
+    """The served fields of one representation: its coding, its validator, and ``Vary``.
+
+    ``Vary: Accept-Encoding`` whenever the stored response has several codings (RFC 9110
+    §12.5.5), so no cache downstream hands one client's coding to another.
+    """
+    if len(reps) == 1:
+        return served
+    drop = {"content-encoding", "etag", "vary"}
+    fields = [item for item in served if item[0].lower() not in drop]
+    if rep.coding != IDENTITY:
+        fields.append(("Content-Encoding", rep.coding))
+    if rep.etag is not None:
+        fields.append(("ETag", rep.etag))
+    vary = parse_vary(header_values(served, "vary"))
+    names = [value for key, value in served if key.lower() == "vary"]
+    if "accept-encoding" not in vary:
+        names.append("Accept-Encoding")
+    fields.append(("Vary", ", ".join(names)))
+    return tuple(fields)
 
 
 #: All stored variants of one URI, most recent first (RFC 9111 §4.1).

@@ -14,6 +14,8 @@ from typing import Any, NoReturn
 
 from yarl import URL
 
+from proxy.core.coding import DEFAULT_COMPRESS_MIN_BYTES, DEFAULT_COMPRESS_TYPES
+
 
 class ConfigError(ValueError):
     """A configuration value is invalid; the message names the option."""
@@ -61,6 +63,15 @@ def parse_header_list(text: str) -> tuple[str, ...]:
         if not re.fullmatch(r"[!#$%&'*+\-.^_`|~0-9a-z]+", name):
             raise ValueError(f"{name!r} is not a header name")
     return names
+
+
+def parse_media_types(text: str) -> tuple[str, ...]:
+    """``text/*, application/json``: media types or ``type/*`` patterns, ``*`` for all."""
+    types = tuple(item.strip().lower() for item in text.split(",") if item.strip())
+    for item in types:
+        if item != "*" and not re.fullmatch(r"[a-z0-9!#$&^_.+-]+/(\*|[a-z0-9!#$&^_.+-]+)", item):
+            raise ValueError(f"{item!r} is not a media type")
+    return types
 
 
 def parse_public_host(text: str) -> str:
@@ -192,6 +203,19 @@ class Settings:
     )
     max_entry_bytes: int = _option(
         8 * 1024**2, _bounded(parse_size, 0), "largest body the cache stores", "SIZE"
+    )
+    compress_types: tuple[str, ...] = _option(
+        DEFAULT_COMPRESS_TYPES,
+        parse_media_types,
+        "media types the cache compresses when the origin sent them uncompressed (like nginx's "
+        "gzip_types; text/* for any text, empty: none)",
+        "TYPES",
+    )
+    compress_min_bytes: int = _option(
+        DEFAULT_COMPRESS_MIN_BYTES,
+        _bounded(parse_size, 0),
+        "smallest body the cache compresses",
+        "SIZE",
     )
     upstream_connect_timeout: float = _option(
         5.0, _bounded(float, 0.001), "seconds to connect to the upstream", "SECONDS"
