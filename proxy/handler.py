@@ -553,9 +553,7 @@ class CachingProxy:
             derived=self._derived(status, received, body),
         )
         if entry.selection_vary:
-            entry = replace(
-                entry, selecting=selecting_values(entry.selection_vary, facts.headers)
-            )
+            entry = replace(entry, selecting=selecting_values(entry.selection_vary, facts.headers))
         stored = await self._save(key, entry, facts)
         return Fetched(status, entry.reason, entry.headers, body, entry, stored)
 

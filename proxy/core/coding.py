@@ -34,6 +34,8 @@ DEFAULT_COMPRESS_TYPES = (
     "image/svg+xml",
 )
 DEFAULT_COMPRESS_MIN_BYTES = 1024
+#: The weight of an identity the client did not name: acceptable, below any named coding.
+IMPLICIT_IDENTITY = 0.0001
 #: ``x-gzip`` is gzip (RFC 9110 §8.4.1.3).
 _ALIASES = {"x-gzip": "gzip"}
 
@@ -90,7 +92,8 @@ def acceptable_weight(pairs: tuple[tuple[str, float], ...], coding: str) -> floa
             star = weight
     if star is not None:
         return star
-    return 1.0 if coding == IDENTITY else 0.0
+    # Unnamed identity is acceptable but ranks below any coding the client named (§12.5.3).
+    return IMPLICIT_IDENTITY if coding == IDENTITY else 0.0
 
 
 @functools.lru_cache(maxsize=1024)
@@ -285,9 +288,7 @@ def representations(
     return tuple(result)
 
 
-def choose(
-    reps: tuple[Representation, ...], accept_encoding: str | None
-) -> Representation | None:
+def choose(reps: tuple[Representation, ...], accept_encoding: str | None) -> Representation | None:
     """The representation to serve a client (§12.5.3), None when it accepts none of them.
 
     Identity is served when the client rules out everything (§12.5.3 allows ignoring the field)

@@ -1,0 +1,242 @@
+"""Content-coding rules (RFC 9110 §8.4, §12.5.3, §8.8.3, §7.7), one test each, no I/O."""
+
+from __future__ import annotations
+
+import gzip
+
+import pytest
+
+from proxy.core.coding import (
+    CodingError,
+    CodingPolicy,
+    Representation,
+    available_codings,
+    choose,
+    coded_etag,
+    compressible_type,
+    content_coding,
+    decode,
+    encode,
+    negotiate,
+    normalise_accept_encoding,
+    representations,
+)
+from proxy.core.models import StoredResponse
+
+JSON = b'{"text": "' + b"the meeting agreed on the release plan " * 60 + b'"}'
+ALL = (*available_codings(), "identity")
+
+
+def test_brotli_and_zstandard_are_installed_with_the_dev_extra() -> None:
+    assert available_codings() == ("zstd", "br", "gzip")
+
+
+@pytest.mark.parametrize(
+    ("spelling", "coding"),
+    [
+        ("", "identity"),
+        ("gzip", "gzip"),
+        ("gzip, deflate", "gzip"),
+        ("gzip,deflate", "gzip"),
+        ("GZIP, DEFLATE", "gzip"),
+        ("deflate, gzip, br, zstd", "zstd"),  # curl --compressed
+        ("gzip, deflate, br, zstd", "zstd"),  # Chromium
+        ("x-gzip", "gzip"),
+        ("br;q=0.5, gzip", "gzip"),
+        ("gzip;q=0.2, br;q=0.9", "br"),
+        ("*", "zstd"),
+        ("gzip;q=0, *", "zstd"),
+        ("zstd;q=0, br;q=0, *;q=0.1", "gzip"),
+        ("identity", "identity"),
+        ("identity, gzip;q=0.5", "identity"),
+        ("deflate", "identity"),
+        ("identity;q=0, gzip", "gzip"),
+        ("identity;q=0", "none"),
+        ("*;q=0", "none"),
+        ("gzip;q=2, br;q=nope", "identity"),
+        ("gzip ; q=0.000, br; Q=1", "br"),
+    ],
+)
+def test_every_spelling_normalises_to_the_coding_the_cache_serves(
+    spelling: str, coding: str
+) -> None:
+    assert normalise_accept_encoding([spelling]) == coding
+
+
+def test_a_missing_accept_encoding_is_identity() -> None:
+    assert normalise_accept_encoding([]) == "identity"
+
+
+def test_field_lines_are_combined_before_negotiating() -> None:
+    assert normalise_accept_encoding(["deflate", "br"]) == "br"
+
+
+def test_negotiation_offers_only_what_is_stored() -> None:
+    assert negotiate("gzip, br", ("gzip", "identity")) == "gzip"
+    assert negotiate("zstd", ("gzip", "identity")) == "identity"
+    assert negotiate("zstd, identity;q=0", ("gzip", "identity")) is None
+
+
+@pytest.mark.parametrize("coding", available_codings())
+def test_each_coding_round_trips(coding: str) -> None:
+    encoded = encode(coding, JSON)
+    assert len(encoded) < len(JSON) / 3
+    assert decode(coding, encoded, len(JSON)) == JSON
+
+
+@pytest.mark.parametrize("coding", available_codings())
+def test_decoding_stops_at_the_limit_so_a_bomb_cannot_exhaust_memory(coding: str) -> None:
+    bomb = encode(coding, b"\0" * 10_000_000)
+    with pytest.raises(CodingError):
+        decode(coding, bomb, 1_000_000)
+
+
+@pytest.mark.parametrize("coding", available_codings())
+def test_a_body_not_in_its_declared_coding_is_refused(coding: str) -> None:
+    with pytest.raises(CodingError):
+        decode(coding, b"plain text, not compressed at all", 1000)
+
+
+def test_a_derived_validator_is_weak_suffixed_and_distinct_even_under_weak_comparison() -> None:
+    assert coded_etag('"abc"', "gzip") == 'W/"abc-gzip"'
+    assert coded_etag('W/"abc"', "br") == 'W/"abc-br"'
+    assert coded_etag(None, "gzip") is None
+    assert coded_etag("garbage", "gzip") is None
+
+
+def test_compressible_types_follow_the_gzip_types_patterns() -> None:
+    patterns = ("text/*", "application/json")
+    assert compressible_type("application/json; charset=utf-8", patterns)
+    assert compressible_type("TEXT/VTT", patterns)
+    assert not compressible_type("image/png", patterns)
+    assert not compressible_type(None, patterns)
+    assert compressible_type("image/png", ("*",))
+
+
+def test_content_coding_names_one_known_coding_or_none() -> None:
+    assert content_coding([]) == "identity"
+    assert content_coding(["identity"]) == "identity"
+    assert content_coding(["X-GZIP"]) == "gzip"
+    assert content_coding(["gzip, br"]) is None
+    assert content_coding(["compress"]) is None
+
+
+def reps(body: bytes = JSON, **overrides: object) -> tuple[Representation, ...]:
+    arguments: dict[str, object] = {
+        "body": body,
+        "etag": '"v1"',
+        "content_type": "application/json",
+        "content_encoding": [],
+        "no_transform": False,
+        "policy": CodingPolicy(),
+    }
+    arguments.update(overrides)
+    return representations(**arguments)  # type: ignore[arg-type]
+
+
+def test_an_identity_json_body_is_compressed_once_in_every_coding() -> None:
+    result = reps()
+    assert [r.coding for r in result] == ["identity", "zstd", "br", "gzip"]
+    assert result[0] == Representation("identity", JSON, '"v1"', derived=False)
+    assert result[0].body is JSON
+    for rep in result[1:]:
+        assert rep.derived and rep.etag == f'W/"v1-{rep.coding}"'
+        assert decode(rep.coding, rep.body, len(JSON)) == JSON
+
+
+def test_no_transform_keeps_only_what_the_origin_sent() -> None:
+    """RFC 9110 §7.7: an intermediary must not change the coding of a no-transform response."""
+    assert [r.coding for r in reps(no_transform=True)] == ["identity"]
+    coded = gzip.compress(JSON)
+    result = reps(coded, content_encoding=["gzip"], no_transform=True)
+    assert [(r.coding, r.body) for r in result] == [("gzip", coded)]
+
+
+def test_small_bodies_and_other_types_are_not_compressed() -> None:
+    assert len(reps(b'{"a": 1}')) == 1
+    assert len(reps(JSON, content_type="image/png")) == 1
+    assert len(reps(JSON, policy=CodingPolicy(min_bytes=len(JSON) + 1))) == 1
+    assert len(reps(JSON, policy=CodingPolicy(compress_types=()))) == 1
+
+
+def test_a_coded_body_is_decoded_for_clients_that_accept_none() -> None:
+    coded = gzip.compress(JSON)
+    result = reps(coded, content_encoding=["gzip"], etag='W/"v1"')
+    assert [r.coding for r in result] == ["gzip", "identity", "zstd", "br"]
+    assert result[1] == Representation("identity", JSON, 'W/"v1-identity"', derived=True)
+
+
+def test_a_coded_body_that_does_not_decode_is_kept_as_it_is() -> None:
+    assert [r.coding for r in reps(b"not gzip", content_encoding=["gzip"])] == ["gzip"]
+    too_big = gzip.compress(JSON)
+    result = reps(too_big, content_encoding=["gzip"], policy=CodingPolicy(max_bytes=100))
+    assert [r.coding for r in result] == ["gzip"]
+
+
+def test_an_unknown_coding_is_never_transformed() -> None:
+    assert [r.coding for r in reps(b"x" * 2000, content_encoding=["compress"])] == ["unknown"]
+
+
+def test_choose_serves_the_best_accepted_coding_and_identity_when_none_is() -> None:
+    result = reps()
+    assert choose(result, "gzip, deflate").coding == "gzip"  # type: ignore[union-attr]
+    assert choose(result, "gzip, deflate, br, zstd").coding == "zstd"  # type: ignore[union-attr]
+    assert choose(result, "").coding == "identity"  # type: ignore[union-attr]
+    assert choose(result, None).coding == "identity"  # type: ignore[union-attr]
+    assert choose(result, "identity;q=0").coding == "identity"  # type: ignore[union-attr]
+    assert choose(result, "deflate, identity;q=0").coding == "identity"  # type: ignore[union-attr]
+
+
+def test_choose_finds_nothing_for_a_coded_only_body_the_client_cannot_read() -> None:
+    only_gzip = (Representation("gzip", b"..", None, derived=False),)
+    assert choose(only_gzip, "") is None
+    assert choose(only_gzip, "br") is None
+    assert choose(only_gzip, "gzip") is only_gzip[0]
+
+
+def stored(derived: tuple[Representation, ...], *headers: tuple[str, str]) -> StoredResponse:
+    return StoredResponse(
+        status=200,
+        reason="OK",
+        headers=(("Content-Type", "application/json"), ("ETag", '"v1"'), *headers),
+        body=JSON,
+        request_time=0.0,
+        response_time=0.0,
+        derived=derived,
+    )
+
+
+def test_each_representation_is_served_with_its_coding_validator_and_vary() -> None:
+    entry = stored(reps()[1:], ("Vary", "Origin"))
+    by_coding = {
+        rep.coding: dict(h) for rep, h in zip(entry.representations, entry.represented, strict=True)
+    }
+    assert by_coding["identity"]["ETag"] == '"v1"'
+    assert "Content-Encoding" not in by_coding["identity"]
+    assert by_coding["gzip"]["Content-Encoding"] == "gzip"
+    assert by_coding["gzip"]["ETag"] == 'W/"v1-gzip"'
+    for fields in by_coding.values():
+        assert fields["Vary"] == "Origin, Accept-Encoding"
+
+
+def test_a_response_with_one_coding_is_served_unchanged() -> None:
+    entry = stored(())
+    assert entry.represented == (entry.served,)
+
+
+def test_derived_bodies_count_in_the_memory_budget() -> None:
+    derived = reps()[1:]
+    assert stored(derived).size - stored(()).size >= sum(len(r.body) for r in derived)
+
+
+def test_accept_encoding_does_not_select_among_stored_responses_the_cache_can_transform() -> None:
+    assert stored(reps()[1:], ("Vary", "Accept-Encoding, Origin")).selection_vary == ("origin",)
+    coded_only = StoredResponse(
+        status=200,
+        reason="OK",
+        headers=(("Content-Encoding", "gzip"), ("Vary", "Accept-Encoding")),
+        body=gzip.compress(JSON),
+        request_time=0.0,
+        response_time=0.0,
+    )
+    assert coded_only.selection_vary == ("accept-encoding",)
