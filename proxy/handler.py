@@ -124,6 +124,10 @@ def error_response(status: int, code: str, message: str, status_header: str) -> 
     )
 
 
+class Unacceptable(Exception):
+    """The stored response has no representation in a coding the client accepts."""
+
+
 @dataclass(frozen=True, slots=True)
 class Fetched:
     """An upstream answer read in full, shareable with collapsed requests.
@@ -281,6 +285,17 @@ class CachingProxy:
         facts = request_facts(
             headers, scope=scope, cache_control=headers.getall("cache-control", ())
         )
+        try:
+            return await self._lookup(request, route, facts)
+        except Unacceptable:
+            # Stored only in a coding this client cannot read and may not be transformed
+            # (no-transform, RFC 9110 §7.7): ask the origin in the client's own terms.
+            status = cache_status(fwd="vary-miss", detail="content-coding")
+            return await self._forward(request, route, status), "miss"
+
+    async def _lookup(
+        self, request: web.Request, route: str, facts: RequestFacts
+    ) -> tuple[web.StreamResponse, str]:
         key = request.raw_path
         record = await self._store_get(key)
         now = self.clock()
@@ -683,8 +698,7 @@ class CachingProxy:
         """Answer from a stored response in the client's coding, or 304 for what it holds."""
         rep = choose(entry.representations, request.headers.get("accept-encoding"))
         if rep is None:
-            # Only a coded body the client cannot read and may not transform (no-transform).
-            return await self._forward(request, route_of(request.path), status_header)
+            raise Unacceptable
         if 200 <= entry.status < 300:
             held = not_modified(entry, request.headers, rep)
             if held is not None:
