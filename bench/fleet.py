@@ -28,7 +28,14 @@ import aiohttp
 
 from bench import client, processes
 from bench.processes import Pinning, Service, Unavailable
-from proxy.tools.demo import FleetResult, assign_pollers, percentile, run_fleet, seed_simulator
+from proxy.tools.demo import (
+    FleetResult,
+    assign_pollers,
+    fleet_session,
+    percentile,
+    run_fleet,
+    seed_simulator,
+)
 from proxy.tools.simulator import API_PREFIX
 
 
@@ -163,10 +170,9 @@ async def run_one(
     pollers: int,
 ) -> FleetRun:
     """Seed, poll until all are final, then have every poller read its result once more."""
-    connector = aiohttp.TCPConnector(limit=pollers + 16, limit_per_host=0)
     timeout = aiohttp.ClientTimeout(total=15.0)
     ids = min(scale.transcriptions, pollers)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+    async with fleet_session(pollers + 16, timeout) as session:
         tokens = [f"fleet-{i}" for i in range(min(scale.tokens, ids))]
         created = await seed_simulator(session, simulator_url, tokens, ids)
         client.reset_stats(simulator_url)
