@@ -18,7 +18,7 @@ import json
 import math
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -92,6 +92,7 @@ class FleetRun:
     pollers: int
     transcriptions: int
     client_requests: int = 0
+    client_bytes: int = 0
     client_errors: int = 0
     pollers_done: int = 0
     upstream_requests: int = 0
@@ -195,6 +196,7 @@ async def run_one(
         after = client.stats(simulator_url, per_id=True)
         run = FleetRun(system, pollers, ids)
         run.client_requests = fleet.requests
+        run.client_bytes = fleet.bytes_received
         run.client_errors = fleet.errors + reread.errors
         run.pollers_done = fleet.pollers_done
         run.upstream_requests = sum(during["transcription_gets"].values())
@@ -237,7 +239,11 @@ def measure(
     install: bool,
     log: Callable[[str], None],
     only: frozenset[str] = frozenset(),
+    origin_options: Sequence[str] = (),
+    systems: Sequence[str] = SYSTEMS,
+    nginx_gzip: bool = False,
 ) -> list[FleetRun]:
+    """Every system in turn against one simulator (``origin_options`` added to its flags)."""
     scale = SCALES[scale_name]
     simulator = processes.start_simulator(
         workdir,
@@ -250,6 +256,7 @@ def measure(
                 for i in range(scale.transcriptions)
             ),
             "--seed", "7",
+            *origin_options,
         ],
         pinning,
     )  # fmt: skip
@@ -288,7 +295,7 @@ def measure(
     starters: dict[str, Callable[[], list[Service]]] = {
         "no cache": lambda: [],
         "nginx proxy_cache": lambda: [
-            processes.start_nginx(workdir, port, pinning, install=install)
+            processes.start_nginx(workdir, port, pinning, install=install, gzip=nginx_gzip)
         ],
         "Varnish": lambda: [processes.start_varnish(workdir, port, pinning, install=install)],
         "aitronos-cache-proxy": lambda: [
@@ -301,7 +308,7 @@ def measure(
     }
     runs: list[FleetRun] = []
     try:
-        for system in SYSTEMS:
+        for system in systems:
             if only and system not in only:
                 continue
             try:
