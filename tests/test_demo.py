@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from proxy.ops.metrics import Metrics
 from proxy.tools.demo import (
+    SPELLINGS,
     DemoEndpoints,
     DemoOptions,
     FleetResult,
@@ -275,3 +276,23 @@ async def test_serving_shuts_its_app_down() -> None:
     async with aiohttp.ClientSession() as session:
         with pytest.raises(aiohttp.ClientConnectionError):
             await session.get(url)
+
+
+async def test_behind_a_compressing_origin_the_mixed_fleet_moves_fewer_bytes() -> None:
+    """Every spelling of Accept-Encoding is one variant: the proxy fetches no more than
+    without spellings, and sends compressed bytes to the clients that accept them."""
+    options = DemoOptions(pollers=14, transcriptions=2, duration=3.0, compressing_origin=True)
+    results = await run_demo(options, out=io.StringIO(), err=io.StringIO())
+    assert results is not None
+    without, with_proxy = results
+    assert with_proxy.fleet.errors == 0 and with_proxy.fleet.statuses.get(200, 0) > 0
+    assert with_proxy.upstream.requests < without.upstream.requests
+    assert with_proxy.upstream.bytes_sent < without.upstream.bytes_sent
+    assert with_proxy.fleet.bytes_received == with_proxy.proxy.response_bytes  # type: ignore[union-attr]
+
+
+def test_the_demo_fleet_mixes_the_spellings_seen_in_the_wild() -> None:
+    assert len(set(SPELLINGS)) == 7 and "" in SPELLINGS
+    args = build_parser({"DEMO_COMPRESSING_ORIGIN": "true"}).parse_args([])
+    assert args.compressing_origin is True
+    assert build_parser({}).parse_args([]).compressing_origin is False
