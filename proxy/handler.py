@@ -696,9 +696,10 @@ class CachingProxy:
         saved: bool,
     ) -> web.StreamResponse:
         """Answer from a stored response in the client's coding, or 304 for what it holds."""
-        rep = choose(entry.representations, request.headers.get("accept-encoding"))
-        if rep is None:
+        index = choose(entry.codings, request.headers.get("accept-encoding"))
+        if index is None:
             raise Unacceptable
+        rep = entry.representations[index]
         if 200 <= entry.status < 300:
             held = not_modified(entry, request.headers, rep)
             if held is not None:
@@ -712,7 +713,7 @@ class CachingProxy:
             self.metrics.response_bytes.inc(size)
             if saved:
                 self.metrics.bytes_saved.inc(size)
-        served = entry.represented[entry.representations.index(rep)]
+        served = entry.represented[index]
         return web.Response(
             status=entry.status,
             reason=entry.reason,

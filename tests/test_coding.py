@@ -178,20 +178,27 @@ def test_an_unknown_coding_is_never_transformed() -> None:
 
 
 def test_choose_serves_the_best_accepted_coding_and_identity_when_none_is() -> None:
-    result = reps()
-    assert choose(result, "gzip, deflate").coding == "gzip"  # type: ignore[union-attr]
-    assert choose(result, "gzip, deflate, br, zstd").coding == "zstd"  # type: ignore[union-attr]
-    assert choose(result, "").coding == "identity"  # type: ignore[union-attr]
-    assert choose(result, None).coding == "identity"  # type: ignore[union-attr]
-    assert choose(result, "identity;q=0").coding == "identity"  # type: ignore[union-attr]
-    assert choose(result, "deflate, identity;q=0").coding == "identity"  # type: ignore[union-attr]
+    codings = tuple(rep.coding for rep in reps())
+    assert codings == ("identity", "zstd", "br", "gzip")
+
+    def chosen(accept: str | None) -> str | None:
+        index = choose(codings, accept)
+        return None if index is None else codings[index]
+
+    assert chosen("gzip, deflate") == "gzip"
+    assert chosen("gzip, deflate, br, zstd") == "zstd"
+    assert chosen("") == "identity"
+    assert chosen(None) == "identity"
+    assert chosen("identity;q=0") == "identity"
+    assert chosen("deflate, identity;q=0") == "identity"
+    assert chosen("br;q=0.1, gzip;q=0.2") == "gzip"
 
 
 def test_choose_finds_nothing_for_a_coded_only_body_the_client_cannot_read() -> None:
-    only_gzip = (Representation("gzip", b"..", None, derived=False),)
-    assert choose(only_gzip, "") is None
-    assert choose(only_gzip, "br") is None
-    assert choose(only_gzip, "gzip") is only_gzip[0]
+    assert choose(("gzip",), "") is None
+    assert choose(("gzip",), "br") is None
+    assert choose(("gzip",), "gzip") == 0
+    assert choose(("deflate",), "gzip, deflate") == 0
 
 
 def stored(derived: tuple[Representation, ...], *headers: tuple[str, str]) -> StoredResponse:
@@ -240,3 +247,14 @@ def test_accept_encoding_does_not_select_among_stored_responses_the_cache_can_tr
         response_time=0.0,
     )
     assert coded_only.selection_vary == ("accept-encoding",)
+
+
+def test_long_accept_encoding_values_are_negotiated_but_never_cached() -> None:
+    """A hostile client sending long, distinct fields cannot fill memory with cache keys."""
+    from proxy.core import coding
+
+    before = coding._cached_choose.cache_info().currsize
+    for i in range(50):
+        value = f"x-{i}, " * 100 + "gzip"
+        assert choose(("identity", "gzip"), value) == 1
+    assert coding._cached_choose.cache_info().currsize == before

@@ -36,6 +36,8 @@ DEFAULT_COMPRESS_TYPES = (
 DEFAULT_COMPRESS_MIN_BYTES = 1024
 #: The weight of an identity the client did not name: acceptable, below any named coding.
 IMPLICIT_IDENTITY = 0.0001
+#: Longer ``Accept-Encoding`` values are negotiated without being cached.
+_CACHED_FIELD_LENGTH = 256
 #: ``x-gzip`` is gzip (RFC 9110 §8.4.1.3).
 _ALIASES = {"x-gzip": "gzip"}
 
@@ -60,7 +62,6 @@ def available_codings() -> tuple[str, ...]:
 # -- Accept-Encoding ------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=512)
 def parse_accept_encoding(value: str) -> tuple[tuple[str, float], ...]:
     """§12.5.3: ``(coding, q)`` pairs, lower-cased, bad members dropped (q outside 0..1, junk)."""
     pairs = []
@@ -96,7 +97,6 @@ def acceptable_weight(pairs: tuple[tuple[str, float], ...], coding: str) -> floa
     return IMPLICIT_IDENTITY if coding == IDENTITY else 0.0
 
 
-@functools.lru_cache(maxsize=1024)
 def negotiate(accept_encoding: str | None, offered: tuple[str, ...]) -> str | None:
     """The best of the ``offered`` codings the client accepts (§12.5.3), or None.
 
@@ -288,25 +288,33 @@ def representations(
     return tuple(result)
 
 
-def choose(reps: tuple[Representation, ...], accept_encoding: str | None) -> Representation | None:
-    """The representation to serve a client (§12.5.3), None when it accepts none of them.
+def choose(codings: tuple[str, ...], accept_encoding: str | None) -> int | None:
+    """Which of a stored response's representations (by their ``codings``) to serve (§12.5.3).
 
-    Identity is served when the client rules out everything (§12.5.3 allows ignoring the field)
-    unless the only body there is a coded one: that one the client could not read.
+    None when the client accepts none of them; identity when it rules out everything
+    (§12.5.3 allows ignoring the field), unless only a coded body is there: that one the client
+    could not read. Cached: a fleet has a handful of spellings and stored responses a handful
+    of coding sets, so a hit costs one dictionary lookup here (short fields only, so hostile
+    clients cannot fill memory with long ones).
     """
-    if len(reps) == 1 and reps[0].coding == IDENTITY:
-        return reps[0]
-    chosen = negotiate(accept_encoding, _codings(reps))
+    if accept_encoding is not None and len(accept_encoding) > _CACHED_FIELD_LENGTH:
+        return _choose(codings, accept_encoding)
+    return _cached_choose(codings, accept_encoding)
+
+
+def _choose(codings: tuple[str, ...], accept_encoding: str | None) -> int | None:
+    if codings == (IDENTITY,):
+        return 0
+    chosen = negotiate(accept_encoding, _ordered(frozenset(codings)))
     if chosen is None:
-        return next((rep for rep in reps if rep.coding == IDENTITY), None)
-    return next(rep for rep in reps if rep.coding == chosen)
+        return codings.index(IDENTITY) if IDENTITY in codings else None
+    return codings.index(chosen)
+
+
+_cached_choose = functools.lru_cache(maxsize=1024)(_choose)
 
 
 @functools.lru_cache(maxsize=256)
 def _ordered(codings: frozenset[str]) -> tuple[str, ...]:
     order = {name: index for index, name in enumerate((*PREFERENCE, IDENTITY))}
     return tuple(sorted(codings, key=lambda name: order.get(name, len(order))))
-
-
-def _codings(reps: tuple[Representation, ...]) -> tuple[str, ...]:
-    return _ordered(frozenset(rep.coding for rep in reps))

@@ -79,6 +79,7 @@ class StoredResponse:
     derived: tuple[Representation, ...] = ()
 
     representations: tuple[Representation, ...] = field(init=False, compare=False, repr=False)
+    codings: tuple[str, ...] = field(init=False, compare=False, repr=False)
     represented: tuple[Headers, ...] = field(init=False, compare=False, repr=False)
     selection_vary: tuple[str, ...] = field(init=False, compare=False, repr=False)
 
@@ -119,6 +120,7 @@ class StoredResponse:
         )
         reps = (original, *self.derived)
         setter(self, "representations", reps)
+        setter(self, "codings", tuple(rep.coding for rep in reps))
         setter(self, "represented", tuple(_represented(served, rep, reps) for rep in reps))
         vary = self.vary
         if "accept-encoding" in vary and any(rep.coding == IDENTITY for rep in reps):
