@@ -5,6 +5,8 @@ from __future__ import annotations
 import gzip
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from proxy.core.coding import (
     CodingError,
@@ -258,3 +260,11 @@ def test_long_accept_encoding_values_are_negotiated_but_never_cached() -> None:
         value = f"x-{i}, " * 100 + "gzip"
         assert choose(("identity", "gzip"), value) == 1
     assert coding._cached_choose.cache_info().currsize == before
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=80))
+def test_any_accept_encoding_normalises_to_a_known_coding_without_raising(value: str) -> None:
+    assert normalise_accept_encoding([value]) in {*available_codings(), "identity", "none"}
+    index = choose(("identity", "gzip"), value)
+    assert index in (0, 1)
