@@ -12,6 +12,7 @@ from proxy.core.coding import (
     CodingError,
     CodingPolicy,
     Representation,
+    accepts,
     available_codings,
     choose,
     coded_etag,
@@ -21,6 +22,7 @@ from proxy.core.coding import (
     encode,
     negotiate,
     normalise_accept_encoding,
+    readable,
     representations,
 )
 from proxy.core.models import StoredResponse
@@ -268,3 +270,24 @@ def test_any_accept_encoding_normalises_to_a_known_coding_without_raising(value:
     assert normalise_accept_encoding([value]) in {*available_codings(), "identity", "none"}
     index = choose(("identity", "gzip"), value)
     assert index in (0, 1)
+
+
+def test_accepts_names_the_coding_a_client_can_read() -> None:
+    assert accepts([], "")
+    assert accepts(["identity"], "gzip")
+    assert accepts(["gzip"], "GZIP, deflate")
+    assert accepts(["x-gzip"], "gzip")
+    assert accepts(["deflate"], "gzip, deflate")
+    assert not accepts(["gzip"], "")
+    assert not accepts(["br"], "gzip, deflate")
+    assert not accepts(["gzip, br"], "gzip, br")
+
+
+def test_an_unstored_answer_is_decoded_only_for_a_client_that_cannot_read_it() -> None:
+    coded = gzip.compress(JSON)
+    headers = (("Content-Encoding", "gzip"), ("ETag", '"e"'), ("Content-Type", "text/plain"))
+    assert readable(headers, coded, "gzip", 10**7) == (headers, coded)
+    assert readable(headers, coded, "", 10**7) == ((("Content-Type", "text/plain"),), JSON)
+    assert readable(headers, coded, "", 10) == (headers, coded)  # past the limit: as it is
+    kept = (*headers, ("Cache-Control", "no-transform"))
+    assert readable(kept, coded, "", 10**7) == (kept, coded)

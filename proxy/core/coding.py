@@ -318,3 +318,41 @@ _cached_choose = functools.lru_cache(maxsize=1024)(_choose)
 def _ordered(codings: frozenset[str]) -> tuple[str, ...]:
     order = {name: index for index, name in enumerate((*PREFERENCE, IDENTITY))}
     return tuple(sorted(codings, key=lambda name: order.get(name, len(order))))
+
+
+Fields = tuple[tuple[str, str], ...]
+
+
+def accepts(content_encoding: Iterable[str], accept_encoding: str | None) -> bool:
+    """Whether a client accepts a body in this ``Content-Encoding`` (identity always, §12.5.3)."""
+    token = ", ".join(value.strip().lower() for value in content_encoding if value.strip())
+    if token in ("", IDENTITY):
+        return True
+    token = _ALIASES.get(token, token)
+    return negotiate(accept_encoding, (token,)) is not None
+
+
+def readable(
+    headers: Fields, body: bytes, accept_encoding: str | None, limit: int
+) -> tuple[Fields, bytes]:
+    """An unstored answer (asked for in the cache's codings) as this client can read it.
+
+    Decoded when the client does not accept its coding and it decodes within ``limit``;
+    otherwise as it is (an error body the client may still show; no-transform is not decoded).
+    """
+    values = [value for name, value in headers if name.lower() == "content-encoding"]
+    if accepts(values, accept_encoding):
+        return headers, body
+    no_transform = any(
+        name.lower() == "cache-control" and "no-transform" in value.lower()
+        for name, value in headers
+    )
+    coding = content_coding(values)
+    if no_transform or coding is None or coding == IDENTITY:
+        return headers, body
+    try:
+        decoded = decode(coding, body, limit)
+    except CodingError:
+        return headers, body
+    dropped = ("content-encoding", "etag", "content-length")
+    return tuple((k, v) for k, v in headers if k.lower() not in dropped), decoded
