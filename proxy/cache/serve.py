@@ -1,0 +1,48 @@
+"""Serving from the store: a stored response in the client's coding, or a 304 for what it holds."""
+
+from __future__ import annotations
+
+from proxy.cache.exchange import ProxyRequest, Responder
+from proxy.core.coding import choose
+from proxy.core.models import Serve
+from proxy.core.policy import not_modified, not_modified_headers
+from proxy.ops.metrics import Metrics
+
+
+class Unacceptable(Exception):
+    """The stored response has no representation in a coding the client accepts (it is only
+    stored coded, under ``no-transform``): the request must go to the origin instead."""
+
+
+class StoredServing:
+    """Writes a ``Serve`` decision: ``Age`` and ``Cache-Status`` on the stored fields (§4)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def serve(self, request: ProxyRequest, responder: Responder, decision: Serve) -> None:
+        """Answer from the stored response in the best coding the client accepts (RFC 9110
+        §12.5.3), locally with 304 when the client's validator matches the representation it
+        holds (§13.1.2, §13.1.3). Raises ``Unacceptable`` when no stored coding will do."""
+        entry = decision.entry
+        index = choose(entry.codings, request.headers.get("accept-encoding"))
+        if index is None:
+            raise Unacceptable
+        rep = entry.representations[index]
+        age = str(int(decision.age))
+        if 200 <= entry.status < 300:
+            held = not_modified(entry, request.headers, rep)
+            if held is not None:
+                self.metrics.not_modified.inc()
+                headers = [*not_modified_headers(entry, held), ("Age", age)]
+                headers.append(("Cache-Status", decision.cache_status))
+                responder.send(304, "", headers, b"")
+                return
+        size = len(rep.body)
+        if request.method != "HEAD":
+            self.metrics.response_bytes.inc(size)
+            if decision.saved:
+                self.metrics.bytes_saved.inc(size)
+        served = entry.represented[index]
+        headers = [*served, ("Age", age), ("Cache-Status", decision.cache_status)]
+        responder.send(entry.status, entry.reason, headers, rep.body)
