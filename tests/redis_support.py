@@ -34,6 +34,7 @@ class CountingUpstream:
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
     gate: asyncio.Event | None = None
     on_request: Callable[[web.Request], Awaitable[None]] | None = None
+    padding: int = 0
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -59,8 +60,11 @@ class CountingUpstream:
             await self.on_request(request)
         if self.gate is not None:
             await self.gate.wait()
+        document: dict[str, Any] = {"path": path, "version": version}
+        if self.padding:
+            document["padding"] = "transcript " * (self.padding // 11 + 1)
         return web.json_response(
-            {"path": path, "version": version},
+            document,
             headers={"Cache-Control": "max-age=60", "ETag": f'"v{version}"'},
         )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 
 import aiohttp
 import pytest
@@ -199,3 +200,30 @@ async def test_a_replica_that_wins_the_lock_late_serves_what_redis_already_holds
     assert body == fresh
     assert "collapsed" in cache_status
     assert upstream.count(JOB) == 1
+
+
+async def test_derived_codings_reach_the_other_replicas_through_redis(
+    fleet: Fleet, upstream: CountingUpstream, redis_admin: Redis, redis_prefix: str
+) -> None:
+    """The record (format version 2) carries the codings computed by the replica that stored
+    it: another replica serves gzip from it without the origin and without recompressing."""
+    upstream.padding = 4000
+    async with (
+        aiohttp.ClientSession(auto_decompress=False, skip_auto_headers=("Accept-Encoding",)) as raw,
+        fleet(2) as (first, second),
+    ):
+        async with raw.get(first.url + JOB, headers={"Accept-Encoding": ""}) as response:
+            identity = await response.read()
+            assert "Content-Encoding" not in response.headers
+        async with raw.get(second.url + JOB, headers={"Accept-Encoding": "gzip"}) as response:
+            body = await response.read()
+            assert "; hit" in response.headers["Cache-Status"]
+            assert response.headers["Content-Encoding"] == "gzip"
+            assert response.headers["ETag"] == 'W/"v0-gzip"'
+            assert "Accept-Encoding" in response.headers["Vary"]
+    assert gzip.decompress(body) == identity
+    assert len(body) * 3 < len(identity)
+    assert upstream.count(JOB) == 1
+    stored = await redis_admin.get(RedisKeys(redis_prefix).record(JOB))
+    (entry,) = decode_record(stored)
+    assert "gzip" in [rep.coding for rep in entry.derived]
