@@ -372,3 +372,15 @@ async def test_an_unstored_error_in_a_coding_the_client_cannot_read_is_decoded(
     assert "Content-Encoding" not in response.headers and body == envelope
     response, body = await fetch(raw, harness, "gzip")
     assert response.headers["Content-Encoding"] == "gzip" and gzip.decompress(body) == envelope
+
+
+async def test_a_request_with_no_transform_gets_the_origins_own_representation(
+    harness: Harness, raw: aiohttp.ClientSession
+) -> None:
+    """RFC 9111 §5.2.1.6: the client asks intermediaries not to transform the content."""
+    resource = harness.origin.put(PATH, JSON, extra={"Content-Type": "application/json"})
+    await fetch(raw, harness, "gzip")
+    response, body = await fetch(raw, harness, "gzip", **{"Cache-Control": "no-transform"})
+    assert "Content-Encoding" not in response.headers and body == JSON
+    assert response.headers["ETag"] == resource.tag
+    assert harness.origin.count(PATH) == 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from proxy.cache.exchange import ProxyRequest, Responder
 from proxy.core.coding import choose
+from proxy.core.headers import parse_cache_control
 from proxy.core.models import Serve
 from proxy.core.policy import not_modified, not_modified_headers
 from proxy.ops.metrics import Metrics
@@ -25,7 +26,10 @@ class StoredServing:
         §12.5.3), locally with 304 when the client's validator matches the representation it
         holds (§13.1.2, §13.1.3). Raises ``Unacceptable`` when no stored coding will do."""
         entry = decision.entry
-        index = choose(entry.codings, request.headers.get("accept-encoding"))
+        codings = entry.codings
+        if "cache-control" in request.headers and _no_transform(request):
+            codings = codings[:1]  # RFC 9111 §5.2.1.6: only the origin's own representation
+        index = choose(codings, request.headers.get("accept-encoding"))
         if index is None:
             raise Unacceptable
         rep = entry.representations[index]
@@ -46,3 +50,7 @@ class StoredServing:
         served = entry.represented[index]
         headers = [*served, ("Age", age), ("Cache-Status", decision.cache_status)]
         responder.send(entry.status, entry.reason, headers, rep.body)
+
+
+def _no_transform(request: ProxyRequest) -> bool:
+    return parse_cache_control(request.headers.getall("cache-control", ())).no_transform
