@@ -111,3 +111,13 @@ def test_compress_types_and_min_bytes_come_from_flags_and_the_environment() -> N
     assert "application/json" in Settings().compress_types
     with pytest.raises(ConfigError, match="--compress-types"):
         parse_settings(["--compress-types", "json"], {})
+
+
+def test_compress_codings_are_ordered_and_checked() -> None:
+    assert parse_settings(["--compress-codings", "gzip, ZSTD"], {}).compress_codings == (
+        "zstd",
+        "gzip",
+    )
+    assert parse_settings([], {"PROXY_COMPRESS_CODINGS": ""}).compress_codings == ()
+    with pytest.raises(ConfigError, match="--compress-codings"):
+        parse_settings(["--compress-codings", "deflate"], {})

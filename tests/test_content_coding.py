@@ -384,3 +384,14 @@ async def test_a_request_with_no_transform_gets_the_origins_own_representation(
     assert "Content-Encoding" not in response.headers and body == JSON
     assert response.headers["ETag"] == resource.tag
     assert harness.origin.count(PATH) == 1
+
+
+async def test_only_the_configured_codings_are_prepared(
+    make_harness: MakeHarness, raw: aiohttp.ClientSession
+) -> None:
+    harness = await make_harness(compress_codings=("gzip",))
+    harness.origin.put(PATH, JSON, extra={"Content-Type": "application/json"})
+    response, _ = await fetch(raw, harness, "gzip, deflate, br, zstd")
+    assert response.headers["Content-Encoding"] == "gzip"
+    (entry,) = await harness.proxy.store.get(PATH) or ()
+    assert [rep.coding for rep in entry.derived] == ["gzip"]

@@ -100,6 +100,7 @@ class Fetcher:
         self.codings = CodingPolicy(
             compress_types=settings.compress_types,
             min_bytes=settings.compress_min_bytes,
+            codings=settings.compress_codings,
             max_bytes=settings.max_entry_bytes,
         )
         self.flights: SingleFlight[Outcome] = SingleFlight()

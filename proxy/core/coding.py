@@ -16,7 +16,7 @@ import gzip
 import importlib
 import zlib
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import ModuleType
 
 from proxy.core.headers import parse_entity_tag, split_list
@@ -212,10 +212,10 @@ class CodingPolicy:
     compress_types: tuple[str, ...] = DEFAULT_COMPRESS_TYPES
     min_bytes: int = DEFAULT_COMPRESS_MIN_BYTES
     max_bytes: int = 8 * 1024 * 1024
-    codings: tuple[str, ...] = ()
+    codings: tuple[str, ...] = field(default_factory=available_codings)
 
     def offered(self) -> tuple[str, ...]:
-        return self.codings or available_codings()
+        return self.codings
 
 
 def compressible_type(content_type: str | None, patterns: tuple[str, ...]) -> bool:

@@ -14,7 +14,12 @@ from typing import Any, NoReturn
 
 from yarl import URL
 
-from proxy.core.coding import DEFAULT_COMPRESS_MIN_BYTES, DEFAULT_COMPRESS_TYPES
+from proxy.core.coding import (
+    DEFAULT_COMPRESS_MIN_BYTES,
+    DEFAULT_COMPRESS_TYPES,
+    PREFERENCE,
+    available_codings,
+)
 
 
 class ConfigError(ValueError):
@@ -72,6 +77,19 @@ def parse_media_types(text: str) -> tuple[str, ...]:
         if item != "*" and not re.fullmatch(r"[a-z0-9!#$&^_.+-]+/(\*|[a-z0-9!#$&^_.+-]+)", item):
             raise ValueError(f"{item!r} is not a media type")
     return types
+
+
+def parse_codings(text: str) -> tuple[str, ...]:
+    """``zstd,br,gzip``: content codings this install can produce, in the cache's order."""
+    wanted = {item.strip().lower() for item in text.split(",") if item.strip()}
+    unknown = wanted - set(PREFERENCE)
+    if unknown:
+        raise ValueError(f"unknown coding {sorted(unknown)[0]!r}: expected {', '.join(PREFERENCE)}")
+    missing = wanted - set(available_codings())
+    if missing:
+        extra = "pip install 'aitronos-cache-proxy[compression]'"
+        raise ValueError(f"{sorted(missing)[0]} needs its package: {extra}")
+    return tuple(coding for coding in PREFERENCE if coding in wanted)
 
 
 def parse_public_host(text: str) -> str:
@@ -210,6 +228,13 @@ class Settings:
         "media types the cache compresses when the origin sent them uncompressed (like nginx's "
         "gzip_types; text/* for any text, empty: none)",
         "TYPES",
+    )
+    compress_codings: tuple[str, ...] = _option(
+        available_codings(),
+        parse_codings,
+        "codings the cache prepares for each compressible stored response, best first (each "
+        "costs memory; gzip always works, br and zstd need the compression extra; empty: none)",
+        "CODINGS",
     )
     compress_min_bytes: int = _option(
         DEFAULT_COMPRESS_MIN_BYTES,
