@@ -162,15 +162,21 @@ def _represented(served: Headers, rep: Representation, reps: tuple[Representatio
     drop = {"content-encoding", "etag", "vary"}
     fields = [item for item in served if item[0].lower() not in drop]
     if rep.coding != IDENTITY:
-        fields.append(("Content-Encoding", rep.coding))
+        fields.append(_shared_pair("Content-Encoding", rep.coding))
     if rep.etag is not None:
         fields.append(("ETag", rep.etag))
     vary = parse_vary(header_values(served, "vary"))
     names = [value for key, value in served if key.lower() == "vary"]
     if "accept-encoding" not in vary:
         names.append("Accept-Encoding")
-    fields.append(("Vary", ", ".join(names)))
+    fields.append(_shared_pair("Vary", ", ".join(names)))
     return tuple(fields)
+
+
+@functools.lru_cache(maxsize=512)
+def _shared_pair(name: str, value: str) -> tuple[str, str]:
+    """One field tuple for all stored responses that repeat it (a few codings, a few Varys)."""
+    return (name, sys.intern(value))
 
 
 #: All stored variants of one URI, most recent first (RFC 9111 §4.1).
