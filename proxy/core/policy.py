@@ -32,6 +32,7 @@ from proxy.core.models import (
     StoredResponse,
     Unsatisfiable,
     header_value,
+    response_cache_control,
 )
 
 #: RFC 9110 §15.1: status codes a cache may store with heuristic freshness.
@@ -154,8 +155,9 @@ def freshness_lifetime(entry: StoredResponse, policy: CachePolicy) -> float:
         return float(cc.max_age)
     expires_values = [value for key, value in entry.headers if key.lower() == "expires"]
     if expires_values:
-        expires = parse_http_date(expires_values[0])
-        if expires is None:
+        # §5.3: an invalid Expires, several Expires lines included, means already expired.
+        expires = parse_http_date(expires_values[0], entry.response_time)
+        if expires is None or len(expires_values) > 1:
             return 0.0
         date = entry.date if entry.date is not None else entry.response_time
         return max(0.0, expires - date)
@@ -268,8 +270,7 @@ def storable(
     """§3: may a shared cache store this response to a GET?"""
     if status < 200 or status in (206, 304):
         return False
-    cdn = [v for k, v in headers if k.lower() == "cdn-cache-control"] if targeted else []
-    cc = parse_cache_control(cdn or [v for k, v in headers if k.lower() == "cache-control"])
+    cc = response_cache_control(headers, targeted=targeted)
     if cc.must_understand:
         if status not in UNDERSTOOD_STATUSES:
             return False
