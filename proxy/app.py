@@ -96,6 +96,7 @@ def create_app(
             connect_timeout=settings.upstream_connect_timeout,
             timeout=settings.upstream_timeout,
             max_connections=settings.upstream_max_connections,
+            pool_timeout=settings.upstream_pool_timeout,
         )
     )
     proxy = CachingProxy(settings, store, upstream, metrics, clock, coordinator)

@@ -175,9 +175,10 @@ class Settings:
         "SCOPE",
     )
     credential_headers: tuple[str, ...] = _option(
-        ("authorization", "x-api-key"),
+        ("authorization", "x-api-key", "api-key", "cookie", "proxy-authorization"),
         parse_header_list,
-        "request headers that identify a caller (comma-separated)",
+        "request headers that identify a caller (comma-separated; the official aitronos client "
+        "sends api-key)",
         "NAMES",
     )
     scope_secret: str = _option(
@@ -201,6 +202,13 @@ class Settings:
     )
     upstream_max_connections: int = _option(
         256, _bounded(int, 1), "connections kept to the upstream", "N"
+    )
+    upstream_pool_timeout: float = _option(
+        60.0,
+        _bounded(float, 0.001),
+        "seconds a request may wait for one of the pooled upstream connections to become free "
+        "(apart from --upstream-connect-timeout)",
+        "SECONDS",
     )
     stale_grace: float = _option(
         300.0,
@@ -360,6 +368,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def build_settings(values: Mapping[str, str | None], environ: Mapping[str, str]) -> Settings:
     """Settings from parsed argument strings (``None`` when absent) and the environment."""
     chosen: dict[str, Any] = {}
+    sources: dict[str, str] = {}
     for spec in fields(Settings):
         raw = values.get(spec.name)
         source = option_name(spec.name)
@@ -372,7 +381,16 @@ def build_settings(values: Mapping[str, str | None], environ: Mapping[str, str])
             chosen[spec.name] = spec.metadata["parse"](raw)
         except ValueError as error:
             raise ConfigError(f"{source}: {error}") from None
-    return Settings(**chosen)
+        sources[spec.name] = source
+    settings = Settings(**chosen)
+    if not settings.shared_scope and not settings.credential_headers:
+        # Every caller would fall into one scope and receive every other caller's entries.
+        raise ConfigError(
+            f"{sources.get('credential_headers', '--credential-headers')}: empty under "
+            "--cache-scope credential, so every caller would share every entry; name the "
+            "headers that identify a caller, or choose --cache-scope shared deliberately"
+        )
+    return settings
 
 
 class _Parser(argparse.ArgumentParser):
