@@ -118,11 +118,12 @@ class StoredResponse:
         setter(self, "vary", parse_vary(header_values(headers, "vary")))
         setter(self, "corrected_initial_age", max(apparent_age, corrected_age_value))
         setter(self, "served", tuple(item for item in headers if item[0].lower() not in NOT_SERVED))
-        setter(
-            self,
-            "size",
-            len(self.body) + sum(len(k) + len(v) for k, v in headers) + 256,
-        )
+        fields = sum(len(k) + len(v) + FIELD_OVERHEAD for k, v in headers)
+        selecting = sum(len(n) + len(v) + FIELD_OVERHEAD for n, v in self.selecting)
+        # The scope carries the caller's Host when --public-host is unset: count it, so a
+        # flood of long Host values is paid for out of the budget.
+        size = len(self.body) + fields + selecting + len(self.scope) + ENTRY_OVERHEAD
+        setter(self, "size", size)
 
     @property
     def has_validator(self) -> bool:
@@ -131,6 +132,12 @@ class StoredResponse:
     def header(self, name: str) -> str | None:
         return header_value(self.headers, name)
 
+
+#: Python's own memory per stored response beyond its bytes (the object, its derived fields, the
+#: served-headers tuple) and per field line (two tuples, a string object): measured with
+#: tracemalloc on CPython 3.11 (tests/test_memory_budget.py), so the budget bounds real memory.
+ENTRY_OVERHEAD = 1024
+FIELD_OVERHEAD = 160
 
 #: All stored variants of one URI, most recent first (RFC 9111 §4.1).
 Record = tuple[StoredResponse, ...]
