@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
-from cachetools import TLRUCache
 from multidict import CIMultiDict
 
 from proxy import CACHE_NAME
@@ -22,9 +21,11 @@ from proxy.core.headers import (
     connection_tokens,
     parse_cache_control,
     parse_retry_after,
+    proxy_owned_or_invalid_name,
     valid_field,
 )
 from proxy.core.models import (
+    FIELD_OVERHEAD,
     NOT_SERVED,
     Fresh,
     Headers,
@@ -52,6 +53,7 @@ from proxy.core.policy import (
     retention,
     select_variant,
     selecting_values,
+    shareable,
     stale_if_error_allows,
     storable,
     stored_headers,
@@ -63,6 +65,7 @@ from proxy.ops.metrics import Metrics, status_class
 from proxy.server import RequestBody, RequestRejected
 from proxy.stores.coordination import Coordinator, Notice
 from proxy.stores.memory import SharedStore, Store, StoreError
+from proxy.stores.tables import BackoffTable, InvalidationTable
 from proxy.upstream import (
     SingleFlight,
     Upstream,
@@ -75,14 +78,18 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("proxy")
 
-#: Fields a client may send that would let it steer what the origin generates for everyone.
-UNTRUSTED_REQUEST_FIELDS = frozenset(
-    {"x-forwarded-host", "x-forwarded-proto", "x-original-url", "x-rewrite-url", "forwarded"}
-)
 #: Client validators are evaluated here against the stored response, never sent upstream on a
 #: cacheable fetch, so that the fetch is the same for every collapsed caller.
 CLIENT_VALIDATORS = frozenset({"if-none-match", "if-modified-since"})
 ERROR_BODY_LIMIT = 64 * 1024
+#: A Retry-After answer replayed to later callers keeps its body only up to this size; a larger
+#: one is replaced by the proxy's own envelope, so the hold-back table stays small.
+BACKOFF_BODY_LIMIT = 4096
+#: Fixed byte budgets of the per-key tables kept beside the cache (documented in the README).
+BACKOFF_BUDGET = 4 * 1024 * 1024
+INVALIDATION_BUDGET = 4 * 1024 * 1024
+#: Python's memory per held-back answer beyond its bytes (the Fetched object and its tuples).
+TABLE_ENTRY_OVERHEAD = 512
 MAX_VARIANTS = 16
 CHUNK = 2**16
 
@@ -128,6 +135,7 @@ class Fetched:
     stored: bool = False
     revalidated: bool = False
     collapsed: bool = False
+    shareable: bool = True
 
 
 @dataclass(slots=True)
@@ -198,15 +206,11 @@ class CachingProxy:
         self.flights: SingleFlight[Outcome] = SingleFlight()
         self.via = f"1.1 {CACHE_NAME}"
         self.draining = False
-        self._backoff: TLRUCache[str, tuple[float, Fetched]] = TLRUCache(
-            maxsize=10_000, ttu=lambda _k, v, _now: v[0], timer=clock
-        )
+        self._backoff: BackoffTable[Fetched] = BackoffTable(BACKOFF_BUDGET, clock)
         # When each key was last invalidated: a fetch that started before then must not store
         # what it brings back, or a DELETE racing a poll would be undone (§4.4).
-        self._invalidated: TLRUCache[str, float] = TLRUCache(
-            maxsize=100_000,
-            ttu=lambda _k, at, _now: at + settings.upstream_timeout + 1,
-            timer=clock,
+        self._invalidated = InvalidationTable(
+            INVALIDATION_BUDGET, clock, settings.upstream_timeout + 1
         )
 
     # -- entry point -------------------------------------------------------------------------
@@ -339,10 +343,12 @@ class CachingProxy:
             fwd_status = outcome.status if isinstance(outcome, Fetched) else outcome.response.status
             status = cache_status(fwd=fwd, fwd_status=fwd_status, collapsed=not leader)
             return self._serve_stored(request, stale, status), "stale"
+        if not leader and (isinstance(outcome, Streamed) or not outcome.shareable):
+            # Not for every waiter (Set-Cookie, private, another caller's credentials under
+            # --cache-scope shared): this caller asks the origin itself.
+            response = await self._forward(request, route, cache_status(fwd=fwd))
+            return response, "miss"
         if isinstance(outcome, Streamed):
-            if not leader:
-                response = await self._forward(request, route, cache_status(fwd=fwd))
-                return response, "miss"
             return await self._stream(request, outcome, cache_status(fwd=fwd)), "miss"
         if outcome.entry is not None:
             entry = outcome.entry
@@ -456,9 +462,7 @@ class CachingProxy:
             until, answer = backoff
             retry = str(max(1, int(until - self.clock() + 0.999)))
             kept = tuple((k, v) for k, v in answer.headers if k.lower() != "retry-after")
-            return Fetched(
-                answer.status, answer.reason, (*kept, ("Retry-After", retry)), answer.body
-            )
+            return replace(answer, headers=(*kept, ("Retry-After", retry)))
         headers = list(job.forwarded)
         if stale is not None:
             headers.extend(conditional_headers(stale).items())
@@ -478,8 +482,12 @@ class CachingProxy:
             return Fetched(
                 entry.status, entry.reason, entry.headers, entry.body, entry, stored, True
             )
-        if status in (429, 503):
+        share = shareable(
+            received, credentials_unscoped=self._credentials_unscoped(facts), targeted=True
+        )
+        if status in (429, 503) and share:
             self._note_backoff(flight_key, response, received)
+        failed = status >= 500 or status == 429
         can_store = not facts.cache_control.no_store and storable(
             status,
             received,
@@ -487,9 +495,18 @@ class CachingProxy:
             has_authorization="authorization" in facts.headers,
             targeted=True,
         )
+        if (
+            can_store
+            and failed
+            and stale is not None
+            and stale_if_error_allows(stale, facts, self.clock(), self.policy)
+        ):
+            # The stale entry stands in for this error (RFC 5861, §4.2.4): storing the error
+            # would replace it and serve the error to everyone after this caller.
+            can_store = False
         if can_store:
             limit = self.settings.max_entry_bytes
-        elif status >= 500 or status == 429:
+        elif failed:
             limit = ERROR_BODY_LIMIT
         else:
             return Streamed(response, received)
@@ -502,9 +519,9 @@ class CachingProxy:
             return Streamed(response, received, body)
         response.release()
         if not can_store:
-            if status in (429, 503):
+            if status in (429, 503) and share:
                 self._note_backoff(flight_key, response, received, body)
-            return Fetched(status, response.reason or "", received, body)
+            return Fetched(status, response.reason or "", received, body, shareable=share)
         entry = StoredResponse(
             status=status,
             reason=response.reason or "",
@@ -519,7 +536,13 @@ class CachingProxy:
         if entry.vary:
             entry = replace(entry, selecting=selecting_values(entry.vary, facts.headers))
         stored = await self._save(key, entry, facts)
-        return Fetched(status, entry.reason, entry.headers, body, entry, stored)
+        return Fetched(status, entry.reason, entry.headers, body, entry, stored, shareable=share)
+
+    def _credentials_unscoped(self, facts: RequestFacts) -> bool:
+        """Whether this request carries credentials that its scope does not separate."""
+        return self._shared_scope and any(
+            name in facts.headers for name in self._credential_headers
+        )
 
     def _note_backoff(
         self,
@@ -538,8 +561,17 @@ class CachingProxy:
         if delay is None or delay <= 0:
             return
         delay = min(delay, 3600.0)
-        placeholder = Fetched(response.status, response.reason or "", received, body)
-        self._backoff[flight_key] = (now + delay, placeholder)
+        headers = tuple((k, v) for k, v in received if k.lower() != "set-cookie")
+        if len(body) > BACKOFF_BODY_LIMIT:
+            # Never keep (and replay) a large body per key: the proxy's own envelope instead.
+            body = (
+                b'{"success": false, "error": {"code": "UPSTREAM_RETRY_LATER", '
+                b'"message": "the upstream asked to retry later"}}'
+            )
+            headers = (("Content-Type", "application/json"), ("Via", self.via))
+        placeholder = Fetched(response.status, response.reason or "", headers, body)
+        size = len(body) + sum(len(k) + len(v) + FIELD_OVERHEAD for k, v in headers)
+        self._backoff.put(flight_key, now + delay, placeholder, size + TABLE_ENTRY_OVERHEAD)
 
     async def _send(
         self,
@@ -577,8 +609,7 @@ class CachingProxy:
         now = self.clock()
         if retention(entry, now, self.policy) <= 0:
             return False
-        invalidated_at = self._invalidated.get(key)
-        if invalidated_at is not None and invalidated_at >= entry.request_time:
+        if self._invalidated.since(key, entry.request_time):
             return False
         record = await self._store_get(key) or ()
         others = tuple(
@@ -599,7 +630,7 @@ class CachingProxy:
     async def invalidate(self, keys: list[str]) -> None:
         now = self.clock()
         for key in keys:
-            self._invalidated[key] = now
+            self._invalidated.mark(key, now)
             try:
                 await self.store.delete(key)
             except StoreError:
@@ -610,7 +641,7 @@ class CachingProxy:
         of the store confirmed). Like any invalidation, a fetch already in flight cannot
         store its answer afterwards."""
         existed = await self._store_get(key) is not None
-        self._invalidated[key] = self.clock()
+        self._invalidated.mark(key, self.clock())
         try:
             await self.store.delete(key)
             confirmed = await self.store.ready()
@@ -706,18 +737,18 @@ class CachingProxy:
         self, request: web.Request, *, strip_validators: bool
     ) -> list[tuple[str, str]]:
         """The request's end-to-end fields for the origin, with Via and X-Forwarded-* (§7.6.3)."""
-        drop = {"host", "via", "x-forwarded-for"} | UNTRUSTED_REQUEST_FIELDS
-        if strip_validators:
-            drop |= CLIENT_VALIDATORS
+        drop = {"host", "via"} | (CLIENT_VALIDATORS if strip_validators else set())
         forwarded = [
-            (k, v) for k, v in end_to_end(request.headers.items()) if k.lower() not in drop
+            (k, v)
+            for k, v in end_to_end(request.headers.items())
+            if k.lower() not in drop and not proxy_owned_or_invalid_name(k)
         ]
+        # The client's own X-Forwarded-For is dropped: this proxy is the first trusted hop.
         peer = request.remote or "unknown"
-        prior_for = request.headers.get("X-Forwarded-For")
         prior_via = request.headers.get("Via")
         version = f"{request.version.major}.{request.version.minor}"
         forwarded += [
-            ("X-Forwarded-For", f"{prior_for}, {peer}" if prior_for else peer),
+            ("X-Forwarded-For", peer),
             ("X-Forwarded-Proto", request.scheme),
             ("X-Forwarded-Host", self.settings.public_host or request.host),
             (

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
+from aiohttp import web
 
-from proxy.ops.config import ConfigError, parse_settings
-from tests.conftest import MakeHarness
+from proxy.ops.config import ConfigError, Settings, parse_settings
+from tests.conftest import Harness, MakeHarness
+from tests.rawkit import RawUpstream, answer, response_bytes, serve_proxy
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -148,3 +153,173 @@ async def test_redis_without_a_scope_secret_starts_with_one_warning() -> None:
     assert "guessed tokens" in warnings[0] and "PROXY_SCOPE_SECRET" in warnings[0]
     quiet = await _startup_log("--scope-secret", "s3cret-value")
     assert not [line for line in quiet if "--scope-secret" in line or "s3cret" in line]
+
+
+# -- finding 1: private and cookie-setting answers never cross callers -----------------------------
+
+
+class CookieOrigin:
+    """An origin whose answers set a new session cookie each (unless ``cookie`` is off)."""
+
+    def __init__(
+        self, status: int, headers: dict[str, str], body: bytes = b"{}", *, cookie: bool = True
+    ) -> None:
+        self.status, self.headers, self.body, self.cookie = status, headers, body, cookie
+        self.counter = itertools.count(1)
+        self.gate: asyncio.Event | None = None
+        self.seen: list[web.Request] = []
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.seen.append(request)
+        number = next(self.counter)
+        if self.gate is not None:
+            await self.gate.wait()
+        headers = dict(self.headers)
+        if self.cookie:
+            headers["Set-Cookie"] = f"session=s{number}"
+        return web.Response(status=self.status, body=self.body, headers=headers)
+
+
+async def harness_for(
+    make_harness: MakeHarness, aiohttp_server: Any, origin: Any, **settings: Any
+) -> Harness:
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", origin.handle)
+    server = await aiohttp_server(app)
+    return await make_harness(upstream=str(server.make_url("")), **settings)
+
+
+async def test_collapsed_callers_of_a_private_cookie_setting_error_each_get_their_own(
+    make_harness: MakeHarness, aiohttp_server: Any
+) -> None:
+    origin = CookieOrigin(503, {"Cache-Control": "private"})
+    origin.gate = asyncio.Event()
+    h = await harness_for(make_harness, aiohttp_server, origin)
+    callers = [asyncio.create_task(h.get("/t/1", token=None)) for _ in range(3)]
+    await h.wait_for(lambda: h.proxy.flights.waiting() == 3)
+    origin.gate.set()
+    answers = [await task for task in callers]
+    cookies = sorted(answer.headers.get("Set-Cookie") for answer in answers)
+    assert cookies == ["session=s1", "session=s2", "session=s3"]
+    assert len(origin.seen) == 3
+
+
+async def test_a_retry_after_answer_setting_a_cookie_is_not_replayed(
+    make_harness: MakeHarness, aiohttp_server: Any
+) -> None:
+    origin = CookieOrigin(503, {"Retry-After": "600"})
+    h = await harness_for(make_harness, aiohttp_server, origin)
+    first = await h.get("/t/1", token=None)
+    second = await h.get("/t/1", token=None)
+    assert first.headers["Set-Cookie"] == "session=s1"
+    assert second.headers.get("Set-Cookie") == "session=s2"
+    assert len(origin.seen) == 2
+
+
+async def test_shared_scope_never_replays_one_tokens_429_to_another(
+    make_harness: MakeHarness, aiohttp_server: Any
+) -> None:
+    origin = CookieOrigin(429, {"Retry-After": "600"}, cookie=False)
+    h = await harness_for(make_harness, aiohttp_server, origin, cache_scope="shared")
+    assert (await h.get("/t/1", token="tok-a")).status == 429
+    origin.status = 200
+    origin.headers = {"Cache-Control": "public, max-age=60"}
+    second = await h.get("/t/1", token="tok-b")
+    assert second.status == 200
+    assert [r.headers["Authorization"] for r in origin.seen] == ["Bearer tok-a", "Bearer tok-b"]
+
+
+async def test_a_held_back_answer_is_replayed_without_a_large_body(
+    make_harness: MakeHarness, aiohttp_server: Any
+) -> None:
+    big = b'{"success": false, "pad": "' + b"x" * 65_000 + b'"}'
+    origin = CookieOrigin(429, {"Retry-After": "600"}, big, cookie=False)
+    h = await harness_for(make_harness, aiohttp_server, origin)
+    first = await h.get("/t/1", token=None)
+    assert await first.read() == big
+    replayed = await h.get("/t/1", token=None)
+    body = await replayed.read()
+    assert replayed.status == 429 and replayed.headers["Retry-After"] in ("599", "600")
+    assert len(body) <= 4096 and b"UPSTREAM_RETRY_LATER" in body
+    assert "Set-Cookie" not in replayed.headers
+    assert len(origin.seen) == 1
+
+
+# -- finding 4: forwarding headers the proxy owns --------------------------------------------------
+
+OWNED = {
+    "X-Forwarded-Port": "1",
+    "X-Forwarded-Prefix": "/evil",
+    "X-Forwarded-Scheme": "javascript",
+    "X-Forwarded-Server": "evil.example",
+    "X-Forwarded-Uri": "/admin",
+    "X-Forwarded-Host": "evil.example",
+    "X-Forwarded-Proto": "gopher",
+    "X-Host": "evil.example",
+    "X-Original-Host": "evil.example",
+    "X-Original-URL": "/admin",
+    "X-Rewrite-URL": "/admin",
+    "X-HTTP-Method": "DELETE",
+    "X-HTTP-Method-Override": "DELETE",
+    "Forwarded": "host=evil.example;proto=https",
+}
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+async def test_forwarding_headers_from_clients_never_reach_the_origin(
+    harness: Harness, method: str
+) -> None:
+    harness.origin.put("/t/1", "ok")
+    sent = {
+        **OWNED,
+        "X-Forwarded-For": "6.6.6.6",
+        "Transfer_Encoding": "chunked",
+        "X_Custom": "smuggled",
+        "X-Kept": "kept",
+    }
+    response = await harness.client.request(method, "/t/1", headers=sent)
+    assert response.status == 200
+    received = harness.origin.requests[-1].headers
+    for name, value in OWNED.items():
+        assert received.get(name) != value, name
+    assert received["X-Forwarded-For"] == "127.0.0.1"
+    assert "Transfer_Encoding" not in received and "X_Custom" not in received
+    assert received["X-Kept"] == "kept"
+
+
+# -- finding 5: an upstream error never replaces a good stale entry --------------------------------
+
+
+async def test_a_cacheable_5xx_does_not_replace_the_stale_entry(harness: Harness) -> None:
+    h = harness
+    resource = h.origin.put("/t/1", "good", cache_control="public, max-age=5", etag=False)
+    assert await (await h.get("/t/1")).read() == b"good"
+    h.clock.advance(10)
+    resource.status, resource.body = 500, b"error"
+    resource.cache_control = "public, max-age=60"
+    for _ in range(3):
+        answer_ = await h.get("/t/1")
+        assert await answer_.read() == b"good"
+        assert "fwd-status=500" in answer_.headers["Cache-Status"]
+    assert h.origin.count("/t/1") == 4
+    resource.status, resource.body = 200, b"recovered"
+    assert await (await h.get("/t/1")).read() == b"recovered"
+
+
+# -- interim responses: 103 Early Hints ------------------------------------------------------------
+
+
+async def test_an_interim_103_is_never_stored_nor_mistaken_for_the_answer() -> None:
+    final = response_bytes(200, b"final", {"Cache-Control": "public, max-age=60"})
+    early = b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n"
+    async with (
+        RawUpstream(answer(early + final)) as upstream,
+        serve_proxy(Settings(upstream=upstream.url)) as proxy,
+    ):
+        async with aiohttp.ClientSession() as session:
+            for _ in range(2):
+                async with session.get(proxy.url + "/t/1") as response:
+                    assert response.status == 200
+                    assert await response.read() == b"final"
+                    assert "Link" not in response.headers
+        assert len(upstream.requests) == 1

@@ -39,6 +39,45 @@ HOP_BY_HOP = frozenset(
     }
 )
 
+#: Forwarding fields the proxy owns: whatever a client sends under these names is dropped, so a
+#: caller cannot steer what the origin generates (links, redirects, routing) for others; the
+#: proxy sets its own X-Forwarded-For / -Proto (and -Host where configured) and ``Via``.
+PROXY_OWNED_FORWARDING_FIELDS = frozenset(
+    {
+        "forwarded",
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "x-forwarded-port",
+        "x-forwarded-prefix",
+        "x-forwarded-proto",
+        "x-forwarded-scheme",
+        "x-forwarded-server",
+        "x-forwarded-ssl",
+        "x-forwarded-uri",
+        "x-host",
+        "x-original-host",
+        "x-original-url",
+        "x-rewrite-url",
+        "x-http-method",
+        "x-http-method-override",
+        "x-method-override",
+        "x-real-ip",
+        "x-scheme",
+        "front-end-https",
+    }
+)
+
+
+def proxy_owned_or_invalid_name(name: str) -> bool:
+    """A client field never forwarded: one the proxy owns, or a name with an underscore.
+
+    Underscores: nginx drops such fields by default (``underscores_in_headers off``), because
+    CGI-style origins map ``Transfer_Encoding`` and ``Transfer-Encoding`` to the same variable.
+    """
+    lowered = name.lower()
+    return lowered in PROXY_OWNED_FORWARDING_FIELDS or "_" in lowered
+
+
 _TOKEN_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _ENTITY_TAG_RE = re.compile(r'(W/)?"([\x21\x23-\x7e\x80-\xff]*)"')
 _DIGITS_RE = re.compile(r"^[0-9]+$")

@@ -298,6 +298,25 @@ def storable(
     return explicit or status in HEURISTICALLY_CACHEABLE
 
 
+def shareable(headers: Headers, *, credentials_unscoped: bool, targeted: bool = False) -> bool:
+    """May an answer fetched for one request be handed to the others that waited for it
+    (collapsed fetches, the Retry-After hold-back)?
+
+    Only if every waiter may receive it: no ``Set-Cookie`` (a session), not ``private`` in any
+    form nor ``no-store`` (§5.2.2.7, §5.2.2.5), and when the waiters' credentials are not part of
+    the scope (``--cache-scope shared``) only with ``public``, ``s-maxage`` or
+    ``must-revalidate`` (§3.5), as for storing.
+    """
+    cc = response_cache_control(headers, targeted=targeted)
+    if cc.private or cc.private_fields or (cc.no_store and not cc.must_understand):
+        return False
+    if any(key.lower() == "set-cookie" for key, _ in headers):
+        return False
+    if credentials_unscoped:
+        return cc.public or cc.s_maxage is not None or cc.must_revalidate
+    return True
+
+
 def stored_headers(headers: Headers, cache_control: CacheControl) -> Headers:
     """The fields to store: all but hop-by-hop ones and those a qualified private/no-cache names."""
     drop = set(HOP_BY_HOP) | set(cache_control.private_fields) | set(cache_control.no_cache_fields)
