@@ -15,8 +15,9 @@ KEY_OVERHEAD = 512
 
 
 def key_bytes(key: str) -> int:
-    """What a key costs in memory: its characters (UTF-8 at worst) and the bookkeeping."""
-    return len(key) * (1 if key.isascii() else 4) + KEY_OVERHEAD
+    """What a key costs in memory: its characters (UTF-8 at worst) twice, since cachetools' TLRU
+    heap keeps up to one removed item (holding the key) per live one, and the bookkeeping."""
+    return 2 * len(key) * (1 if key.isascii() else 4) + KEY_OVERHEAD
 
 
 class StoreError(Exception):
