@@ -17,8 +17,9 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from proxy.cache.entries import INVALIDATION_BUDGET
+from proxy.cache.fetch import BACKOFF_BUDGET
 from proxy.core.headers import format_http_date
-from proxy.handler import BACKOFF_BUDGET, INVALIDATION_BUDGET
 from proxy.stores.tables import InvalidationTable
 from tests.conftest import FakeClock, Harness, MakeHarness
 
@@ -94,7 +95,8 @@ async def grown_by(h: Harness, count: int, send: Send) -> int:
         await session.close()
     print(
         f"\n{count} requests: grew {grown / MiB:.2f} MiB; cache {h.proxy.store.bytes} B, "
-        f"back-off {h.proxy._backoff.bytes} B, invalidation {h.proxy._invalidated.bytes} B"
+        f"back-off {h.proxy.fetcher.held_back_bytes} B, "
+        f"invalidation {h.proxy.entries.invalidation_bytes} B"
     )
     return grown
 
@@ -135,7 +137,7 @@ async def test_a_flood_of_anonymous_429s_stays_in_the_back_off_budget(
     h = await flood_harness(make_harness, aiohttp_server, clock)
     pad = "r" * 7000
     grown = await grown_by(h, 2000, lambda s, base, n: s.get(f"{base}/limited/{n}/{pad}"))
-    assert 0 < h.proxy._backoff.bytes <= BACKOFF_BUDGET
+    assert 0 < h.proxy.fetcher.held_back_bytes <= BACKOFF_BUDGET
     within(grown, BUDGET + BACKOFF_BUDGET)
 
 
@@ -145,7 +147,7 @@ async def test_a_flood_of_successful_posts_stays_in_the_invalidation_budget(
     h = await flood_harness(make_harness, aiohttp_server, clock)
     pad = "p" * 7000
     grown = await grown_by(h, 2000, lambda s, base, n: s.post(f"{base}/post/{n}/{pad}", data=b"x"))
-    assert 0 < h.proxy._invalidated.bytes <= INVALIDATION_BUDGET
+    assert 0 < h.proxy.entries.invalidation_bytes <= INVALIDATION_BUDGET
     within(grown, BUDGET + INVALIDATION_BUDGET)
 
 

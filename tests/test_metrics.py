@@ -335,7 +335,7 @@ async def test_evictions_entries_and_bytes_follow_the_byte_budget(make_proxy: Ma
     store = proxy.client.app[PROXY_KEY].store
     assert metrics("cacheproxy_cache_max_bytes") == 12288
     assert metrics("cacheproxy_cache_entries") == store.entries < 6
-    assert 0 < store.entries
+    assert store.entries > 0
     assert metrics("cacheproxy_cache_bytes") == store.bytes <= 12288
     assert metrics("cacheproxy_cache_evictions_total") == 6 - store.entries
 
