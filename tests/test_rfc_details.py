@@ -7,8 +7,9 @@ import calendar
 import pytest
 
 from proxy.core.headers import parse_age, parse_cdn_cache_control, parse_http_date
-from proxy.core.models import StoredResponse
-from proxy.core.policy import CachePolicy, freshness_lifetime
+from proxy.core.models import Answer, Fetch, Forward, Relay, StoredResponse
+from proxy.core.policy import CachePolicy, freshness_lifetime, settle, shareable
+from tests.test_policy import facts
 
 NOV_6_1994 = float(calendar.timegm((1994, 11, 6, 8, 49, 37, 0, 0, 0)))
 NOW = 1_800_000_000.0
@@ -137,3 +138,35 @@ def test_rfc9213_2_1_a_field_that_fails_to_parse_is_ignored_entirely(field: str)
     assert parse_cdn_cache_control(field) is None
     fallback = entry(("CDN-Cache-Control", field), ("Cache-Control", "max-age=5"))
     assert freshness_lifetime(fallback, POLICY) == 5
+
+
+# -- which answers may be handed to every collapsed caller (RFC 9111 §3, §3.5, §5.2.2) -------------
+
+
+@pytest.mark.parametrize(
+    ("fields", "shared_scope", "expected"),
+    [
+        ((("Cache-Control", "max-age=5"),), False, True),
+        ((("Retry-After", "600"),), False, True),
+        ((("Set-Cookie", "session=1"),), False, False),
+        ((("Cache-Control", "private"),), False, False),
+        ((("Cache-Control", 'private="X-User"'),), False, False),
+        ((("Cache-Control", "no-store"),), False, False),
+        ((("Retry-After", "600"),), True, False),  # one token's 429 is not another's
+        ((("Cache-Control", "public"),), True, True),
+        ((("Cache-Control", "s-maxage=5"),), True, True),
+        ((("Cache-Control", "public"), ("Set-Cookie", "s=1")), True, False),
+    ],
+)
+def test_rfc9111_3_5_only_answers_every_waiter_may_receive_are_shared(
+    fields: tuple[tuple[str, str], ...], shared_scope: bool, expected: bool
+) -> None:
+    assert shareable(fields, shared_scope=shared_scope) is expected
+
+
+def test_rfc9111_3_5_a_collapsed_caller_of_an_unshareable_answer_asks_itself() -> None:
+    fetch = Fetch(None, "uri-miss")
+    waiter = Answer(503, None, False, False, False, led=False, collapsed=True, shareable=False)
+    assert isinstance(settle(fetch, waiter, facts(), NOW, POLICY), Forward)
+    leader = Answer(503, None, False, False, False, led=True, collapsed=False, shareable=False)
+    assert isinstance(settle(fetch, leader, facts(), NOW, POLICY), Relay)

@@ -210,9 +210,7 @@ class Fetcher:
             return Fetched(
                 entry.status, entry.reason, entry.headers, entry.body, entry, stored, True
             )
-        share = shareable(
-            received, credentials_unscoped=self._credentials_unscoped(facts), targeted=True
-        )
+        share = shareable(received, shared_scope=self.settings.shared_scope, targeted=True)
         if status in (429, 503) and share:
             self._note_backoff(job.flight_key, response, received)
         failed = status >= 500 or status == 429
@@ -265,12 +263,6 @@ class Fetcher:
             entry = replace(entry, selecting=selecting_values(entry.vary, facts.headers))
         stored = await self.entries.save(key, entry)
         return Fetched(status, entry.reason, entry.headers, body, entry, stored, shareable=share)
-
-    def _credentials_unscoped(self, facts: RequestFacts) -> bool:
-        """Whether this request carries credentials that its scope does not separate."""
-        return self.settings.shared_scope and any(
-            name in facts.headers for name in self.settings.credential_headers
-        )
 
     def _note_backoff(
         self,

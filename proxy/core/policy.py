@@ -306,21 +306,21 @@ def storable(
     return explicit or status in HEURISTICALLY_CACHEABLE
 
 
-def shareable(headers: Headers, *, credentials_unscoped: bool, targeted: bool = False) -> bool:
+def shareable(headers: Headers, *, shared_scope: bool, targeted: bool = False) -> bool:
     """May an answer fetched for one request be handed to the others that waited for it
     (collapsed fetches, the Retry-After hold-back)?
 
     Only if every waiter may receive it: no ``Set-Cookie`` (a session), not ``private`` in any
-    form nor ``no-store`` (§5.2.2.7, §5.2.2.5), and when the waiters' credentials are not part of
-    the scope (``--cache-scope shared``) only with ``public``, ``s-maxage`` or
-    ``must-revalidate`` (§3.5), as for storing.
+    form nor ``no-store`` (§5.2.2.7, §5.2.2.5). Under ``--cache-scope shared`` the waiters may
+    carry other credentials (or none) than the request that fetched it, so only with
+    ``public``, ``s-maxage`` or ``must-revalidate`` (§3.5): one token's 429 is not another's.
     """
     cc = response_cache_control(headers, targeted=targeted)
     if cc.private or cc.private_fields or (cc.no_store and not cc.must_understand):
         return False
     if any(key.lower() == "set-cookie" for key, _ in headers):
         return False
-    if credentials_unscoped:
+    if shared_scope:
         return cc.public or cc.s_maxage is not None or cc.must_revalidate
     return True
 
