@@ -323,3 +323,13 @@ async def test_an_interim_103_is_never_stored_nor_mistaken_for_the_answer() -> N
                     assert await response.read() == b"final"
                     assert "Link" not in response.headers
         assert len(upstream.requests) == 1
+
+
+def test_compose_requires_a_scope_secret_for_its_redis_replicas() -> None:
+    import yaml
+
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    for name in ("proxy-1", "proxy-2"):
+        environment = services[name]["environment"]
+        assert environment["PROXY_REDIS_URL"]
+        assert environment["PROXY_SCOPE_SECRET"].startswith("${PROXY_SCOPE_SECRET:?")
