@@ -100,6 +100,9 @@ def create_app(
         )
     )
     proxy = CachingProxy(settings, store, upstream, metrics, clock, coordinator)
+    metrics.track_tables(
+        lambda: proxy.fetcher.held_back_bytes, lambda: proxy.entries.invalidation_bytes
+    )
     app = web.Application(
         handler_args=handler_args(settings), middlewares=[request_guard(settings)]
     )

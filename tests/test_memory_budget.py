@@ -138,6 +138,7 @@ async def test_a_flood_of_anonymous_429s_stays_in_the_back_off_budget(
     pad = "r" * 7000
     grown = await grown_by(h, 2000, lambda s, base, n: s.get(f"{base}/limited/{n}/{pad}"))
     assert 0 < h.proxy.fetcher.held_back_bytes <= BACKOFF_BUDGET
+    assert h.metric("cacheproxy_table_bytes", table="held_back") == h.proxy.fetcher.held_back_bytes
     within(grown, BUDGET + BACKOFF_BUDGET)
 
 
@@ -148,6 +149,7 @@ async def test_a_flood_of_successful_posts_stays_in_the_invalidation_budget(
     pad = "p" * 7000
     grown = await grown_by(h, 2000, lambda s, base, n: s.post(f"{base}/post/{n}/{pad}", data=b"x"))
     assert 0 < h.proxy.entries.invalidation_bytes <= INVALIDATION_BUDGET
+    assert h.metric("cacheproxy_table_bytes", table="invalidation") > 0
     within(grown, BUDGET + INVALIDATION_BUDGET)
 
 
