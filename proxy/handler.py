@@ -186,6 +186,9 @@ class CachingProxy:
         self._credential_headers = settings.credential_headers
         self._shared_scope = settings.shared_scope
         self._scope_secret = settings.scope_secret.encode()
+        # The client's Host is forwarded (and so keyed) only on request: the origin is a
+        # third-party API, and keying on it would keep replicas under other names from sharing.
+        self._host_keyed = settings.forward_host and not settings.public_host
         self.store = store
         self.upstream = upstream
         self.metrics = metrics
@@ -257,7 +260,7 @@ class CachingProxy:
             shared=self._shared_scope,
             secret=self._scope_secret,
         )
-        if not self.settings.public_host:
+        if self._host_keyed:
             # The client's Host reaches the origin as X-Forwarded-Host, so it is part of the
             # key: a forged Host can only ever shape its own variant, never another caller's.
             scope = f"{scope}@{request.host.lower()}"
@@ -719,12 +722,14 @@ class CachingProxy:
         forwarded += [
             ("X-Forwarded-For", f"{prior_for}, {peer}" if prior_for else peer),
             ("X-Forwarded-Proto", request.scheme),
-            ("X-Forwarded-Host", self.settings.public_host or request.host),
             (
                 "Via",
                 f"{prior_via}, {version} {CACHE_NAME}" if prior_via else f"{version} {CACHE_NAME}",
             ),
         ]
+        forwarded_host = self.settings.public_host or (request.host if self._host_keyed else "")
+        if forwarded_host:
+            forwarded.append(("X-Forwarded-Host", forwarded_host))
         return forwarded
 
     async def _forward(

@@ -146,7 +146,6 @@ async def test_when_the_lock_holder_dies_another_replica_takes_over_after_its_ex
         "--redis-url", redis_url,
         "--redis-prefix", redis_prefix,
         "--redis-lock-ttl", "0.5",
-        "--public-host", "proxy.test",
         "--access-log", "false",
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         stderr=asyncio.subprocess.PIPE,

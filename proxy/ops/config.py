@@ -164,8 +164,15 @@ class Settings:
         "",
         parse_public_host,
         "the host[:port] clients use for the proxy (e.g. the load balancer's), sent upstream as "
-        "X-Forwarded-Host; when empty the client's Host is sent and becomes part of the cache key",
+        "X-Forwarded-Host (a constant: it splits no cache entry)",
         "HOST",
+    )
+    forward_host: bool = _option(
+        False,
+        parse_bool,
+        "send the client's Host upstream as X-Forwarded-Host, for origins that build links from "
+        "it; it then becomes part of the cache key (--public-host, when set, is sent instead)",
+        "BOOL",
     )
     cache_scope: str = _option(
         "credential",
