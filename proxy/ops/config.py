@@ -14,6 +14,8 @@ from typing import Any, NoReturn
 
 from yarl import URL
 
+from proxy.ops.redis_url import is_multi_node, parse_redis_nodes
+
 
 class ConfigError(ValueError):
     """A configuration value is invalid; the message names the option."""
@@ -116,22 +118,32 @@ _REDIS_PREFIX_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
 
 def parse_redis_url(text: str) -> str:
-    """A URL redis-py accepts; the message never repeats the URL, which may hold a password."""
+    """A URL redis-py accepts, or one naming sentinels or cluster nodes (``proxy.ops.redis_url``);
+    the message never repeats the URL, which may hold a password.
+    """
     if not text:
         return ""
-    expected = "expected redis://[[user]:password@]host[:port][/db], rediss://... or unix:///path"
-    try:
-        url = URL(text)
-    except ValueError:
-        raise ValueError(expected) from None
-    if url.scheme not in _REDIS_SCHEMES or not (url.host or url.path.strip("/")):
-        raise ValueError(expected)
+    expected = (
+        "expected redis://[[user]:password@]host[:port][/db], rediss://..., unix:///path, "
+        "redis+sentinel://host[:port],.../service[/db] or redis+cluster://host[:port],..."
+    )
+    multi_node = is_multi_node(text)
+    if not multi_node:
+        try:
+            url = URL(text)
+        except ValueError:
+            raise ValueError(expected) from None
+        if url.scheme not in _REDIS_SCHEMES or not (url.host or url.path.strip("/")):
+            raise ValueError(expected)
     try:
         from redis.asyncio.connection import parse_url
     except ImportError:
         raise ValueError(
             "redis-py is not installed: pip install 'aitronos-cache-proxy[redis]'"
         ) from None
+    if multi_node:
+        parse_redis_nodes(text)
+        return text
     try:
         parse_url(text)
     except (ValueError, TypeError):
