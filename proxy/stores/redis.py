@@ -677,9 +677,18 @@ class RedisShare:
             log.info("redis is reachable again")
 
     async def _receive(self, pubsub: PubSub) -> None:
+        """Dispatch messages until the subscription fails, or returns when Sentinel moved the
+        primary (the subscription must move too)."""
         pinged = False
+        loop = asyncio.get_running_loop()
+        checked = loop.time()
         while True:
             await self.link.probe()
+            if loop.time() - checked >= PING_INTERVAL:
+                checked = loop.time()
+                if await self._primary_moved():
+                    log.info("redis primary moved, following it")
+                    return
             message = await pubsub.get_message(timeout=PING_INTERVAL)
             if message is None:
                 if pinged:
@@ -694,6 +703,12 @@ class RedisShare:
                 flight_digest = self.keys.done_digest(_text(message["channel"]))
                 if flight_digest is not None:
                     self.coordinator.notify(flight_digest, message["data"])
+
+    async def _primary_moved(self) -> bool:
+        with suppress(*_UNREACHABLE):
+            async with asyncio.timeout(self.link.timeout):
+                return await self.clients.primary_moved()
+        return False
 
     def _invalidated(self, data: bytes) -> None:
         origin, key_digest, kind = [*_text(data).split(" "), "", ""][:3]

@@ -89,8 +89,15 @@ class LocalSentinelGroup(_Processes):
     replaced within a second or two; ``failover`` asks for a graceful switch instead.
     """
 
-    def __init__(self, *, down_after_ms: int = 500, failover_timeout_ms: int = 3000) -> None:
+    def __init__(
+        self,
+        *,
+        down_after_ms: int = 500,
+        failover_timeout_ms: int = 3000,
+        primary_options: tuple[str, ...] = (),
+    ) -> None:
         super().__init__()
+        self.primary_options = primary_options
         self.down_after_ms = down_after_ms
         self.failover_timeout_ms = failover_timeout_ms
         self.servers: dict[int, LocalRedis] = {}
@@ -102,9 +109,11 @@ class LocalSentinelGroup(_Processes):
         return f"redis+sentinel://{hosts}/{SERVICE}/0"
 
     async def start(self) -> None:
-        primary = await self.spawn(LocalRedis())
+        # A full sync starts at once, not after diskless replication's default 5 s pause.
+        quick = ("--repl-diskless-sync-delay", "0")
+        primary = await self.spawn(LocalRedis(options=(*quick, *self.primary_options)))
         replica = await self.spawn(
-            LocalRedis(options=("--replicaof", "127.0.0.1", str(primary.port)))
+            LocalRedis(options=(*quick, "--replicaof", "127.0.0.1", str(primary.port)))
         )
         self.servers = {primary.port: primary, replica.port: replica}
         await _until(self._replicating, within=15, what="the replica to sync with the primary")
@@ -125,9 +134,9 @@ class LocalSentinelGroup(_Processes):
                 return int(address[1])
         return None
 
-    async def failover(self, *, within: float = 20.0) -> int:
+    async def failover(self, *, within: float = 20.0, demoted: bool = True) -> int:
         """Promote the replica (``SENTINEL FAILOVER``); the new primary's port, once every
-        sentinel names it and it accepts writes."""
+        sentinel names it, it accepts writes and (with ``demoted``) the old primary follows it."""
         before = await self.primary_port()
         await _until(
             lambda: self._failover_accepted(),
@@ -135,7 +144,9 @@ class LocalSentinelGroup(_Processes):
             what="a sentinel to accept the failover",
         )
         await _until(
-            lambda: self._switched(before), within=within, what="the sentinels to switch primary"
+            lambda: self._switched(before, demoted),
+            within=within,
+            what="the sentinels to switch primary",
         )
         after = await self.primary_port()
         assert after is not None
@@ -145,7 +156,7 @@ class LocalSentinelGroup(_Processes):
         answer = await _ask(self.sentinels[0].port, lambda c: c.sentinel_failover(SERVICE))
         return answer is not None
 
-    async def _switched(self, before: int | None) -> bool:
+    async def _switched(self, before: int | None, demoted: bool) -> bool:
         ports = set()
         for sentinel in self.sentinels:
             address = await _ask(sentinel.port, _primary_address)
@@ -153,12 +164,25 @@ class LocalSentinelGroup(_Processes):
         (port,) = ports if len(ports) == 1 else (None,)
         if port is None or port == before:
             return False
+        if await self._role(port) != "master":
+            return False
+        # Until the sentinels turn the old primary into a replica, it still takes writes from
+        # clients connected to it: the failover is over when it has.
+        old = self.servers.get(before) if before is not None else None
+        if not demoted or old is None or old.pid is None:
+            return True
+        return await self._role(before) == "slave"
+
+    @staticmethod
+    async def _role(port: int | None) -> str | None:
+        if port is None:
+            return None
         role = await _ask(port, lambda c: c.execute_command("ROLE"))  # type: ignore[no-untyped-call]
-        return bool(role) and role[0] == "master"
+        return str(role[0]) if role else None
 
     async def _replicating(self) -> bool:
         for port, server in self.servers.items():
-            if server.options:
+            if "--replicaof" in server.options:
                 info = await _ask(port, lambda c: c.info("replication"))
                 return bool(info) and info.get("master_link_status") == "up"
         return False
