@@ -4,7 +4,9 @@ One ``RedisShare`` per replica owns the clients, a circuit breaker and the pub/s
 and hands the application a ``TieredStore`` (an in-process front over Redis) and a
 ``RedisCoordinator``. Every Redis call is bounded by ``--redis-timeout-ms`` and wrapped: a dead,
 slow or full Redis turns into a ``StoreError`` the tiers absorb (front tier, then upstream), is
-counted in ``cacheproxy_store_errors_total{backend="redis"}``, and never reaches a client.
+counted in ``cacheproxy_store_errors_total{backend="redis"}``, and never reaches a client. The
+Redis may be one server, a Sentinel-managed primary or a Cluster (``proxy.stores.redis_clients``):
+every operation touches one key, so the same code serves all three.
 
 Names in Redis (``{prefix}`` is ``--redis-prefix``; ``h(x)`` the SHA-256 of ``x`` in hex, so no
 path, query or credential is stored in clear):
