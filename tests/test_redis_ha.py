@@ -21,7 +21,7 @@ from aiohttp.test_utils import TestServer
 from redis.asyncio import Redis
 
 from proxy.ops.config import Settings
-from proxy.stores.redis import RedisKeys
+from proxy.stores.redis import RedisKeys, digest
 from proxy.tools.redis_ha import LocalCluster, LocalSentinelGroup
 from proxy.tools.replicas import Replica, run_replicas
 from tests.redis_support import JOB, CountingUpstream, eventually, get, readiness
@@ -181,15 +181,14 @@ async def test_replicas_leave_a_primary_the_sentinels_replaced_even_if_it_stays_
     fleet: HaFleet, upstream: CountingUpstream, http: aiohttp.ClientSession, redis_prefix: str
 ) -> None:
     # An old primary the sentinels cannot reconfigure (as if cut off from them) keeps taking
-    # writes from clients still connected to it: the replicas must follow the sentinels instead.
+    # writes from clients still connected to it, and its subscribers hear only what is published
+    # there: the replicas must follow the sentinels instead, commands and subscription alike.
     unreconfigurable = ("--rename-command", "REPLICAOF", "", "--rename-command", "SLAVEOF", "")
     async with (
         LocalSentinelGroup(primary_options=unreconfigurable) as sentinels,
-        fleet(sentinels.url, 2) as (first, second),
+        fleet(sentinels.url, 2, redis_local_ttl=3600) as (first, second),
     ):
-        await shared_after(http, [first, second], upstream, JOB)
         before = await sentinels.primary_port()
-        after = await sentinels.failover(demoted=False)
         keys = RedisKeys(redis_prefix)
         paths = (f"/v1/audio/transcribe/moved-{i}" for i in itertools.count())
 
@@ -199,12 +198,48 @@ async def test_replicas_leave_a_primary_the_sentinels_replaced_even_if_it_stays_
             async with Redis(port=after) as admin:
                 return bool(await admin.exists(keys.record(path)))
 
-        await eventually(written_to_new_primary, what="writes to reach the new primary")
+        async with load(http, [first, second]) as running:
+            await running.served_more(40)
+            after = await sentinels.failover(demoted=False)
+            await eventually(written_to_new_primary, what="writes to reach the new primary")
+            await eventually(
+                lambda: _subscribers(after, keys.invalidate, 2),
+                what="both subscriptions to move to the new primary",
+            )
+            await eventually(
+                lambda: _no_clients_but_sentinels(before),
+                what="the replicas to leave the old primary",
+            )
+            await running.served_more(40)
+        # Invalidation through the new primary: the second replica hears the first's DELETE.
+        path = "/v1/audio/transcribe/deleted-after-failover"
+        await get(http, second, path)
+        assert second.proxy.store.front.get_nowait(digest(path)) is not None  # type: ignore[union-attr]
+        async with http.delete(first.url + path) as deleted:
+            assert deleted.status == 204
+        await eventually(
+            lambda: second.proxy.store.front.get_nowait(digest(path)) is None,  # type: ignore[union-attr]
+            what="the invalidation to reach the other replica through the new primary",
+        )
         shared = await shared_after(http, [first, second], upstream, "/v1/audio/transcribe/new")
         async with Redis(port=before) as old:
             old_role = (await old.info("replication"))["role"]
+    assert set(running.statuses) == {200}, running.statuses
     assert old_role == "master"
     assert "fwd=uri-miss" in shared[0] and "; hit" in shared[1]
+
+
+async def _subscribers(port: int, channel: str, count: int) -> bool:
+    async with Redis(port=port) as admin:
+        ((_name, subscribers),) = await admin.pubsub_numsub(channel)
+    return int(subscribers) == count
+
+
+async def _no_clients_but_sentinels(port: int | None) -> bool:
+    async with Redis(port=port or 0) as admin:
+        me = await admin.client_id()
+        clients = await admin.client_list()
+    return all(c["name"].startswith("sentinel-") or int(c["id"]) == me for c in clients)
 
 
 async def test_when_the_primary_dies_replicas_degrade_then_follow_the_promoted_replica(

@@ -37,8 +37,32 @@ RedisClient: TypeAlias = Redis | RedisCluster
 
 
 class BlockingSentinelConnectionPool(SentinelConnectionPool, BlockingConnectionPool):
-    """The primary's pool, waiting for a free connection (as with one server) instead of
-    failing when all are busy."""
+    """The primary's pool: waits for a free connection (as with one server) instead of failing
+    when all are busy, and never hands out or keeps a connection to a former primary.
+
+    redis-py's asyncio pool drops idle connections when discovery names a new primary, but puts
+    a connection that was in use back as it is, wherever it points (its sync pool checks
+    ``owns_connection``); until the sentinels demote the old primary, such a connection would
+    go on writing there.
+    """
+
+    async def ensure_connection(self, connection: Any) -> None:
+        if self._elsewhere(connection):
+            await connection.disconnect()
+        await super().ensure_connection(connection)
+
+    async def release(self, connection: Any) -> None:
+        if self._elsewhere(connection):
+            await connection.disconnect()
+        await super().release(connection)
+
+    def _elsewhere(self, connection: Any) -> bool:
+        primary = _address(self.master_address)
+        return (
+            primary is not None
+            and connection.is_connected
+            and _address((connection.host, connection.port)) != primary
+        )
 
 
 class RedisClients:
@@ -114,18 +138,20 @@ class RedisClients:
         self._listener = None
 
     async def primary_moved(self) -> bool:
-        """With Sentinel, ask where the primary is now; true when it moved.
+        """With Sentinel, ask where the primary is now; true when the subscription is elsewhere.
 
-        A demoted primary goes on taking writes from the clients connected to it until the
-        sentinels reconfigure it (up to about ten seconds after a failover). Asking once a
-        second shortens that: redis-py's pool drops its idle connections to the old primary
-        when discovery names a new one, and in-use ones as they are released.
+        After a failover the old primary goes on taking writes from clients connected to it
+        until the sentinels reconfigure it (up to about ten seconds; never, if they cannot
+        reach it), and its subscribers hear only what is published there. Asking once a
+        second moves the command pool (see ``BlockingSentinelConnectionPool``) and tells the
+        tier to resubscribe.
         """
-        if self._primary_pool is None:
+        if self._primary_pool is None or self._listener is None:
             return False
-        before = self._primary_pool.master_address
-        address = await self._primary_pool.get_master_address()  # type: ignore[no-untyped-call]
-        return before is not None and tuple(address) != tuple(before)
+        found = await self._primary_pool.get_master_address()  # type: ignore[no-untyped-call]
+        listener_pool = cast(SentinelConnectionPool, self._listener.connection_pool)
+        listening = _address(listener_pool.master_address)
+        return listening is not None and _address(found) != listening
 
     def pubsub(self) -> PubSub:
         """A new subscription on a node that hears every replica's ``PUBLISH``."""
@@ -157,3 +183,7 @@ class RedisClients:
         if self._sentinel is not None:
             for sentinel in self._sentinel.sentinels:
                 await sentinel.aclose()
+
+
+def _address(found: Any) -> tuple[str, int] | None:
+    return None if found is None else (str(found[0]), int(found[1]))
