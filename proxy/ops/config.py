@@ -337,6 +337,15 @@ class Settings:
     def shared_scope(self) -> bool:
         return self.cache_scope == "shared"
 
+    @property
+    def host_keyed(self) -> bool:
+        """The client's Host is forwarded as X-Forwarded-Host, so it must be part of the key.
+
+        Only on request: the origin is a third-party API, and keying on the Host would keep
+        replicas reached under other names from sharing.
+        """
+        return self.forward_host and not self.public_host
+
 
 def env_backed_options(
     parser: argparse.ArgumentParser, environ: Mapping[str, str], prefix: str
