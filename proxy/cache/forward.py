@@ -94,12 +94,16 @@ class Forwarder:
         forwarded += [
             ("X-Forwarded-For", peer),
             ("X-Forwarded-Proto", request.scheme),
-            ("X-Forwarded-Host", self.settings.public_host or request.host),
             (
                 "Via",
                 f"{prior_via}, {version} {CACHE_NAME}" if prior_via else f"{version} {CACHE_NAME}",
             ),
         ]
+        forwarded_host = self.settings.public_host or (
+            request.host if self.settings.host_keyed else ""
+        )
+        if forwarded_host:
+            forwarded.append(("X-Forwarded-Host", forwarded_host))
         return forwarded
 
     async def send(

@@ -123,7 +123,7 @@ class CachingProxy:
             shared=self.settings.shared_scope,
             secret=self._scope_secret,
         )
-        if not self.settings.public_host:
+        if self.settings.host_keyed:
             # The client's Host reaches the origin as X-Forwarded-Host, so it is part of the
             # key: a forged Host can only ever shape its own variant, never another caller's.
             scope = f"{scope}@{request.host.lower()}"

@@ -14,6 +14,8 @@ from typing import Any, NoReturn
 
 from yarl import URL
 
+from proxy.ops.redis_url import is_multi_node, parse_redis_nodes
+
 
 class ConfigError(ValueError):
     """A configuration value is invalid; the message names the option."""
@@ -116,22 +118,32 @@ _REDIS_PREFIX_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
 
 def parse_redis_url(text: str) -> str:
-    """A URL redis-py accepts; the message never repeats the URL, which may hold a password."""
+    """A URL redis-py accepts, or one naming sentinels or cluster nodes (``proxy.ops.redis_url``);
+    the message never repeats the URL, which may hold a password.
+    """
     if not text:
         return ""
-    expected = "expected redis://[[user]:password@]host[:port][/db], rediss://... or unix:///path"
-    try:
-        url = URL(text)
-    except ValueError:
-        raise ValueError(expected) from None
-    if url.scheme not in _REDIS_SCHEMES or not (url.host or url.path.strip("/")):
-        raise ValueError(expected)
+    expected = (
+        "expected redis://[[user]:password@]host[:port][/db], rediss://..., unix:///path, "
+        "redis+sentinel://host[:port],.../service[/db] or redis+cluster://host[:port],..."
+    )
+    multi_node = is_multi_node(text)
+    if not multi_node:
+        try:
+            url = URL(text)
+        except ValueError:
+            raise ValueError(expected) from None
+        if url.scheme not in _REDIS_SCHEMES or not (url.host or url.path.strip("/")):
+            raise ValueError(expected)
     try:
         from redis.asyncio.connection import parse_url
     except ImportError:
         raise ValueError(
             "redis-py is not installed: pip install 'aitronos-cache-proxy[redis]'"
         ) from None
+    if multi_node:
+        parse_redis_nodes(text)
+        return text
     try:
         parse_url(text)
     except (ValueError, TypeError):
@@ -164,8 +176,15 @@ class Settings:
         "",
         parse_public_host,
         "the host[:port] clients use for the proxy (e.g. the load balancer's), sent upstream as "
-        "X-Forwarded-Host; when empty the client's Host is sent and becomes part of the cache key",
+        "X-Forwarded-Host (a constant: it splits no cache entry)",
         "HOST",
+    )
+    forward_host: bool = _option(
+        False,
+        parse_bool,
+        "send the client's Host upstream as X-Forwarded-Host, for origins that build links from "
+        "it; it then becomes part of the cache key (--public-host, when set, is sent instead)",
+        "BOOL",
     )
     cache_scope: str = _option(
         "credential",
@@ -325,6 +344,15 @@ class Settings:
     @property
     def shared_scope(self) -> bool:
         return self.cache_scope == "shared"
+
+    @property
+    def host_keyed(self) -> bool:
+        """The client's Host is forwarded as X-Forwarded-Host, so it must be part of the key.
+
+        Only on request: the origin is a third-party API, and keying on the Host would keep
+        replicas reached under other names from sharing.
+        """
+        return self.forward_host and not self.public_host
 
 
 def env_backed_options(
