@@ -16,6 +16,7 @@ from cachetools import TLRUCache
 from multidict import CIMultiDict
 
 from proxy import CACHE_NAME
+from proxy.cache.wait import Observation, WaitRoom, Wake
 from proxy.core.headers import (
     HOP_BY_HOP,
     CacheControl,
@@ -41,6 +42,7 @@ from proxy.core.policy import (
     cache_status,
     conditional_headers,
     credential_scope,
+    current_age,
     decide,
     freshen,
     freshness_lifetime,
@@ -58,9 +60,10 @@ from proxy.core.policy import (
     validator_matches,
     with_date,
 )
+from proxy.core.prefer import Hold, Shed, hold_decision, requested_wait
 from proxy.ops.config import Settings
 from proxy.ops.metrics import Metrics, status_class
-from proxy.server import RequestBody, RequestRejected
+from proxy.server import RequestBody, RequestRejected, disconnected
 from proxy.stores.coordination import Coordinator, Notice
 from proxy.stores.memory import SharedStore, Store, StoreError
 from proxy.upstream import (
@@ -196,6 +199,10 @@ class CachingProxy:
             stale_grace=settings.stale_grace,
         )
         self.flights: SingleFlight[Outcome] = SingleFlight()
+        self.waits: WaitRoom[Fetched] = WaitRoom(
+            on_outcome=lambda outcome: metrics.long_polls.labels(outcome).inc()
+        )
+        metrics.waiting_requests.set_function(lambda: self.waits.waiting)
         self.via = f"1.1 {CACHE_NAME}"
         self.draining = False
         self._backoff: TLRUCache[str, tuple[float, Fetched]] = TLRUCache(
@@ -217,6 +224,9 @@ class CachingProxy:
         try:
             if request.method in ("GET", "HEAD"):
                 response, result = await self._cacheable(request, route)
+                if response.status == 304 and result != "bypass" and "prefer" in request.headers:
+                    response, result, held = await self._long_poll(request, route, response, result)
+                    started += held
             else:
                 response, result = await self._unsafe(request, route)
         except UpstreamError as error:
@@ -252,18 +262,7 @@ class CachingProxy:
                 return await self._forward(request, route, cache_status(fwd="request")), "bypass"
         if request.body_exists:
             return await self._forward(request, route, cache_status(fwd="request")), "bypass"
-        scope = credential_scope(
-            [headers.get(name) for name in self._credential_headers],
-            shared=self._shared_scope,
-            secret=self._scope_secret,
-        )
-        if not self.settings.public_host:
-            # The client's Host reaches the origin as X-Forwarded-Host, so it is part of the
-            # key: a forged Host can only ever shape its own variant, never another caller's.
-            scope = f"{scope}@{request.host.lower()}"
-        facts = request_facts(
-            headers, scope=scope, cache_control=headers.getall("cache-control", ())
-        )
+        facts = self._facts(request, headers.getall("cache-control", ()))
         key = request.raw_path
         record = await self._store_get(key)
         now = self.clock()
@@ -293,6 +292,134 @@ class CachingProxy:
                     "miss",
                 )
         raise AssertionError("unreachable")
+
+    def _facts(self, request: web.Request, cache_control: Any) -> RequestFacts:
+        headers = request.headers
+        scope = credential_scope(
+            [headers.get(name) for name in self._credential_headers],
+            shared=self._shared_scope,
+            secret=self._scope_secret,
+        )
+        if not self.settings.public_host:
+            # The client's Host reaches the origin as X-Forwarded-Host, so it is part of the
+            # key: a forged Host can only ever shape its own variant, never another caller's.
+            scope = f"{scope}@{request.host.lower()}"
+        return request_facts(headers, scope=scope, cache_control=cache_control)
+
+    # -- long polling (RFC 7240 Prefer: wait) ---------------------------------------------------
+
+    async def _long_poll(
+        self, request: web.Request, route: str, immediate: web.StreamResponse, result: str
+    ) -> tuple[web.StreamResponse, str, float]:
+        """Hold a request that would be answered 304 until its response changes, or time out.
+
+        Returns the answer, its result label and the seconds it was held.
+        """
+        waits = self.waits
+        decision = hold_decision(
+            requested_wait(request.headers.getall("prefer", ())),
+            waiting=waits.waiting,
+            max_waiters=self.settings.max_waiters,
+            max_wait=0.0 if waits.closing else self.settings.max_wait,
+        )
+        if isinstance(decision, Shed):
+            self.metrics.long_polls.labels("shed").inc()
+        if not isinstance(decision, Hold):
+            return immediate, result, 0.0
+        key = request.raw_path
+        # The refresh is the same for every waiter of the flight: no request directives.
+        facts = self._facts(request, ())
+        record = await self._store_get(key)
+        entry = select_variant(record, facts) if record else None
+        if entry is None:
+            return immediate, result, 0.0
+        job = self._job(request, route, key, facts, entry, entry.vary)
+        started = time.perf_counter()
+        wake = await waits.hold(
+            job.flight_key,
+            key,
+            lambda: self._observe(job),
+            request.headers,
+            decision.seconds,
+            disconnected(request),
+        )
+        held = time.perf_counter() - started
+        response, result = await self._woken(request, route, wake, entry, immediate, result)
+        response.headers["Preference-Applied"] = decision.applied
+        return response, result, held
+
+    async def _woken(
+        self,
+        request: web.Request,
+        route: str,
+        wake: Wake[Fetched],
+        entry: StoredResponse,
+        immediate: web.StreamResponse,
+        result: str,
+    ) -> tuple[web.StreamResponse, str]:
+        """The answer to a held request once it wakes (``Cache-Status`` says ``waited``)."""
+        if wake.error is not None:
+            raise wake.error
+        if wake.outcome == "disconnected":
+            return immediate, result
+        if wake.answer is not None:
+            status = cache_status(fwd="stale", fwd_status=wake.answer.status, detail="waited")
+            label = "error" if wake.answer.status >= 500 else "miss"
+            return self._plain(wake.answer, status), label
+        if wake.outcome == "changed" and wake.entry is None:
+            return await self._cacheable(request, route)
+        current = wake.entry or (await self._current(request.raw_path, entry)) or entry
+        now = self.clock()
+        ttl = freshness_lifetime(current, self.policy) - current_age(current, now)
+        status = cache_status(hit=True, ttl=ttl, detail="waited")
+        return self._serve_stored(request, current, status), "hit"
+
+    async def _current(self, key: str, entry: StoredResponse) -> StoredResponse | None:
+        """The stored variant that replaced ``entry``, if any (same scope and selection)."""
+        record = await self._store_get(key) or ()
+        for variant in record:
+            if variant.scope == entry.scope and variant.selecting == entry.selecting:
+                return variant
+        return None
+
+    async def _observe(self, job: FetchJob) -> Observation[Fetched]:
+        """What a flight's waiters would be served now; revalidates upstream (coalesced, once
+        per flight across replicas) when the stored response is no longer fresh."""
+        record = await self._store_get(job.key)
+        decision = decide(record, job.facts, self.clock(), self.policy)
+        if isinstance(decision, Fresh) and not decision.stale:
+            return Observation(decision.entry, decision.ttl)
+        stale = decision.entry if isinstance(decision, Fresh | Revalidate) else None
+        fetch = replace(job, stale=stale)
+        task, leader = self.flights.join(job.flight_key, lambda: self._coordinated_fetch(fetch))
+        try:
+            outcome = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if leader:
+                task.add_done_callback(_release_orphan)
+            raise
+        except UpstreamError:
+            if stale is not None and stale_if_error_allows(
+                stale, job.facts, self.clock(), self.policy
+            ):
+                return Observation(stale)  # what a poll would be served: keep waiting
+            raise
+        if isinstance(outcome, Streamed):
+            if leader:
+                outcome.response.close()
+            return Observation(None)
+        if outcome.entry is not None:
+            entry = outcome.entry
+            ttl = freshness_lifetime(entry, self.policy) - current_age(entry, self.clock())
+            return Observation(entry, ttl)
+        failed = outcome.status >= 500 or outcome.status == 429
+        if (
+            failed
+            and stale is not None
+            and stale_if_error_allows(stale, job.facts, self.clock(), self.policy)
+        ):
+            return Observation(stale)
+        return Observation(None, answer=outcome, failed=failed)
 
     def _flight_key(self, key: str, facts: RequestFacts, vary: tuple[str, ...]) -> str:
         """Requests share a fetch only within one scope and one ``Vary`` selection."""
@@ -594,6 +721,7 @@ class CachingProxy:
         except StoreError:
             self.metrics.store_errors.labels(self.store.backend).inc()
             return False
+        self.waits.changed(key)
         return True
 
     async def invalidate(self, keys: list[str]) -> None:
@@ -604,6 +732,7 @@ class CachingProxy:
                 await self.store.delete(key)
             except StoreError:
                 self.metrics.store_errors.labels(self.store.backend).inc()
+            self.waits.changed(key)
 
     async def purge(self, key: str) -> tuple[bool, bool]:
         """Forget ``key`` on an operator's request: (whether it was stored, whether every tier
@@ -617,6 +746,7 @@ class CachingProxy:
         except StoreError:
             self.metrics.store_errors.labels(self.store.backend).inc()
             confirmed = False
+        self.waits.changed(key)
         return existed, confirmed
 
     # -- responses ---------------------------------------------------------------------------

@@ -149,7 +149,23 @@ class RequestBody:
 
 
 class ProxyRequestHandler(web.RequestHandler):
-    """aiohttp's connection handler, answering unparseable requests without echoing them."""
+    """aiohttp's connection handler, answering unparseable requests without echoing them,
+    and telling a held request (``Prefer: wait``) when its client goes away."""
+
+    _lost: asyncio.Future[None] | None = None
+
+    def lost(self) -> asyncio.Future[None]:
+        """Done once the connection is lost: aiohttp does not cancel handlers on disconnect."""
+        if self._lost is None:
+            self._lost = asyncio.get_running_loop().create_future()
+            if self.transport is None:
+                self._lost.set_result(None)
+        return self._lost
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._lost is not None and not self._lost.done():
+            self._lost.set_result(None)
+        super().connection_lost(exc)
 
     def handle_error(
         self,
@@ -168,6 +184,12 @@ class ProxyRequestHandler(web.RequestHandler):
             type(exc).__name__,
         )
         return rejected.response()
+
+
+def disconnected(request: web.BaseRequest) -> asyncio.Future[None] | None:
+    """A future done when the request's client disconnects, where the server can tell."""
+    protocol = request.protocol
+    return protocol.lost() if isinstance(protocol, ProxyRequestHandler) else None
 
 
 def classify_parse_error(exc: HttpProcessingError, max_line_size: int) -> RequestRejected:
@@ -209,6 +231,7 @@ __all__ = [
     "RequestBody",
     "RequestRejected",
     "check_request",
+    "disconnected",
     "handler_args",
     "request_guard",
 ]

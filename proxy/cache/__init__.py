@@ -1,0 +1,1 @@
+"""Carrying out the cache's decisions: waiting for changes (long polling)."""
