@@ -229,8 +229,10 @@ async def test_a_change_stored_by_one_replica_wakes_the_waiters_on_another(
         origin.set("a", b'{"v":2}')
         status, _, body = await get(http, first, **{"Cache-Control": "no-cache"})
         assert status == 200 and body == b'{"v":2}'
-        status, answered, body = await held
+        async with asyncio.timeout(10):  # well before the wait's own end (30 s)
+            status, answered, body = await held
         assert status == 200 and body == b'{"v":2}'
+        assert polls(second, "changed") == 1
         assert answered["Preference-Applied"] == "wait=30"
         assert origin.gets == 2  # the second replica read what the first stored
 
@@ -280,7 +282,8 @@ async def test_answers_every_waiter_with_304_when_draining(
         held = [poll(http, proxy, headers["ETag"], wait=30) for _ in range(3)]
         await eventually(lambda: waiting(proxy) == 3, what="three held")
         cleanup = asyncio.create_task(proxy.runner.cleanup())
-        answers = await asyncio.gather(*held)
+        async with asyncio.timeout(10):  # well before the waits' own end (30 s)
+            answers = await asyncio.gather(*held)
         await cleanup
     assert [status for status, _, _ in answers] == [304] * 3
     assert all(h["Preference-Applied"] == "wait=30" for _, h, _ in answers)
