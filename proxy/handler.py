@@ -250,6 +250,8 @@ class CachingProxy:
             )
             result = "error"
         request[RESULT_KEY] = result
+        if response.status == 304 and result != "bypass":
+            self.metrics.not_modified.inc()  # counted once sent: a held request's 304 may not be
         self.metrics.observe_request(route, result, time.perf_counter() - started)
         return response
 
@@ -762,7 +764,6 @@ class CachingProxy:
     ) -> web.Response:
         """Answer from a stored response, locally with 304 when the client's validator matches."""
         if 200 <= entry.status < 300 and not_modified(entry, request.headers):
-            self.metrics.not_modified.inc()
             headers = CIMultiDict(not_modified_headers(entry))
             headers["Age"] = str(int(age))
             headers["Cache-Status"] = status_header
