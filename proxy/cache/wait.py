@@ -28,6 +28,8 @@ A = TypeVar("A")
 #: Shortest pause between two observations of one flight, so that an entry which is never fresh
 #: (``max-age=0``, ``no-cache``) or an upstream in trouble is asked at most once a second.
 MIN_INTERVAL = 1.0
+#: Past the end of a freshness lifetime, so that the refresh finds the entry stale (§4.2).
+EXPIRY_MARGIN = 0.002
 
 
 def key_digest(key: str) -> str:
@@ -215,8 +217,11 @@ class WaitRoom(Generic[A]):
                         _wake(watch, waiter, Wake("changed", entry=entry))
                 if not watch.waiters:
                     break
+                # Wake just past the end of the freshness lifetime (a timer may fire a little
+                # early); an entry that is never fresh is looked at once per ``min_interval``.
+                delay = seen.fresh_for + EXPIRY_MARGIN if seen.fresh_for > 0 else self.min_interval
                 with suppress(TimeoutError):
-                    async with asyncio.timeout(max(seen.fresh_for, self.min_interval)):
+                    async with asyncio.timeout(delay):
                         await watch.poked.wait()
         finally:
             self._close(watch)
