@@ -70,6 +70,12 @@ class Run:
     proxy_cpu_seconds: float = 0.0
     seconds: float = 0.0
     waiting_peak: float = 0.0
+    rss_growth_at_peak: int = 0
+
+    @property
+    def bytes_per_held(self) -> float:
+        """Resident memory per held request (its connection included), at the peak."""
+        return self.rss_growth_at_peak / self.waiting_peak if self.waiting_peak else 0.0
 
     @property
     def per_window(self) -> float:
@@ -81,13 +87,15 @@ class Run:
         return 1000 * self.proxy_cpu_seconds / self.pollers / minutes if minutes else 0.0
 
 
-async def _watch_waiting(proxy_url: str, peak: list[float], stop: asyncio.Event) -> None:
-    """The highest ``cacheproxy_waiting_requests`` seen while the fleet runs."""
+async def _watch_waiting(proxy: Service, peak: list[float], stop: asyncio.Event) -> None:
+    """The highest ``cacheproxy_waiting_requests`` seen while the fleet runs, and the proxy's
+    resident memory at that moment."""
     while not stop.is_set():
         value = await asyncio.to_thread(
-            client.metric_value, proxy_url, "cacheproxy_waiting_requests"
+            client.metric_value, proxy.url, "cacheproxy_waiting_requests"
         )
-        peak[0] = max(peak[0], value or 0.0)
+        if (value or 0.0) > peak[0]:
+            peak[0], peak[1] = value or 0.0, processes.rss_bytes(proxy.pid)
         with suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), 0.5)
 
@@ -105,8 +113,9 @@ async def run_one(
         horizon = scale.queued + scale.processing + scale.stagger
         duration = horizon + scale.max_age + 3 * scale.interval + 2.0
         cpu_before = processes.cpu_seconds(proxy.pid)
-        peak, stop = [0.0], asyncio.Event()
-        watcher = asyncio.create_task(_watch_waiting(proxy.url, peak, stop))
+        rss_before = processes.rss_bytes(proxy.pid)
+        peak, stop = [0.0, float(rss_before)], asyncio.Event()
+        watcher = asyncio.create_task(_watch_waiting(proxy, peak, stop))
         fleet = await run_fleet(
             proxy.url,
             assign_pollers(created, scale.pollers),
@@ -130,6 +139,7 @@ async def run_one(
     run.proxy_cpu_seconds = cpu
     run.seconds = fleet.elapsed
     run.waiting_peak = peak[0]
+    run.rss_growth_at_peak = int(peak[1]) - rss_before
     for token, transcription_id in created:
         status, _, body = client.http_get(
             f"{simulator_url}{API_PREFIX}/{transcription_id}", {"Authorization": f"Bearer {token}"}
@@ -234,6 +244,10 @@ def markdown(runs: list[Run], meta: dict[str, Any]) -> str:
         ("proxy CPU", lambda r: f"{r.proxy_cpu_seconds:.2f} s over {r.seconds:.1f} s"),
         ("proxy CPU per client per minute", lambda r: f"{r.cpu_per_client_minute_ms:.2f} ms"),
         ("held requests (peak)", lambda r: f"{r.waiting_peak:.0f}"),
+        (
+            "proxy memory per held request (connection included)",
+            lambda r: f"{r.bytes_per_held / 1024:.1f} KiB" if r.waiting_peak else "—",
+        ),
     ]
     for name, cell in rows:
         lines.append(f"| {name} | " + " | ".join(cell(run) for run in runs) + " |")
@@ -281,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
             | {
                 "per_window": run.per_window,
                 "cpu_per_client_minute_ms": run.cpu_per_client_minute_ms,
+                "bytes_per_held": run.bytes_per_held,
             }
             for run in runs
         ],
