@@ -150,7 +150,7 @@ def test_profile_mode_samples_the_proxy_and_the_bare_handler(out: Path) -> None:
     profile = (out / "profile.md").read_text()
     assert "## proxy (uvloop)" in profile
     assert "## bare (uvloop)" in profile
-    assert "CachingProxy.handle (proxy/handler.py)" in profile
+    assert "CachingProxy.handle (proxy/cache/proxy.py)" in profile
 
 
 def test_long_poll_bench_runs_both_fleets_and_judges_the_goals(tmp_path: Path) -> None:
