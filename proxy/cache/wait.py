@@ -109,6 +109,7 @@ class WaitRoom(Generic[A]):
         self.closing = False
         self._watches: dict[str, Watch[A]] = {}
         self._by_key: dict[str, set[str]] = {}
+        self._keys_by_digest: dict[str, str] = {}
 
     async def hold(
         self,
@@ -155,9 +156,9 @@ class WaitRoom(Generic[A]):
 
     def changed_digest(self, digest: str) -> None:
         """Another replica stored or invalidated the key with this digest."""
-        for watch in self._watches.values():
-            if watch.digest == digest:
-                watch.poked.set()
+        key = self._keys_by_digest.get(digest)
+        if key is not None:
+            self.changed(key)
 
     def release_all(self) -> None:
         """Draining: answer every held request at once (with 304) and hold no new ones."""
@@ -180,6 +181,7 @@ class WaitRoom(Generic[A]):
         watch: Watch[A] = Watch(flight, key, observe)
         self._watches[flight] = watch
         self._by_key.setdefault(key, set()).add(flight)
+        self._keys_by_digest[watch.digest] = key
         watch.task = asyncio.get_running_loop().create_task(self._run(watch))
         return watch
 
@@ -192,6 +194,7 @@ class WaitRoom(Generic[A]):
             flights.discard(watch.flight)
             if not flights:
                 del self._by_key[watch.key]
+                self._keys_by_digest.pop(watch.digest, None)
         if watch.task is not None and watch.task is not asyncio.current_task():
             watch.task.cancel()
 
