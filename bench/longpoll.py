@@ -97,7 +97,7 @@ async def _watch_waiting(proxy: Service, peak: list[float], stop: asyncio.Event)
         if (value or 0.0) > peak[0]:
             peak[0], peak[1] = value or 0.0, processes.rss_bytes(proxy.pid)
         with suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), 0.5)
+            await asyncio.wait_for(stop.wait(), 2.0)  # scraping costs the proxy CPU too
 
 
 async def run_one(

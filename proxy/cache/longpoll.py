@@ -91,18 +91,30 @@ class LongPolls:
         self,
         request: ProxyRequest,
         responder: Responder,
-        job: FetchJob,
+        flight: str,
+        job: Callable[[], FetchJob],
         serve: Serve,
         hold: Hold,
         fallback: Callable[[], Awaitable[str]],
     ) -> str:
-        """Hold the request, then answer it; returns the result label."""
+        """Hold the request, then answer it; returns the result label.
+
+        ``job`` makes the flight's refresh; it is called only if this request opens the watch.
+        """
         started = time.perf_counter()
         connection = request.connection
+        key = request.target
+        made: list[FetchJob] = []
+
+        def observe() -> Awaitable[Observation[Fetched]]:
+            if not made:
+                made.append(job())
+            return self.observe(made[0])
+
         wake = await self.waits.hold(
-            job.flight_key,
-            job.key,
-            lambda: self.observe(job),
+            flight,
+            key,
+            observe,
             request.headers,
             hold.seconds,
             connection.lost() if connection is not None else None,
@@ -121,7 +133,7 @@ class LongPolls:
             return "error" if answer.status >= 500 else "miss"
         if wake.outcome == "changed" and wake.entry is None:
             return await fallback()
-        entry = wake.entry or await self._current(job.key, serve.entry) or serve.entry
+        entry = wake.entry or await self._current(key, serve.entry) or serve.entry
         self.serving.serve(request, responder, self._waited(entry), (applied,))
         return "hit"
 

@@ -197,10 +197,15 @@ class CachingProxy:
         """RFC 7240 ``Prefer: wait``: instead of a 304 now, the change or a 304 later."""
         # The refresh is the same for every waiter of the flight: no request directives.
         plain = replace(facts, cache_control=NO_DIRECTIVES, pragma_no_cache=False)
-        job = self._job(request, route, plain, Fetch(serve.entry, "stale"))
-        return await self.long_polls.hold(
-            request, responder, job, serve, hold, lambda: self._cacheable(request, responder, route)
-        )
+        key = request.target
+        flight = flight_key(key, plain, serve.entry.vary)
+
+        def job() -> FetchJob:
+            """Built only when this request opens its flight's watch (the upstream fields)."""
+            return self._job(request, route, plain, Fetch(serve.entry, "stale"))
+
+        fallback = lambda: self._cacheable(request, responder, route)  # noqa: E731
+        return await self.long_polls.hold(request, responder, flight, job, serve, hold, fallback)
 
     def _job(
         self, request: ProxyRequest, route: str, facts: RequestFacts, fetch: Fetch

@@ -123,24 +123,27 @@ class WaitRoom(Generic[A]):
         """Wait until the flight's response no longer matches ``headers``, ``seconds`` pass,
         the client goes away (``lost``) or the replica drains."""
         loop = asyncio.get_running_loop()
-        waiter = Waiter(headers, loop.create_future())
+        future: asyncio.Future[Wake[A]] = loop.create_future()
+        waiter = Waiter(headers, future)
         watch = self._watches.get(flight)
         if watch is None:
             watch = self._open(flight, key, observe)
         watch.waiters.add(waiter)
         self.waiting += 1
+        # One future, settled by whichever comes first: a wake-up, the timer, the disconnect.
+        timer = loop.call_later(seconds, _settle, future, TIMEOUT)
+        def gone(_: object) -> None:
+            _settle(future, DISCONNECTED)
+
+        if lost is not None:
+            lost.add_done_callback(gone)
         try:
-            pending: list[asyncio.Future[Any]] = [waiter.future]
-            if lost is not None:
-                pending.append(lost)
-            await asyncio.wait(pending, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-            if waiter.future.done():
-                wake: Wake[A] = waiter.future.result()
-            elif lost is not None and lost.done():
-                wake = Wake("disconnected")
-            else:
-                wake = Wake("timeout")
+            wake = await future
         finally:
+            timer.cancel()
+            if lost is not None:
+                # The connection outlives this request (keep-alive): leave no callback behind.
+                lost.remove_done_callback(gone)
             self.waiting -= 1
             watch.waiters.discard(waiter)
             if not watch.waiters:
@@ -233,6 +236,15 @@ class WaitRoom(Generic[A]):
     def _wake_all(watch: Watch[A], wake: Wake[A]) -> None:
         for waiter in list(watch.waiters):
             _wake(watch, waiter, wake)
+
+
+TIMEOUT: Wake[Any] = Wake("timeout")
+DISCONNECTED: Wake[Any] = Wake("disconnected")
+
+
+def _settle(future: asyncio.Future[Wake[A]], wake: Wake[A]) -> None:
+    if not future.done():
+        future.set_result(wake)
 
 
 def _wake(watch: Watch[A], waiter: Waiter, wake: Wake[A]) -> None:
