@@ -39,12 +39,17 @@ class ScopedOrigin:
     max_age: int = 1
     gets: int = 0
     conditional: int = 0
+    failing: bool = False
 
     def set(self, token: str, body: bytes | None, path: str = PATH) -> None:
         self.docs[token, path] = body
 
     async def handle(self, request: web.Request) -> web.Response:
+        if request.method != "GET":
+            return web.Response(status=204)
         self.gets += 1
+        if self.failing:
+            return web.json_response({"success": False}, status=500)
         token = request.headers.get("Authorization", "").removeprefix("Bearer ")
         if "If-None-Match" in request.headers:
             self.conditional += 1
@@ -63,7 +68,7 @@ class ScopedOrigin:
 async def scoped() -> AsyncIterator[tuple[ScopedOrigin, str]]:
     origin = ScopedOrigin()
     app = web.Application()
-    app.router.add_route("GET", "/{tail:.*}", origin.handle)
+    app.router.add_route("*", "/{tail:.*}", origin.handle)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     yield origin, str(server.make_url("")).rstrip("/")
@@ -287,3 +292,53 @@ async def test_answers_every_waiter_with_304_when_draining(
         await cleanup
     assert [status for status, _, _ in answers] == [304] * 3
     assert all(h["Preference-Applied"] == "wait=30" for _, h, _ in answers)
+
+
+async def test_an_invalidation_through_the_proxy_wakes_waiters_at_once(
+    scoped: tuple[ScopedOrigin, str], http: aiohttp.ClientSession
+) -> None:
+    origin, upstream = scoped
+    origin.max_age = 600  # only the invalidation can end the wait before its timeout
+    origin.set("a", b'{"v":1}')
+    async with run_replicas(Settings(upstream=upstream), 1) as (proxy,):
+        _, headers, _ = await get(http, proxy)
+        held = poll(http, proxy, headers["ETag"], wait=30)
+        await eventually(lambda: waiting(proxy) == 1, what="the request to be held")
+        origin.set("a", b'{"v":2}')
+        async with http.post(proxy.url + PATH, headers={"Authorization": "Bearer a"}) as posted:
+            assert posted.status == 204
+        async with asyncio.timeout(10):  # well before the wait's own end (30 s)
+            status, _, body = await held
+        assert status == 200 and body == b'{"v":2}'
+
+
+async def test_an_upstream_failure_covered_by_the_stored_response_keeps_the_wait(
+    scoped: tuple[ScopedOrigin, str], http: aiohttp.ClientSession
+) -> None:
+    origin, upstream = scoped
+    origin.set("a", b"{}")
+    async with run_replicas(Settings(upstream=upstream, max_wait=3), 1) as (proxy,):
+        _, headers, _ = await get(http, proxy)
+        origin.failing = True
+        seen = origin.gets
+        held = poll(http, proxy, headers["ETag"], wait=3)
+        await eventually(lambda: origin.gets > seen, what="a refresh that fails")
+        assert not held.done()
+        status, answered, _ = await held
+        # --stale-grace lets the stored response stand in, as a poll would have been served it.
+        assert status == 304 and answered["Preference-Applied"] == "wait=3"
+        assert polls(proxy, "timeout") == 1 and polls(proxy, "error") == 0
+
+
+async def test_an_upstream_failure_nothing_covers_ends_the_wait_with_it(
+    scoped: tuple[ScopedOrigin, str], http: aiohttp.ClientSession
+) -> None:
+    origin, upstream = scoped
+    origin.set("a", b"{}")
+    async with run_replicas(Settings(upstream=upstream, stale_grace=0), 1) as (proxy,):
+        _, headers, _ = await get(http, proxy)
+        origin.failing = True
+        status, answered, _ = await poll(http, proxy, headers["ETag"], wait=20)
+        assert status == 500 and answered["Preference-Applied"] == "wait=20"
+        assert 'detail="waited"' in answered["Cache-Status"]
+        assert polls(proxy, "error") == 1
