@@ -149,7 +149,7 @@ class ProxyRequestHandler(web.RequestHandler):
 
     _lost: asyncio.Future[None] | None = None
 
-    def lost(self) -> asyncio.Future[None]:
+    def disconnected(self) -> asyncio.Future[None]:
         """Done once the connection is lost: aiohttp does not cancel handlers on disconnect."""
         if self._lost is None:
             self._lost = asyncio.get_running_loop().create_future()

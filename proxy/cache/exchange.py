@@ -54,7 +54,7 @@ def envelope(code: str, message: str) -> bytes:
 class Connection(Protocol):
     """The client connection a request came on, as far as a held request needs it."""
 
-    def lost(self) -> asyncio.Future[None]:
+    def disconnected(self) -> asyncio.Future[None]:
         """Done once the client has gone away."""
 
 

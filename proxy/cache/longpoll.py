@@ -117,7 +117,7 @@ class LongPolls:
             observe,
             request.headers,
             hold.seconds,
-            connection.lost() if connection is not None else None,
+            connection.disconnected() if connection is not None else None,
         )
         HELD.set(time.perf_counter() - started)
         applied = ("Preference-Applied", hold.applied)
