@@ -132,6 +132,7 @@ class WaitRoom(Generic[A]):
         self.waiting += 1
         # One future, settled by whichever comes first: a wake-up, the timer, the disconnect.
         timer = loop.call_later(seconds, _settle, future, TIMEOUT)
+
         def gone(_: object) -> None:
             _settle(future, DISCONNECTED)
 
