@@ -173,8 +173,7 @@ class CachingProxy:
         if isinstance(decision, Serve):
             if decision.refresh and facts is not None:
                 self._refresh(request, route, facts, decision)
-            hold = self.long_polls.may_hold(request, decision) if facts is not None else None
-            if hold is not None and facts is not None:
+            if facts is not None and (hold := self.long_polls.may_hold(request, decision)):
                 return await self._long_poll(request, responder, route, facts, decision, hold)
             self.serving.serve(request, responder, decision)
         elif isinstance(decision, Forward):
@@ -204,7 +203,10 @@ class CachingProxy:
             """Built only when this request opens its flight's watch (the upstream fields)."""
             return self._job(request, route, plain, Fetch(serve.entry, "stale"))
 
-        fallback = lambda: self._cacheable(request, responder, route)  # noqa: E731
+        async def fallback() -> str:
+            """The response became one this cache cannot serve (too large): ask as usual."""
+            return await self._cacheable(request, responder, route)
+
         return await self.long_polls.hold(request, responder, flight, job, serve, hold, fallback)
 
     def _job(
