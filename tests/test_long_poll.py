@@ -342,3 +342,19 @@ async def test_an_upstream_failure_nothing_covers_ends_the_wait_with_it(
         assert status == 500 and answered["Preference-Applied"] == "wait=20"
         assert 'detail="waited"' in answered["Cache-Status"]
         assert polls(proxy, "error") == 1
+
+
+async def test_a_change_to_a_response_too_large_to_store_is_streamed_to_the_waiter(
+    scoped: tuple[ScopedOrigin, str], http: aiohttp.ClientSession
+) -> None:
+    origin, upstream = scoped
+    origin.set("a", b'{"v":1}')
+    large = b'{"v":"' + b"x" * 8192 + b'"}'
+    async with run_replicas(Settings(upstream=upstream, max_entry_bytes=4096), 1) as (proxy,):
+        _, headers, _ = await get(http, proxy)
+        held = poll(http, proxy, headers["ETag"], wait=20)
+        await eventually(lambda: waiting(proxy) == 1, what="the request to be held")
+        origin.set("a", large)
+        status, _, body = await held
+        assert status == 200 and body == large
+        assert polls(proxy, "changed") == 1
