@@ -103,6 +103,8 @@ def create_app(
     metrics.track_tables(
         lambda: proxy.fetcher.held_back_bytes, lambda: proxy.entries.invalidation_bytes
     )
+    if share is not None:
+        share.on_change = proxy.waits.changed_digest
     app = web.Application(
         handler_args=handler_args(settings), middlewares=[request_guard(settings)]
     )
@@ -115,6 +117,7 @@ def create_app(
         if share is not None:
             await share.start()
         yield
+        await proxy.waits.close()
         await proxy.flights.cancel_all()
         await upstream.close()
         await store.close()
@@ -125,6 +128,7 @@ def create_app(
     async def drain(app: web.Application) -> None:
         """Runs once the listener is closed; aiohttp then waits for in-flight requests."""
         proxy.draining = True
+        proxy.waits.release_all()  # held long polls are answered (304) before the drain
         log.info("draining: finishing in-flight requests for up to %gs", settings.drain_seconds)
 
     app.cleanup_ctx.append(lifecycle)

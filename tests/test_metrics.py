@@ -22,7 +22,14 @@ from proxy import __version__
 from proxy.app import PROXY_KEY, create_app
 from proxy.core.models import Record
 from proxy.ops.config import Settings
-from proxy.ops.metrics import RESULTS, ROUTES, TABLES, UPSTREAM_ERROR_KINDS, UPSTREAM_STATUSES
+from proxy.ops.metrics import (
+    LONG_POLL_OUTCOMES,
+    RESULTS,
+    ROUTES,
+    TABLES,
+    UPSTREAM_ERROR_KINDS,
+    UPSTREAM_STATUSES,
+)
 from proxy.stores.memory import MemoryStore, StoreError
 
 ITEM = "/v1/audio/transcribe/trans_0123456789abcdef"
@@ -396,6 +403,7 @@ async def test_labels_never_carry_ids_paths_or_credentials(make_proxy: MakeProxy
         *UPSTREAM_STATUSES,
         *UPSTREAM_ERROR_KINDS,
         *TABLES,
+        *LONG_POLL_OUTCOMES,
         "memory",
         __version__,
     }

@@ -30,6 +30,8 @@ class Entries:
         fetch_timeout: float,
     ) -> None:
         self.store = store
+        #: Told every key stored or invalidated here (wakes long polls, ``proxy.cache.wait``).
+        self.on_change: Callable[[str], None] = _unheard
         self.metrics = metrics
         self.clock = clock
         self.policy = policy
@@ -73,6 +75,7 @@ class Entries:
         except StoreError:
             self._failed()
             return False
+        self.on_change(key)
         return True
 
     async def invalidate(self, keys: list[str]) -> None:
@@ -84,6 +87,7 @@ class Entries:
                 await self.store.delete(key)
             except StoreError:
                 self._failed()
+            self.on_change(key)
 
     async def purge(self, key: str) -> tuple[bool, bool]:
         """Forget ``key``: (whether it was stored, whether every tier of the store confirmed)."""
@@ -95,4 +99,9 @@ class Entries:
         except StoreError:
             self._failed()
             confirmed = False
+        self.on_change(key)
         return existed, confirmed
+
+
+def _unheard(_key: str) -> None:
+    return None

@@ -250,6 +250,19 @@ class Settings:
         "on SIGTERM, seconds in-flight requests get to finish before they are cut",
         "SECONDS",
     )
+    max_wait: float = _option(
+        30.0,
+        _bounded(float, 0),
+        "longest a request with 'Prefer: wait=N' is held for a change (RFC 7240); 0 disables "
+        "long polling",
+        "SECONDS",
+    )
+    max_waiters: int = _option(
+        10_000,
+        _bounded(int, 0),
+        "held long-poll requests per replica; past it, requests are answered at once",
+        "N",
+    )
     redis_url: str = _option(
         "",
         parse_redis_url,

@@ -24,6 +24,7 @@ RESULTS = ("hit", "miss", "revalidated", "stale", "bypass", "error")
 #: ``status`` of ``cacheproxy_upstream_requests_total``: a status class, or ``error`` when no
 #: response arrived (the kind is then in ``cacheproxy_upstream_errors_total``).
 UPSTREAM_STATUSES = ("2xx", "3xx", "4xx", "5xx", "error")
+LONG_POLL_OUTCOMES = ("changed", "timeout", "shed", "error")
 UPSTREAM_ERROR_KINDS = ("refused", "timeout", "invalid", "5xx", "429")
 TABLES = ("held_back", "invalidation")
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -265,6 +266,20 @@ class Metrics:
             ("backend",),
             registry=registry,
         )
+        self.waiting_requests = Gauge(
+            "cacheproxy_waiting_requests",
+            "Requests held for a change with 'Prefer: wait' (long polls) right now.",
+            registry=registry,
+        )
+        self.long_polls = Counter(
+            "cacheproxy_long_poll",
+            "Held requests by how they ended: changed, timeout, shed (--max-waiters reached, "
+            "answered at once) or error.",
+            ("outcome",),
+            registry=registry,
+        )
+        for outcome in LONG_POLL_OUTCOMES:
+            self.long_polls.labels(outcome)
         self.build_info = Info(
             "cacheproxy_build",
             "The version of aitronos-cache-proxy.",

@@ -613,6 +613,8 @@ class RedisShare:
         metrics.store_degraded.labels("redis").set_function(lambda: 0 if self.healthy else 1)
         self._subscription = asyncio.Event()
         self._listener: asyncio.Task[None] | None = None
+        #: Told the digest of every key another replica stored or deleted (wakes long polls).
+        self.on_change: Callable[[str], None] | None = None
 
     @property
     def healthy(self) -> bool:
@@ -716,6 +718,8 @@ class RedisShare:
         origin, key_digest, kind = [*_text(data).split(" "), "", ""][:3]
         if origin != self.back.origin and key_digest:
             self.store.forget(key_digest, deleted=kind == "del")
+            if self.on_change is not None:
+                self.on_change(key_digest)
 
 
 def _why(error: BaseException) -> str:

@@ -27,6 +27,7 @@ from prometheus_client import CollectorRegistry
 
 from proxy.app import PROXY_KEY, CachingProxy, create_app
 from proxy.ops.config import Settings
+from proxy.server import ProxyRunner
 
 READY_LINE = b"Ready to accept connections"
 #: A sentinel logs no "ready" line; it is serving once it has its ID.
@@ -221,7 +222,7 @@ async def run_replicas(
         for _ in range(count):
             registry = CollectorRegistry()
             app = create_app(settings, registry=registry, clock=clock)
-            runner = web.AppRunner(app, access_log=None)
+            runner = ProxyRunner(app, access_log=None)
             await runner.setup()
             site = web.TCPSite(runner, "127.0.0.1", 0)
             await site.start()
