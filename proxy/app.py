@@ -96,9 +96,15 @@ def create_app(
             connect_timeout=settings.upstream_connect_timeout,
             timeout=settings.upstream_timeout,
             max_connections=settings.upstream_max_connections,
+            pool_timeout=settings.upstream_pool_timeout,
         )
     )
     proxy = CachingProxy(settings, store, upstream, metrics, clock, coordinator)
+    metrics.track_tables(
+        lambda: proxy.fetcher.held_back_bytes, lambda: proxy.entries.invalidation_bytes
+    )
+    if share is not None:
+        share.on_change = proxy.waits.changed_digest
     app = web.Application(
         handler_args=handler_args(settings), middlewares=[request_guard(settings)]
     )
@@ -111,6 +117,7 @@ def create_app(
         if share is not None:
             await share.start()
         yield
+        await proxy.waits.close()
         await proxy.flights.cancel_all()
         await upstream.close()
         await store.close()
@@ -121,6 +128,7 @@ def create_app(
     async def drain(app: web.Application) -> None:
         """Runs once the listener is closed; aiohttp then waits for in-flight requests."""
         proxy.draining = True
+        proxy.waits.release_all()  # held long polls are answered (304) before the drain
         log.info("draining: finishing in-flight requests for up to %gs", settings.drain_seconds)
 
     app.cleanup_ctx.append(lifecycle)

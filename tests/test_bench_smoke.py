@@ -172,3 +172,15 @@ def test_coding_mode_runs_behind_the_compressing_origin(tmp_path: Path) -> None:
     if sized["skipped"]:
         excuse_if_missing("aitronos-cache-proxy", sized["skipped"])
     assert 0 < sized["gzip_bytes"] * 3 <= sized["identity_bytes"]
+
+
+def test_long_poll_bench_runs_both_fleets_and_judges_the_goals(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "bench.longpoll", "--scale", "tiny", "--out", str(tmp_path)]
+    subprocess.run(command, cwd=ROOT, check=True, capture_output=True, timeout=300)
+    results = json.loads((tmp_path / "results.json").read_text())
+    polling, held = results["runs"]
+    assert polling["pollers_done"] == polling["pollers"] == held["pollers_done"]
+    assert held["client_requests"] < polling["client_requests"]
+    assert held["waiting_peak"] > 0
+    assert len(results["targets"]) == 4
+    assert "| goal |" in (tmp_path / "results.md").read_text()

@@ -291,3 +291,41 @@ def test_an_unstored_answer_is_decoded_only_for_a_client_that_cannot_read_it() -
     assert readable(headers, coded, "", 10) == (headers, coded)  # past the limit: as it is
     kept = (*headers, ("Cache-Control", "no-transform"))
     assert readable(kept, coded, "", 10**7) == (kept, coded)
+
+
+def test_the_budget_counts_what_derived_codings_really_allocate() -> None:
+    """tracemalloc over 2,000 stored responses with and without their codings: what the codings
+    add to the accounted size (checked against --cache-max-bytes) covers what they allocate."""
+    import gc
+    import tracemalloc
+
+    bodies = [JSON.replace(b"release", f"rel{i:04d}".encode()) for i in range(2000)]
+    derived = [reps(body, etag=f'"v{i}"')[1:] for i, body in enumerate(bodies)]
+
+    def build(with_codings: bool) -> tuple[int, int]:
+        gc.collect()
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            entries = [
+                StoredResponse(
+                    status=200,
+                    reason="OK",
+                    headers=(("Content-Type", "application/json"), ("ETag", f'"v{i}"')),
+                    body=body,
+                    request_time=0.0,
+                    response_time=0.0,
+                    derived=coded if with_codings else (),
+                )
+                for i, (body, coded) in enumerate(zip(bodies, derived, strict=True))
+            ]
+            allocated = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+        return allocated, sum(entry.size for entry in entries)
+
+    plain_allocated, plain_size = build(False)
+    coded_allocated, coded_size = build(True)
+    codings_bytes = sum(len(rep.body) for coded in derived for rep in coded)
+    # The derived bodies existed before: only their entries' own objects were allocated here.
+    assert coded_allocated - plain_allocated <= coded_size - plain_size - codings_bytes

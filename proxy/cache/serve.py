@@ -1,8 +1,8 @@
-"""Serving from the store: a stored response in the client's coding, or a 304 for what it holds."""
+"""Serving from the store: a stored response, or a 304 when the client's validator matches."""
 
 from __future__ import annotations
 
-from proxy.cache.exchange import ProxyRequest, Responder
+from proxy.cache.exchange import Fields, ProxyRequest, Responder
 from proxy.core.coding import choose
 from proxy.core.headers import parse_cache_control
 from proxy.core.models import Serve
@@ -21,10 +21,13 @@ class StoredServing:
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
 
-    def serve(self, request: ProxyRequest, responder: Responder, decision: Serve) -> None:
+    def serve(
+        self, request: ProxyRequest, responder: Responder, decision: Serve, extra: Fields = ()
+    ) -> None:
         """Answer from the stored response in the best coding the client accepts (RFC 9110
         §12.5.3), locally with 304 when the client's validator matches the representation it
-        holds (§13.1.2, §13.1.3). Raises ``Unacceptable`` when no stored coding will do."""
+        holds (§13.1.2, §13.1.3); ``extra`` fields are appended (``Preference-Applied``).
+        Raises ``Unacceptable`` when no stored coding will do."""
         entry = decision.entry
         codings = entry.codings
         if "cache-control" in request.headers and _no_transform(request):
@@ -40,6 +43,7 @@ class StoredServing:
                 self.metrics.not_modified.inc()
                 headers = [*not_modified_headers(entry, held), ("Age", age)]
                 headers.append(("Cache-Status", decision.cache_status))
+                headers.extend(extra)
                 responder.send(304, "", headers, b"")
                 return
         size = len(rep.body)
@@ -48,7 +52,7 @@ class StoredServing:
             if decision.saved:
                 self.metrics.bytes_saved.inc(size)
         served = entry.represented[index]
-        headers = [*served, ("Age", age), ("Cache-Status", decision.cache_status)]
+        headers = [*served, ("Age", age), ("Cache-Status", decision.cache_status), *extra]
         responder.send(entry.status, entry.reason, headers, rep.body)
 
 

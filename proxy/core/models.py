@@ -11,8 +11,9 @@ from proxy.core.coding import IDENTITY, Representation
 from proxy.core.headers import (
     HOP_BY_HOP,
     CacheControl,
+    parse_age,
     parse_cache_control,
-    parse_delta_seconds,
+    parse_cdn_cache_control,
     parse_entity_tag,
     parse_http_date,
     parse_vary,
@@ -52,6 +53,23 @@ def _shared_fields(headers: Headers) -> Headers:
 def _parsed_cache_control(values: tuple[str, ...]) -> CacheControl:
     """One shared (frozen) ``CacheControl`` per distinct field value, as most entries repeat it."""
     return parse_cache_control(values)
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed_cdn_cache_control(values: tuple[str, ...]) -> CacheControl | None:
+    return parse_cdn_cache_control(values)
+
+
+def response_cache_control(headers: Headers, *, targeted: bool) -> CacheControl:
+    """The directives a response gives this cache: ``CDN-Cache-Control`` (RFC 9213) when it is
+    present and valid, else ``Cache-Control``."""
+    if targeted:
+        cdn = tuple(header_values(headers, "cdn-cache-control"))
+        if cdn:
+            parsed = _parsed_cdn_cache_control(cdn)
+            if parsed is not None:
+                return parsed
+    return _parsed_cache_control(tuple(header_values(headers, "cache-control")))
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,10 +112,9 @@ class StoredResponse:
 
     def __post_init__(self) -> None:
         headers = _shared_fields(self.headers)
-        cdn = header_values(headers, "cdn-cache-control") if self.targeted else []
-        cache_control = _parsed_cache_control(tuple(cdn or header_values(headers, "cache-control")))
-        date = parse_http_date(header_value(headers, "date"))
-        age = parse_delta_seconds(header_value(headers, "age")) or 0
+        cache_control = response_cache_control(headers, targeted=self.targeted)
+        date = parse_http_date(header_value(headers, "date"), self.response_time)
+        age = parse_age(header_values(headers, "age")) or 0
         # §4.2.3 apparent_age, with the receipt time at the one-second resolution of the Date it
         # is compared with: a response dated in the second it arrives is not up to 1 s old.
         apparent_age = max(0.0, math.floor(self.response_time) - date) if date is not None else 0.0
@@ -107,7 +124,8 @@ class StoredResponse:
         setter(self, "cache_control", cache_control)
         setter(self, "date", date)
         setter(self, "etag", parse_entity_tag(header_value(headers, "etag")))
-        setter(self, "last_modified", parse_http_date(header_value(headers, "last-modified")))
+        last_modified = parse_http_date(header_value(headers, "last-modified"), self.response_time)
+        setter(self, "last_modified", last_modified)
         setter(self, "vary", parse_vary(header_values(headers, "vary")))
         setter(self, "corrected_initial_age", max(apparent_age, corrected_age_value))
         served = tuple(item for item in headers if item[0].lower() not in NOT_SERVED)
@@ -128,14 +146,16 @@ class StoredResponse:
             # Accept-Encoding picks a representation, not a stored response.
             vary = tuple(name for name in vary if name != "accept-encoding")
         setter(self, "selection_vary", vary)
-        setter(
-            self,
-            "size",
-            len(self.body)
-            + sum(len(rep.body) + 64 for rep in self.derived)
-            + sum(len(k) + len(v) for k, v in headers)
-            + 256,
+        fields = sum(len(k) + len(v) + FIELD_OVERHEAD for k, v in headers)
+        selecting = sum(len(n) + len(v) + FIELD_OVERHEAD for n, v in self.selecting)
+        derived = sum(
+            len(rep.body) + len(rep.etag or "") + REPRESENTATION_OVERHEAD + 8 * len(served)
+            for rep in self.derived
         )
+        # The scope carries the caller's Host when --public-host is unset: count it, so a
+        # flood of long Host values is paid for out of the budget.
+        size = len(self.body) + fields + selecting + derived + len(self.scope) + ENTRY_OVERHEAD
+        setter(self, "size", size)
 
     @property
     def has_validator(self) -> bool:
@@ -178,6 +198,15 @@ def _shared_pair(name: str, value: str) -> tuple[str, str]:
     """One field tuple for all stored responses that repeat it (a few codings, a few Varys)."""
     return (name, sys.intern(value))
 
+
+#: Python's own memory per stored response beyond its bytes (the object, its derived fields, the
+#: served-headers tuple) and per field line (two tuples, a string object): measured with
+#: tracemalloc on CPython 3.11 (tests/test_memory_budget.py), so the budget bounds real memory.
+ENTRY_OVERHEAD = 1024
+FIELD_OVERHEAD = 160
+#: Per derived coding beyond its bytes (its object, its served-fields tuple, its ETag pair,
+#: allocator slack), plus 8 bytes per served field: measured with 10,000 stored responses.
+REPRESENTATION_OVERHEAD = 640
 
 #: All stored variants of one URI, most recent first (RFC 9111 §4.1).
 Record = tuple[StoredResponse, ...]
@@ -295,7 +324,8 @@ class Answer:
 
     ``entry`` is the stored (or freshened) response when there is one; ``streamed`` an answer
     too large or not storable, relayed to one caller; ``led`` whether this caller ran the fetch;
-    ``collapsed`` whether the answer came from another caller's (or replica's) fetch.
+    ``collapsed`` whether the answer came from another caller's (or replica's) fetch;
+    ``shareable`` whether every caller of the fetch may receive it (``policy.shareable``).
     """
 
     status: int
@@ -305,3 +335,4 @@ class Answer:
     streamed: bool
     led: bool
     collapsed: bool
+    shareable: bool = True

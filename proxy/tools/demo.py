@@ -2,8 +2,9 @@
 
 Everything runs in this process on loopback ports: the simulated API (``proxy.tools.simulator``),
 the proxy in front of it, and a fleet of pollers that behave like real clients (a fixed interval
-with jitter, ``If-None-Match`` with the last ETag, stopping once the transcription is final). Each
-phase polls fresh transcriptions, so the two columns start from the same state. Upstream load comes
+with jitter, ``If-None-Match`` with the last ETag, stopping once the transcription is final). A
+third phase runs the same pollers through the proxy as long polls (``Prefer: wait``). Each
+phase polls fresh transcriptions, so the columns start from the same state. Upstream load comes
 from the simulator's ``/_sim/stats``, cache results from the proxy's ``/metrics``.
 
 The fleet (``run_fleet``) and the table (``format_table``) are reusable so a benchmark can put other
@@ -90,6 +91,10 @@ def decoded(response: aiohttp.ClientResponse, body: bytes) -> bytes:
         return body
 
 
+#: The third fleet's ``Prefer: wait`` (RFC 7240): the same pollers, holding one request each.
+LONG_POLL_WAIT: Final = 25
+
+
 @dataclass(frozen=True)
 class FleetProgress:
     elapsed: float
@@ -161,21 +166,29 @@ async def _poll(
     rng: random.Random,
     tally: _Tally,
     accept_encoding: str | None = None,
+    wait: int | None = None,
 ) -> None:
-    """One client: first poll at a random point of the interval, then every interval ± jitter."""
+    """One client: first poll at a random point of the interval, then every interval ± jitter.
+
+    With ``wait`` it long-polls: each request carries ``Prefer: wait`` with its ETag and the next
+    one goes out as soon as the answer arrives (after an interval if the wait was not applied).
+    """
     loop = asyncio.get_running_loop()
     headers = {"Authorization": f"Bearer {token}"}
     if accept_encoding is not None:
         headers["Accept-Encoding"] = accept_encoding
+    timeout = aiohttp.ClientTimeout(total=wait + 10.0) if wait else None
     delay = rng.uniform(0.0, interval)
     while True:
         remaining = deadline - loop.time()
         if remaining <= delay:
             return
         await asyncio.sleep(delay)
+        if wait and "If-None-Match" in headers:
+            headers["Prefer"] = f"wait={wait}"
         started = time.perf_counter()
         try:
-            async with session.get(url, headers=headers) as response:
+            async with session.get(url, headers=headers, timeout=timeout) as response:
                 body = await response.read()
         except (aiohttp.ClientError, TimeoutError):
             tally.errors += 1
@@ -193,6 +206,9 @@ async def _poll(
                     tally.done += 1
                     tally.completion_lags.append(max(0.0, time.time() - final_at))
                     return
+            if wait and "Preference-Applied" in response.headers:
+                delay = 0.0
+                continue
         delay = interval * rng.uniform(1.0 - jitter, 1.0 + jitter)
 
 
@@ -217,12 +233,14 @@ async def run_fleet(
     on_progress: Callable[[FleetProgress], None] | None = None,
     progress_every: float = 1.0,
     spellings: Sequence[str | None] = SPELLINGS,
+    wait: int | None = None,
 ) -> FleetResult:
     """Poll until every poller saw a final status or ``duration`` seconds passed.
 
     One poller per (token, id) element; poller ``i`` sends ``spellings[i % len]`` as its
     ``Accept-Encoding`` (``None``: no such field). Without ``session`` a private one is made
     (``fleet_session``), with enough connections for every poller at once.
+    With ``wait`` the pollers long-poll (``Prefer: wait``, RFC 7240) instead.
     """
     if session is None:
         async with fleet_session(len(tokens_and_ids) + 16, _REQUEST_TIMEOUT) as own:
@@ -237,6 +255,7 @@ async def run_fleet(
                 on_progress=on_progress,
                 progress_every=progress_every,
                 spellings=spellings,
+                wait=wait,
             )
     loop = asyncio.get_running_loop()
     rng = random.Random(seed)
@@ -260,6 +279,7 @@ async def run_fleet(
                 random.Random(rng.getrandbits(64)),
                 tally,
                 spellings[index % len(spellings)] if spellings else None,
+                wait,
             )
         )
         for index, (token, transcription_id) in enumerate(tokens_and_ids)
@@ -560,6 +580,7 @@ async def run_phase(
     *,
     proxy_url: str | None = None,
     progress: TextIO | None = None,
+    wait: int | None = None,
 ) -> PhaseResult:
     """Seed fresh transcriptions, zero the upstream counters, run the fleet, collect the figures."""
     async with fleet_session(options.pollers + 16, _REQUEST_TIMEOUT) as session:
@@ -588,6 +609,7 @@ async def run_phase(
             interval=options.interval,
             seed=options.seed,
             on_progress=show,
+            wait=wait,
         )
         if progress is not None:
             final = FleetProgress(fleet.elapsed, fleet.requests, fleet.pollers_done, fleet.pollers)
@@ -654,7 +676,7 @@ async def run_demo(
     stop: asyncio.Event | None = None,
     on_serving: Callable[[DemoEndpoints], None] | None = None,
 ) -> list[PhaseResult] | None:
-    """Both phases and the table; ``None`` when ``stop`` interrupted them.
+    """The three phases and the table; ``None`` when ``stop`` interrupted them.
 
     With ``keep_running`` the servers stay up after the table until ``stop`` is set.
     """
@@ -687,6 +709,17 @@ async def run_demo(
                             options,
                             proxy_url=proxy_url,
                             progress=err,
+                        )
+                    )
+                    results.append(
+                        await run_phase(
+                            "long poll",
+                            proxy_url,
+                            sim_url,
+                            options,
+                            proxy_url=proxy_url,
+                            progress=err,
+                            wait=LONG_POLL_WAIT,
                         )
                     )
                 return results
@@ -742,7 +775,8 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         "--duration",
         float,
         defaults.duration,
-        "seconds for both phases at most; a phase ends once every poller saw a final status",
+        "seconds for the first two phases at most (the long-poll phase takes half of it again); "
+        "a phase ends once every poller saw a final status",
     )
     option("--interval", float, defaults.interval, "seconds between a client's polls (±20%%)")
     option("--seed", int, defaults.seed, "random seed for the simulator and the fleet")
