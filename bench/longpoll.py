@@ -31,7 +31,13 @@ import aiohttp
 from bench import client, processes, report
 from bench.fleet import _final_at
 from bench.processes import REPO_ROOT, Pinning, Service
-from proxy.tools.demo import assign_pollers, percentile, run_fleet, seed_simulator
+from proxy.tools.demo import (
+    assign_pollers,
+    fleet_session,
+    percentile,
+    run_fleet,
+    seed_simulator,
+)
 from proxy.tools.simulator import API_PREFIX
 
 WAIT = 25
@@ -103,9 +109,9 @@ async def _watch_waiting(proxy: Service, peak: list[float], stop: asyncio.Event)
 async def run_one(
     name: str, proxy: Service, simulator_url: str, scale: Scale, wait: int | None
 ) -> Run:
-    connector = aiohttp.TCPConnector(limit=scale.pollers + 16, limit_per_host=0)
     timeout = aiohttp.ClientTimeout(total=15.0)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+    # The demo's clients: their own Accept-Encoding spellings, bodies counted as received.
+    async with fleet_session(scale.pollers + 16, timeout) as session:
         tokens = [f"longpoll-{i}" for i in range(scale.tokens)]
         created = await seed_simulator(session, simulator_url, tokens, scale.transcriptions)
         client.reset_stats(simulator_url)
