@@ -8,6 +8,7 @@ process owns the connection the origin sees (``/proc``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -88,10 +89,12 @@ async def start_fleet() -> AsyncIterator[Callable[..., Awaitable[Fleet]]]:
     yield start
     for fleet in started:
         if fleet.process.returncode is None:
-            fleet.process.send_signal(signal.SIGTERM)
+            with contextlib.suppress(ProcessLookupError):
+                fleet.process.send_signal(signal.SIGTERM)
             async with asyncio.timeout(DEADLINE):
                 await fleet.process.wait()
-        await fleet.log.close()
+        async with asyncio.timeout(DEADLINE):  # until every worker let go of stderr
+            await fleet.log.close()
 
 
 @pytest.fixture
@@ -296,6 +299,30 @@ async def test_a_worker_that_dies_is_reported_and_replaced(
     fleet.process.send_signal(signal.SIGTERM)
     async with asyncio.timeout(DEADLINE):
         assert await fleet.process.wait() == 0
+
+
+async def test_workers_and_the_private_redis_do_not_outlive_a_killed_supervisor(
+    simulator: str, start_fleet: Callable[..., Awaitable[Fleet]]
+) -> None:
+    fleet = await start_fleet(simulator, "--workers", "2", "--access-log", "false")
+    pids = list((await fleet.pids()).values())
+    redis = await fleet.log.wait_for(r"private redis-server \(pid (\d+)")
+    pids += [int(redis.group(1)), fleet.process.pid]
+    # Not ``process.wait()``: on Python 3.11 it also waits for every holder of the stderr pipe.
+    fleet.process.kill()
+
+    def alive(pid: int) -> bool:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return False
+        return state != "Z"
+
+    await eventually(
+        lambda: not any(alive(pid) for pid in pids),
+        within=DEADLINE,
+        what=lambda: [pid for pid in pids if alive(pid)],
+    )
 
 
 def test_workers_auto_is_the_number_of_usable_cpus() -> None:
