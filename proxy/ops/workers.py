@@ -118,6 +118,7 @@ class Supervisor:
         self.failed = False
         self.announced = False
         self.port = settings.port
+        self.run_dir = ""
 
     def run(self) -> int:
         with contextlib.ExitStack() as stack:
@@ -252,7 +253,8 @@ class Supervisor:
         """Forward SIGTERM to every worker, wait for their drain, then the exit status."""
         live = [w for w in self.workers.values() if w.process.exitcode is None]
         if self.stop_signal is not None:
-            log.info("signal %d: draining %d workers", self.stop_signal, len(live))
+            name = signal.Signals(self.stop_signal).name
+            log.info("%s: draining %d workers", name, len(live))
         for worker in live:
             with contextlib.suppress(ProcessLookupError):
                 worker.process.terminate()
@@ -265,6 +267,8 @@ class Supervisor:
                 worker.process.kill()
                 worker.process.join()
                 status = 1
+            elif worker.process.exitcode == -signal.SIGTERM and not worker.started:
+                pass  # stopped while starting, before it could handle the signal
             elif worker.process.exitcode != 0:
                 log.error(
                     "worker %d %s while draining",
