@@ -65,6 +65,10 @@ class PrivateRedis:
         self._max_bytes = max_bytes
         self._process: subprocess.Popen[bytes] | None = None
 
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
     def __enter__(self) -> PrivateRedis:
         command = [
             redis_server_path(),
