@@ -268,8 +268,6 @@ def measure(
                         options=[
                             "--access-log",
                             "false",
-                            "--public-host",
-                            "proxy.bench",
                             *redis_options,
                         ],
                     )

@@ -61,6 +61,13 @@ def log_start(settings: Settings) -> None:
             "cache scope is 'shared': every caller can receive responses stored for another "
             "caller's credentials; use this only for single-tenant deployments"
         )
+    if settings.redis_url and not settings.scope_secret:
+        log.warning(
+            "--redis-url without --scope-secret: the credential scopes stored in Redis are "
+            "unkeyed hashes of the callers' tokens, so anyone who can read Redis can test "
+            "guessed tokens against them offline; set the same random PROXY_SCOPE_SECRET "
+            "(e.g. from `openssl rand -hex 32`) on every replica"
+        )
     if settings.admin_token and settings.admin_port is None:
         log.warning("purging is enabled on the public port; consider --admin-port")
     log.info("forwarding to %s", settings.upstream)

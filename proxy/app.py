@@ -12,11 +12,11 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from proxy.handler import RESULT_KEY, CachingProxy, route_of
+from proxy.cache import CachingProxy, route_of
 from proxy.ops.admin import Purger, add_admin_routes, add_reserved_routes
 from proxy.ops.config import ConfigError, Settings
 from proxy.ops.metrics import Metrics
-from proxy.server import handler_args, request_guard
+from proxy.server import RESULT_KEY, cache_handler, handler_args, request_guard
 from proxy.stores.coordination import Coordinator
 from proxy.stores.memory import MemoryStore, Store, StoreError
 from proxy.upstream import Upstream, UpstreamConfig
@@ -100,9 +100,15 @@ def create_app(
             connect_timeout=settings.upstream_connect_timeout,
             timeout=settings.upstream_timeout,
             max_connections=settings.upstream_max_connections,
+            pool_timeout=settings.upstream_pool_timeout,
         )
     )
     proxy = CachingProxy(settings, store, upstream, metrics, clock, coordinator)
+    metrics.track_tables(
+        lambda: proxy.fetcher.held_back_bytes, lambda: proxy.entries.invalidation_bytes
+    )
+    if share is not None:
+        share.on_change = proxy.waits.changed_digest
     app = web.Application(
         handler_args=handler_args(settings), middlewares=[request_guard(settings)]
     )
@@ -115,6 +121,7 @@ def create_app(
         if share is not None:
             await share.start()
         yield
+        await proxy.waits.close()
         await proxy.flights.cancel_all()
         await upstream.close()
         await store.close()
@@ -125,6 +132,7 @@ def create_app(
     async def drain(app: web.Application) -> None:
         """Runs once the listener is closed; aiohttp then waits for in-flight requests."""
         proxy.draining = True
+        proxy.waits.release_all()  # held long polls are answered (304) before the drain
         log.info("draining: finishing in-flight requests for up to %gs", settings.drain_seconds)
 
     app.cleanup_ctx.append(lifecycle)
@@ -139,7 +147,7 @@ def create_app(
         add_reserved_routes(app.router)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.router.add_route("*", "/{tail:.*}", proxy.handle)
+    app.router.add_route("*", "/{tail:.*}", cache_handler(proxy, settings))
     return app
 
 

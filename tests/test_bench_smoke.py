@@ -154,4 +154,16 @@ def test_profile_mode_samples_the_proxy_and_the_bare_handler(out: Path) -> None:
     profile = (out / "profile.md").read_text()
     assert "## proxy (uvloop)" in profile
     assert "## bare (uvloop)" in profile
-    assert "CachingProxy.handle (proxy/handler.py)" in profile
+    assert "CachingProxy.handle (proxy/cache/proxy.py)" in profile
+
+
+def test_long_poll_bench_runs_both_fleets_and_judges_the_goals(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "bench.longpoll", "--scale", "tiny", "--out", str(tmp_path)]
+    subprocess.run(command, cwd=ROOT, check=True, capture_output=True, timeout=300)
+    results = json.loads((tmp_path / "results.json").read_text())
+    polling, held = results["runs"]
+    assert polling["pollers_done"] == polling["pollers"] == held["pollers_done"]
+    assert held["client_requests"] < polling["client_requests"]
+    assert held["waiting_peak"] > 0
+    assert len(results["targets"]) == 4
+    assert "| goal |" in (tmp_path / "results.md").read_text()

@@ -23,15 +23,24 @@ from proxy.core.headers import (
     weak_match,
 )
 from proxy.core.models import (
+    Answer,
     Decision,
+    Fetch,
+    Forward,
     Fresh,
     Headers,
+    Lookup,
     Miss,
     Record,
+    Refuse,
+    Relay,
     Revalidate,
+    Serve,
+    Settlement,
     StoredResponse,
     Unsatisfiable,
     header_value,
+    response_cache_control,
 )
 
 #: RFC 9110 §15.1: status codes a cache may store with heuristic freshness.
@@ -154,8 +163,9 @@ def freshness_lifetime(entry: StoredResponse, policy: CachePolicy) -> float:
         return float(cc.max_age)
     expires_values = [value for key, value in entry.headers if key.lower() == "expires"]
     if expires_values:
-        expires = parse_http_date(expires_values[0])
-        if expires is None:
+        # §5.3: an invalid Expires, several Expires lines included, means already expired.
+        expires = parse_http_date(expires_values[0], entry.response_time)
+        if expires is None or len(expires_values) > 1:
             return 0.0
         date = entry.date if entry.date is not None else entry.response_time
         return max(0.0, expires - date)
@@ -268,8 +278,7 @@ def storable(
     """§3: may a shared cache store this response to a GET?"""
     if status < 200 or status in (206, 304):
         return False
-    cdn = [v for k, v in headers if k.lower() == "cdn-cache-control"] if targeted else []
-    cc = parse_cache_control(cdn or [v for k, v in headers if k.lower() == "cache-control"])
+    cc = response_cache_control(headers, targeted=targeted)
     if cc.must_understand:
         if status not in UNDERSTOOD_STATUSES:
             return False
@@ -295,6 +304,25 @@ def storable(
         or cc.no_cache
     )
     return explicit or status in HEURISTICALLY_CACHEABLE
+
+
+def shareable(headers: Headers, *, shared_scope: bool, targeted: bool = False) -> bool:
+    """May an answer fetched for one request be handed to the others that waited for it
+    (collapsed fetches, the Retry-After hold-back)?
+
+    Only if every waiter may receive it: no ``Set-Cookie`` (a session), not ``private`` in any
+    form nor ``no-store`` (§5.2.2.7, §5.2.2.5). Under ``--cache-scope shared`` the waiters may
+    carry other credentials (or none) than the request that fetched it, so only with
+    ``public``, ``s-maxage`` or ``must-revalidate`` (§3.5): one token's 429 is not another's.
+    """
+    cc = response_cache_control(headers, targeted=targeted)
+    if cc.private or cc.private_fields or (cc.no_store and not cc.must_understand):
+        return False
+    if any(key.lower() == "set-cookie" for key, _ in headers):
+        return False
+    if shared_scope:
+        return cc.public or cc.s_maxage is not None or cc.must_revalidate
+    return True
 
 
 def stored_headers(headers: Headers, cache_control: CacheControl) -> Headers:
@@ -429,3 +457,84 @@ def cache_status(
     if detail is not None:
         parts.append(f'detail="{detail}"')
     return "; ".join(parts)
+
+
+# -- whole decisions ------------------------------------------------------------------------------
+
+
+def admit(headers: Mapping[str, str], *, has_body: bool) -> Forward | None:
+    """Before reading the store: a GET or HEAD the cache does not answer itself (§4.3.2)."""
+    if has_body or any(name in headers for name in UNHANDLED_PRECONDITIONS):
+        return Forward(cache_status(fwd="request"), "bypass")
+    return None
+
+
+def lookup(record: Record | None, request: RequestFacts, now: float, policy: CachePolicy) -> Lookup:
+    """§4 as one decision: serve (fresh, stale allowed, or while revalidating), fetch, or refuse."""
+    match decide(record, request, now, policy):
+        case Fresh(entry, age, ttl, stale):
+            status = cache_status(hit=True, ttl=ttl)
+            return Serve(entry, age, status, "stale" if stale else "hit")
+        case Revalidate(entry, age, fwd, background=True):
+            ttl = freshness_lifetime(entry, policy) - age
+            status = cache_status(hit=True, ttl=ttl, detail="stale-while-revalidate")
+            return Serve(entry, age, status, "stale", refresh=True)
+        case Revalidate(entry, _age, fwd):
+            return Fetch(entry, fwd)
+        case Miss(fwd):
+            return Fetch(None, fwd)
+    return Refuse(
+        504,
+        "NOT_CACHED",
+        "only-if-cached was requested and nothing is stored",
+        cache_status(fwd="miss", detail="only-if-cached"),
+        "miss",
+    )
+
+
+def settle_error(
+    fetch: Fetch, request: RequestFacts, detail: str, now: float, policy: CachePolicy
+) -> Serve | None:
+    """The origin gave no answer: the stale entry if RFC 5861 stale-if-error allows, else none."""
+    stale = fetch.stale
+    if stale is None or not stale_if_error_allows(stale, request, now, policy):
+        return None
+    status = cache_status(fwd=fetch.fwd, detail=detail)
+    return Serve(stale, current_age(stale, now), status, "stale")
+
+
+def settle(
+    fetch: Fetch, answer: Answer, request: RequestFacts, now: float, policy: CachePolicy
+) -> Settlement:
+    """What to send once the shared fetch answered (§4.3.3, §4.2.4, RFC 5861 stale-if-error)."""
+    failed = answer.status >= 500 or answer.status == 429
+    stale = fetch.stale
+    if failed and stale is not None and stale_if_error_allows(stale, request, now, policy):
+        status = cache_status(fwd=fetch.fwd, fwd_status=answer.status, collapsed=not answer.led)
+        return Serve(stale, current_age(stale, now), status, "stale")
+    if not answer.led and not answer.shareable:
+        # Set-Cookie, private, or another caller's credentials under a shared scope: the answer
+        # is the leader's alone, and this caller asks the origin itself.
+        return Forward(cache_status(fwd=fetch.fwd), "miss")
+    if answer.streamed:
+        # Only the caller that led the fetch may read a streamed body; the others ask again.
+        if answer.led:
+            return Relay(cache_status(fwd=fetch.fwd), "miss")
+        return Forward(cache_status(fwd=fetch.fwd), "miss")
+    entry = answer.entry
+    if entry is None:
+        status = cache_status(fwd=fetch.fwd, fwd_status=answer.status, collapsed=not answer.led)
+        return Relay(status, "error" if failed else "miss")
+    if entry.vary and selecting_values(entry.vary, request.headers) != entry.selecting:
+        # Collapsed onto a fetch for another variant: fetch our own, once (§4.1).
+        if fetch.vary:
+            return Forward(cache_status(fwd="vary-miss"), "miss")
+        return Fetch(None, "vary-miss", entry.vary)
+    status = cache_status(
+        fwd=fetch.fwd,
+        fwd_status=304 if answer.revalidated else answer.status,
+        stored=answer.stored,
+        collapsed=answer.collapsed,
+    )
+    result = "revalidated" if answer.revalidated else "miss"
+    return Serve(entry, current_age(entry, now), status, result, saved=answer.revalidated)
