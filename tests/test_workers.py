@@ -23,12 +23,16 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from prometheus_client.parser import text_string_to_metric_families
+from redis.asyncio import Redis
 
 from proxy.ops.config import ConfigError, parse_settings
 from proxy.ops.worker_metrics import merge_expositions
+from proxy.tools.replicas import LocalRedis
 from proxy.tools.simulator import SimulatorConfig, create_simulator_app
 from tests.test_lifecycle import DEADLINE, ProcessLog
 from tests.waiting import eventually
+
+pytest_plugins = ["tests.redis_fixtures"]
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = {"Authorization": "Bearer alice"}
@@ -164,6 +168,37 @@ async def test_workers_share_one_cache_so_the_origin_sees_one_request(
         async with session.get(f"{simulator}/_sim/stats?per_id=1") as response:
             gets = (await response.json())["transcription_gets"]
     assert gets == {transcription: 1, together: 1}
+
+
+async def test_with_redis_url_the_workers_share_that_redis_and_start_none(
+    simulator: str, start_fleet: Callable[..., Awaitable[Fleet]], local_redis: LocalRedis
+) -> None:
+    fleet = await start_fleet(
+        simulator,
+        "--workers",
+        "2",
+        "--access-log",
+        "false",
+        "--redis-url",
+        local_redis.url,
+        "--redis-prefix",
+        "workers",
+    )
+    async with aiohttp.ClientSession() as session:
+        transcription = await create_transcription(session, fleet.url)
+        for _ in range(20):
+            await get_once(f"{fleet.url}/v1/audio/transcribe/{transcription}")
+        async with session.get(f"{simulator}/_sim/stats?per_id=1") as response:
+            gets = (await response.json())["transcription_gets"]
+    counts = await scrape(fleet.url)
+    assert counts["0", "transcription", "hit"] > 0 and counts["1", "transcription", "hit"] > 0
+    assert gets == {transcription: 1}
+    client = Redis.from_url(local_redis.url)
+    try:
+        assert [key async for key in client.scan_iter(match="workers:*")]
+    finally:
+        await client.aclose()
+    assert not any("private redis-server" in line for line in fleet.log.lines)
 
 
 async def test_admin_port_serves_health_and_every_workers_metrics(
