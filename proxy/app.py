@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -32,13 +32,17 @@ PROXY_KEY = web.AppKey("proxy", CachingProxy)
 METRICS_KEY = web.AppKey("metrics", Metrics)
 SETTINGS_KEY = web.AppKey("settings", Settings)
 PURGER_KEY = web.AppKey("purger", Purger)
+#: With ``--workers N``, what ``/metrics`` serves instead of this process's registry alone.
+EXPOSITION_KEY: web.AppKey[Callable[[], Awaitable[bytes]]] = web.AppKey("exposition")
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
-    registry = request.app[METRICS_KEY].registry
-    return web.Response(
-        body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
-    )
+    exposition = request.app.get(EXPOSITION_KEY)
+    if exposition is not None:
+        body = await exposition()
+    else:
+        body = generate_latest(request.app[METRICS_KEY].registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -171,6 +175,8 @@ def create_admin_app(app: web.Application) -> web.Application:
     admin[PROXY_KEY] = app[PROXY_KEY]
     admin[METRICS_KEY] = app[METRICS_KEY]
     admin[SETTINGS_KEY] = settings
+    if EXPOSITION_KEY in app:
+        admin[EXPOSITION_KEY] = app[EXPOSITION_KEY]
     add_admin_routes(admin.router, app.get(PURGER_KEY), metrics_endpoint)
     admin.router.add_get("/healthz", healthz)
     admin.router.add_get("/readyz", readyz)

@@ -23,11 +23,14 @@ CACHES = (
     "aitronos-cache-proxy",
     "3 replicas, no Redis",
     "3 replicas + Redis",
+    "2 workers",
 )
 BINARIES = {
     "nginx proxy_cache": "nginx",
     "Varnish": "varnishd",
     "3 replicas + Redis": "redis-server",
+    "2 workers": "redis-server",
+    "aitronos-cache-proxy (2 workers, uvloop)": "redis-server",
 }
 HIT_SYSTEMS = (
     "aitronos-cache-proxy",
@@ -35,6 +38,7 @@ HIT_SYSTEMS = (
     "aitronos-cache-proxy (uvloop)",
     "bare aiohttp (uvloop)",
     "aitronos-cache-proxy (access log on)",
+    "aitronos-cache-proxy (2 workers, uvloop)",
     "nginx proxy_cache",
     "Varnish",
 )

@@ -7,6 +7,7 @@ A bad value raises ``ConfigError`` with a one-line message that names the option
 from __future__ import annotations
 
 import argparse
+import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -185,6 +186,27 @@ def parse_redis_prefix(text: str) -> str:
     return text
 
 
+#: Most worker processes ``--workers`` starts; more would only add context switches.
+MAX_WORKERS = 256
+
+
+def parse_workers(text: str) -> int:
+    """A number of worker processes, or ``auto``: the CPUs this process may run on."""
+    if text.strip().lower() == "auto":
+        return (
+            len(os.sched_getaffinity(0))
+            if hasattr(os, "sched_getaffinity")
+            else (os.cpu_count() or 1)
+        )
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"expected a number of processes or auto, got {text!r}") from None
+    if not 1 <= value <= MAX_WORKERS:
+        raise ValueError(f"expected auto or a number between 1 and {MAX_WORKERS}, got {text!r}")
+    return value
+
+
 def parse_optional_port(text: str) -> int | None:
     if not text.strip():
         return None
@@ -297,6 +319,13 @@ class Settings:
         _bounded(float, 0.001),
         "on SIGTERM, seconds in-flight requests get to finish before they are cut",
         "SECONDS",
+    )
+    workers: int = _option(
+        1,
+        parse_workers,
+        "processes serving the port together (SO_REUSEPORT); auto: one per CPU. Without "
+        "--redis-url they share a private redis-server, which must be on PATH",
+        "N",
     )
     max_wait: float = _option(
         30.0,
