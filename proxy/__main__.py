@@ -12,10 +12,14 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from proxy.ops.config import ConfigError, Settings, parse_settings
+
+if TYPE_CHECKING:
+    from proxy.server import ProxyRunner
 
 PROG = "aitronos-cache-proxy"
 
@@ -65,13 +69,14 @@ def serve(settings: Settings, loop_factory: LoopFactory = asyncio.new_event_loop
 async def run(settings: Settings) -> None:
     """Serve until SIGINT or SIGTERM: the public listener and, with ``--admin-port``, the admin one.
 
-    ``ProxyRunner`` rather than ``web.run_app``, whose runner answers malformed requests with
-    aiohttp's echoing 400 instead of the proxy's. On a signal each runner stops listening, lets
-    in-flight requests finish for up to ``--drain-seconds``, then closes (admin first, since the
-    proxy application owns the shared upstream session and store).
+    The public listener is our own HTTP/1.1 front (``proxy.front``) unless ``--front aiohttp``;
+    the admin listener stays on aiohttp's server (``ProxyRunner``, whose malformed-request
+    answers are the proxy's envelope). On a signal the public listener stops accepting, lets
+    in-flight requests finish for up to ``--drain-seconds``, then everything closes (admin
+    first, since the proxy application owns the shared upstream session and store).
     """
-    from proxy.app import JsonAccessLogger, create_admin_app, create_app
-    from proxy.server import ProxyRunner
+    from proxy.app import create_admin_app, create_app
+    from proxy.front.server import FrontServer
 
     log = logging.getLogger("proxy")
     stop = asyncio.Event()
@@ -80,30 +85,59 @@ async def run(settings: Settings) -> None:
         loop.add_signal_handler(signum, stop.set)
     access = logging.getLogger("proxy.access") if settings.access_log else None
     app = create_app(settings)
-    listeners = [(app, settings.host, settings.port, "proxy")]
-    if settings.admin_port is not None:
-        listeners.append((create_admin_app(app), settings.admin_host, settings.admin_port, "admin"))
+    scheme = "https" if settings.tls_cert else "http"
+    front: FrontServer | None = None
     runners: list[ProxyRunner] = []
     try:
-        for listener_app, host, port, name in listeners:
-            runner = ProxyRunner(
-                listener_app,
-                access_log=access,
-                access_log_class=JsonAccessLogger,
-                shutdown_timeout=settings.drain_seconds,
+        if settings.front == "own":
+            front = FrontServer(app, access=access)
+            await front.start(settings.host, settings.port)
+            log.info("Running on %s://%s:%s (proxy)", scheme, settings.host, front.port)
+        else:
+            runners.append(await _aiohttp_site(app, settings.host, settings.port, access, settings))
+        if settings.admin_port is not None:
+            admin = create_admin_app(app)
+            runners.append(
+                await _aiohttp_site(
+                    admin, settings.admin_host, settings.admin_port, access, settings
+                )
             )
-            runners.append(runner)
-            await runner.setup()
-            await web.TCPSite(runner, host, port).start()
-            for address in runner.addresses:
-                log.info("Running on http://%s:%s (%s)", address[0], address[1], name)
         await stop.wait()
         log.info("shutting down")
     finally:
         for runner in reversed(runners):
             await runner.cleanup()
+        if front is not None:
+            await front.close()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
+
+
+async def _aiohttp_site(
+    app: web.Application,
+    host: str,
+    port: int,
+    access: logging.Logger | None,
+    settings: Settings,
+) -> ProxyRunner:
+    from proxy.app import JsonAccessLogger
+    from proxy.front.server import tls_context
+    from proxy.server import ProxyRunner
+
+    runner = ProxyRunner(
+        app,
+        access_log=access,
+        access_log_class=JsonAccessLogger,
+        shutdown_timeout=settings.drain_seconds,
+    )
+    await runner.setup()
+    await web.TCPSite(
+        runner, host, port, ssl_context=tls_context(settings) if port == settings.port else None
+    ).start()
+    for address in runner.addresses:
+        log = logging.getLogger("proxy")
+        log.info("Running on http://%s:%s", address[0], address[1])
+    return runner
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:

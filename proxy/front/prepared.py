@@ -1,0 +1,188 @@
+"""Prepared responses and the fast path of a common cache hit.
+
+A common hit is a GET or HEAD with no request cache directives, no precondition but
+``If-None-Match``, no body, for a stored variant without ``Vary``. For such a request the full
+RFC 9111 answer depends only on the stored variant, the credential scope and the entry's age, so
+it is memoised per (target, Host, credential fields): the variant's head is serialised once, its
+body is the stored bytes shared by every connection, and only ``Age`` and the ``Cache-Status``
+ttl are formatted per request. The memo holds while the store keeps the same record and the
+entry is fresh (§4.2); anything else goes through the full policy in ``proxy.cache``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+from multidict import CIMultiDict
+
+from proxy.cache.exchange import ProxyRequest, route_of
+from proxy.core.models import Record, Serve, StoredResponse
+from proxy.core.policy import freshness_lifetime, lookup, not_modified, not_modified_headers
+from proxy.front.wire import CRLF, connection_field, field_lines, status_line
+
+if TYPE_CHECKING:
+    from proxy.cache.proxy import CachingProxy
+    from proxy.front.access import AccessLog
+    from proxy.front.connection import HttpConnection, Parsed
+
+#: Memoised hits kept at most; past it the memo starts over (it refills from the store).
+MAX_PREPARED = 4096
+
+
+class NowaitStore(Protocol):
+    def get_nowait(self, key: str) -> Record | None: ...
+
+
+@dataclass(slots=True)
+class Prepared:
+    """One stored variant ready to write for one (target, Host, credentials)."""
+
+    record: Record
+    entry: StoredResponse
+    head: bytes
+    lifetime: float
+    fresh_until: float
+    route: str
+    path: str
+    head_304: bytes = b""
+    inm: str | None = None
+    inm_match: bool = False
+    tail_key: tuple[int, int] = (-1, -1)
+    tail: bytes = field(default=b"")
+
+    def age(self, now: float) -> float:
+        """§4.2.3 current_age."""
+        entry = self.entry
+        return entry.corrected_initial_age + max(0.0, now - entry.response_time)
+
+    def tail_for(self, age: float) -> bytes:
+        """``Age`` and the ``Cache-Status`` member (RFC 9211), as the full path writes them."""
+        key = (int(age), int(self.lifetime - age))
+        if key != self.tail_key:
+            self.tail_key = key
+            self.tail = b"Age: %d\r\nCache-Status: aitronos-cache-proxy; hit; ttl=%d\r\n" % key
+        return self.tail
+
+    def not_modified(self, inm: str) -> bool:
+        """RFC 9110 §13.1.2 against the variant, memoised for the last ``If-None-Match`` seen."""
+        if inm != self.inm:
+            entry = self.entry
+            self.inm = inm
+            self.inm_match = 200 <= entry.status < 300 and not_modified(
+                entry, {"if-none-match": inm}
+            )
+        return self.inm_match
+
+    def not_modified_head(self) -> bytes:
+        if not self.head_304:
+            self.head_304 = status_line(304) + field_lines(not_modified_headers(self.entry))
+        return self.head_304
+
+
+def prepare(
+    entry: StoredResponse, record: Record, decision: Serve, lifetime: float, now: float, path: str
+) -> Prepared:
+    head = (
+        status_line(entry.status, entry.reason)
+        + field_lines(entry.served)
+        + b"Content-Length: %d\r\n" % len(entry.body)
+    )
+    fresh_until = now + (lifetime - decision.age)
+    return Prepared(record, entry, head, lifetime, fresh_until, route_of(path), path)
+
+
+class FastPath:
+    """Answers common hits from prepared responses; says ``False`` for anything else."""
+
+    def __init__(
+        self,
+        proxy: CachingProxy,
+        store: NowaitStore,
+        access: AccessLog | None,
+        clock: Callable[[], float],
+        scheme: str,
+    ) -> None:
+        self.proxy = proxy
+        self.store = store
+        self.access = access
+        self.clock = clock
+        self.scheme = scheme
+        self.metrics = proxy.metrics
+        self.memo: dict[tuple[object, ...], Prepared] = {}
+
+    def serve(self, conn: HttpConnection, parsed: Parsed) -> bool:
+        method = parsed.method
+        if method != "GET" and method != "HEAD":
+            return False
+        record = self.store.get_nowait(parsed.target)
+        if record is None:
+            return False
+        now = self.clock()
+        key = (parsed.target, parsed.host, parsed.credentials)
+        prepared = self.memo.get(key)
+        if prepared is None or prepared.record is not record:
+            prepared = self._prepare(conn, parsed, record, now, key)
+            if prepared is None:
+                return False
+        elif now >= prepared.fresh_until:
+            del self.memo[key]
+            return False
+        age = prepared.age(now)
+        tail = prepared.tail_for(age)
+        connection = connection_field(parsed.keep_alive, parsed.http10)
+        metrics = self.metrics
+        inm = parsed.if_none_match
+        if inm is not None and prepared.not_modified(inm):
+            metrics.not_modified.inc()
+            conn.write_response(
+                b"".join((prepared.not_modified_head(), tail, connection, CRLF)), b""
+            )
+            status, size = 304, 0
+        else:
+            body = prepared.entry.body
+            head = b"".join((prepared.head, tail, connection, CRLF))
+            status = prepared.entry.status
+            if method == "HEAD":
+                conn.write_response(head, b"")
+                size = 0
+            else:
+                conn.write_response(head, body)
+                size = len(body)
+                metrics.response_bytes.inc(size)
+                metrics.bytes_saved.inc(size)
+        elapsed = time.perf_counter() - parsed.started
+        metrics.observe_request(prepared.route, "hit", elapsed)
+        if self.access is not None:
+            self.access.record(method, prepared.path, status, "hit", elapsed, size)
+        return True
+
+    def _prepare(
+        self,
+        conn: HttpConnection,
+        parsed: Parsed,
+        record: Record,
+        now: float,
+        key: tuple[object, ...],
+    ) -> Prepared | None:
+        """The full policy once; memoised only when its answer is a plain fresh hit."""
+        headers = CIMultiDict(parsed.headers)
+        request = ProxyRequest(
+            parsed.method, parsed.target, headers, None, conn.peer, self.scheme,
+            parsed.version, parsed.host,
+        )  # fmt: skip
+        proxy = self.proxy
+        decision = lookup(record, proxy.facts(request), now, proxy.policy)
+        if not isinstance(decision, Serve) or decision.result != "hit" or decision.refresh:
+            return None
+        entry = decision.entry
+        if entry.vary:
+            return None
+        lifetime = freshness_lifetime(entry, proxy.policy)
+        prepared = prepare(entry, record, decision, lifetime, now, request.path)
+        if len(self.memo) >= MAX_PREPARED:
+            self.memo.clear()
+        self.memo[key] = prepared
+        return prepared
