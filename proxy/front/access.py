@@ -103,6 +103,8 @@ def _stream_handlers(logger: logging.Logger) -> list[logging.StreamHandler] | No
     found: list[logging.StreamHandler] = []  # type: ignore[type-arg]
     current: logging.Logger | None = logger
     while current is not None:
+        if current.filters:
+            return None
         for handler in current.handlers:
             formatter = handler.formatter
             if (

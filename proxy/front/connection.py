@@ -90,6 +90,9 @@ class HttpConnection(asyncio.Protocol):
         self.peer = ""
         self.local = ""
         self.lost = False
+        #: Waiting for a request head (idle keep-alive or a head under way): the first to go
+        #: past the connection cap, the longest-waiting first (``_head_deadline`` orders them).
+        self.waiting = False
         self._url = b""
         self._headers: list[tuple[str, str]] = []
         self._head_size = 0
@@ -145,8 +148,17 @@ class HttpConnection(asyncio.Protocol):
         self._wake_drain(ConnectionResetError("the client closed the connection"))
 
     def eof_received(self) -> bool | None:
-        # A half-closed client gets its answers, then the connection closes (RFC 9112 §9.6).
-        return True if self._busy else None
+        # A half-closed client gets its answers, then the connection closes (RFC 9112 §9.6);
+        # TLS cannot stay half-open.
+        return True if self._busy and self.front.scheme == "http" else None
+
+    def evict(self) -> None:
+        """Make room past the cap: an idle keep-alive connection is closed, a slow head cut."""
+        self.waiting = False
+        if self._head_bytes:
+            self.abort()
+        else:
+            self.transport.close()
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -206,7 +218,7 @@ class HttpConnection(asyncio.Protocol):
         """Answer with the envelope (after the answers already due) and read no further."""
         self._halt()
         self._in_head = False
-        self.front.leave_idle(self)
+        self.waiting = False
         self._ready.append(_refused(rejected))
 
     def _halt(self) -> None:
@@ -277,7 +289,7 @@ class HttpConnection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._head_bytes = 0
-        self.front.leave_idle(self)
+        self.waiting = False
         parser = self.parser
         version = parser.get_http_version()
         target = self._url.decode("utf-8", "surrogateescape")
@@ -418,7 +430,7 @@ class HttpConnection(asyncio.Protocol):
         self._head_deadline = self.loop.time() + self.settings.client_header_timeout
         if self._head_timer is None:
             self._head_timer = self.loop.call_at(self._head_deadline, self._head_timeout)
-        self.front.enter_idle(self)
+        self.waiting = True
 
     def _head_timeout(self) -> None:
         self._head_timer = None
@@ -510,6 +522,10 @@ class HttpConnection(asyncio.Protocol):
     @property
     def idle(self) -> bool:
         return not self._busy
+
+    @property
+    def head_deadline(self) -> float:
+        return self._head_deadline
 
 
 def _uri_too_long() -> RequestRejected:

@@ -15,7 +15,6 @@ import logging
 import resource
 import ssl
 import time
-from collections import OrderedDict
 from typing import Any
 
 from aiohttp import web
@@ -97,7 +96,6 @@ class Front:
         )
         self.max_connections = settings.max_connections or default_max_connections(settings)
         self.connections: set[HttpConnection] = set()
-        self.waiting: OrderedDict[HttpConnection, None] = OrderedDict()
         self.tasks: set[asyncio.Task[None]] = set()
         self.draining = False
         metrics.client_connections.set_function(lambda: len(self.connections))
@@ -110,9 +108,10 @@ class Front:
             return False
         if len(self.connections) >= self.max_connections:
             self.metrics.connections_refused.inc()
-            if self.waiting:
-                oldest, _ = self.waiting.popitem(last=False)
-                oldest.abort()
+            waiting = [c for c in self.connections if c.waiting and not c.lost]
+            if waiting:
+                # A scan only at the cap: on the hit path a connection just flips a flag.
+                min(waiting, key=lambda c: c.head_deadline).evict()
             else:
                 conn.transport.write(REFUSED)
                 conn.transport.close()
@@ -122,15 +121,6 @@ class Front:
 
     def forget(self, conn: HttpConnection) -> None:
         self.connections.discard(conn)
-        self.waiting.pop(conn, None)
-
-    def enter_idle(self, conn: HttpConnection) -> None:
-        waiting = self.waiting
-        waiting[conn] = None
-        waiting.move_to_end(conn)
-
-    def leave_idle(self, conn: HttpConnection) -> None:
-        self.waiting.pop(conn, None)
 
     def track(self, task: asyncio.Task[None]) -> None:
         self.tasks.add(task)
