@@ -79,7 +79,6 @@ class StoredResponse:
     vary: tuple[str, ...] = field(init=False, compare=False, repr=False)
     corrected_initial_age: float = field(init=False, compare=False, repr=False)
     size: int = field(init=False, compare=False, repr=False)
-    served: Headers = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         headers = _shared_fields(self.headers)
@@ -99,12 +98,17 @@ class StoredResponse:
         setter(self, "last_modified", parse_http_date(header_value(headers, "last-modified")))
         setter(self, "vary", parse_vary(header_values(headers, "vary")))
         setter(self, "corrected_initial_age", max(apparent_age, corrected_age_value))
-        setter(self, "served", tuple(item for item in headers if item[0].lower() not in NOT_SERVED))
         setter(
             self,
             "size",
             len(self.body) + sum(len(k) + len(v) for k, v in headers) + 256,
         )
+
+    @property
+    def served(self) -> Headers:
+        """The stored fields a response built from this one carries (not kept: a hit on the
+        front is written from its prepared head, and 100k entries would pay ~14 MB for it)."""
+        return tuple(item for item in self.headers if item[0].lower() not in NOT_SERVED)
 
     @property
     def has_validator(self) -> bool:
