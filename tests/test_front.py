@@ -116,6 +116,21 @@ async def test_pipelined_requests_are_answered_in_order(
     ]
 
 
+async def test_a_burst_of_pipelined_requests_in_one_write_is_answered_whole(
+    proxy: RunningProxy,
+) -> None:
+    assert (await exchange(proxy.port, get("/cached", "Connection: close"))).status == 200
+    burst = get("/cached?first") + get("/cached") * 4000 + get("/cached?last")
+    assert len(burst) > 128 * 1024  # far more than one head may take: only a head is bounded
+    reader, writer = await asyncio.open_connection(HOST, proxy.port)
+    writer.write(burst)
+    async with asyncio.timeout(30):
+        answers = [await read_response(reader) for _ in range(4002)]
+    writer.close()
+    targets = [a.json()["target"] for a in answers]
+    assert targets == ["/cached?first", *["/cached"] * 4000, "/cached?last"]
+
+
 async def test_http10_closes_unless_asked_to_keep_alive(proxy: RunningProxy) -> None:
     reader, writer = await asyncio.open_connection(HOST, proxy.port)
     writer.write(get("/a", version="1.0"))

@@ -98,6 +98,7 @@ class HttpConnection(asyncio.Protocol):
         self._head_size = 0
         self._head_bytes = 0
         self._in_head = True
+        self._partial = False
         self._hosts: list[str] = []
         self._codings: list[str] = []
         self._length: str | None = None
@@ -155,7 +156,7 @@ class HttpConnection(asyncio.Protocol):
     def evict(self) -> None:
         """Make room past the cap: an idle keep-alive connection is closed, a slow head cut."""
         self.waiting = False
-        if self._head_bytes:
+        if self._partial:
             self.abort()
         else:
             self.transport.close()
@@ -165,14 +166,22 @@ class HttpConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._halted:
             return
-        if self._in_head:
-            self._head_bytes += len(data)
-            settings = self.settings
-            if self._head_bytes > settings.max_request_line + settings.max_header_bytes + SLICE:
-                self._refuse_head()
-                return
+        continued = self._partial
         try:
             self.parser.feed_data(data)
+            if self._partial:
+                # A head still incomplete after this read: count what the parser may hold of
+                # it (a field without its line end is kept there until it ends). When it began
+                # in this read, it began after the last blank line (an over-count only if a
+                # Content-Length body came just before it in the same read).
+                if continued:
+                    self._head_bytes += len(data)
+                else:
+                    end = data.rfind(b"\r\n\r\n")
+                    self._head_bytes = len(data) - (end + 4 if end >= 0 else 0)
+                settings = self.settings
+                if self._head_bytes > settings.max_request_line + settings.max_header_bytes:
+                    self._refuse_head()
             if self._in_head and self._url and not self._headers and self._url + b"\r\n" in data:
                 # HTTP/0.9 (no version): llhttp would wait for more; answer at once instead.
                 raise httptools.HttpParserError("HTTP/0.9")
@@ -250,6 +259,7 @@ class HttpConnection(asyncio.Protocol):
         self._credentials = []
         self._inm = None
         self._in_head = True
+        self._partial = True
         self._complete = False
 
     def on_url(self, url: bytes) -> None:
@@ -288,6 +298,7 @@ class HttpConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        self._partial = False
         self._head_bytes = 0
         self.waiting = False
         parser = self.parser
