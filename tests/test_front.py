@@ -131,6 +131,15 @@ async def test_a_burst_of_pipelined_requests_in_one_write_is_answered_whole(
     assert targets == ["/cached?first", *["/cached"] * 4000, "/cached?last"]
 
 
+async def test_a_field_that_never_ends_is_431_once_over_the_budget(proxy: RunningProxy) -> None:
+    reader, writer = await asyncio.open_connection(HOST, proxy.port)
+    writer.write(b"GET / HTTP/1.1\r\nHost: proxy.test\r\nX-Endless: " + b"a" * 100_000)
+    async with asyncio.timeout(5):
+        response = await read_response(reader)
+    writer.close()
+    assert response.status == 431 and response.closed
+
+
 async def test_http10_closes_unless_asked_to_keep_alive(proxy: RunningProxy) -> None:
     reader, writer = await asyncio.open_connection(HOST, proxy.port)
     writer.write(get("/a", version="1.0"))
