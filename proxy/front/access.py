@@ -31,7 +31,7 @@ class AccessLog:
         self.loop = loop
         self._records: list[Record] = []
         self._timer: asyncio.TimerHandle | None = None
-        self._paths: dict[str, str] = {}
+        self._prefixes: dict[tuple[str, str, int, str], str] = {}
         self._second = -1
         self._stamp = ""
 
@@ -49,20 +49,20 @@ class AccessLog:
         elif self._timer is None:
             self._timer = self.loop.call_later(FLUSH_SECONDS, self.flush)
 
-    def _json_path(self, path: str) -> str:
-        quoted = self._paths.get(path)
-        if quoted is None:
-            if len(self._paths) > 4096:
-                self._paths.clear()
-            quoted = self._paths[path] = json.dumps(path)
-        return quoted
-
     def _line(self, record: Record) -> str:
+        """The JSON object of one record; the part before the duration repeats, so it is
+        formatted once per (method, path, status, cache) and kept."""
         method, path, status, cache, seconds, size, _ = record
-        return (
-            f'{{"method":{json.dumps(method)},"path":{self._json_path(path)},"status":{status},'
-            f'"cache":"{cache}","duration_ms":{round(seconds * 1000, 3)},"bytes":{size}}}'
-        )
+        key = (method, path, status, cache)
+        prefix = self._prefixes.get(key)
+        if prefix is None:
+            if len(self._prefixes) >= 4096:
+                self._prefixes.clear()
+            prefix = self._prefixes[key] = (
+                f'{{"method":{json.dumps(method)},"path":{json.dumps(path)},"status":{status},'
+                f'"cache":{json.dumps(cache)},"duration_ms":'
+            )
+        return f'{prefix}{round(seconds * 1000, 3)},"bytes":{size}}}'
 
     def _asctime(self, at: float) -> str:
         second = int(at)
