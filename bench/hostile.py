@@ -23,6 +23,7 @@ import resource
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -186,9 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    workdir = args.out / "tmp-hostile"
-    workdir.mkdir(exist_ok=True)
-    figures = asyncio.run(run(args.readers, args.flood, workdir))
+    with tempfile.TemporaryDirectory(prefix="aitronos-hostile-") as workdir:
+        figures = asyncio.run(run(args.readers, args.flood, Path(workdir)))
     figures["uptime"] = Path("/proc/loadavg").read_text().strip()
     figures["nproc"] = os.cpu_count()
     (args.out / "hostile.json").write_text(json.dumps(figures, indent=2) + "\n")
