@@ -74,6 +74,7 @@ SYSTEMS = (
     "aitronos-cache-proxy",
     "3 replicas, no Redis",
     "3 replicas + Redis",
+    "2 workers",
 )
 #: Scale-out runs: pollers spread round-robin over this many replicas behind one public name.
 REPLICAS = 3
@@ -267,8 +268,6 @@ def measure(
                         options=[
                             "--access-log",
                             "false",
-                            "--public-host",
-                            "proxy.bench",
                             *redis_options,
                         ],
                     )
@@ -292,6 +291,15 @@ def measure(
         ],
         "3 replicas, no Redis": lambda: replicas(shared=False),
         "3 replicas + Redis": lambda: replicas(shared=True),
+        "2 workers": lambda: [
+            processes.start_proxy(
+                workdir,
+                simulator.url,
+                pinning,
+                name="workers",
+                options=["--access-log", "false", "--workers", "2"],
+            )
+        ],
     }
     runs: list[FleetRun] = []
     try:

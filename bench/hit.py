@@ -230,10 +230,10 @@ def measure(
         port = simulator.port
 
         def proxy(
-            name: str, loop: str, access_log: bool, front: str = "own"
+            name: str, loop: str, access_log: bool, workers: int = 1, front: str = "own"
         ) -> Callable[[], Service]:
             options = ["--event-loop", loop, "--access-log", str(access_log).lower()]
-            options += ["--front", front]
+            options += ["--workers", str(workers), "--front", front]
             if access_log:
                 options += ["--log-level", "info"]
             return lambda: processes.start_proxy(
@@ -284,9 +284,17 @@ def measure(
             ),
             System(
                 f"{PROXY} on aiohttp's server",
-                proxy(f"{PROXY}-aiohttp", "uvloop", False, "aiohttp"),
+                proxy(f"{PROXY}-aiohttp", "uvloop", False, front="aiohttp"),
                 ceiling="bare aiohttp (uvloop)",
                 note="--front aiohttp: the previous front, through the cache seam; uvloop, log off",
+                loop="uvloop",
+            ),
+            System(
+                f"{PROXY} (2 workers, uvloop)",
+                proxy(f"{PROXY}-workers", "uvloop", False, workers=2),
+                ceiling="bare aiohttp (uvloop)",
+                note="--workers 2 (private redis-server), uvloop, access log off; CPU of all "
+                "processes, pinned to the same CPU as the others",
                 loop="uvloop",
             ),
             System(

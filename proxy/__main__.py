@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
 import os
 import signal
 import sys
@@ -19,15 +20,18 @@ from aiohttp import web
 from proxy.ops.config import ConfigError, Settings, parse_settings
 
 if TYPE_CHECKING:
+    from proxy.ops.workers import WorkerPlace
     from proxy.server import ProxyRunner
 
 PROG = "aitronos-cache-proxy"
 
 
-def configure_logging(level: str) -> None:
+def configure_logging(level: str, worker: int | None = None) -> None:
+    """Log lines to stderr; a worker's carry ``worker=<slot>`` after the logger's name."""
+    tag = "" if worker is None else f" worker={worker}"
     logging.basicConfig(
         level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        format=f"%(asctime)s %(levelname)s %(name)s{tag} %(message)s",
         stream=sys.stderr,
     )
 
@@ -51,29 +55,51 @@ def event_loop_factory(choice: str) -> LoopFactory:
     return asyncio.new_event_loop
 
 
-def serve(settings: Settings, loop_factory: LoopFactory = asyncio.new_event_loop) -> None:
-    configure_logging(settings.log_level)
+def log_start(settings: Settings) -> None:
     log = logging.getLogger("proxy")
     if settings.shared_scope:
         log.warning(
             "cache scope is 'shared': every caller can receive responses stored for another "
             "caller's credentials; use this only for single-tenant deployments"
         )
+    if settings.redis_url and not settings.scope_secret:
+        log.warning(
+            "--redis-url without --scope-secret: the credential scopes stored in Redis are "
+            "unkeyed hashes of the callers' tokens, so anyone who can read Redis can test "
+            "guessed tokens against them offline; set the same random PROXY_SCOPE_SECRET "
+            "(e.g. from `openssl rand -hex 32`) on every replica"
+        )
     if settings.admin_token and settings.admin_port is None:
         log.warning("purging is enabled on the public port; consider --admin-port")
     log.info("forwarding to %s", settings.upstream)
+
+
+def serve(
+    settings: Settings,
+    loop_factory: LoopFactory = asyncio.new_event_loop,
+    worker: WorkerPlace | None = None,
+) -> None:
+    configure_logging(settings.log_level, None if worker is None else worker.index)
+    if worker is None or worker.index == 0:
+        log_start(settings)
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(run(settings))
+        runner.run(run(settings, worker))
 
 
-async def run(settings: Settings) -> None:
+def serve_worker(settings: Settings, place: WorkerPlace) -> None:
+    """One worker of ``--workers N`` (started by ``proxy.ops.workers``): serve as one process
+    does, on a ``SO_REUSEPORT`` listener, with the fleet-wide ``/metrics``."""
+    serve(settings, event_loop_factory(settings.event_loop), place)
+
+
+async def run(settings: Settings, worker: WorkerPlace | None = None) -> None:
     """Serve until SIGINT or SIGTERM: the public listener and, with ``--admin-port``, the admin one.
 
     The public listener is our own HTTP/1.1 front (``proxy.front``) unless ``--front aiohttp``;
     the admin listener stays on aiohttp's server (``ProxyRunner``, whose malformed-request
-    answers are the proxy's envelope). On a signal the public listener stops accepting, lets
-    in-flight requests finish for up to ``--drain-seconds``, then everything closes (admin
-    first, since the proxy application owns the shared upstream session and store).
+    answers are the proxy's envelope rather than aiohttp's echoing 400). On a signal the
+    listeners stop accepting, in-flight requests get up to ``--drain-seconds``, then everything
+    closes (admin first, since the proxy application owns the shared upstream session and store).
     """
     from proxy.app import create_admin_app, create_app
     from proxy.front.server import FrontServer
@@ -85,23 +111,46 @@ async def run(settings: Settings) -> None:
         loop.add_signal_handler(signum, stop.set)
     access = logging.getLogger("proxy.access") if settings.access_log else None
     app = create_app(settings)
+    fleet_metrics = None
+    if worker is not None:
+        from proxy.app import EXPOSITION_KEY, METRICS_KEY
+        from proxy.ops.worker_metrics import WorkerMetrics
+
+        fleet_metrics = WorkerMetrics(
+            app[METRICS_KEY].registry,
+            index=worker.index,
+            count=worker.count,
+            run_dir=worker.run_dir,
+        )
+        app[EXPOSITION_KEY] = fleet_metrics.exposition
+        parent = multiprocessing.parent_process()
+        if parent is not None and parent.sentinel is not None:
+            # The supervisor died without forwarding a signal: drain and stop all the same.
+            loop.add_reader(parent.sentinel, stop.set)
+    reuse_port = worker is not None
     scheme = "https" if settings.tls_cert else "http"
     front: FrontServer | None = None
     runners: list[ProxyRunner] = []
     try:
         if settings.front == "own":
             front = FrontServer(app, access=access)
-            await front.start(settings.host, settings.port)
+            await front.start(settings.host, settings.port, reuse_port=reuse_port)
             log.info("Running on %s://%s:%s (proxy)", scheme, settings.host, front.port)
         else:
-            runners.append(await _aiohttp_site(app, settings.host, settings.port, access, settings))
+            runners.append(
+                await _aiohttp_site(app, settings.host, settings.port, access, settings, reuse_port)
+            )
         if settings.admin_port is not None:
             admin = create_admin_app(app)
+            admin_port = settings.admin_port
             runners.append(
                 await _aiohttp_site(
-                    admin, settings.admin_host, settings.admin_port, access, settings
+                    admin, settings.admin_host, admin_port, access, settings, reuse_port
                 )
             )
+        if worker is not None and fleet_metrics is not None:
+            await fleet_metrics.start()
+            worker.announce_ready()
         await stop.wait()
         log.info("shutting down")
     finally:
@@ -109,6 +158,8 @@ async def run(settings: Settings) -> None:
             await runner.cleanup()
         if front is not None:
             await front.close()
+        if fleet_metrics is not None:
+            await fleet_metrics.close()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
 
@@ -119,8 +170,11 @@ async def _aiohttp_site(
     port: int,
     access: logging.Logger | None,
     settings: Settings,
+    reuse_port: bool,
 ) -> ProxyRunner:
-    from proxy.app import JsonAccessLogger
+    """``app`` on aiohttp's server: the admin listener, or the public one under ``--front
+    aiohttp`` (with TLS when configured)."""
+    from proxy.app import ADMIN_KEY, JsonAccessLogger
     from proxy.front.server import tls_context
     from proxy.server import ProxyRunner
 
@@ -131,12 +185,15 @@ async def _aiohttp_site(
         shutdown_timeout=settings.drain_seconds,
     )
     await runner.setup()
-    await web.TCPSite(
-        runner, host, port, ssl_context=tls_context(settings) if port == settings.port else None
-    ).start()
+    context = tls_context(settings) if app.get(ADMIN_KEY) is None else None
+    site = web.TCPSite(runner, host, port, ssl_context=context, reuse_port=reuse_port)
+    await site.start()
+    scheme = "https" if context is not None else "http"
+    name = "proxy" if context is not None or app.get(ADMIN_KEY) is None else "admin"
     for address in runner.addresses:
-        log = logging.getLogger("proxy")
-        log.info("Running on http://%s:%s", address[0], address[1])
+        logging.getLogger("proxy").info(
+            "Running on %s://%s:%s (%s)", scheme, address[0], address[1], name
+        )
     return runner
 
 
@@ -157,8 +214,33 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     except ConfigError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2
+    if settings.workers > 1:
+        return supervise_workers(settings)
     serve(settings, loop_factory)
     return 0
+
+
+def supervise_workers(settings: Settings) -> int:
+    """``--workers N`` with N > 1: the supervisor process (``proxy.ops.workers``)."""
+    from proxy.ops.private_redis import PrivateRedisError, redis_server_path
+    from proxy.ops.workers import supervise
+
+    if not settings.redis_url:
+        try:
+            redis_server_path()
+        except PrivateRedisError as error:
+            print(
+                f"{PROG}: error: --workers {settings.workers} without --redis-url needs a "
+                f"private redis-server to share one cache: {error}",
+                file=sys.stderr,
+            )
+            return 2
+    configure_logging(settings.log_level)
+    try:
+        return supervise(settings)
+    except (OSError, PrivateRedisError) as error:
+        logging.getLogger("proxy").error("cannot start the workers: %s", error)
+        return 1
 
 
 if __name__ == "__main__":

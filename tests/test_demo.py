@@ -56,19 +56,23 @@ def row(table: str, name: str) -> list[str]:
     raise AssertionError(f"no row {name!r} in\n{table}")
 
 
-def test_demo_cli_prints_both_columns_and_the_proxy_saves_upstream_requests(
+def test_demo_cli_prints_three_columns_and_the_proxy_saves_upstream_requests(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     assert main(TINY, {}) == 0
     captured = capsys.readouterr()
     assert "without proxy" in captured.out
     assert "with proxy" in captured.out
+    assert "long poll" in captured.out
     for name in ROW_NAMES:
-        assert len(row(captured.out, name)) == 2, name
-    without, with_proxy = (int(n) for n in row(captured.out, "upstream requests"))
-    clients_without, _ = (int(n) for n in row(captured.out, "client requests"))
+        assert len(row(captured.out, name)) == 3, name
+    without, with_proxy, _ = (int(n) for n in row(captured.out, "upstream requests"))
+    clients_without, clients_polling, clients_held = (
+        int(n) for n in row(captured.out, "client requests")
+    )
     assert without == clients_without >= 10
     assert with_proxy < without
+    assert clients_held < clients_polling
     assert row(captured.out, "hit ratio")[1].endswith("%")
     assert "pollers done" in captured.err
 
@@ -78,7 +82,10 @@ async def test_run_demo_reports_proxy_figures_from_its_metrics() -> None:
     options = DemoOptions(pollers=12, transcriptions=3, duration=2.0)
     results = await run_demo(options, out=out, err=err)
     assert results is not None
-    without, with_proxy = results
+    without, with_proxy, long_poll = results
+    # Held requests are answered when the entry's max-age=5 runs out, past this 1 s phase.
+    assert long_poll.fleet.requests < with_proxy.fleet.requests
+    assert long_poll.proxy is not None and long_poll.proxy.results.get("miss", 0) > 0
     assert without.proxy is None
     assert with_proxy.proxy is not None
     assert without.upstream.requests == without.fleet.requests

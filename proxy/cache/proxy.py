@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from proxy.cache.entries import Entries
 from proxy.cache.exchange import (
@@ -25,7 +26,9 @@ from proxy.cache.exchange import (
 from proxy.cache.fetch import Fetched, Fetcher, FetchJob, Outcome, flight_key, release_orphan
 from proxy.cache.forward import Forwarder, Streamed
 from proxy.cache.invalidate import Invalidator
+from proxy.cache.longpoll import HELD, LongPolls
 from proxy.cache.serve import StoredServing
+from proxy.core.headers import NO_DIRECTIVES
 from proxy.core.models import Answer, Fetch, Forward, Refuse, Relay, Serve, Settlement
 from proxy.core.policy import (
     CachePolicy,
@@ -38,6 +41,7 @@ from proxy.core.policy import (
     settle,
     settle_error,
 )
+from proxy.core.prefer import Hold
 from proxy.ops.config import Settings
 from proxy.ops.metrics import Metrics
 from proxy.stores.coordination import Coordinator
@@ -79,6 +83,17 @@ class CachingProxy:
         )
         self.serving = StoredServing(metrics)
         self.invalidator = Invalidator(self.entries, self.forwarder)
+        self.long_polls = LongPolls(
+            settings,
+            self.entries,
+            self.fetcher,
+            self.serving,
+            self.forwarder,
+            self.policy,
+            clock,
+            metrics,
+        )
+        self.waits = self.long_polls.waits
         self.flights = self.fetcher.flights
         self.draining = False
 
@@ -112,7 +127,11 @@ class CachingProxy:
             message = "the proxy failed to handle the request"
             send_error(responder, 500, "PROXY_ERROR", message, cache_status())
             result = "error"
-        self.metrics.observe_request(route, result, time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        if held := HELD.get():  # a long poll's wait is not the time it took to answer
+            HELD.set(0.0)
+            elapsed -= held
+        self.metrics.observe_request(route, result, elapsed)
         return result
 
     def facts(self, request: ProxyRequest) -> RequestFacts:
@@ -123,7 +142,7 @@ class CachingProxy:
             shared=self.settings.shared_scope,
             secret=self._scope_secret,
         )
-        if not self.settings.public_host:
+        if self.settings.host_keyed:
             # The client's Host reaches the origin as X-Forwarded-Host, so it is part of the
             # key: a forged Host can only ever shape its own variant, never another caller's.
             scope = f"{scope}@{request.host.lower()}"
@@ -154,6 +173,8 @@ class CachingProxy:
         if isinstance(decision, Serve):
             if decision.refresh and facts is not None:
                 self._refresh(request, route, facts, decision)
+            if facts is not None and (hold := self.long_polls.may_hold(request, decision)):
+                return await self._long_poll(request, responder, route, facts, decision, hold)
             self.serving.serve(request, responder, decision)
         elif isinstance(decision, Forward):
             await self.forwarder.forward(request, responder, route, decision.cache_status)
@@ -162,6 +183,31 @@ class CachingProxy:
                 responder, decision.status, decision.code, decision.message, decision.cache_status
             )
         return decision.result
+
+    async def _long_poll(
+        self,
+        request: ProxyRequest,
+        responder: Responder,
+        route: str,
+        facts: RequestFacts,
+        serve: Serve,
+        hold: Hold,
+    ) -> str:
+        """RFC 7240 ``Prefer: wait``: instead of a 304 now, the change or a 304 later."""
+        # The refresh is the same for every waiter of the flight: no request directives.
+        plain = replace(facts, cache_control=NO_DIRECTIVES, pragma_no_cache=False)
+        key = request.target
+        flight = flight_key(key, plain, serve.entry.vary)
+
+        def job() -> FetchJob:
+            """Built only when this request opens its flight's watch (the upstream fields)."""
+            return self._job(request, route, plain, Fetch(serve.entry, "stale"))
+
+        async def fallback() -> str:
+            """The response became one this cache cannot serve (too large): ask as usual."""
+            return await self._cacheable(request, responder, route)
+
+        return await self.long_polls.hold(request, responder, flight, job, serve, hold, fallback)
 
     def _job(
         self, request: ProxyRequest, route: str, facts: RequestFacts, fetch: Fetch
@@ -233,5 +279,6 @@ def _answer(outcome: Outcome, leader: bool) -> Answer:
             streamed=False,
             led=leader,
             collapsed=not leader or outcome.collapsed,
+            shareable=outcome.shareable,
         )
     return Answer(outcome.response.status, None, False, False, True, leader, not leader)

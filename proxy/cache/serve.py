@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from proxy.cache.exchange import ProxyRequest, Responder
+from proxy.cache.exchange import Fields, ProxyRequest, Responder
 from proxy.core.models import Serve
 from proxy.core.policy import not_modified, not_modified_headers
 from proxy.ops.metrics import Metrics
@@ -14,15 +14,18 @@ class StoredServing:
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
 
-    def serve(self, request: ProxyRequest, responder: Responder, decision: Serve) -> None:
+    def serve(
+        self, request: ProxyRequest, responder: Responder, decision: Serve, extra: Fields = ()
+    ) -> None:
         """Answer from the stored response, locally with 304 when the client's validator matches
-        (RFC 9110 §13.1.2, §13.1.3)."""
+        (RFC 9110 §13.1.2, §13.1.3); ``extra`` fields are appended (``Preference-Applied``)."""
         entry = decision.entry
         age = str(int(decision.age))
         if 200 <= entry.status < 300 and not_modified(entry, request.headers):
             self.metrics.not_modified.inc()
             headers = [*not_modified_headers(entry), ("Age", age)]
             headers.append(("Cache-Status", decision.cache_status))
+            headers.extend(extra)
             responder.send(304, "", headers, b"")
             return
         size = len(entry.body)
@@ -30,5 +33,5 @@ class StoredServing:
             self.metrics.response_bytes.inc(size)
             if decision.saved:
                 self.metrics.bytes_saved.inc(size)
-        headers = [*entry.served, ("Age", age), ("Cache-Status", decision.cache_status)]
+        headers = [*entry.served, ("Age", age), ("Cache-Status", decision.cache_status), *extra]
         responder.send(entry.status, entry.reason, headers, entry.body)

@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 from proxy.core.headers import (
     HOP_BY_HOP,
     CacheControl,
+    parse_age,
     parse_cache_control,
-    parse_delta_seconds,
+    parse_cdn_cache_control,
     parse_entity_tag,
     parse_http_date,
     parse_vary,
@@ -53,6 +54,23 @@ def _parsed_cache_control(values: tuple[str, ...]) -> CacheControl:
     return parse_cache_control(values)
 
 
+@functools.lru_cache(maxsize=256)
+def _parsed_cdn_cache_control(values: tuple[str, ...]) -> CacheControl | None:
+    return parse_cdn_cache_control(values)
+
+
+def response_cache_control(headers: Headers, *, targeted: bool) -> CacheControl:
+    """The directives a response gives this cache: ``CDN-Cache-Control`` (RFC 9213) when it is
+    present and valid, else ``Cache-Control``."""
+    if targeted:
+        cdn = tuple(header_values(headers, "cdn-cache-control"))
+        if cdn:
+            parsed = _parsed_cdn_cache_control(cdn)
+            if parsed is not None:
+                return parsed
+    return _parsed_cache_control(tuple(header_values(headers, "cache-control")))
+
+
 @dataclass(frozen=True, slots=True)
 class StoredResponse:
     """One stored response (RFC 9111 §3) and the request facts needed to reuse it.
@@ -82,10 +100,9 @@ class StoredResponse:
 
     def __post_init__(self) -> None:
         headers = _shared_fields(self.headers)
-        cdn = header_values(headers, "cdn-cache-control") if self.targeted else []
-        cache_control = _parsed_cache_control(tuple(cdn or header_values(headers, "cache-control")))
-        date = parse_http_date(header_value(headers, "date"))
-        age = parse_delta_seconds(header_value(headers, "age")) or 0
+        cache_control = response_cache_control(headers, targeted=self.targeted)
+        date = parse_http_date(header_value(headers, "date"), self.response_time)
+        age = parse_age(header_values(headers, "age")) or 0
         # §4.2.3 apparent_age, with the receipt time at the one-second resolution of the Date it
         # is compared with: a response dated in the second it arrives is not up to 1 s old.
         apparent_age = max(0.0, math.floor(self.response_time) - date) if date is not None else 0.0
@@ -95,14 +112,16 @@ class StoredResponse:
         setter(self, "cache_control", cache_control)
         setter(self, "date", date)
         setter(self, "etag", parse_entity_tag(header_value(headers, "etag")))
-        setter(self, "last_modified", parse_http_date(header_value(headers, "last-modified")))
+        last_modified = parse_http_date(header_value(headers, "last-modified"), self.response_time)
+        setter(self, "last_modified", last_modified)
         setter(self, "vary", parse_vary(header_values(headers, "vary")))
         setter(self, "corrected_initial_age", max(apparent_age, corrected_age_value))
-        setter(
-            self,
-            "size",
-            len(self.body) + sum(len(k) + len(v) for k, v in headers) + 256,
-        )
+        fields = sum(len(k) + len(v) + FIELD_OVERHEAD for k, v in headers)
+        selecting = sum(len(n) + len(v) + FIELD_OVERHEAD for n, v in self.selecting)
+        # The scope carries the caller's Host when --public-host is unset: count it, so a
+        # flood of long Host values is paid for out of the budget.
+        size = len(self.body) + fields + selecting + len(self.scope) + ENTRY_OVERHEAD
+        setter(self, "size", size)
 
     @property
     def served(self) -> Headers:
@@ -117,6 +136,12 @@ class StoredResponse:
     def header(self, name: str) -> str | None:
         return header_value(self.headers, name)
 
+
+#: Python's own memory per stored response beyond its bytes (the object, its derived fields, the
+#: served-headers tuple) and per field line (two tuples, a string object): measured with
+#: tracemalloc on CPython 3.11 (tests/test_memory_budget.py), so the budget bounds real memory.
+ENTRY_OVERHEAD = 1024
+FIELD_OVERHEAD = 160
 
 #: All stored variants of one URI, most recent first (RFC 9111 §4.1).
 Record = tuple[StoredResponse, ...]
@@ -234,7 +259,8 @@ class Answer:
 
     ``entry`` is the stored (or freshened) response when there is one; ``streamed`` an answer
     too large or not storable, relayed to one caller; ``led`` whether this caller ran the fetch;
-    ``collapsed`` whether the answer came from another caller's (or replica's) fetch.
+    ``collapsed`` whether the answer came from another caller's (or replica's) fetch;
+    ``shareable`` whether every caller of the fetch may receive it (``policy.shareable``).
     """
 
     status: int
@@ -244,3 +270,4 @@ class Answer:
     streamed: bool
     led: bool
     collapsed: bool
+    shareable: bool = True

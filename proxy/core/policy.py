@@ -40,6 +40,7 @@ from proxy.core.models import (
     StoredResponse,
     Unsatisfiable,
     header_value,
+    response_cache_control,
 )
 
 #: RFC 9110 §15.1: status codes a cache may store with heuristic freshness.
@@ -162,8 +163,9 @@ def freshness_lifetime(entry: StoredResponse, policy: CachePolicy) -> float:
         return float(cc.max_age)
     expires_values = [value for key, value in entry.headers if key.lower() == "expires"]
     if expires_values:
-        expires = parse_http_date(expires_values[0])
-        if expires is None:
+        # §5.3: an invalid Expires, several Expires lines included, means already expired.
+        expires = parse_http_date(expires_values[0], entry.response_time)
+        if expires is None or len(expires_values) > 1:
             return 0.0
         date = entry.date if entry.date is not None else entry.response_time
         return max(0.0, expires - date)
@@ -276,8 +278,7 @@ def storable(
     """§3: may a shared cache store this response to a GET?"""
     if status < 200 or status in (206, 304):
         return False
-    cdn = [v for k, v in headers if k.lower() == "cdn-cache-control"] if targeted else []
-    cc = parse_cache_control(cdn or [v for k, v in headers if k.lower() == "cache-control"])
+    cc = response_cache_control(headers, targeted=targeted)
     if cc.must_understand:
         if status not in UNDERSTOOD_STATUSES:
             return False
@@ -303,6 +304,25 @@ def storable(
         or cc.no_cache
     )
     return explicit or status in HEURISTICALLY_CACHEABLE
+
+
+def shareable(headers: Headers, *, shared_scope: bool, targeted: bool = False) -> bool:
+    """May an answer fetched for one request be handed to the others that waited for it
+    (collapsed fetches, the Retry-After hold-back)?
+
+    Only if every waiter may receive it: no ``Set-Cookie`` (a session), not ``private`` in any
+    form nor ``no-store`` (§5.2.2.7, §5.2.2.5). Under ``--cache-scope shared`` the waiters may
+    carry other credentials (or none) than the request that fetched it, so only with
+    ``public``, ``s-maxage`` or ``must-revalidate`` (§3.5): one token's 429 is not another's.
+    """
+    cc = response_cache_control(headers, targeted=targeted)
+    if cc.private or cc.private_fields or (cc.no_store and not cc.must_understand):
+        return False
+    if any(key.lower() == "set-cookie" for key, _ in headers):
+        return False
+    if shared_scope:
+        return cc.public or cc.s_maxage is not None or cc.must_revalidate
+    return True
 
 
 def stored_headers(headers: Headers, cache_control: CacheControl) -> Headers:
@@ -492,6 +512,10 @@ def settle(
     if failed and stale is not None and stale_if_error_allows(stale, request, now, policy):
         status = cache_status(fwd=fetch.fwd, fwd_status=answer.status, collapsed=not answer.led)
         return Serve(stale, current_age(stale, now), status, "stale")
+    if not answer.led and not answer.shareable:
+        # Set-Cookie, private, or another caller's credentials under a shared scope: the answer
+        # is the leader's alone, and this caller asks the origin itself.
+        return Forward(cache_status(fwd=fetch.fwd), "miss")
     if answer.streamed:
         # Only the caller that led the fetch may read a streamed body; the others ask again.
         if answer.led:

@@ -44,6 +44,7 @@ UNUSUAL = frozenset(
         b"transfer-encoding",
         b"expect",
         b"upgrade",
+        b"prefer",  # Prefer: wait holds the request (proxy.cache.longpoll)
     }
 )
 
@@ -122,6 +123,7 @@ class HttpConnection(asyncio.Protocol):
         self._send_timer: asyncio.TimerHandle | None = None
         self._head_timer: asyncio.TimerHandle | None = None
         self._head_deadline = 0.0
+        self._disconnected: asyncio.Future[None] | None = None
 
     # -- connection lifecycle ---------------------------------------------------------------
 
@@ -138,6 +140,7 @@ class HttpConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
+        self._gone()
         self.front.forget(self)
         for timer in (self._send_timer, self._head_timer):
             if timer is not None:
@@ -150,8 +153,21 @@ class HttpConnection(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         # A half-closed client gets its answers, then the connection closes (RFC 9112 §9.6);
-        # TLS cannot stay half-open.
+        # TLS cannot stay half-open. A held request (Prefer: wait) takes it as a goodbye.
+        self._gone()
         return True if self._busy and self.front.scheme == "http" else None
+
+    def disconnected(self) -> asyncio.Future[None]:
+        """Done once the client has gone away (closed, reset, or half-closed its side)."""
+        if self._disconnected is None:
+            self._disconnected = self.loop.create_future()
+            if self.lost:
+                self._disconnected.set_result(None)
+        return self._disconnected
+
+    def _gone(self) -> None:
+        if self._disconnected is not None and not self._disconnected.done():
+            self._disconnected.set_result(None)
 
     def evict(self) -> None:
         """Make room past the cap: an idle keep-alive connection is closed, a slow head cut."""

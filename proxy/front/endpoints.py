@@ -40,7 +40,9 @@ class Endpoints:
         purger: Purger | None,
         *,
         admin_elsewhere: bool,
+        exposition: Callable[[], Awaitable[bytes]] | None = None,
     ) -> None:
+        self.exposition = exposition
         self.proxy = proxy
         self.metrics = metrics
         self.purger = purger
@@ -86,7 +88,10 @@ class Endpoints:
         send_json(responder, 200 if ready else 503, body)
 
     async def metrics_text(self, method: str, target: str, auth: str, responder: Responder) -> None:
-        text = generate_latest(self.metrics.registry)
+        if self.exposition is not None:
+            text = await self.exposition()  # --workers: every worker's samples
+        else:
+            text = generate_latest(self.metrics.registry)
         responder.send(200, "", [("Content-Type", CONTENT_TYPE_LATEST)], text)
 
     async def not_here(self, method: str, target: str, auth: str, responder: Responder) -> None:

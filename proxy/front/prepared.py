@@ -28,8 +28,11 @@ if TYPE_CHECKING:
     from proxy.front.access import AccessLog
     from proxy.front.connection import HttpConnection, Parsed
 
-#: Memoised hits kept at most; past it the memo starts over (it refills from the store).
+#: Memoised hits kept at most; past it (or past its byte budget) the memo starts over.
 MAX_PREPARED = 4096
+#: The memo's share of ``--cache-max-bytes``: a memoised record the store has since evicted
+#: stays alive until the memo starts over, so what it may hold counts against a budget of its own.
+MEMO_SHARE = 16
 
 
 class NowaitStore(Protocol):
@@ -112,23 +115,27 @@ class FastPath:
         self.scheme = scheme
         self.metrics = proxy.metrics
         self.memo: dict[tuple[object, ...], Prepared] = {}
+        self.memo_bytes = 0
+        self.memo_budget = max(64 * 1024, proxy.settings.cache_max_bytes // MEMO_SHARE)
 
     def serve(self, conn: HttpConnection, parsed: Parsed) -> bool:
         method = parsed.method
         if method != "GET" and method != "HEAD":
             return False
         record = self.store.get_nowait(parsed.target)
+        key = (parsed.target, parsed.host, parsed.credentials)
         if record is None:
+            if key in self.memo:
+                self._forget(key)
             return False
         now = self.clock()
-        key = (parsed.target, parsed.host, parsed.credentials)
         prepared = self.memo.get(key)
         if prepared is None or prepared.record is not record:
             prepared = self._prepare(conn, parsed, record, now, key)
             if prepared is None:
                 return False
         elif now >= prepared.fresh_until:
-            del self.memo[key]
+            self._forget(key)
             return False
         age = prepared.age(now)
         tail = prepared.tail_for(age)
@@ -182,7 +189,15 @@ class FastPath:
             return None
         lifetime = freshness_lifetime(entry, proxy.policy)
         prepared = prepare(entry, record, decision, lifetime, now, request.path)
-        if len(self.memo) >= MAX_PREPARED:
+        if key in self.memo:
+            self._forget(key)
+        if len(self.memo) >= MAX_PREPARED or self.memo_bytes + entry.size > self.memo_budget:
             self.memo.clear()
+            self.memo_bytes = 0
         self.memo[key] = prepared
+        self.memo_bytes += entry.size
         return prepared
+
+    def _forget(self, key: tuple[object, ...]) -> None:
+        prepared = self.memo.pop(key)
+        self.memo_bytes -= prepared.entry.size

@@ -15,6 +15,7 @@ import logging
 import resource
 import ssl
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -77,6 +78,7 @@ class Front:
         scheme: str,
         loop: asyncio.AbstractEventLoop,
         fast: bool = True,
+        exposition: Callable[[], Awaitable[bytes]] | None = None,
     ) -> None:
         self.proxy = proxy
         self.metrics = metrics
@@ -86,7 +88,11 @@ class Front:
         self.credential_names = frozenset(n.encode() for n in settings.credential_headers)
         self.access = AccessLog(access, loop) if access is not None else None
         self.endpoints = Endpoints(
-            proxy, metrics, purger, admin_elsewhere=settings.admin_port is not None
+            proxy,
+            metrics,
+            purger,
+            admin_elsewhere=settings.admin_port is not None,
+            exposition=exposition,
         )
         store_get = getattr(proxy.store, "get_nowait", None)
         self.fast = (
@@ -160,6 +166,7 @@ class Front:
                     self.scheme,
                     parsed.version,
                     parsed.host,
+                    conn,
                 )
                 result = await self.proxy.handle(request, responder)
                 body = parsed.body
@@ -184,13 +191,14 @@ class FrontServer:
         access: logging.Logger | None,
         fast: bool = True,
     ) -> None:
-        from proxy.app import METRICS_KEY, PROXY_KEY, PURGER_KEY, SETTINGS_KEY
+        from proxy.app import EXPOSITION_KEY, METRICS_KEY, PROXY_KEY, PURGER_KEY, SETTINGS_KEY
 
         self.app = app
         self.proxy = app[PROXY_KEY]
         self.metrics = app[METRICS_KEY]
         self.settings = app[SETTINGS_KEY]
         self.purger = app.get(PURGER_KEY)
+        self._exposition_key = EXPOSITION_KEY
         self._access = access
         self._fast = fast
         self.front: Front | None = None
@@ -198,7 +206,7 @@ class FrontServer:
         self.port = 0
         self._started = False
 
-    async def start(self, host: str, port: int) -> None:
+    async def start(self, host: str, port: int, *, reuse_port: bool = False) -> None:
         loop = asyncio.get_running_loop()
         self.app.freeze()
         await self.app.startup()
@@ -213,10 +221,16 @@ class FrontServer:
             scheme="https" if context is not None else "http",
             loop=loop,
             fast=self._fast,
+            exposition=self.app.get(self._exposition_key),
         )
         _quiet_accept_errors(loop)
         self.server = await loop.create_server(
-            lambda: HttpConnection(front), host, port, ssl=context, backlog=1024
+            lambda: HttpConnection(front),
+            host,
+            port,
+            ssl=context,
+            backlog=1024,
+            reuse_port=reuse_port or None,
         )
         self.port = self.server.sockets[0].getsockname()[1]
 

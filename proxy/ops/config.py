@@ -7,12 +7,15 @@ A bad value raises ``ConfigError`` with a one-line message that names the option
 from __future__ import annotations
 
 import argparse
+import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, NoReturn
 
 from yarl import URL
+
+from proxy.ops.redis_url import is_multi_node, parse_redis_nodes
 
 
 class ConfigError(ValueError):
@@ -116,22 +119,32 @@ _REDIS_PREFIX_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
 
 def parse_redis_url(text: str) -> str:
-    """A URL redis-py accepts; the message never repeats the URL, which may hold a password."""
+    """A URL redis-py accepts, or one naming sentinels or cluster nodes (``proxy.ops.redis_url``);
+    the message never repeats the URL, which may hold a password.
+    """
     if not text:
         return ""
-    expected = "expected redis://[[user]:password@]host[:port][/db], rediss://... or unix:///path"
-    try:
-        url = URL(text)
-    except ValueError:
-        raise ValueError(expected) from None
-    if url.scheme not in _REDIS_SCHEMES or not (url.host or url.path.strip("/")):
-        raise ValueError(expected)
+    expected = (
+        "expected redis://[[user]:password@]host[:port][/db], rediss://..., unix:///path, "
+        "redis+sentinel://host[:port],.../service[/db] or redis+cluster://host[:port],..."
+    )
+    multi_node = is_multi_node(text)
+    if not multi_node:
+        try:
+            url = URL(text)
+        except ValueError:
+            raise ValueError(expected) from None
+        if url.scheme not in _REDIS_SCHEMES or not (url.host or url.path.strip("/")):
+            raise ValueError(expected)
     try:
         from redis.asyncio.connection import parse_url
     except ImportError:
         raise ValueError(
             "redis-py is not installed: pip install 'aitronos-cache-proxy[redis]'"
         ) from None
+    if multi_node:
+        parse_redis_nodes(text)
+        return text
     try:
         parse_url(text)
     except (ValueError, TypeError):
@@ -150,6 +163,27 @@ def parse_optional_count(text: str) -> int | None:
     if not text.strip():
         return None
     return int(_bounded(int, 1)(text))
+
+
+#: Most worker processes ``--workers`` starts; more would only add context switches.
+MAX_WORKERS = 256
+
+
+def parse_workers(text: str) -> int:
+    """A number of worker processes, or ``auto``: the CPUs this process may run on."""
+    if text.strip().lower() == "auto":
+        return (
+            len(os.sched_getaffinity(0))
+            if hasattr(os, "sched_getaffinity")
+            else (os.cpu_count() or 1)
+        )
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"expected a number of processes or auto, got {text!r}") from None
+    if not 1 <= value <= MAX_WORKERS:
+        raise ValueError(f"expected auto or a number between 1 and {MAX_WORKERS}, got {text!r}")
+    return value
 
 
 def parse_optional_port(text: str) -> int | None:
@@ -171,8 +205,15 @@ class Settings:
         "",
         parse_public_host,
         "the host[:port] clients use for the proxy (e.g. the load balancer's), sent upstream as "
-        "X-Forwarded-Host; when empty the client's Host is sent and becomes part of the cache key",
+        "X-Forwarded-Host (a constant: it splits no cache entry)",
         "HOST",
+    )
+    forward_host: bool = _option(
+        False,
+        parse_bool,
+        "send the client's Host upstream as X-Forwarded-Host, for origins that build links from "
+        "it; it then becomes part of the cache key (--public-host, when set, is sent instead)",
+        "BOOL",
     )
     cache_scope: str = _option(
         "credential",
@@ -182,9 +223,10 @@ class Settings:
         "SCOPE",
     )
     credential_headers: tuple[str, ...] = _option(
-        ("authorization", "x-api-key"),
+        ("authorization", "x-api-key", "api-key", "cookie", "proxy-authorization"),
         parse_header_list,
-        "request headers that identify a caller (comma-separated)",
+        "request headers that identify a caller (comma-separated; the official aitronos client "
+        "sends api-key)",
         "NAMES",
     )
     scope_secret: str = _option(
@@ -209,6 +251,13 @@ class Settings:
     upstream_max_connections: int = _option(
         256, _bounded(int, 1), "connections kept to the upstream", "N"
     )
+    upstream_pool_timeout: float = _option(
+        60.0,
+        _bounded(float, 0.001),
+        "seconds a request may wait for one of the pooled upstream connections to become free "
+        "(apart from --upstream-connect-timeout)",
+        "SECONDS",
+    )
     stale_grace: float = _option(
         300.0,
         _bounded(float, 0),
@@ -229,6 +278,26 @@ class Settings:
         _bounded(float, 0.001),
         "on SIGTERM, seconds in-flight requests get to finish before they are cut",
         "SECONDS",
+    )
+    workers: int = _option(
+        1,
+        parse_workers,
+        "processes serving the port together (SO_REUSEPORT); auto: one per CPU. Without "
+        "--redis-url they share a private redis-server, which must be on PATH",
+        "N",
+    )
+    max_wait: float = _option(
+        30.0,
+        _bounded(float, 0),
+        "longest a request with 'Prefer: wait=N' is held for a change (RFC 7240); 0 disables "
+        "long polling",
+        "SECONDS",
+    )
+    max_waiters: int = _option(
+        10_000,
+        _bounded(int, 0),
+        "held long-poll requests per replica; past it, requests are answered at once",
+        "N",
     )
     redis_url: str = _option(
         "",
@@ -354,6 +423,15 @@ class Settings:
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ConfigError("--tls-cert and --tls-key: give both or neither")
 
+    @property
+    def host_keyed(self) -> bool:
+        """The client's Host is forwarded as X-Forwarded-Host, so it must be part of the key.
+
+        Only on request: the origin is a third-party API, and keying on the Host would keep
+        replicas reached under other names from sharing.
+        """
+        return self.forward_host and not self.public_host
+
 
 def env_backed_options(
     parser: argparse.ArgumentParser, environ: Mapping[str, str], prefix: str
@@ -396,6 +474,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def build_settings(values: Mapping[str, str | None], environ: Mapping[str, str]) -> Settings:
     """Settings from parsed argument strings (``None`` when absent) and the environment."""
     chosen: dict[str, Any] = {}
+    sources: dict[str, str] = {}
     for spec in fields(Settings):
         raw = values.get(spec.name)
         source = option_name(spec.name)
@@ -408,7 +487,16 @@ def build_settings(values: Mapping[str, str | None], environ: Mapping[str, str])
             chosen[spec.name] = spec.metadata["parse"](raw)
         except ValueError as error:
             raise ConfigError(f"{source}: {error}") from None
-    return Settings(**chosen)
+        sources[spec.name] = source
+    settings = Settings(**chosen)
+    if not settings.shared_scope and not settings.credential_headers:
+        # Every caller would fall into one scope and receive every other caller's entries.
+        raise ConfigError(
+            f"{sources.get('credential_headers', '--credential-headers')}: empty under "
+            "--cache-scope credential, so every caller would share every entry; name the "
+            "headers that identify a caller, or choose --cache-scope shared deliberately"
+        )
+    return settings
 
 
 class _Parser(argparse.ArgumentParser):

@@ -2,8 +2,9 @@
 
 Everything runs in this process on loopback ports: the simulated API (``proxy.tools.simulator``),
 the proxy in front of it, and a fleet of pollers that behave like real clients (a fixed interval
-with jitter, ``If-None-Match`` with the last ETag, stopping once the transcription is final). Each
-phase polls fresh transcriptions, so the two columns start from the same state. Upstream load comes
+with jitter, ``If-None-Match`` with the last ETag, stopping once the transcription is final). A
+third phase runs the same pollers through the proxy as long polls (``Prefer: wait``). Each
+phase polls fresh transcriptions, so the columns start from the same state. Upstream load comes
 from the simulator's ``/_sim/stats``, cache results from the proxy's ``/metrics``.
 
 The fleet (``run_fleet``) and the table (``format_table``) are reusable so a benchmark can put other
@@ -46,6 +47,8 @@ DEMO_TOKEN_PREFIX: Final = "demo-token-"
 MAX_TOKENS: Final = 10
 _SHUTDOWN_GRACE: Final = 2.0
 _REQUEST_TIMEOUT: Final = aiohttp.ClientTimeout(total=10.0)
+#: The third fleet's ``Prefer: wait`` (RFC 7240): the same pollers, holding one request each.
+LONG_POLL_WAIT: Final = 25
 
 
 @dataclass(frozen=True)
@@ -118,19 +121,27 @@ async def _poll(
     jitter: float,
     rng: random.Random,
     tally: _Tally,
+    wait: int | None = None,
 ) -> None:
-    """One client: first poll at a random point of the interval, then every interval ± jitter."""
+    """One client: first poll at a random point of the interval, then every interval ± jitter.
+
+    With ``wait`` it long-polls: each request carries ``Prefer: wait`` with its ETag and the next
+    one goes out as soon as the answer arrives (after an interval if the wait was not applied).
+    """
     loop = asyncio.get_running_loop()
     headers = {"Authorization": f"Bearer {token}"}
+    timeout = aiohttp.ClientTimeout(total=wait + 10.0) if wait else None
     delay = rng.uniform(0.0, interval)
     while True:
         remaining = deadline - loop.time()
         if remaining <= delay:
             return
         await asyncio.sleep(delay)
+        if wait and "If-None-Match" in headers:
+            headers["Prefer"] = f"wait={wait}"
         started = time.perf_counter()
         try:
-            async with session.get(url, headers=headers) as response:
+            async with session.get(url, headers=headers, timeout=timeout) as response:
                 body = await response.read()
         except (aiohttp.ClientError, TimeoutError):
             tally.errors += 1
@@ -148,6 +159,9 @@ async def _poll(
                     tally.done += 1
                     tally.completion_lags.append(max(0.0, time.time() - final_at))
                     return
+            if wait and "Preference-Applied" in response.headers:
+                delay = 0.0
+                continue
         delay = interval * rng.uniform(1.0 - jitter, 1.0 + jitter)
 
 
@@ -171,11 +185,13 @@ async def run_fleet(
     seed: int = 0,
     on_progress: Callable[[FleetProgress], None] | None = None,
     progress_every: float = 1.0,
+    wait: int | None = None,
 ) -> FleetResult:
     """Poll until every poller saw a final status or ``duration`` seconds passed.
 
     One poller per (token, id) element. Without ``session`` a private one is made, with enough
     connections for every poller at once, so the pool never queues a client behind another.
+    With ``wait`` the pollers long-poll (``Prefer: wait``, RFC 7240) instead.
     """
     if session is None:
         connector = aiohttp.TCPConnector(limit=len(tokens_and_ids) + 16, limit_per_host=0)
@@ -190,6 +206,7 @@ async def run_fleet(
                 seed=seed,
                 on_progress=on_progress,
                 progress_every=progress_every,
+                wait=wait,
             )
     loop = asyncio.get_running_loop()
     rng = random.Random(seed)
@@ -212,6 +229,7 @@ async def run_fleet(
                 jitter,
                 random.Random(rng.getrandbits(64)),
                 tally,
+                wait,
             )
         )
         for token, transcription_id in tokens_and_ids
@@ -510,6 +528,7 @@ async def run_phase(
     *,
     proxy_url: str | None = None,
     progress: TextIO | None = None,
+    wait: int | None = None,
 ) -> PhaseResult:
     """Seed fresh transcriptions, zero the upstream counters, run the fleet, collect the figures."""
     connector = aiohttp.TCPConnector(limit=options.pollers + 16, limit_per_host=0)
@@ -539,6 +558,7 @@ async def run_phase(
             interval=options.interval,
             seed=options.seed,
             on_progress=show,
+            wait=wait,
         )
         if progress is not None:
             final = FleetProgress(fleet.elapsed, fleet.requests, fleet.pollers_done, fleet.pollers)
@@ -605,7 +625,7 @@ async def run_demo(
     stop: asyncio.Event | None = None,
     on_serving: Callable[[DemoEndpoints], None] | None = None,
 ) -> list[PhaseResult] | None:
-    """Both phases and the table; ``None`` when ``stop`` interrupted them.
+    """The three phases and the table; ``None`` when ``stop`` interrupted them.
 
     With ``keep_running`` the servers stay up after the table until ``stop`` is set.
     """
@@ -634,6 +654,17 @@ async def run_demo(
                             options,
                             proxy_url=proxy_url,
                             progress=err,
+                        )
+                    )
+                    results.append(
+                        await run_phase(
+                            "long poll",
+                            proxy_url,
+                            sim_url,
+                            options,
+                            proxy_url=proxy_url,
+                            progress=err,
+                            wait=LONG_POLL_WAIT,
                         )
                     )
                 return results
@@ -689,7 +720,8 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         "--duration",
         float,
         defaults.duration,
-        "seconds for both phases at most; a phase ends once every poller saw a final status",
+        "seconds for the first two phases at most (the long-poll phase takes half of it again); "
+        "a phase ends once every poller saw a final status",
     )
     option("--interval", float, defaults.interval, "seconds between a client's polls (±20%%)")
     option("--seed", int, defaults.seed, "random seed for the simulator and the fleet")
