@@ -21,6 +21,7 @@ from proxy.ops.config import ConfigError, Settings, parse_settings
 
 if TYPE_CHECKING:
     from proxy.ops.workers import WorkerPlace
+    from proxy.server import ProxyRunner
 
 PROG = "aitronos-cache-proxy"
 
@@ -94,13 +95,14 @@ def serve_worker(settings: Settings, place: WorkerPlace) -> None:
 async def run(settings: Settings, worker: WorkerPlace | None = None) -> None:
     """Serve until SIGINT or SIGTERM: the public listener and, with ``--admin-port``, the admin one.
 
-    ``ProxyRunner`` rather than ``web.run_app``, whose runner answers malformed requests with
-    aiohttp's echoing 400 instead of the proxy's. On a signal each runner stops listening, lets
-    in-flight requests finish for up to ``--drain-seconds``, then closes (admin first, since the
-    proxy application owns the shared upstream session and store).
+    The public listener is our own HTTP/1.1 front (``proxy.front``) unless ``--front aiohttp``;
+    the admin listener stays on aiohttp's server (``ProxyRunner``, whose malformed-request
+    answers are the proxy's envelope rather than aiohttp's echoing 400). On a signal the
+    listeners stop accepting, in-flight requests get up to ``--drain-seconds``, then everything
+    closes (admin first, since the proxy application owns the shared upstream session and store).
     """
-    from proxy.app import JsonAccessLogger, create_admin_app, create_app
-    from proxy.server import ProxyRunner
+    from proxy.app import create_admin_app, create_app
+    from proxy.front.server import FrontServer
 
     log = logging.getLogger("proxy")
     stop = asyncio.Event()
@@ -125,23 +127,27 @@ async def run(settings: Settings, worker: WorkerPlace | None = None) -> None:
         if parent is not None and parent.sentinel is not None:
             # The supervisor died without forwarding a signal: drain and stop all the same.
             loop.add_reader(parent.sentinel, stop.set)
-    listeners = [(app, settings.host, settings.port, "proxy")]
-    if settings.admin_port is not None:
-        listeners.append((create_admin_app(app), settings.admin_host, settings.admin_port, "admin"))
+    reuse_port = worker is not None
+    scheme = "https" if settings.tls_cert else "http"
+    front: FrontServer | None = None
     runners: list[ProxyRunner] = []
     try:
-        for listener_app, host, port, name in listeners:
-            runner = ProxyRunner(
-                listener_app,
-                access_log=access,
-                access_log_class=JsonAccessLogger,
-                shutdown_timeout=settings.drain_seconds,
+        if settings.front == "own":
+            front = FrontServer(app, access=access)
+            await front.start(settings.host, settings.port, reuse_port=reuse_port)
+            log.info("Running on %s://%s:%s (proxy)", scheme, settings.host, front.port)
+        else:
+            runners.append(
+                await _aiohttp_site(app, settings.host, settings.port, access, settings, reuse_port)
             )
-            runners.append(runner)
-            await runner.setup()
-            await web.TCPSite(runner, host, port, reuse_port=worker is not None).start()
-            for address in runner.addresses:
-                log.info("Running on http://%s:%s (%s)", address[0], address[1], name)
+        if settings.admin_port is not None:
+            admin = create_admin_app(app)
+            admin_port = settings.admin_port
+            runners.append(
+                await _aiohttp_site(
+                    admin, settings.admin_host, admin_port, access, settings, reuse_port
+                )
+            )
         if worker is not None and fleet_metrics is not None:
             await fleet_metrics.start()
             worker.announce_ready()
@@ -150,10 +156,45 @@ async def run(settings: Settings, worker: WorkerPlace | None = None) -> None:
     finally:
         for runner in reversed(runners):
             await runner.cleanup()
+        if front is not None:
+            await front.close()
         if fleet_metrics is not None:
             await fleet_metrics.close()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
+
+
+async def _aiohttp_site(
+    app: web.Application,
+    host: str,
+    port: int,
+    access: logging.Logger | None,
+    settings: Settings,
+    reuse_port: bool,
+) -> ProxyRunner:
+    """``app`` on aiohttp's server: the admin listener, or the public one under ``--front
+    aiohttp`` (with TLS when configured)."""
+    from proxy.app import ADMIN_KEY, JsonAccessLogger
+    from proxy.front.server import tls_context
+    from proxy.server import ProxyRunner
+
+    runner = ProxyRunner(
+        app,
+        access_log=access,
+        access_log_class=JsonAccessLogger,
+        shutdown_timeout=settings.drain_seconds,
+    )
+    await runner.setup()
+    context = tls_context(settings) if app.get(ADMIN_KEY) is None else None
+    site = web.TCPSite(runner, host, port, ssl_context=context, reuse_port=reuse_port)
+    await site.start()
+    scheme = "https" if context is not None else "http"
+    name = "proxy" if context is not None or app.get(ADMIN_KEY) is None else "admin"
+    for address in runner.addresses:
+        logging.getLogger("proxy").info(
+            "Running on %s://%s:%s (%s)", scheme, address[0], address[1], name
+        )
+    return runner
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:

@@ -32,6 +32,8 @@ PROXY_KEY = web.AppKey("proxy", CachingProxy)
 METRICS_KEY = web.AppKey("metrics", Metrics)
 SETTINGS_KEY = web.AppKey("settings", Settings)
 PURGER_KEY = web.AppKey("purger", Purger)
+#: Set on the admin listener's application (to the proxy application it serves).
+ADMIN_KEY = web.AppKey("admin_of", web.Application)
 #: With ``--workers N``, what ``/metrics`` serves instead of this process's registry alone.
 EXPOSITION_KEY: web.AppKey[Callable[[], Awaitable[bytes]]] = web.AppKey("exposition")
 
@@ -175,6 +177,7 @@ def create_admin_app(app: web.Application) -> web.Application:
     admin[PROXY_KEY] = app[PROXY_KEY]
     admin[METRICS_KEY] = app[METRICS_KEY]
     admin[SETTINGS_KEY] = settings
+    admin[ADMIN_KEY] = app
     if EXPOSITION_KEY in app:
         admin[EXPOSITION_KEY] = app[EXPOSITION_KEY]
     add_admin_routes(admin.router, app.get(PURGER_KEY), metrics_endpoint)

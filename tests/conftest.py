@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry
+from yarl import URL
 
 from proxy.app import PROXY_KEY, CachingProxy, create_app
 from proxy.core.headers import format_http_date, parse_entity_tag_list, weak_match
+from proxy.front.server import FrontServer
 from proxy.ops.config import Settings
 from tests.waiting import eventually
 
@@ -114,17 +117,44 @@ class Origin:
         return web.Response(status=resource.status, body=resource.body, headers=headers)
 
 
+class FrontClient:
+    """A client of the proxy on our own front, with the request methods tests use."""
+
+    def __init__(self, server: FrontServer, session: aiohttp.ClientSession) -> None:
+        self.server = server
+        self.app = server.app
+        self.session = session
+
+    def make_url(self, path: str) -> URL:
+        return URL(f"http://127.0.0.1:{self.server.port}{path}", encoded=True)
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> aiohttp.ClientResponse:
+        return await self.session.request(method, self.make_url(path), **kwargs)
+
+    async def get(self, path: str, **kwargs: Any) -> aiohttp.ClientResponse:
+        return await self.request("GET", path, **kwargs)
+
+    async def head(self, path: str, **kwargs: Any) -> aiohttp.ClientResponse:
+        return await self.request("HEAD", path, **kwargs)
+
+    async def post(self, path: str, **kwargs: Any) -> aiohttp.ClientResponse:
+        return await self.request("POST", path, **kwargs)
+
+    async def delete(self, path: str, **kwargs: Any) -> aiohttp.ClientResponse:
+        return await self.request("DELETE", path, **kwargs)
+
+
 @dataclass
 class Harness:
     origin: Origin
     origin_server: TestServer
-    client: TestClient[web.Request, web.Application]
+    client: FrontClient
     clock: FakeClock
     registry: CollectorRegistry
 
     @property
     def proxy(self) -> CachingProxy:
-        return self.client.app[PROXY_KEY]  # type: ignore[index]
+        return self.client.app[PROXY_KEY]
 
     def metric(self, name: str, **labels: str) -> float:
         value = self.registry.get_sample_value(name, labels)
@@ -149,7 +179,10 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-async def make_harness(aiohttp_server: Any, aiohttp_client: Any, clock: FakeClock) -> MakeHarness:
+async def make_harness(aiohttp_server: Any, clock: FakeClock) -> AsyncIterator[MakeHarness]:
+    """Proxies on our own front (as ``python -m proxy`` serves) before controllable origins."""
+    running: list[tuple[FrontServer, aiohttp.ClientSession]] = []
+
     async def make(**settings: Any) -> Harness:
         origin = Origin(clock)
         origin_app = web.Application()
@@ -158,10 +191,16 @@ async def make_harness(aiohttp_server: Any, aiohttp_client: Any, clock: FakeCloc
         registry = CollectorRegistry()
         upstream = settings.pop("upstream", str(origin_server.make_url("")))
         app = create_app(Settings(upstream=upstream, **settings), registry=registry, clock=clock)
-        client = await aiohttp_client(app)
-        return Harness(origin, origin_server, client, clock, registry)
+        server = FrontServer(app, access=None)
+        await server.start("127.0.0.1", 0)
+        session = aiohttp.ClientSession()
+        running.append((server, session))
+        return Harness(origin, origin_server, FrontClient(server, session), clock, registry)
 
-    return make
+    yield make
+    for server, session in reversed(running):
+        await session.close()
+        await server.close(drain_seconds=1.0)
 
 
 @pytest.fixture

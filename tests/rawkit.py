@@ -17,6 +17,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from proxy.app import create_admin_app, create_app
+from proxy.front.server import FrontServer
 from proxy.ops.config import Settings
 from proxy.server import ProxyRunner
 
@@ -29,13 +30,13 @@ class RunningProxy:
     port: int
     registry: CollectorRegistry
     admin_port: int | None = None
-    server: web.Server | None = None
+    server: FrontServer | None = None
 
     @property
     def connections(self) -> int:
         """Client connections the public listener holds open."""
-        assert self.server is not None
-        return len(self.server.connections)
+        assert self.server is not None and self.server.front is not None
+        return len(self.server.front.connections)
 
     @property
     def url(self) -> str:
@@ -49,26 +50,28 @@ class RunningProxy:
 
 @contextlib.asynccontextmanager
 async def serve_proxy(settings: Settings, **create: Any) -> AsyncIterator[RunningProxy]:
-    """The proxy on ``ProxyRunner`` and free ports, as ``python -m proxy`` runs it.
+    """The proxy on our front and free ports, as ``python -m proxy`` runs it.
 
     With ``admin_port`` set (to anything, 0 included) the admin listener runs on a free port.
     """
     registry = create.pop("registry", None) or CollectorRegistry()
+    access = create.pop("access", None)
     app = create_app(replace(settings, host=HOST, port=0), registry=registry, **create)
-    runners = [ProxyRunner(app, access_log=None)]
-    if settings.admin_port is not None:
-        runners.append(ProxyRunner(create_admin_app(app), access_log=None))
+    front = FrontServer(app, access=access)
+    admin = None
     try:
-        ports = []
-        for runner in runners:
-            await runner.setup()
-            await web.TCPSite(runner, HOST, 0).start()
-            ports.append(runner.addresses[0][1])
-        admin_port = ports[1] if len(ports) > 1 else None
-        yield RunningProxy(app, ports[0], registry, admin_port, runners[0].server)
+        await front.start(HOST, 0)
+        admin_port = None
+        if settings.admin_port is not None:
+            admin = ProxyRunner(create_admin_app(app), access_log=None)
+            await admin.setup()
+            await web.TCPSite(admin, HOST, 0).start()
+            admin_port = admin.addresses[0][1]
+        yield RunningProxy(app, front.port, registry, admin_port, front)
     finally:
-        for runner in reversed(runners):
-            await runner.cleanup()
+        if admin is not None:
+            await admin.cleanup()
+        await front.close(drain_seconds=1.0)
 
 
 @contextlib.asynccontextmanager

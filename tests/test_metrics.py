@@ -23,6 +23,7 @@ from proxy.app import PROXY_KEY, create_app
 from proxy.core.models import Record
 from proxy.ops.config import Settings
 from proxy.ops.metrics import (
+    CLIENT_PHASES,
     LONG_POLL_OUTCOMES,
     RESULTS,
     ROUTES,
@@ -404,6 +405,7 @@ async def test_labels_never_carry_ids_paths_or_credentials(make_proxy: MakeProxy
         *UPSTREAM_ERROR_KINDS,
         *TABLES,
         *LONG_POLL_OUTCOMES,
+        *CLIENT_PHASES,
         "memory",
         __version__,
     }

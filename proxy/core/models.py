@@ -108,7 +108,6 @@ class StoredResponse:
     vary: tuple[str, ...] = field(init=False, compare=False, repr=False)
     corrected_initial_age: float = field(init=False, compare=False, repr=False)
     size: int = field(init=False, compare=False, repr=False)
-    served: Headers = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         headers = _shared_fields(self.headers)
@@ -129,7 +128,6 @@ class StoredResponse:
         setter(self, "vary", parse_vary(header_values(headers, "vary")))
         setter(self, "corrected_initial_age", max(apparent_age, corrected_age_value))
         served = tuple(item for item in headers if item[0].lower() not in NOT_SERVED)
-        setter(self, "served", served)
         original = Representation(
             _coding_token(header_values(headers, "content-encoding")),
             self.body,
@@ -156,6 +154,12 @@ class StoredResponse:
         # flood of long Host values is paid for out of the budget.
         size = len(self.body) + fields + selecting + derived + len(self.scope) + ENTRY_OVERHEAD
         setter(self, "size", size)
+
+    @property
+    def served(self) -> Headers:
+        """The stored fields a response built from this one carries (not kept: a hit on the
+        front is written from its prepared head, and 100k entries would pay ~14 MB for it)."""
+        return tuple(item for item in self.headers if item[0].lower() not in NOT_SERVED)
 
     @property
     def has_validator(self) -> bool:

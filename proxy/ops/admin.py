@@ -12,6 +12,7 @@ from __future__ import annotations
 import hmac
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -56,29 +57,44 @@ class Purger:
         self._expected = f"Bearer {token}".encode()
 
     def authorized(self, request: web.Request) -> bool:
-        given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
+        return self._authorized(request.headers.get("Authorization", ""))
+
+    def _authorized(self, authorization: str) -> bool:
+        given = authorization.encode("utf-8", "surrogateescape")
         return hmac.compare_digest(given, self._expected)
 
     async def purge(self, request: web.Request) -> web.Response:
-        if not self.authorized(request):
-            response = _error(401, "UNAUTHORIZED", "A valid admin token is required.")
-            response.headers["WWW-Authenticate"] = 'Bearer realm="aitronos-cache-proxy admin"'
-            return response
-        key = request.raw_path
-        if request.method != "PURGE":
+        status, payload, extra = await self.answer(
+            request.method, request.raw_path, request.headers.get("Authorization", "")
+        )
+        response = web.json_response(payload, status=status)
+        for name, value in extra:
+            response.headers[name] = value
+        return response
+
+    async def answer(
+        self, method: str, target: str, authorization: str
+    ) -> tuple[int, dict[str, Any], list[tuple[str, str]]]:
+        """(status, JSON body, extra fields) for a purge request, whatever server carries it."""
+        if not self._authorized(authorization):
+            challenge = ("WWW-Authenticate", 'Bearer realm="aitronos-cache-proxy admin"')
+            return 401, _envelope("UNAUTHORIZED", "A valid admin token is required."), [challenge]
+        key = target
+        if method != "PURGE":
             key = key.removeprefix(PURGE_PREFIX)
         if not key.startswith("/"):
-            return _error(400, "BAD_REQUEST", "Name the request-target to purge.")
+            return 400, _envelope("BAD_REQUEST", "Name the request-target to purge."), []
         existed, confirmed = await self._invalidate(key)
         if not confirmed:
             log.warning("purge of %s not confirmed by every store tier", key.partition("?")[0])
-            return _error(
-                503,
-                "STORE_UNAVAILABLE",
-                "Forgotten here, but the store could not confirm it everywhere; retry.",
-            )
+            message = "Forgotten here, but the store could not confirm it everywhere; retry."
+            return 503, _envelope("STORE_UNAVAILABLE", message), []
         log.info("purged %s (%s)", key.partition("?")[0], "stored" if existed else "absent")
-        return web.json_response({"success": True, "data": {"key": key, "existed": existed}})
+        return 200, {"success": True, "data": {"key": key, "existed": existed}}, []
+
+
+def _envelope(code: str, message: str) -> dict[str, Any]:
+    return {"success": False, "error": {"code": code, "message": message}}
 
 
 def add_admin_routes(router: web.UrlDispatcher, purger: Purger | None, metrics: Handler) -> None:

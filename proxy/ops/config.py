@@ -186,6 +186,13 @@ def parse_redis_prefix(text: str) -> str:
     return text
 
 
+def parse_optional_count(text: str) -> int | None:
+    """A positive count, or empty for "work it out"."""
+    if not text.strip():
+        return None
+    return int(_bounded(int, 1)(text))
+
+
 #: Most worker processes ``--workers`` starts; more would only add context switches.
 MAX_WORKERS = 256
 
@@ -403,6 +410,31 @@ class Settings:
         "seconds a client may pause while sending a request body; then 408",
         "SECONDS",
     )
+    client_send_timeout: float = _option(
+        60.0,
+        _bounded(float, 0.01),
+        "seconds a client may leave a response unread (between two writes, like nginx's "
+        "send_timeout); then the connection is closed",
+        "SECONDS",
+    )
+    max_connections: int | None = _option(
+        None,
+        parse_optional_count,
+        "client connections served at once; past it the longest-waiting idle ones are closed "
+        "and new ones refused (default: RLIMIT_NOFILE less a reserve for the upstream pool, "
+        "Redis, the admin port and logs)",
+        "N",
+    )
+    tls_cert: str = _option(
+        "", str, "PEM certificate chain: serve HTTPS on --port (needs --tls-key)", "PATH"
+    )
+    tls_key: str = _option("", str, "PEM private key of --tls-cert", "PATH")
+    front: str = _option(
+        "own",
+        _choice("own", "aiohttp"),
+        "client-facing HTTP/1.1 server: own (httptools, prepared responses) or aiohttp's",
+        "FRONT",
+    )
     admin_token: str = _option(
         "",
         str,
@@ -434,6 +466,10 @@ class Settings:
     @property
     def shared_scope(self) -> bool:
         return self.cache_scope == "shared"
+
+    def __post_init__(self) -> None:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError("--tls-cert and --tls-key: give both or neither")
 
     @property
     def host_keyed(self) -> bool:

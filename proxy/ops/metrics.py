@@ -26,6 +26,7 @@ RESULTS = ("hit", "miss", "revalidated", "stale", "bypass", "error")
 UPSTREAM_STATUSES = ("2xx", "3xx", "4xx", "5xx", "error")
 LONG_POLL_OUTCOMES = ("changed", "timeout", "shed", "error")
 UPSTREAM_ERROR_KINDS = ("refused", "timeout", "invalid", "5xx", "429")
+CLIENT_PHASES = ("head", "body", "send")
 TABLES = ("held_back", "invalidation")
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
@@ -266,6 +267,25 @@ class Metrics:
             ("backend",),
             registry=registry,
         )
+        self.client_connections = Gauge(
+            "cacheproxy_client_connections",
+            "Client connections the public listener holds open.",
+            registry=registry,
+        )
+        self.connections_refused = Counter(
+            "cacheproxy_connections_refused",
+            "Client connections refused or closed early because --max-connections was reached.",
+            registry=registry,
+        )
+        self.client_timeouts = Counter(
+            "cacheproxy_client_timeouts",
+            "Client connections cut for being too slow, by phase: head (request head or "
+            "keep-alive idle), body (a pause in a request body), send (a response left unread).",
+            ("phase",),
+            registry=registry,
+        )
+        for phase in CLIENT_PHASES:
+            self.client_timeouts.labels(phase)
         self.waiting_requests = Gauge(
             "cacheproxy_waiting_requests",
             "Requests held for a change with 'Prefer: wait' (long polls) right now.",

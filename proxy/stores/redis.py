@@ -310,9 +310,7 @@ class RedisStore:
     async def delete(self, key: str) -> None:
         await self._write(self._delete, key, "del")
 
-    async def _write(
-        self, script: AsyncScript, key: str, kind: str, *values: bytes | int
-    ) -> None:
+    async def _write(self, script: AsyncScript, key: str, kind: str, *values: bytes | int) -> None:
         # A script, not a pipeline: a cluster refuses PUBLISH in a pipeline, and the write and
         # its announcement are then one atomic step on one server and on a cluster alike.
         args = [*values, self.keys.invalidate, f"{self.origin} {digest(key)} {kind}"]
