@@ -125,6 +125,10 @@ class FrontClient:
         self.app = server.app
         self.session = session
 
+    @property
+    def port(self) -> int:
+        return self.server.port
+
     def make_url(self, path: str) -> URL:
         return URL(f"http://127.0.0.1:{self.server.port}{path}", encoded=True)
 
