@@ -240,13 +240,15 @@ def measure(
                 workdir, simulator.url, pinning, name=name, options=options
             )
 
-        def bare(loop: str) -> Callable[[], Service]:
+        def bare(loop: str, module: str = "bench.bare") -> Callable[[], Service]:
             def start() -> Service:
                 if not response_file.exists():
                     with processes.running(proxy("capture", loop, False)()) as capturing:
                         client.http_get(capturing.url + path, headers)
                         capture_response(capturing.url + path, headers, response_file)
-                return processes.start_bare(workdir, response_file, pinning, loop=loop)
+                return processes.start_bare(
+                    workdir, response_file, pinning, loop=loop, module=module
+                )
 
             return start
 
@@ -296,6 +298,17 @@ def measure(
                 note="--workers 2 (private redis-server), uvloop, access log off; CPU of all "
                 "processes, pinned to the same CPU as the others",
                 loop="uvloop",
+            ),
+            System(
+                "floor: httptools Protocol (uvloop)",
+                bare("uvloop", "bench.floor"),
+                note=f"bench/floor.py: asyncio Protocol + httptools, one prepared write; {replay}",
+                loop="uvloop",
+            ),
+            System(
+                "floor: httptools Protocol",
+                bare("asyncio", "bench.floor"),
+                note=f"bench/floor.py on the asyncio loop; {replay}",
             ),
             System(
                 "nginx proxy_cache",

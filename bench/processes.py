@@ -272,12 +272,15 @@ def start_proxy(
     )
 
 
-def start_bare(workdir: Path, response_file: Path, pinning: Pinning, *, loop: str) -> Service:
+def start_bare(
+    workdir: Path, response_file: Path, pinning: Pinning, *, loop: str, module: str = "bench.bare"
+) -> Service:
+    """The bare aiohttp handler, or (``module="bench.floor"``) the bare httptools protocol."""
     port = free_port()
     command = [
         sys.executable,
         "-m",
-        "bench.bare",
+        module,
         "--port",
         str(port),
         "--response",
@@ -286,7 +289,7 @@ def start_bare(workdir: Path, response_file: Path, pinning: Pinning, *, loop: st
         loop,
     ]
     return launch(
-        f"bare aiohttp ({loop})",
+        f"{module.removeprefix('bench.')} ({loop})",
         command,
         workdir,
         port=port,
