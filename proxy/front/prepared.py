@@ -26,11 +26,13 @@ from proxy.core.coding import Representation, choose
 from proxy.core.models import Record, Serve, StoredResponse
 from proxy.core.policy import freshness_lifetime, lookup, not_modified, not_modified_headers
 from proxy.front.wire import CRLF, connection_field, field_lines, status_line
+from proxy.ops.metrics import LoopCounterChild, LoopHistogramChild
 
 if TYPE_CHECKING:
     from proxy.cache.proxy import CachingProxy
     from proxy.front.access import AccessLog
     from proxy.front.connection import HttpConnection, Parsed
+    from proxy.ops.metrics import Metrics
 
 #: Memoised hits kept at most; past it (or past its byte budget) the memo starts over.
 MAX_PREPARED = 4096
@@ -55,11 +57,16 @@ class Prepared:
     route: str
     path: str
     heads: list[bytes | None]
+    requests: LoopCounterChild
+    durations: LoopHistogramChild
     heads_304: dict[int, bytes] = field(default_factory=dict)
     inm: tuple[str, int] | None = None
     held: Representation | None = None
     tail_key: tuple[int, int] = (-1, -1)
     tail: bytes = field(default=b"")
+    #: The last ``Accept-Encoding`` seen and the representation it chose (RFC 9110 §12.5.3).
+    accept_encoding: str | None = ""
+    chosen: int | None = None
 
     def age(self, now: float) -> float:
         """§4.2.3 current_age."""
@@ -111,11 +118,21 @@ class Prepared:
 
 
 def prepare(
-    entry: StoredResponse, record: Record, decision: Serve, lifetime: float, now: float, path: str
+    entry: StoredResponse,
+    record: Record,
+    decision: Serve,
+    lifetime: float,
+    now: float,
+    path: str,
+    metrics: Metrics,
 ) -> Prepared:
     fresh_until = now + (lifetime - decision.age)
     heads: list[bytes | None] = [None] * len(entry.representations)
-    return Prepared(record, entry, lifetime, fresh_until, route_of(path), path, heads)
+    route = route_of(path)
+    requests, durations = metrics.hit_series(route)
+    return Prepared(
+        record, entry, lifetime, fresh_until, route, path, heads, requests, durations
+    )
 
 
 class FastPath:
@@ -135,6 +152,8 @@ class FastPath:
         self.clock = clock
         self.scheme = scheme
         self.metrics = proxy.metrics
+        self.response_bytes = self.metrics.response_bytes.labels()
+        self.bytes_saved = self.metrics.bytes_saved.labels()
         self.memo: dict[tuple[object, ...], Prepared] = {}
         self.memo_bytes = 0
         self.memo_budget = max(64 * 1024, proxy.settings.cache_max_bytes // MEMO_SHARE)
@@ -159,17 +178,25 @@ class FastPath:
             self._forget(key)
             return False
         entry = prepared.entry
-        index = choose(entry.codings, parsed.accept_encoding)
+        accept_encoding = parsed.accept_encoding
+        if accept_encoding == prepared.accept_encoding:
+            index = prepared.chosen
+        else:
+            index = prepared.chosen = choose(entry.codings, accept_encoding)
+            prepared.accept_encoding = accept_encoding
         if index is None:
             return False  # only coded under no-transform, and the client can't read it
-        age = prepared.age(now)
+        # §4.2.3 current_age, as Prepared.age computes it
+        age = entry.corrected_initial_age + max(0.0, now - entry.response_time)
         tail = prepared.tail_for(age)
-        connection = connection_field(parsed.keep_alive, parsed.http10)
-        metrics = self.metrics
+        if parsed.keep_alive and parsed.version != "1.0":
+            connection = b""
+        else:
+            connection = connection_field(parsed.keep_alive, parsed.http10)
         inm = parsed.if_none_match
         held = prepared.not_modified(inm, index) if inm is not None else None
         if held is not None:
-            metrics.not_modified.inc()
+            self.metrics.not_modified.inc()
             conn.write_response(
                 b"".join((prepared.not_modified_head(held), tail, connection, CRLF)), b""
             )
@@ -184,10 +211,11 @@ class FastPath:
             else:
                 conn.write_response(head, body)
                 size = len(body)
-                metrics.response_bytes.inc(size)
-                metrics.bytes_saved.inc(size)
+                self.response_bytes.value += size
+                self.bytes_saved.value += size
         elapsed = time.perf_counter() - parsed.started
-        metrics.observe_request(prepared.route, "hit", elapsed)
+        prepared.requests.value += 1
+        prepared.durations.observe(elapsed)
         if self.access is not None:
             self.access.record(method, prepared.path, status, "hit", elapsed, size)
         return True
@@ -214,7 +242,9 @@ class FastPath:
         if any(variant.selection_vary for variant in record):
             return None  # the variant depends on more than the scope: the full policy selects
         lifetime = freshness_lifetime(entry, proxy.policy)
-        prepared = prepare(entry, record, decision, lifetime, now, request.path)
+        prepared = prepare(
+            entry, record, decision, lifetime, now, request.path, self.metrics
+        )
         if key in self.memo:
             self._forget(key)
         if len(self.memo) >= MAX_PREPARED or self.memo_bytes + entry.size > self.memo_budget:

@@ -334,6 +334,11 @@ class Metrics:
         self.store_errors.labels(backend)
         self.cache_max_bytes.set(max_bytes)
 
+    def hit_series(self, route: str) -> tuple[LoopCounterChild, LoopHistogramChild]:
+        """The request counter and duration histogram of a hit on ``route``, for the fast path
+        to update with plain additions."""
+        return self._requests[route, "hit"], self._durations["hit"]
+
     def observe_request(self, route: str, result: str, seconds: float) -> None:
         self._requests[route, result].inc()
         self._durations[result].observe(seconds)
