@@ -50,9 +50,14 @@ class AccessLog:
             self._timer = self.loop.call_later(FLUSH_SECONDS, self.flush)
 
     def _line(self, record: Record) -> str:
-        """The JSON object of one record; the part before the duration repeats, so it is
-        formatted once per (method, path, status, cache) and kept."""
+        """The JSON object of one record."""
         method, path, status, cache, seconds, size, _ = record
+        prefix = self._prefix(method, path, status, cache)
+        return f'{prefix}{round(seconds * 1000, 3)},"bytes":{size}}}'
+
+    def _prefix(self, method: str, path: str, status: int, cache: str) -> str:
+        """The part of a line before the duration: it repeats, so it is formatted once per
+        (method, path, status, cache) and kept."""
         key = (method, path, status, cache)
         prefix = self._prefixes.get(key)
         if prefix is None:
@@ -62,14 +67,29 @@ class AccessLog:
                 f'{{"method":{json.dumps(method)},"path":{json.dumps(path)},"status":{status},'
                 f'"cache":{json.dumps(cache)},"duration_ms":'
             )
-        return f'{prefix}{round(seconds * 1000, 3)},"bytes":{size}}}'
+        return prefix
 
-    def _asctime(self, at: float) -> str:
-        second = int(at)
-        if second != self._second:
-            self._second = second
-            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
-        return f"{self._stamp},{int((at - second) * 1000):03d}"
+    def _text(self, records: list[Record]) -> str:
+        """The batch's lines in the proxy's log format, formatted in one loop: this runs once
+        per request, so it spares the calls per line."""
+        fields = f" INFO {self.logger.name} "
+        prefixes = self._prefixes
+        second, stamp = self._second, self._stamp
+        lines = []
+        for record in records:
+            method, path, status, cache, seconds, size, at = record
+            whole = int(at)
+            if whole != second:
+                second, stamp = whole, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(whole))
+            prefix = prefixes.get((method, path, status, cache))
+            if prefix is None:
+                prefix = self._prefix(method, path, status, cache)
+            lines.append(
+                f"{stamp},{int((at - whole) * 1000):03d}{fields}{prefix}"
+                f'{round(seconds * 1000, 3)},"bytes":{size}}}\n'
+            )
+        self._second, self._stamp = second, stamp
+        return "".join(lines)
 
     def flush(self) -> None:
         if self._timer is not None:
@@ -83,10 +103,7 @@ class AccessLog:
             for record in records:
                 self.logger.info(self._line(record))
             return
-        name = self.logger.name
-        text = "".join(
-            f"{self._asctime(record[6])} INFO {name} {self._line(record)}\n" for record in records
-        )
+        text = self._text(records)
         for handler in handlers:
             handler.acquire()
             try:
