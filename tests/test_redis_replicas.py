@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
+from proxy.app import create_app
 from proxy.core.codec import decode_record
+from proxy.front.server import FrontServer
+from proxy.ops.config import Settings
 from proxy.stores.coordination import Notice
 from proxy.stores.redis import RedisKeys, _parse_notice, digest
 from tests.redis_support import JOB, CountingUpstream, Fleet, eventually, get, replica_process
@@ -273,3 +279,52 @@ async def test_derived_codings_reach_the_other_replicas_through_redis(
     stored = await redis_admin.get(RedisKeys(redis_prefix).record(JOB))
     (entry,) = decode_record(stored)
     assert "gzip" in [rep.coding for rep in entry.derived]
+
+
+@asynccontextmanager
+async def _front_replicas(settings: Settings, count: int) -> AsyncIterator[list[FrontServer]]:
+    """``count`` replicas on the proxy's own front (the one ``python -m proxy`` serves)."""
+    servers: list[FrontServer] = []
+    try:
+        for _ in range(count):
+            server = FrontServer(create_app(settings, registry=CollectorRegistry()), access=None)
+            await server.start("127.0.0.1", 0)
+            servers.append(server)
+        yield servers
+    finally:
+        for server in reversed(servers):
+            await server.close(drain_seconds=0.1)
+
+
+async def test_a_hit_on_a_redis_replica_takes_the_fast_path_and_still_sees_another_replicas_delete(
+    origin: TestServer,
+    upstream: CountingUpstream,
+    http: aiohttp.ClientSession,
+    redis_url: str,
+    redis_prefix: str,
+) -> None:
+    settings = Settings(
+        upstream=str(origin.make_url("")).rstrip("/"),
+        redis_url=redis_url,
+        redis_prefix=redis_prefix,
+        redis_timeout_ms=1000,
+        redis_local_ttl=3600,  # only the invalidation notice can make the second one forget
+    )
+    async with _front_replicas(settings, 2) as (first, second):
+        urls = [f"http://127.0.0.1:{server.port}" for server in (first, second)]
+        status, cache_status, body = await get(http, urls[0])
+        assert status == 200 and "fwd=uri-miss" in cache_status
+        for _ in range(2):
+            status, cache_status, again = await get(http, urls[1])
+            assert status == 200 and "; hit" in cache_status and again == body
+        fast = second.front.fast if second.front is not None else None
+        assert fast is not None, "no fast path on a Redis-backed replica"
+        assert fast.memo, "the hit on the Redis-backed replica took the full policy"
+        async with http.delete(urls[0] + JOB) as deleted:
+            assert deleted.status == 204
+        store = second.proxy.store
+        await eventually(lambda: store.entries == 0, what="the invalidation to reach the second")
+        status, cache_status, body = await get(http, urls[1])
+    assert status == 200 and "fwd=uri-miss" in cache_status
+    assert body["version"] == 1
+    assert upstream.count(JOB) == 2

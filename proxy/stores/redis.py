@@ -95,6 +95,10 @@ return 1
 """
 
 
+#: Keys whose digest ``TieredStore`` keeps; past it the memo starts over.
+MAX_DIGESTS = 65_536
+
+
 def digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
 
@@ -369,12 +373,29 @@ class TieredStore:
         self._deleted: TLRUCache[str, float] = TLRUCache(
             maxsize=100_000, ttu=lambda _key, at, _now: at + remember, timer=clock
         )
+        self._digests: dict[str, str] = {}
+
+    def digest(self, key: str) -> str:
+        """The front's key for ``key`` (what invalidation notices carry), memoised: a hit then
+        costs a dict lookup, not a SHA-256."""
+        found = self._digests.get(key)
+        if found is None:
+            if len(self._digests) >= MAX_DIGESTS:
+                self._digests.clear()
+            found = self._digests[key] = digest(key)
+        return found
 
     async def get(self, key: str) -> Record | None:
-        record = self.front.get_nowait(digest(key))
+        record = self.front.get_nowait(self.digest(key))
         if record is not None:
             return record
         return await self.get_shared(key)
+
+    def get_nowait(self, key: str) -> Record | None:
+        """The front copy alone (what ``get`` answers without Redis), for the front's fast
+        path: it expires after ``local_ttl`` and is dropped on another replica's notice, so a
+        miss here takes the full path, which reads Redis."""
+        return self.front.get_nowait(self.digest(key))
 
     async def get_shared(self, key: str) -> Record | None:
         """Read ``key`` from Redis past the front copy: what another replica may have stored."""
@@ -383,7 +404,7 @@ class TieredStore:
         except StoreError:
             return None
         if record is not None:
-            self.front.set_nowait(digest(key), record, min(self.local_ttl, remaining))
+            self.front.set_nowait(self.digest(key), record, min(self.local_ttl, remaining))
         return record
 
     async def set(self, key: str, record: Record, ttl: float) -> None:
@@ -396,10 +417,10 @@ class TieredStore:
             shared = False
         else:
             shared = True
-        self.front.set_nowait(digest(key), record, min(ttl, self.local_ttl) if shared else ttl)
+        self.front.set_nowait(self.digest(key), record, min(ttl, self.local_ttl) if shared else ttl)
 
     async def delete(self, key: str) -> None:
-        self.front.delete_nowait(digest(key))
+        self.front.delete_nowait(self.digest(key))
         with suppress(StoreError):
             await self.back.delete(key)
 
@@ -411,7 +432,7 @@ class TieredStore:
 
     def deleted_at(self, key: str) -> float | None:
         """When another replica last deleted ``key``, within the last ``remember`` seconds."""
-        return self._deleted.get(digest(key))
+        return self._deleted.get(self.digest(key))
 
     def forget_all(self) -> None:
         self.front.clear()
