@@ -441,7 +441,9 @@ def stack(
         "CI_PROMETHEUS_CONFIG_DIR": str(config_dir),
     }
     compose = [
-        "podman-compose",
+        sys.executable,
+        "-m",
+        "podman_compose",
         "--project-name",
         project,
         "-f",
