@@ -26,7 +26,7 @@ from bench.processes import Pinning, Service, Unavailable
 
 RATE = 250
 HANDLERS = {
-    "proxy": "CachingProxy.handle (proxy/handler.py)",
+    "proxy": "CachingProxy.handle (proxy/cache/proxy.py)",
     "bare": "create_bare_app.<locals>.handle (bench/bare.py)",
 }
 

@@ -12,11 +12,11 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from proxy.handler import RESULT_KEY, CachingProxy, route_of
+from proxy.cache import CachingProxy, route_of
 from proxy.ops.admin import Purger, add_admin_routes, add_reserved_routes
 from proxy.ops.config import ConfigError, Settings
 from proxy.ops.metrics import Metrics
-from proxy.server import handler_args, request_guard
+from proxy.server import RESULT_KEY, cache_handler, handler_args, request_guard
 from proxy.stores.coordination import Coordinator
 from proxy.stores.memory import MemoryStore, Store, StoreError
 from proxy.upstream import Upstream, UpstreamConfig
@@ -135,7 +135,7 @@ def create_app(
         add_reserved_routes(app.router)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.router.add_route("*", "/{tail:.*}", proxy.handle)
+    app.router.add_route("*", "/{tail:.*}", cache_handler(proxy, settings))
     return app
 
 

@@ -16,17 +16,21 @@ and 1.1, total header size, declared body size) and while the body streams by ``
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from aiohttp.http import HttpVersion10, HttpVersion11
 from aiohttp.http_exceptions import BadHttpMessage, HttpProcessingError, LineTooLong
 from aiohttp.streams import StreamReader
+from multidict import CIMultiDict
 
+from proxy.cache.exchange import Fields, ProxyRequest, RequestRejected, envelope
 from proxy.ops.config import Settings
+
+if TYPE_CHECKING:
+    from proxy.cache.proxy import CachingProxy
 
 log = logging.getLogger("proxy.server")
 
@@ -34,25 +38,16 @@ log = logging.getLogger("proxy.server")
 MAX_HEADER_FIELDS = 128
 
 
-class RequestRejected(Exception):
-    """A request the proxy refuses on the client's account (4xx), answered with the envelope."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-
-    def response(self) -> web.Response:
-        response = web.Response(
-            status=self.status,
-            body=json.dumps(
-                {"success": False, "error": {"code": self.code, "message": str(self)}}
-            ).encode(),
-            content_type="application/json",
-        )
-        # The rest of the request may still be in flight: the connection cannot be reused.
-        response.force_close()
-        return response
+def rejection(rejected: RequestRejected) -> web.Response:
+    """The envelope for a refused request on aiohttp's server."""
+    response = web.Response(
+        status=rejected.status,
+        body=envelope(rejected.code, str(rejected)),
+        content_type="application/json",
+    )
+    # The rest of the request may still be in flight: the connection cannot be reused.
+    response.force_close()
+    return response
 
 
 def handler_args(settings: Settings) -> dict[str, Any]:
@@ -90,7 +85,7 @@ def request_guard(settings: Settings) -> Callable[..., Awaitable[web.StreamRespo
         try:
             check_request(request, settings)
         except RequestRejected as rejected:
-            return rejected.response()
+            return rejection(rejected)
         return await handler(request)
 
     return guard
@@ -167,7 +162,7 @@ class ProxyRequestHandler(web.RequestHandler):
             rejected.status,
             type(exc).__name__,
         )
-        return rejected.response()
+        return rejection(rejected)
 
 
 def classify_parse_error(exc: HttpProcessingError, max_line_size: int) -> RequestRejected:
@@ -203,11 +198,87 @@ class ProxyRunner(web.AppRunner):
         )
 
 
+RESULT_KEY = web.RequestKey("cache_result", str)
+
+
+class AiohttpResponder:
+    """A ``Responder`` building aiohttp responses, for the cache served by aiohttp's server."""
+
+    def __init__(self, request: web.Request) -> None:
+        self.request = request
+        self.response: web.StreamResponse | None = None
+
+    def send(
+        self, status: int, reason: str, headers: Fields, body: bytes, *, close: bool = False
+    ) -> None:
+        if self.response is not None and self.response.prepared:
+            return  # a streamed head is already out; the stream's own error handling cut it
+        response = web.Response(
+            status=status, reason=reason or None, headers=CIMultiDict(headers), body=body
+        )
+        if close:
+            response.force_close()
+        self.response = response
+
+    async def start(self, status: int, reason: str, headers: Fields) -> None:
+        self.response = web.StreamResponse(
+            status=status, reason=reason or None, headers=CIMultiDict(headers)
+        )
+        await self.response.prepare(self.request)
+
+    async def write(self, chunk: bytes) -> None:
+        assert self.response is not None
+        await self.response.write(chunk)
+
+    async def finish(self) -> None:
+        assert self.response is not None
+        await self.response.write_eof()
+
+    def abort(self) -> None:
+        if self.request.transport is not None:
+            self.request.transport.abort()
+
+
+def cache_handler(
+    proxy: CachingProxy, settings: Settings
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """The aiohttp handler that hands every request to the cache through the seam."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        body = None
+        if request.body_exists:
+            body = RequestBody(
+                request.content,
+                limit=settings.max_body_bytes,
+                idle_timeout=settings.client_body_timeout,
+            )
+        version = request.version
+        exchange = ProxyRequest(
+            request.method,
+            request.raw_path,
+            request.headers,
+            body,
+            request.remote or "",
+            request.scheme,
+            f"{version.major}.{version.minor}",
+            request.host,
+        )
+        responder = AiohttpResponder(request)
+        request[RESULT_KEY] = await proxy.handle(exchange, responder)
+        assert responder.response is not None
+        return responder.response
+
+    return handle
+
+
 __all__ = [
+    "RESULT_KEY",
+    "AiohttpResponder",
     "ProxyRequestHandler",
     "ProxyRunner",
     "RequestBody",
     "RequestRejected",
+    "cache_handler",
     "check_request",
     "handler_args",
     "request_guard",

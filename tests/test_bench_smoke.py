@@ -151,4 +151,4 @@ def test_profile_mode_samples_the_proxy_and_the_bare_handler(out: Path) -> None:
     profile = (out / "profile.md").read_text()
     assert "## proxy (uvloop)" in profile
     assert "## bare (uvloop)" in profile
-    assert "CachingProxy.handle (proxy/handler.py)" in profile
+    assert "CachingProxy.handle (proxy/cache/proxy.py)" in profile

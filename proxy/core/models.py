@@ -160,3 +160,83 @@ class Unsatisfiable:
 
 
 Decision = Fresh | Revalidate | Miss | Unsatisfiable
+
+
+# -- whole decisions the cache layer carries out ---------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Serve:
+    """Answer from ``entry`` (RFC 9111 §4.2), with ``Age`` and this ``Cache-Status`` member.
+
+    ``result`` is the metrics label; ``saved`` says the body did not come from the origin now;
+    ``refresh`` asks for an RFC 5861 background revalidation after answering.
+    """
+
+    entry: StoredResponse
+    age: float
+    cache_status: str
+    result: str
+    saved: bool = True
+    refresh: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Fetch:
+    """Ask the origin (shared by concurrent callers): ``stale`` is the entry it would validate
+    (§4.3.1), ``fwd`` the RFC 9211 reason, ``vary`` the selecting fields the flight is keyed on."""
+
+    stale: StoredResponse | None
+    fwd: str
+    vary: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """Pass the request through uncached, relaying the origin's answer as it streams."""
+
+    cache_status: str
+    result: str
+
+
+@dataclass(frozen=True, slots=True)
+class Relay:
+    """Send the fetched answer as it is (not served from the store)."""
+
+    cache_status: str
+    result: str
+
+
+@dataclass(frozen=True, slots=True)
+class Refuse:
+    """Answer locally with the API's error envelope without asking the origin."""
+
+    status: int
+    code: str
+    message: str
+    cache_status: str
+    result: str
+
+
+#: What to do with a GET or HEAD once the store was read.
+Lookup = Serve | Fetch | Refuse
+#: What to do once the shared fetch answered.
+Settlement = Serve | Fetch | Forward | Relay
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What a shared fetch brought back, as far as the policy needs to know it.
+
+    ``entry`` is the stored (or freshened) response when there is one; ``streamed`` an answer
+    too large or not storable, relayed to one caller; ``led`` whether this caller ran the fetch;
+    ``collapsed`` whether the answer came from another caller's (or replica's) fetch.
+    """
+
+    status: int
+    entry: StoredResponse | None
+    stored: bool
+    revalidated: bool
+    streamed: bool
+    led: bool
+    collapsed: bool

@@ -23,12 +23,20 @@ from proxy.core.headers import (
     weak_match,
 )
 from proxy.core.models import (
+    Answer,
     Decision,
+    Fetch,
+    Forward,
     Fresh,
     Headers,
+    Lookup,
     Miss,
     Record,
+    Refuse,
+    Relay,
     Revalidate,
+    Serve,
+    Settlement,
     StoredResponse,
     Unsatisfiable,
     header_value,
@@ -429,3 +437,80 @@ def cache_status(
     if detail is not None:
         parts.append(f'detail="{detail}"')
     return "; ".join(parts)
+
+
+# -- whole decisions ------------------------------------------------------------------------------
+
+
+def admit(headers: Mapping[str, str], *, has_body: bool) -> Forward | None:
+    """Before reading the store: a GET or HEAD the cache does not answer itself (§4.3.2)."""
+    if has_body or any(name in headers for name in UNHANDLED_PRECONDITIONS):
+        return Forward(cache_status(fwd="request"), "bypass")
+    return None
+
+
+def lookup(record: Record | None, request: RequestFacts, now: float, policy: CachePolicy) -> Lookup:
+    """§4 as one decision: serve (fresh, stale allowed, or while revalidating), fetch, or refuse."""
+    match decide(record, request, now, policy):
+        case Fresh(entry, age, ttl, stale):
+            status = cache_status(hit=True, ttl=ttl)
+            return Serve(entry, age, status, "stale" if stale else "hit")
+        case Revalidate(entry, age, fwd, background=True):
+            ttl = freshness_lifetime(entry, policy) - age
+            status = cache_status(hit=True, ttl=ttl, detail="stale-while-revalidate")
+            return Serve(entry, age, status, "stale", refresh=True)
+        case Revalidate(entry, _age, fwd):
+            return Fetch(entry, fwd)
+        case Miss(fwd):
+            return Fetch(None, fwd)
+    return Refuse(
+        504,
+        "NOT_CACHED",
+        "only-if-cached was requested and nothing is stored",
+        cache_status(fwd="miss", detail="only-if-cached"),
+        "miss",
+    )
+
+
+def settle_error(
+    fetch: Fetch, request: RequestFacts, detail: str, now: float, policy: CachePolicy
+) -> Serve | None:
+    """The origin gave no answer: the stale entry if RFC 5861 stale-if-error allows, else none."""
+    stale = fetch.stale
+    if stale is None or not stale_if_error_allows(stale, request, now, policy):
+        return None
+    status = cache_status(fwd=fetch.fwd, detail=detail)
+    return Serve(stale, current_age(stale, now), status, "stale")
+
+
+def settle(
+    fetch: Fetch, answer: Answer, request: RequestFacts, now: float, policy: CachePolicy
+) -> Settlement:
+    """What to send once the shared fetch answered (§4.3.3, §4.2.4, RFC 5861 stale-if-error)."""
+    failed = answer.status >= 500 or answer.status == 429
+    stale = fetch.stale
+    if failed and stale is not None and stale_if_error_allows(stale, request, now, policy):
+        status = cache_status(fwd=fetch.fwd, fwd_status=answer.status, collapsed=not answer.led)
+        return Serve(stale, current_age(stale, now), status, "stale")
+    if answer.streamed:
+        # Only the caller that led the fetch may read a streamed body; the others ask again.
+        if answer.led:
+            return Relay(cache_status(fwd=fetch.fwd), "miss")
+        return Forward(cache_status(fwd=fetch.fwd), "miss")
+    entry = answer.entry
+    if entry is None:
+        status = cache_status(fwd=fetch.fwd, fwd_status=answer.status, collapsed=not answer.led)
+        return Relay(status, "error" if failed else "miss")
+    if entry.vary and selecting_values(entry.vary, request.headers) != entry.selecting:
+        # Collapsed onto a fetch for another variant: fetch our own, once (§4.1).
+        if fetch.vary:
+            return Forward(cache_status(fwd="vary-miss"), "miss")
+        return Fetch(None, "vary-miss", entry.vary)
+    status = cache_status(
+        fwd=fetch.fwd,
+        fwd_status=304 if answer.revalidated else answer.status,
+        stored=answer.stored,
+        collapsed=answer.collapsed,
+    )
+    result = "revalidated" if answer.revalidated else "miss"
+    return Serve(entry, current_age(entry, now), status, result, saved=answer.revalidated)

@@ -1,0 +1,114 @@
+"""The seam between a client-facing front and the cache: a request value and a responder.
+
+The cache layer reads a ``ProxyRequest`` and writes its answer to a ``Responder``; it never
+sees the server's own request and response types, so any front (aiohttp's server, our own
+HTTP/1.1 protocol) can carry it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+#: The request's header fields as received (names case-insensitive, repeated fields kept).
+RequestHeaders = CIMultiDict[str] | CIMultiDictProxy[str]
+#: Response fields in order, as ``(name, value)`` pairs.
+Fields = list[tuple[str, str]] | tuple[tuple[str, str], ...]
+
+_TRANSCRIPTIONS = "/v1/audio/transcribe/"
+_TRANSCRIPTION = re.compile(r"^/v1/audio/transcribe/[^/]+/?$")
+_TRANSCRIPTION_RESOURCE = re.compile(r"^/v1/audio/transcribe/[^/]+/.+")
+
+
+def route_of(path: str) -> str:
+    """The bounded ``route`` label of a path (never the path itself)."""
+    if not path.startswith(_TRANSCRIPTIONS):
+        return "other"
+    if _TRANSCRIPTION.match(path):
+        return "transcription"
+    if _TRANSCRIPTION_RESOURCE.match(path):
+        return "transcription_resource"
+    return "other"
+
+
+class RequestRejected(Exception):
+    """A request the proxy refuses on the client's account (4xx), answered with the envelope."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+def envelope(code: str, message: str) -> bytes:
+    """The API's own error body, so clients parse proxy errors like upstream ones."""
+    return json.dumps({"success": False, "error": {"code": code, "message": message}}).encode()
+
+
+class Body(Protocol):
+    """A request body as it streams in; ``rejected`` says why it was cut short, if it was."""
+
+    rejected: RequestRejected | None
+
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+
+
+@dataclass(slots=True)
+class ProxyRequest:
+    """One client request as the cache needs it; ``target`` is the raw origin-form target."""
+
+    method: str
+    target: str
+    headers: RequestHeaders
+    body: Body | None
+    peer: str
+    scheme: str
+    version: str
+    host: str
+
+    @property
+    def path(self) -> str:
+        return self.target.split("?", 1)[0]
+
+
+class Responder(Protocol):
+    """Where the cache writes its answer: whole (``send``) or streamed (``start``/``write``)."""
+
+    def send(
+        self, status: int, reason: str, headers: Fields, body: bytes, *, close: bool = False
+    ) -> None:
+        """A complete response; the front adds ``Content-Length`` and omits the body for HEAD."""
+
+    async def start(self, status: int, reason: str, headers: Fields) -> None:
+        """The head of a streamed response (``Content-Length`` if given, else chunked)."""
+
+    async def write(self, chunk: bytes) -> None:
+        """Part of a streamed body; waits while the client is not reading."""
+
+    async def finish(self) -> None:
+        """The end of a streamed body."""
+
+    def abort(self) -> None:
+        """Cut the connection: the only honest signal once a head was sent and the body fails."""
+
+
+def send_error(
+    responder: Responder, status: int, code: str, message: str, cache_status: str | None
+) -> None:
+    """Answer with the API's error envelope (and ``Cache-Status`` when the cache decided it)."""
+    headers: list[tuple[str, str]] = [("Content-Type", "application/json; charset=utf-8")]
+    if cache_status is not None:
+        headers.append(("Cache-Status", cache_status))
+    responder.send(status, "", headers, envelope(code, message))
+
+
+def send_rejected(responder: Responder, rejected: RequestRejected) -> None:
+    """A refused request: the rest of it may still be in flight, so the connection closes."""
+    headers = [("Content-Type", "application/json")]
+    body = envelope(rejected.code, str(rejected))
+    responder.send(rejected.status, "", headers, body, close=True)

@@ -1,0 +1,281 @@
+"""Fetching and storing: one upstream request per flight, across callers and replicas.
+
+Concurrent requests needing the same fetch share it (``SingleFlight``); with a coordinator, a
+replica waits for another replica's fetch and reads what it stored. ``Retry-After`` on 429/503
+holds the flight back. What may be stored is stored (§3); what may not is read whole when it is
+a small error, or handed back as ``Streamed`` for the one caller that asked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import aiohttp
+from cachetools import TLRUCache
+
+from proxy.cache.entries import Entries
+from proxy.cache.forward import Forwarder, Streamed
+from proxy.core.headers import CacheControl, parse_cache_control, parse_retry_after
+from proxy.core.models import Fresh, Headers, StoredResponse, header_value
+from proxy.core.policy import (
+    CachePolicy,
+    RequestFacts,
+    conditional_headers,
+    decide,
+    freshen,
+    select_variant,
+    selecting_values,
+    storable,
+    stored_headers,
+    validator_matches,
+    with_date,
+)
+from proxy.ops.config import Settings
+from proxy.stores.coordination import Coordinator, Notice
+from proxy.stores.memory import SharedStore
+from proxy.upstream import SingleFlight
+
+ERROR_BODY_LIMIT = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """An upstream answer read in full, shareable with collapsed requests.
+
+    ``collapsed``: another replica fetched it; this one read what that replica stored.
+    """
+
+    status: int
+    reason: str
+    headers: Headers
+    body: bytes
+    entry: StoredResponse | None = None
+    stored: bool = False
+    revalidated: bool = False
+    collapsed: bool = False
+
+
+Outcome = Fetched | Streamed
+
+
+@dataclass(frozen=True, slots=True)
+class FetchJob:
+    """One upstream fetch for a flight: what to ask for, for whom, and the entry it validates."""
+
+    route: str
+    key: str
+    flight_key: str
+    facts: RequestFacts
+    forwarded: tuple[tuple[str, str], ...]
+    stale: StoredResponse | None
+
+
+def flight_key(key: str, facts: RequestFacts, vary: tuple[str, ...]) -> str:
+    """Requests share a fetch only within one scope and one ``Vary`` selection."""
+    return f"{facts.scope}\x00{key}\x00{selecting_values(vary, facts.headers)!r}"
+
+
+class Fetcher:
+    """Runs fetch jobs once per flight and stores what the answers allow."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        entries: Entries,
+        forwarder: Forwarder,
+        clock: Callable[[], float],
+        policy: CachePolicy,
+        coordinator: Coordinator | None,
+    ) -> None:
+        self.settings = settings
+        self.entries = entries
+        self.forwarder = forwarder
+        self.metrics = forwarder.metrics
+        self.clock = clock
+        self.policy = policy
+        self.coordinator = coordinator
+        self.flights: SingleFlight[Outcome] = SingleFlight()
+        self._backoff: TLRUCache[str, tuple[float, Fetched]] = TLRUCache(
+            maxsize=10_000, ttu=lambda _k, v, _now: v[0], timer=clock
+        )
+
+    def join(self, job: FetchJob) -> tuple[asyncio.Task[Outcome], bool]:
+        """The flight for the job, and whether this caller leads it."""
+        return self.flights.join(job.flight_key, lambda: self._coordinated(job))
+
+    async def _coordinated(self, job: FetchJob) -> Outcome:
+        """``_fetch`` once across replicas: when another replica is already fetching this
+        flight, wait for it and take what it stored instead of asking the upstream again.
+        """
+        if self.coordinator is None or job.flight_key in self._backoff:
+            return await self._fetch(job)
+        async with self.coordinator.claim(job.flight_key) as claim:
+            if claim.notice is not None:
+                shared = await self._shared_outcome(job.key, job.facts, claim.notice)
+                if shared is not None:
+                    return shared
+            else:
+                # The decision to fetch was taken on this replica's copy; another replica may
+                # have stored a fresher response and released the lock since then.
+                stored = await self._stored_since(job.key, job.facts, job.stale)
+                if stored is not None and stored.entry is not None:
+                    claim.announce(stored.entry.response_time, revalidated=stored.revalidated)
+                    return stored
+            outcome = await self._fetch(job)
+            if isinstance(outcome, Fetched) and outcome.stored and outcome.entry is not None:
+                claim.announce(outcome.entry.response_time, revalidated=outcome.revalidated)
+            return outcome
+
+    async def _stored_since(
+        self, key: str, facts: RequestFacts, stale: StoredResponse | None
+    ) -> Fetched | None:
+        """A fresh response for this request in the shared store, newer than ``stale``."""
+        store = self.entries.store
+        if not isinstance(store, SharedStore):
+            return None
+        record = await store.get_shared(key)
+        entry = select_variant(record, facts) if record else None
+        if entry is None or (stale is not None and entry.response_time <= stale.response_time):
+            return None
+        decision = decide((entry,), facts, self.clock(), self.policy)
+        if not isinstance(decision, Fresh) or decision.stale:
+            return None
+        return _collapsed(entry, revalidated=stale is not None)
+
+    async def _shared_outcome(
+        self, key: str, facts: RequestFacts, notice: Notice
+    ) -> Fetched | None:
+        """The response another replica stored for this flight, if it (or a newer one) is there."""
+        if notice.response_time is None:
+            return None
+        record = await self.entries.get(key)
+        entry = select_variant(record, facts) if record else None
+        if entry is None or entry.response_time < notice.response_time:
+            return None
+        return _collapsed(entry, revalidated=notice.revalidated)
+
+    def _held_back(self, flight: str) -> Fetched | None:
+        """The answer replayed while ``Retry-After`` holds this flight back, if it does."""
+        backoff = self._backoff.get(flight)
+        if backoff is None:
+            return None
+        until, answer = backoff
+        retry = str(max(1, int(until - self.clock() + 0.999)))
+        kept = tuple((k, v) for k, v in answer.headers if k.lower() != "retry-after")
+        return Fetched(answer.status, answer.reason, (*kept, ("Retry-After", retry)), answer.body)
+
+    async def _fetch(self, job: FetchJob) -> Outcome:
+        """One upstream fetch for everyone waiting on the job's flight; stores what it may."""
+        key, facts, stale = job.key, job.facts, job.stale
+        held = self._held_back(job.flight_key)
+        if held is not None:
+            return held
+        headers = list(job.forwarded)
+        if stale is not None:
+            headers.extend(conditional_headers(stale).items())
+        request_time = self.clock()
+        response = await self.forwarder.send(job.route, "GET", key, headers, None)
+        response_time = self.clock()
+        received = self.forwarder.received(response)
+        status = response.status
+        if status == 304 and stale is not None:
+            response.release()
+            if not validator_matches(stale, received) or header_value(received, "set-cookie"):
+                # A 304 carrying Set-Cookie would put one caller's cookie into the shared
+                # entry: fetch the full response instead, which is then not stored (§3.5).
+                return await self._fetch(replace(job, stale=None))
+            entry = freshen(stale, received, request_time, response_time)
+            stored = await self.entries.save(key, entry)
+            return Fetched(
+                entry.status, entry.reason, entry.headers, entry.body, entry, stored, True
+            )
+        if status in (429, 503):
+            self._note_backoff(job.flight_key, response, received)
+        can_store = not facts.cache_control.no_store and storable(
+            status,
+            received,
+            facts,
+            has_authorization="authorization" in facts.headers,
+            targeted=True,
+        )
+        if can_store:
+            limit = self.settings.max_entry_bytes
+        elif status >= 500 or status == 429:
+            limit = ERROR_BODY_LIMIT
+        else:
+            return Streamed(response, received)
+        length = response.content_length
+        if length is not None and length > limit:
+            return Streamed(response, received)
+        body = await self.forwarder.upstream.read_body(response, limit)
+        self.metrics.upstream_bytes.inc(len(body))
+        if len(body) > limit:
+            return Streamed(response, received, body)
+        response.release()
+        if not can_store:
+            if status in (429, 503):
+                self._note_backoff(job.flight_key, response, received, body)
+            return Fetched(status, response.reason or "", received, body)
+        entry = StoredResponse(
+            status=status,
+            reason=response.reason or "",
+            headers=with_date(stored_headers(received, _cache_control_of(received)), response_time),
+            body=body,
+            request_time=request_time,
+            response_time=response_time,
+            scope=facts.scope,
+            selecting=(),
+            targeted=True,
+        )
+        if entry.vary:
+            entry = replace(entry, selecting=selecting_values(entry.vary, facts.headers))
+        stored = await self.entries.save(key, entry)
+        return Fetched(status, entry.reason, entry.headers, body, entry, stored)
+
+    def _note_backoff(
+        self,
+        flight: str,
+        response: aiohttp.ClientResponse,
+        received: Headers,
+        body: bytes = b"",
+    ) -> None:
+        """Honour ``Retry-After`` on 429/503: no request for this key goes upstream meanwhile.
+
+        Noted once on the head (so a streamed answer counts too), again with the error body
+        once read, so callers inside the window get the origin's envelope, not an empty body.
+        """
+        now = self.clock()
+        delay = parse_retry_after(response.headers.get("Retry-After"), now)
+        if delay is None or delay <= 0:
+            return
+        delay = min(delay, 3600.0)
+        placeholder = Fetched(response.status, response.reason or "", received, body)
+        self._backoff[flight] = (now + delay, placeholder)
+
+
+def _cache_control_of(headers: Headers) -> CacheControl:
+    return parse_cache_control([v for k, v in headers if k.lower() == "cache-control"])
+
+
+def _collapsed(entry: StoredResponse, *, revalidated: bool) -> Fetched:
+    """What another replica stored for this flight, served as if this replica had fetched it."""
+    return Fetched(
+        entry.status,
+        entry.reason,
+        entry.headers,
+        entry.body,
+        entry,
+        revalidated=revalidated,
+        collapsed=True,
+    )
+
+
+def release_orphan(task: asyncio.Task[Outcome]) -> None:
+    """Close a streamed upstream response whose caller went away before taking it."""
+    if task.cancelled() or task.exception() is not None:
+        return
+    outcome = task.result()
+    if isinstance(outcome, Streamed):
+        outcome.response.close()

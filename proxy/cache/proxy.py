@@ -1,0 +1,237 @@
+"""The cache's driver: asks the policy for a whole decision and carries it out in a few lines.
+
+The parts each do one job: ``Entries`` reads and writes the store, ``StoredServing`` answers
+from it, ``Fetcher`` fetches and stores (coalescing, back-off), ``Forwarder`` forwards and
+streams, ``Invalidator`` handles unsafe methods and purges. Requests arrive as ``ProxyRequest``
+values and answers leave through a ``Responder``, whatever front carries them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from proxy.cache.entries import Entries
+from proxy.cache.exchange import (
+    ProxyRequest,
+    RequestRejected,
+    Responder,
+    route_of,
+    send_error,
+    send_rejected,
+)
+from proxy.cache.fetch import Fetched, Fetcher, FetchJob, Outcome, flight_key, release_orphan
+from proxy.cache.forward import Forwarder, Streamed
+from proxy.cache.invalidate import Invalidator
+from proxy.cache.serve import StoredServing
+from proxy.core.models import Answer, Fetch, Forward, Refuse, Relay, Serve, Settlement
+from proxy.core.policy import (
+    CachePolicy,
+    RequestFacts,
+    admit,
+    cache_status,
+    credential_scope,
+    lookup,
+    request_facts,
+    settle,
+    settle_error,
+)
+from proxy.ops.config import Settings
+from proxy.ops.metrics import Metrics
+from proxy.stores.coordination import Coordinator
+from proxy.stores.memory import Store
+from proxy.upstream import Upstream, UpstreamError
+
+log = logging.getLogger("proxy")
+
+
+class CachingProxy:
+    """Carries out the policy's decisions: serve, revalidate, fetch, stream, invalidate."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        upstream: Upstream,
+        metrics: Metrics,
+        clock: Callable[[], float],
+        coordinator: Coordinator | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.upstream = upstream
+        self.metrics = metrics
+        self.clock = clock
+        self.coordinator = coordinator
+        self.policy = CachePolicy(
+            heuristic_max=settings.heuristic_max,
+            keep_stale=settings.keep_stale,
+            stale_grace=settings.stale_grace,
+        )
+        self._credential_headers = settings.credential_headers
+        self._scope_secret = settings.scope_secret.encode()
+        self.entries = Entries(store, metrics, clock, self.policy, settings.upstream_timeout)
+        self.forwarder = Forwarder(settings, upstream, metrics)
+        self.fetcher = Fetcher(
+            settings, self.entries, self.forwarder, clock, self.policy, coordinator
+        )
+        self.serving = StoredServing(metrics)
+        self.invalidator = Invalidator(self.entries, self.forwarder)
+        self.flights = self.fetcher.flights
+        self.draining = False
+
+    async def purge(self, key: str) -> tuple[bool, bool]:
+        return await self.invalidator.purge(key)
+
+    async def invalidate(self, keys: list[str]) -> None:
+        await self.entries.invalidate(keys)
+
+    async def handle(self, request: ProxyRequest, responder: Responder) -> str:
+        """Answer one request through ``responder``; returns the cache result label."""
+        started = time.perf_counter()
+        route = route_of(request.path)
+        try:
+            if request.method in ("GET", "HEAD"):
+                result = await self._cacheable(request, responder, route)
+            else:
+                result = await self.invalidator.unsafe(request, responder, route)
+        except UpstreamError as error:
+            status = cache_status(fwd="uri-miss", detail=error.kind)
+            send_error(responder, error.status, error.code, str(error), status)
+            result = "error"
+        except RequestRejected as rejected:
+            send_rejected(responder, rejected)
+            result = "error"
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # A bug must not become a traceback for the client nor a poisoned entry.
+            log.exception("unexpected error while handling %s %s", request.method, request.path)
+            message = "the proxy failed to handle the request"
+            send_error(responder, 500, "PROXY_ERROR", message, cache_status())
+            result = "error"
+        self.metrics.observe_request(route, result, time.perf_counter() - started)
+        return result
+
+    def facts(self, request: ProxyRequest) -> RequestFacts:
+        """The request as the policy sees it, within its credential scope."""
+        headers = request.headers
+        scope = credential_scope(
+            [headers.get(name) for name in self._credential_headers],
+            shared=self.settings.shared_scope,
+            secret=self._scope_secret,
+        )
+        if not self.settings.public_host:
+            # The client's Host reaches the origin as X-Forwarded-Host, so it is part of the
+            # key: a forged Host can only ever shape its own variant, never another caller's.
+            scope = f"{scope}@{request.host.lower()}"
+        return request_facts(
+            headers, scope=scope, cache_control=headers.getall("cache-control", ())
+        )
+
+    async def _cacheable(self, request: ProxyRequest, responder: Responder, route: str) -> str:
+        bypass = admit(request.headers, has_body=request.body is not None)
+        if bypass is not None:
+            return await self._carry_out(request, responder, route, None, bypass)
+        facts = self.facts(request)
+        record = await self.entries.get(request.target)
+        decision = lookup(record, facts, self.clock(), self.policy)
+        return await self._carry_out(request, responder, route, facts, decision)
+
+    async def _carry_out(
+        self,
+        request: ProxyRequest,
+        responder: Responder,
+        route: str,
+        facts: RequestFacts | None,
+        decision: Serve | Fetch | Forward | Refuse,
+    ) -> str:
+        if isinstance(decision, Fetch):
+            assert facts is not None, "a fetch is only decided after the store was read"
+            return await self._fetch(request, responder, route, facts, decision)
+        if isinstance(decision, Serve):
+            if decision.refresh and facts is not None:
+                self._refresh(request, route, facts, decision)
+            self.serving.serve(request, responder, decision)
+        elif isinstance(decision, Forward):
+            await self.forwarder.forward(request, responder, route, decision.cache_status)
+        else:
+            send_error(
+                responder, decision.status, decision.code, decision.message, decision.cache_status
+            )
+        return decision.result
+
+    def _job(
+        self, request: ProxyRequest, route: str, facts: RequestFacts, fetch: Fetch
+    ) -> FetchJob:
+        vary = fetch.stale.vary if fetch.stale is not None else fetch.vary
+        forwarded = tuple(self.forwarder.upstream_headers(request, strip_validators=True))
+        key = request.target
+        return FetchJob(route, key, flight_key(key, facts, vary), facts, forwarded, fetch.stale)
+
+    def _refresh(
+        self, request: ProxyRequest, route: str, facts: RequestFacts, serve: Serve
+    ) -> None:
+        """RFC 5861 stale-while-revalidate: refresh the entry without making the caller wait."""
+        task, leader = self.fetcher.join(self._job(request, route, facts, Fetch(serve.entry, "")))
+        if leader:
+            task.add_done_callback(release_orphan)
+
+    async def _fetch(
+        self,
+        request: ProxyRequest,
+        responder: Responder,
+        route: str,
+        facts: RequestFacts,
+        fetch: Fetch,
+    ) -> str:
+        task, leader = self.fetcher.join(self._job(request, route, facts, fetch))
+        try:
+            outcome = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if leader:
+                task.add_done_callback(release_orphan)
+            raise
+        except UpstreamError as error:
+            served = settle_error(fetch, facts, error.kind, self.clock(), self.policy)
+            if served is None:
+                raise
+            self.serving.serve(request, responder, served)
+            return served.result
+        answer = _answer(outcome, leader)
+        if answer.collapsed:
+            self.metrics.coalesced.inc()
+        settlement: Settlement = settle(fetch, answer, facts, self.clock(), self.policy)
+        if not isinstance(settlement, Relay):
+            if isinstance(outcome, Streamed) and leader:
+                outcome.response.release()
+            return await self._carry_out(request, responder, route, facts, settlement)
+        if isinstance(outcome, Streamed):
+            await self.forwarder.stream(request, responder, outcome, settlement.cache_status)
+        else:
+            self.forwarder.relay(
+                responder,
+                outcome.status,
+                outcome.reason,
+                outcome.headers,
+                outcome.body,
+                settlement.cache_status,
+            )
+        return settlement.result
+
+
+def _answer(outcome: Outcome, leader: bool) -> Answer:
+    """What the policy needs to know of a fetch's outcome."""
+    if isinstance(outcome, Fetched):
+        return Answer(
+            outcome.status,
+            outcome.entry,
+            outcome.stored,
+            outcome.revalidated,
+            streamed=False,
+            led=leader,
+            collapsed=not leader or outcome.collapsed,
+        )
+    return Answer(outcome.response.status, None, False, False, True, leader, not leader)
