@@ -42,6 +42,8 @@ TOKEN = "deploy-test-token"
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 BUILD_TIMEOUT = 600
 PROXIES = ("proxy-1", "proxy-2")
+#: Loopback only: never through an HTTP proxy the environment may name.
+DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def podman_env() -> dict[str, str]:
@@ -115,7 +117,7 @@ class Reply:
 def get(url: str, headers: dict[str, str] | None = None, timeout: float = 10) -> Reply:
     request = urllib.request.Request(url, headers=headers or {})
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with DIRECT.open(request, timeout=timeout) as response:
             return Reply(response.status, dict(response.headers), response.read())
     except urllib.error.HTTPError as error:
         return Reply(error.code, dict(error.headers), error.read())
@@ -125,7 +127,7 @@ def post_json(url: str, payload: object) -> Any:
     request = urllib.request.Request(
         url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}
     )
-    with urllib.request.urlopen(request, timeout=10) as response:
+    with DIRECT.open(request, timeout=10) as response:
         return json.loads(response.read())
 
 
