@@ -84,6 +84,7 @@ def build(tag: str, *args: str) -> str:
     4.3 mishandles ``RUN --mount=type=bind,from=…`` with it), the host's CA bundle read-only, and
     the host's network (the build fetches from the package registries only)."""
     mounts = ["-v", f"{CA_BUNDLE}:{CA_BUNDLE}:ro"] if CA_BUNDLE.is_file() else []
+    before = dangling_images()
     podman(
         "build",
         "--format",
@@ -97,7 +98,26 @@ def build(tag: str, *args: str) -> str:
         *args,
         timeout=BUILD_TIMEOUT,
     )
+    LEFT_BY_BUILDS.update(dangling_images() - before)
     return tag
+
+
+#: Untagged images our builds left (the build stage and its layers), removed with the images.
+LEFT_BY_BUILDS: set[str] = set()
+
+
+def dangling_images() -> set[str]:
+    return set(podman("images", "--all", "--quiet", "--filter", "dangling=true").split())
+
+
+def remove_images(*images: str) -> None:
+    """Remove the given images and whatever untagged images the builds left behind."""
+    subprocess.run(
+        ["podman", "rmi", "--force", "--ignore", *images, *LEFT_BY_BUILDS],
+        env=podman_env(),
+        capture_output=True,
+        check=False,
+    )
 
 
 def free_port() -> int:
@@ -154,7 +174,7 @@ def base_image() -> Iterator[str]:
         timeout=BUILD_TIMEOUT,
     ).strip()
     yield tag
-    subprocess.run(["podman", "rmi", "-f", tag], env=podman_env(), capture_output=True, check=False)
+    remove_images(tag)
 
 
 @pytest.fixture(scope="session")
@@ -169,7 +189,7 @@ def proxy_image(base_image: str) -> Iterator[str]:
         str(ROOT),
     )
     yield tag
-    subprocess.run(["podman", "rmi", "-f", tag], env=podman_env(), capture_output=True, check=False)
+    remove_images(tag)
 
 
 @pytest.fixture(scope="session")
@@ -187,9 +207,7 @@ def standin_images(base_image: str) -> Iterator[dict[str, str]]:
         for name in ("redis", "prometheus")
     }
     yield tags
-    subprocess.run(
-        ["podman", "rmi", "-f", *tags.values()], env=podman_env(), capture_output=True, check=False
-    )
+    remove_images(*tags.values())
 
 
 # --- the upstream ------------------------------------------------------------------------------
