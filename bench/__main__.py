@@ -2,6 +2,7 @@
 
     python -m bench --mode all --scale full      # the committed results (about 15 minutes)
     python -m bench --mode all --scale tiny      # a few seconds each, as CI's smoke test runs it
+    python -m bench --mode coding --scale full   # behind a compressing origin (results/coding)
 
 Every system runs as a real process on loopback ports. nginx, Varnish and wrk are installed from
 Debian's packages when missing (``--no-install`` to skip that); a system that cannot run is
@@ -18,7 +19,7 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import fleet, hit, memory, profile, report
+from bench import coding, fleet, hit, memory, profile, report
 from bench.processes import REPO_ROOT, Pinning, Unavailable
 
 MODES = ("hit", "fleet", "memory", "profile")
@@ -29,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m bench",
         description="Benchmark the proxy against bare aiohttp, nginx and Varnish on this machine.",
     )
-    parser.add_argument("--mode", choices=("all", *MODES), default="all")
+    parser.add_argument("--mode", choices=("all", *MODES, "coding"), default="all")
     parser.add_argument("--scale", choices=("tiny", "full"), default="full")
     parser.add_argument(
         "--out",
@@ -60,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     arguments = sys.argv[1:] if argv is None else argv
     command = shlex.join(["python", "-m", "bench", *arguments])
     out = args.out or (REPO_ROOT / "bench" / "results" / ("tmp" if args.scale == "tiny" else ""))
+    if args.mode == "coding":
+        return run_coding(args, command, out)
     modes = MODES if args.mode == "all" else (args.mode,)
     pinning = Pinning.choose(not args.no_pin)
     install = not args.no_install
@@ -109,6 +112,54 @@ def main(argv: list[str] | None = None) -> int:
         profiles=profiles,
         notes=args.note,
     )
+    print(written.read_text())
+    log(f"bench: wrote {written}")
+    return 0
+
+
+def run_coding(args: argparse.Namespace, command: str, out: Path) -> int:
+    """``--mode coding``: its own report, in ``coding/`` under the results directory."""
+    pinning = Pinning.choose(not args.no_pin)
+    workdir = Path(tempfile.mkdtemp(prefix="aitronos-bench-"))
+    started = datetime.now(UTC)
+    load_before = report.load_average()
+
+    def log(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    try:
+        results = coding.measure(
+            workdir,
+            args.scale,
+            pinning,
+            install=not args.no_install,
+            log=log,
+            only=frozenset(args.only),
+        )
+    finally:
+        if not args.keep_workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+    header = [
+        "# Content coding behind a compressing origin",
+        "",
+        f"Measured {started:%Y-%m-%d %H:%M} to {datetime.now(UTC):%H:%M} UTC at scale "
+        f"`{args.scale}` with:",
+        "",
+        "```sh",
+        command,
+        "```",
+        "",
+        "| | |",
+        "|---|---|",
+        *(f"| {key} | {value} |" for key, value in report.machine().items()),
+        f"| CPU pinning | {pinning.describe()} |",
+        f"| load average (1, 5, 15 min) | {load_before} before, {report.load_average()} after |",
+        "",
+        *args.note,
+        "",
+        coding.__doc__ or "",
+    ]
+    written = coding.write(out / "coding", results, header)
     print(written.read_text())
     log(f"bench: wrote {written}")
     return 0

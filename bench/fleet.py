@@ -18,7 +18,7 @@ import json
 import math
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -28,7 +28,14 @@ import aiohttp
 
 from bench import client, processes
 from bench.processes import Pinning, Service, Unavailable
-from proxy.tools.demo import FleetResult, assign_pollers, percentile, run_fleet, seed_simulator
+from proxy.tools.demo import (
+    FleetResult,
+    assign_pollers,
+    fleet_session,
+    percentile,
+    run_fleet,
+    seed_simulator,
+)
 from proxy.tools.simulator import API_PREFIX
 
 
@@ -74,6 +81,7 @@ SYSTEMS = (
     "aitronos-cache-proxy",
     "3 replicas, no Redis",
     "3 replicas + Redis",
+    "2 workers",
 )
 #: Scale-out runs: pollers spread round-robin over this many replicas behind one public name.
 REPLICAS = 3
@@ -85,6 +93,7 @@ class FleetRun:
     pollers: int
     transcriptions: int
     client_requests: int = 0
+    client_bytes: int = 0
     client_errors: int = 0
     pollers_done: int = 0
     upstream_requests: int = 0
@@ -163,10 +172,9 @@ async def run_one(
     pollers: int,
 ) -> FleetRun:
     """Seed, poll until all are final, then have every poller read its result once more."""
-    connector = aiohttp.TCPConnector(limit=pollers + 16, limit_per_host=0)
     timeout = aiohttp.ClientTimeout(total=15.0)
     ids = min(scale.transcriptions, pollers)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+    async with fleet_session(pollers + 16, timeout) as session:
         tokens = [f"fleet-{i}" for i in range(min(scale.tokens, ids))]
         created = await seed_simulator(session, simulator_url, tokens, ids)
         client.reset_stats(simulator_url)
@@ -189,6 +197,7 @@ async def run_one(
         after = client.stats(simulator_url, per_id=True)
         run = FleetRun(system, pollers, ids)
         run.client_requests = fleet.requests
+        run.client_bytes = fleet.bytes_received
         run.client_errors = fleet.errors + reread.errors
         run.pollers_done = fleet.pollers_done
         run.upstream_requests = sum(during["transcription_gets"].values())
@@ -231,7 +240,11 @@ def measure(
     install: bool,
     log: Callable[[str], None],
     only: frozenset[str] = frozenset(),
+    origin_options: Sequence[str] = (),
+    systems: Sequence[str] = SYSTEMS,
+    nginx_gzip: bool = False,
 ) -> list[FleetRun]:
+    """Every system in turn against one simulator (``origin_options`` added to its flags)."""
     scale = SCALES[scale_name]
     simulator = processes.start_simulator(
         workdir,
@@ -244,6 +257,7 @@ def measure(
                 for i in range(scale.transcriptions)
             ),
             "--seed", "7",
+            *origin_options,
         ],
         pinning,
     )  # fmt: skip
@@ -267,8 +281,6 @@ def measure(
                         options=[
                             "--access-log",
                             "false",
-                            "--public-host",
-                            "proxy.bench",
                             *redis_options,
                         ],
                     )
@@ -282,7 +294,7 @@ def measure(
     starters: dict[str, Callable[[], list[Service]]] = {
         "no cache": lambda: [],
         "nginx proxy_cache": lambda: [
-            processes.start_nginx(workdir, port, pinning, install=install)
+            processes.start_nginx(workdir, port, pinning, install=install, gzip=nginx_gzip)
         ],
         "Varnish": lambda: [processes.start_varnish(workdir, port, pinning, install=install)],
         "aitronos-cache-proxy": lambda: [
@@ -292,10 +304,19 @@ def measure(
         ],
         "3 replicas, no Redis": lambda: replicas(shared=False),
         "3 replicas + Redis": lambda: replicas(shared=True),
+        "2 workers": lambda: [
+            processes.start_proxy(
+                workdir,
+                simulator.url,
+                pinning,
+                name="workers",
+                options=["--access-log", "false", "--workers", "2"],
+            )
+        ],
     }
     runs: list[FleetRun] = []
     try:
-        for system in SYSTEMS:
+        for system in systems:
             if only and system not in only:
                 continue
             try:

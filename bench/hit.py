@@ -229,8 +229,11 @@ def measure(
         response_file = workdir / "hit-response.json"
         port = simulator.port
 
-        def proxy(name: str, loop: str, access_log: bool) -> Callable[[], Service]:
+        def proxy(
+            name: str, loop: str, access_log: bool, workers: int = 1
+        ) -> Callable[[], Service]:
             options = ["--event-loop", loop, "--access-log", str(access_log).lower()]
+            options += ["--workers", str(workers)]
             if access_log:
                 options += ["--log-level", "info"]
             return lambda: processes.start_proxy(
@@ -271,6 +274,14 @@ def measure(
                 proxy(f"{PROXY}-logging", "uvloop", True),
                 ceiling="bare aiohttp (uvloop)",
                 note="uvloop, JSON access log to a file",
+                loop="uvloop",
+            ),
+            System(
+                f"{PROXY} (2 workers, uvloop)",
+                proxy(f"{PROXY}-workers", "uvloop", False, workers=2),
+                ceiling="bare aiohttp (uvloop)",
+                note="--workers 2 (private redis-server), uvloop, access log off; CPU of all "
+                "processes, pinned to the same CPU as the others",
                 loop="uvloop",
             ),
             System(

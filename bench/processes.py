@@ -330,21 +330,38 @@ http {{
             proxy_cache_use_stale updating error timeout http_500 http_502 http_503 http_504;
             proxy_cache_background_update on;
             add_header X-Cache-Status $upstream_cache_status;
-        }}
+        }}{gzip}
     }}
 }}
 """
+#: What a compressing nginx adds (issue 12's comparison): gzip for every client that accepts it.
+NGINX_GZIP = """
+        gzip on;
+        gzip_vary on;
+        gzip_proxied any;
+        gzip_types application/json text/plain text/vtt application/x-subrip;"""
 
 
-def start_nginx(workdir: Path, upstream_port: int, pinning: Pinning, *, install: bool) -> Service:
-    """nginx ``proxy_cache`` with lock, revalidation and stale-while-updating, one worker."""
+def start_nginx(
+    workdir: Path, upstream_port: int, pinning: Pinning, *, install: bool, gzip: bool = False
+) -> Service:
+    """nginx ``proxy_cache`` with lock, revalidation and stale-while-updating, one worker;
+    with ``gzip``, also ``gzip on; gzip_vary on`` for JSON and text."""
     binary = ensure_binary("nginx", install=install)
     home = workdir / "nginx"
     home.mkdir(parents=True, exist_ok=True)
     port = free_port()
     conf = home / "nginx.conf"
     user = "user root root;\n" if os.geteuid() == 0 else ""
-    conf.write_text(NGINX_CONF.format(user=user, dir=home, port=port, upstream_port=upstream_port))
+    conf.write_text(
+        NGINX_CONF.format(
+            user=user,
+            dir=home,
+            port=port,
+            upstream_port=upstream_port,
+            gzip=NGINX_GZIP if gzip else "",
+        )
+    )
     command = [binary, "-p", str(home), "-c", str(conf), "-e", str(home / "error.log")]
     command += ["-g", "daemon off;"]
     return launch("nginx", command, workdir, port=port, ready_path="/_sim/stats", pinning=pinning)

@@ -8,22 +8,29 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
 import os
 import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from proxy.ops.config import ConfigError, Settings, parse_settings
 
+if TYPE_CHECKING:
+    from proxy.ops.workers import WorkerPlace
+
 PROG = "aitronos-cache-proxy"
 
 
-def configure_logging(level: str) -> None:
+def configure_logging(level: str, worker: int | None = None) -> None:
+    """Log lines to stderr; a worker's carry ``worker=<slot>`` after the logger's name."""
+    tag = "" if worker is None else f" worker={worker}"
     logging.basicConfig(
         level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        format=f"%(asctime)s %(levelname)s %(name)s{tag} %(message)s",
         stream=sys.stderr,
     )
 
@@ -47,22 +54,44 @@ def event_loop_factory(choice: str) -> LoopFactory:
     return asyncio.new_event_loop
 
 
-def serve(settings: Settings, loop_factory: LoopFactory = asyncio.new_event_loop) -> None:
-    configure_logging(settings.log_level)
+def log_start(settings: Settings) -> None:
     log = logging.getLogger("proxy")
     if settings.shared_scope:
         log.warning(
             "cache scope is 'shared': every caller can receive responses stored for another "
             "caller's credentials; use this only for single-tenant deployments"
         )
+    if settings.redis_url and not settings.scope_secret:
+        log.warning(
+            "--redis-url without --scope-secret: the credential scopes stored in Redis are "
+            "unkeyed hashes of the callers' tokens, so anyone who can read Redis can test "
+            "guessed tokens against them offline; set the same random PROXY_SCOPE_SECRET "
+            "(e.g. from `openssl rand -hex 32`) on every replica"
+        )
     if settings.admin_token and settings.admin_port is None:
         log.warning("purging is enabled on the public port; consider --admin-port")
     log.info("forwarding to %s", settings.upstream)
+
+
+def serve(
+    settings: Settings,
+    loop_factory: LoopFactory = asyncio.new_event_loop,
+    worker: WorkerPlace | None = None,
+) -> None:
+    configure_logging(settings.log_level, None if worker is None else worker.index)
+    if worker is None or worker.index == 0:
+        log_start(settings)
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(run(settings))
+        runner.run(run(settings, worker))
 
 
-async def run(settings: Settings) -> None:
+def serve_worker(settings: Settings, place: WorkerPlace) -> None:
+    """One worker of ``--workers N`` (started by ``proxy.ops.workers``): serve as one process
+    does, on a ``SO_REUSEPORT`` listener, with the fleet-wide ``/metrics``."""
+    serve(settings, event_loop_factory(settings.event_loop), place)
+
+
+async def run(settings: Settings, worker: WorkerPlace | None = None) -> None:
     """Serve until SIGINT or SIGTERM: the public listener and, with ``--admin-port``, the admin one.
 
     ``ProxyRunner`` rather than ``web.run_app``, whose runner answers malformed requests with
@@ -80,6 +109,22 @@ async def run(settings: Settings) -> None:
         loop.add_signal_handler(signum, stop.set)
     access = logging.getLogger("proxy.access") if settings.access_log else None
     app = create_app(settings)
+    fleet_metrics = None
+    if worker is not None:
+        from proxy.app import EXPOSITION_KEY, METRICS_KEY
+        from proxy.ops.worker_metrics import WorkerMetrics
+
+        fleet_metrics = WorkerMetrics(
+            app[METRICS_KEY].registry,
+            index=worker.index,
+            count=worker.count,
+            run_dir=worker.run_dir,
+        )
+        app[EXPOSITION_KEY] = fleet_metrics.exposition
+        parent = multiprocessing.parent_process()
+        if parent is not None and parent.sentinel is not None:
+            # The supervisor died without forwarding a signal: drain and stop all the same.
+            loop.add_reader(parent.sentinel, stop.set)
     listeners = [(app, settings.host, settings.port, "proxy")]
     if settings.admin_port is not None:
         listeners.append((create_admin_app(app), settings.admin_host, settings.admin_port, "admin"))
@@ -94,14 +139,19 @@ async def run(settings: Settings) -> None:
             )
             runners.append(runner)
             await runner.setup()
-            await web.TCPSite(runner, host, port).start()
+            await web.TCPSite(runner, host, port, reuse_port=worker is not None).start()
             for address in runner.addresses:
                 log.info("Running on http://%s:%s (%s)", address[0], address[1], name)
+        if worker is not None and fleet_metrics is not None:
+            await fleet_metrics.start()
+            worker.announce_ready()
         await stop.wait()
         log.info("shutting down")
     finally:
         for runner in reversed(runners):
             await runner.cleanup()
+        if fleet_metrics is not None:
+            await fleet_metrics.close()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
 
@@ -123,8 +173,33 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     except ConfigError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2
+    if settings.workers > 1:
+        return supervise_workers(settings)
     serve(settings, loop_factory)
     return 0
+
+
+def supervise_workers(settings: Settings) -> int:
+    """``--workers N`` with N > 1: the supervisor process (``proxy.ops.workers``)."""
+    from proxy.ops.private_redis import PrivateRedisError, redis_server_path
+    from proxy.ops.workers import supervise
+
+    if not settings.redis_url:
+        try:
+            redis_server_path()
+        except PrivateRedisError as error:
+            print(
+                f"{PROG}: error: --workers {settings.workers} without --redis-url needs a "
+                f"private redis-server to share one cache: {error}",
+                file=sys.stderr,
+            )
+            return 2
+    configure_logging(settings.log_level)
+    try:
+        return supervise(settings)
+    except (OSError, PrivateRedisError) as error:
+        logging.getLogger("proxy").error("cannot start the workers: %s", error)
+        return 1
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -32,13 +32,17 @@ PROXY_KEY = web.AppKey("proxy", CachingProxy)
 METRICS_KEY = web.AppKey("metrics", Metrics)
 SETTINGS_KEY = web.AppKey("settings", Settings)
 PURGER_KEY = web.AppKey("purger", Purger)
+#: With ``--workers N``, what ``/metrics`` serves instead of this process's registry alone.
+EXPOSITION_KEY: web.AppKey[Callable[[], Awaitable[bytes]]] = web.AppKey("exposition")
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
-    registry = request.app[METRICS_KEY].registry
-    return web.Response(
-        body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
-    )
+    exposition = request.app.get(EXPOSITION_KEY)
+    if exposition is not None:
+        body = await exposition()
+    else:
+        body = generate_latest(request.app[METRICS_KEY].registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -96,9 +100,15 @@ def create_app(
             connect_timeout=settings.upstream_connect_timeout,
             timeout=settings.upstream_timeout,
             max_connections=settings.upstream_max_connections,
+            pool_timeout=settings.upstream_pool_timeout,
         )
     )
     proxy = CachingProxy(settings, store, upstream, metrics, clock, coordinator)
+    metrics.track_tables(
+        lambda: proxy.fetcher.held_back_bytes, lambda: proxy.entries.invalidation_bytes
+    )
+    if share is not None:
+        share.on_change = proxy.waits.changed_digest
     app = web.Application(
         handler_args=handler_args(settings), middlewares=[request_guard(settings)]
     )
@@ -111,6 +121,7 @@ def create_app(
         if share is not None:
             await share.start()
         yield
+        await proxy.waits.close()
         await proxy.flights.cancel_all()
         await upstream.close()
         await store.close()
@@ -121,6 +132,7 @@ def create_app(
     async def drain(app: web.Application) -> None:
         """Runs once the listener is closed; aiohttp then waits for in-flight requests."""
         proxy.draining = True
+        proxy.waits.release_all()  # held long polls are answered (304) before the drain
         log.info("draining: finishing in-flight requests for up to %gs", settings.drain_seconds)
 
     app.cleanup_ctx.append(lifecycle)
@@ -163,6 +175,8 @@ def create_admin_app(app: web.Application) -> web.Application:
     admin[PROXY_KEY] = app[PROXY_KEY]
     admin[METRICS_KEY] = app[METRICS_KEY]
     admin[SETTINGS_KEY] = settings
+    if EXPOSITION_KEY in app:
+        admin[EXPOSITION_KEY] = app[EXPOSITION_KEY]
     add_admin_routes(admin.router, app.get(PURGER_KEY), metrics_endpoint)
     admin.router.add_get("/healthz", healthz)
     admin.router.add_get("/readyz", readyz)

@@ -144,7 +144,23 @@ class RequestBody:
 
 
 class ProxyRequestHandler(web.RequestHandler):
-    """aiohttp's connection handler, answering unparseable requests without echoing them."""
+    """aiohttp's connection handler, answering unparseable requests without echoing them,
+    and telling a held request (``Prefer: wait``) when its client goes away."""
+
+    _lost: asyncio.Future[None] | None = None
+
+    def disconnected(self) -> asyncio.Future[None]:
+        """Done once the connection is lost: aiohttp does not cancel handlers on disconnect."""
+        if self._lost is None:
+            self._lost = asyncio.get_running_loop().create_future()
+            if self.transport is None:
+                self._lost.set_result(None)
+        return self._lost
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._lost is not None and not self._lost.done():
+            self._lost.set_result(None)
+        super().connection_lost(exc)
 
     def handle_error(
         self,
@@ -262,6 +278,7 @@ def cache_handler(
             request.scheme,
             f"{version.major}.{version.minor}",
             request.host,
+            protocol if isinstance(protocol := request.protocol, ProxyRequestHandler) else None,
         )
         responder = AiohttpResponder(request)
         request[RESULT_KEY] = await proxy.handle(exchange, responder)

@@ -52,6 +52,7 @@ class UpstreamConfig:
     connect_timeout: float = 5.0
     timeout: float = 30.0
     max_connections: int = 256
+    pool_timeout: float = 60.0
 
 
 def translate_error(error: BaseException) -> UpstreamError:
@@ -95,9 +96,13 @@ class Upstream:
         )
         self._session = aiohttp.ClientSession(
             connector=connector,
+            # aiohttp's ``connect`` covers waiting for a free pooled connection *and* connecting;
+            # ``sock_connect`` only the latter. Waiting in the pool is queueing, not a failing
+            # origin, so it gets its own bound (--upstream-pool-timeout) on top of connecting.
             timeout=aiohttp.ClientTimeout(
                 total=None,
-                connect=self.config.connect_timeout,
+                connect=self.config.pool_timeout + self.config.connect_timeout,
+                sock_connect=self.config.connect_timeout,
                 sock_read=self.config.timeout,
             ),
             auto_decompress=False,
@@ -131,8 +136,10 @@ class Upstream:
         """
         if self._session is None:
             raise UpstreamUnavailable("the upstream session is not open")
+        config = self.config
+        bound = config.pool_timeout + config.connect_timeout + config.timeout
         try:
-            async with asyncio.timeout(self.config.timeout):
+            async with asyncio.timeout(bound):
                 response = await self._session.request(
                     method,
                     self.url_for(target),

@@ -77,8 +77,6 @@ def fleet(origin: TestServer, redis_url: str, redis_prefix: str, redis_admin: Re
             "redis_url": redis_url,
             "redis_prefix": redis_prefix,
             "redis_timeout_ms": 1000,  # a busy CI machine must not make Redis look slow
-            # Replicas behind one load balancer: clients name them all by the same host.
-            "public_host": "proxy.test",
         }
         return run_replicas(Settings(**(options | overrides)), count)
 

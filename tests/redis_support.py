@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from contextlib import AbstractAsyncContextManager
+import os
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
-from proxy.tools.replicas import Replica
+from proxy.tools.replicas import Replica, free_port
 from tests.waiting import eventually
 
-__all__ = ["JOB", "CountingUpstream", "Fleet", "eventually", "get"]
+__all__ = ["JOB", "CountingUpstream", "Fleet", "eventually", "get", "replica_process"]
+
+ROOT = Path(__file__).resolve().parent.parent
 
 JOB = "/v1/audio/transcribe/job-1"
 #: ``fleet(count, **settings)`` starts replicas sharing the test's Redis (see the fixture).
@@ -34,6 +39,7 @@ class CountingUpstream:
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
     gate: asyncio.Event | None = None
     on_request: Callable[[web.Request], Awaitable[None]] | None = None
+    padding: int = 0
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -59,8 +65,11 @@ class CountingUpstream:
             await self.on_request(request)
         if self.gate is not None:
             await self.gate.wait()
+        document: dict[str, Any] = {"path": path, "version": version}
+        if self.padding:
+            document["padding"] = "transcript " * (self.padding // 11 + 1)
         return web.json_response(
-            {"path": path, "version": version},
+            document,
             headers={"Cache-Control": "max-age=60", "ETag": f'"v{version}"'},
         )
 
@@ -77,3 +86,42 @@ async def get(
 async def readiness(http: aiohttp.ClientSession, replica: Replica) -> tuple[int, dict[str, Any]]:
     async with http.get(replica.url + "/readyz") as response:
         return response.status, await response.json()
+
+
+@asynccontextmanager
+async def replica_process(upstream: str, *options: str) -> AsyncIterator[str]:
+    """``python -m proxy --upstream URL OPTIONS...`` on a free port, as an operator starts it;
+    yields its base URL once it serves, and stops it (SIGTERM, then SIGKILL) afterwards.
+    """
+    port = free_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "proxy",
+        "--upstream", upstream, "--port", str(port), "--access-log", "false", *options,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stderr is not None
+    drain: asyncio.Task[None] | None = None
+    try:
+        async with asyncio.timeout(30):
+            while b"Running on" not in (line := await process.stderr.readline()):
+                assert line, "the replica did not start"
+        drain = asyncio.create_task(_drain(process.stderr))
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        if process.returncode is None:
+            process.terminate()
+            try:
+                async with asyncio.timeout(30):
+                    await process.wait()
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+        if drain is not None:
+            await drain
+
+
+async def _drain(stream: asyncio.StreamReader) -> None:
+    while await stream.readline():
+        pass

@@ -23,11 +23,14 @@ CACHES = (
     "aitronos-cache-proxy",
     "3 replicas, no Redis",
     "3 replicas + Redis",
+    "2 workers",
 )
 BINARIES = {
     "nginx proxy_cache": "nginx",
     "Varnish": "varnishd",
     "3 replicas + Redis": "redis-server",
+    "2 workers": "redis-server",
+    "aitronos-cache-proxy (2 workers, uvloop)": "redis-server",
 }
 HIT_SYSTEMS = (
     "aitronos-cache-proxy",
@@ -35,6 +38,7 @@ HIT_SYSTEMS = (
     "aitronos-cache-proxy (uvloop)",
     "bare aiohttp (uvloop)",
     "aitronos-cache-proxy (access log on)",
+    "aitronos-cache-proxy (2 workers, uvloop)",
     "nginx proxy_cache",
     "Varnish",
 )
@@ -152,3 +156,36 @@ def test_profile_mode_samples_the_proxy_and_the_bare_handler(out: Path) -> None:
     assert "## proxy (uvloop)" in profile
     assert "## bare (uvloop)" in profile
     assert "CachingProxy.handle (proxy/cache/proxy.py)" in profile
+
+
+def test_coding_mode_runs_behind_the_compressing_origin(tmp_path: Path) -> None:
+    """``--mode coding`` end to end for the proxy alone: the mixed fleet, the unchanged poll
+    (one full download) and the 20 KB transcript (gzip at most a third of identity)."""
+    command = [sys.executable, "-m", "bench", "--mode", "coding", "--scale", "tiny"]
+    command += ["--out", str(tmp_path), "--no-install", "--only", "aitronos-cache-proxy"]
+    completed = subprocess.run(
+        command, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    results = json.loads((tmp_path / "coding" / "results.json").read_text())
+    text = (tmp_path / "coding" / "results.md").read_text()
+    assert "python -m bench --mode coding --scale tiny" in text
+    (poll,) = results["polls"]
+    assert poll["system"] == "aitronos-cache-proxy" and poll["upstream_200"] == 1
+    assert all(run["upstream_requests"] > 0 for run in results["fleet"])
+    (sized,) = results["sizes"]
+    if sized["skipped"]:
+        excuse_if_missing("aitronos-cache-proxy", sized["skipped"])
+    assert 0 < sized["gzip_bytes"] * 3 <= sized["identity_bytes"]
+
+
+def test_long_poll_bench_runs_both_fleets_and_judges_the_goals(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "bench.longpoll", "--scale", "tiny", "--out", str(tmp_path)]
+    subprocess.run(command, cwd=ROOT, check=True, capture_output=True, timeout=300)
+    results = json.loads((tmp_path / "results.json").read_text())
+    polling, held = results["runs"]
+    assert polling["pollers_done"] == polling["pollers"] == held["pollers_done"]
+    assert held["client_requests"] < polling["client_requests"]
+    assert held["waiting_peak"] > 0
+    assert len(results["targets"]) == 4
+    assert "| goal |" in (tmp_path / "results.md").read_text()

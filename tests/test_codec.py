@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy.core.codec import MAGIC, VERSION, CodecError, decode_record, encode_record
+from proxy.core.coding import Representation
 from proxy.core.models import StoredResponse
 
 JSON_ENTRY = StoredResponse(
@@ -81,6 +82,16 @@ header_text = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), 
             scope=header_text,
             selecting=st.lists(st.tuples(header_text, header_text), max_size=2).map(tuple),
             targeted=st.booleans(),
+            derived=st.lists(
+                st.builds(
+                    Representation,
+                    coding=header_text,
+                    body=st.binary(max_size=16),
+                    etag=st.none() | header_text,
+                    derived=st.just(True),
+                ),
+                max_size=2,
+            ).map(tuple),
         ),
         min_size=1,
         max_size=3,
@@ -113,8 +124,57 @@ def test_bytes_that_are_not_a_record_are_refused(data: bytes) -> None:
 
 def test_another_format_version_is_refused_not_guessed() -> None:
     meta = {"variants": [meta_of(JSON_ENTRY)]}
-    with pytest.raises(CodecError, match="version 2"):
+    with pytest.raises(CodecError, match=f"version {VERSION + 1}"):
         decode_record(frame(meta, JSON_ENTRY.body, version=VERSION + 1))
+
+
+def test_a_version_1_record_without_derived_codings_is_refused() -> None:
+    """Version 2 added derived representations; an older replica's record is a miss, not a guess."""
+    meta = meta_of(JSON_ENTRY)
+    del meta["derived"]
+    with pytest.raises(CodecError, match="version 1"):
+        decode_record(frame({"variants": [meta]}, JSON_ENTRY.body, version=1))
+
+
+CODED_ENTRY = StoredResponse(
+    status=200,
+    reason="OK",
+    headers=(("Content-Type", "application/json"), ("ETag", '"v2"'), ("Vary", "Accept-Encoding")),
+    body=b'{"text": "' + b"word " * 400 + b'"}',
+    request_time=1.0,
+    response_time=2.0,
+    derived=(
+        Representation("gzip", b"\x1f\x8bgzipped", 'W/"v2-gzip"', True),
+        Representation("br", b"brotli", None, True),
+    ),
+)
+
+
+def test_derived_representations_read_back_so_no_replica_recompresses() -> None:
+    decoded = decode_record(encode_record((CODED_ENTRY, JSON_ENTRY)))
+    assert decoded == (CODED_ENTRY, JSON_ENTRY)
+    assert [rep.coding for rep in decoded[0].representations] == ["identity", "gzip", "br"]
+    assert decoded[0].representations[1].body == b"\x1f\x8bgzipped"
+    assert decoded[0].represented == CODED_ENTRY.represented
+
+
+@pytest.mark.parametrize(
+    "derived",
+    [
+        pytest.param("gzip", id="not-a-list"),
+        pytest.param([["gzip", None]], id="too-short"),
+        pytest.param([["gzip", None, -1]], id="negative-length"),
+        pytest.param([["gzip", None, 10**9]], id="past-the-end"),
+        pytest.param([["gzip", 7, 1]], id="etag-not-a-string"),
+        pytest.param([[1, None, 1]], id="coding-not-a-string"),
+        pytest.param([["gzip", None, True]], id="length-a-bool"),
+    ],
+)
+def test_a_bad_derived_representation_is_refused(derived: object) -> None:
+    meta = meta_of(JSON_ENTRY)
+    meta["derived"] = derived
+    with pytest.raises(CodecError):
+        decode_record(frame({"variants": [meta]}, JSON_ENTRY.body + b"x"))
 
 
 @pytest.mark.parametrize(

@@ -99,3 +99,25 @@ def test_event_loop_choice_picks_the_loop_to_serve_on(choice: str, loop_module: 
 def test_an_unknown_event_loop_is_a_one_line_error() -> None:
     with pytest.raises(ConfigError, match="--event-loop"):
         parse_settings(["--event-loop", "trio"], {})
+
+
+def test_compress_types_and_min_bytes_come_from_flags_and_the_environment() -> None:
+    settings = parse_settings(
+        ["--compress-types", "text/*, Application/JSON"], {"PROXY_COMPRESS_MIN_BYTES": "2KiB"}
+    )
+    assert settings.compress_types == ("text/*", "application/json")
+    assert settings.compress_min_bytes == 2048
+    assert parse_settings(["--compress-types", ""], {}).compress_types == ()
+    assert "application/json" in Settings().compress_types
+    with pytest.raises(ConfigError, match="--compress-types"):
+        parse_settings(["--compress-types", "json"], {})
+
+
+def test_compress_codings_are_ordered_and_checked() -> None:
+    assert parse_settings(["--compress-codings", "gzip, ZSTD"], {}).compress_codings == (
+        "zstd",
+        "gzip",
+    )
+    assert parse_settings([], {"PROXY_COMPRESS_CODINGS": ""}).compress_codings == ()
+    with pytest.raises(ConfigError, match="--compress-codings"):
+        parse_settings(["--compress-codings", "deflate"], {})

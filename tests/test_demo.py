@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from proxy.ops.metrics import Metrics
 from proxy.tools.demo import (
+    SPELLINGS,
     DemoEndpoints,
     DemoOptions,
     FleetResult,
@@ -56,19 +57,23 @@ def row(table: str, name: str) -> list[str]:
     raise AssertionError(f"no row {name!r} in\n{table}")
 
 
-def test_demo_cli_prints_both_columns_and_the_proxy_saves_upstream_requests(
+def test_demo_cli_prints_three_columns_and_the_proxy_saves_upstream_requests(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     assert main(TINY, {}) == 0
     captured = capsys.readouterr()
     assert "without proxy" in captured.out
     assert "with proxy" in captured.out
+    assert "long poll" in captured.out
     for name in ROW_NAMES:
-        assert len(row(captured.out, name)) == 2, name
-    without, with_proxy = (int(n) for n in row(captured.out, "upstream requests"))
-    clients_without, _ = (int(n) for n in row(captured.out, "client requests"))
+        assert len(row(captured.out, name)) == 3, name
+    without, with_proxy, _ = (int(n) for n in row(captured.out, "upstream requests"))
+    clients_without, clients_polling, clients_held = (
+        int(n) for n in row(captured.out, "client requests")
+    )
     assert without == clients_without >= 10
     assert with_proxy < without
+    assert clients_held < clients_polling
     assert row(captured.out, "hit ratio")[1].endswith("%")
     assert "pollers done" in captured.err
 
@@ -78,7 +83,10 @@ async def test_run_demo_reports_proxy_figures_from_its_metrics() -> None:
     options = DemoOptions(pollers=12, transcriptions=3, duration=2.0)
     results = await run_demo(options, out=out, err=err)
     assert results is not None
-    without, with_proxy = results
+    without, with_proxy, long_poll = results
+    # Held requests are answered when the entry's max-age=5 runs out, past this 1 s phase.
+    assert long_poll.fleet.requests < with_proxy.fleet.requests
+    assert long_poll.proxy is not None and long_poll.proxy.results.get("miss", 0) > 0
     assert without.proxy is None
     assert with_proxy.proxy is not None
     assert without.upstream.requests == without.fleet.requests
@@ -275,3 +283,23 @@ async def test_serving_shuts_its_app_down() -> None:
     async with aiohttp.ClientSession() as session:
         with pytest.raises(aiohttp.ClientConnectionError):
             await session.get(url)
+
+
+async def test_behind_a_compressing_origin_the_mixed_fleet_moves_fewer_bytes() -> None:
+    """Every spelling of Accept-Encoding is one variant: the proxy fetches no more than
+    without spellings, and sends compressed bytes to the clients that accept them."""
+    options = DemoOptions(pollers=14, transcriptions=2, duration=3.0, compressing_origin=True)
+    results = await run_demo(options, out=io.StringIO(), err=io.StringIO())
+    assert results is not None
+    without, with_proxy, *_ = results
+    assert with_proxy.fleet.errors == 0 and with_proxy.fleet.statuses.get(200, 0) > 0
+    assert with_proxy.upstream.requests < without.upstream.requests
+    assert with_proxy.upstream.bytes_sent < without.upstream.bytes_sent
+    assert with_proxy.fleet.bytes_received == with_proxy.proxy.response_bytes  # type: ignore[union-attr]
+
+
+def test_the_demo_fleet_mixes_the_spellings_seen_in_the_wild() -> None:
+    assert len(set(SPELLINGS)) == 7 and "" in SPELLINGS
+    args = build_parser({"DEMO_COMPRESSING_ORIGIN": "true"}).parse_args([])
+    assert args.compressing_origin is True
+    assert build_parser({}).parse_args([]).compressing_origin is False

@@ -147,9 +147,27 @@ async def test_routing_headers_from_a_client_never_reach_the_origin_or_the_cache
     assert naive[0].hits[""] == 1
 
 
-async def test_a_forged_host_only_shapes_its_own_variant(
+@pytest.fixture
+async def host_forwarding_proxy(
+    naive: tuple[NaiveOrigin, str], clock: Clock
+) -> AsyncIterator[RunningProxy]:
+    settings = Settings(upstream=naive[1], forward_host=True)
+    async with serve_proxy(settings, clock=clock) as running:
+        yield running
+
+
+async def test_a_forged_host_reaches_the_origin_in_no_header_by_default(
     proxy: RunningProxy, naive: tuple[NaiveOrigin, str]
 ) -> None:
+    _status, _headers, attacker = await get(proxy.url + PATH, {"Host": "evil.test"})
+    assert "evil" not in json.dumps(attacker)
+    assert attacker["reflected"]["x-forwarded-host"] is None
+
+
+async def test_with_forward_host_a_forged_host_only_shapes_its_own_variant(
+    host_forwarding_proxy: RunningProxy, naive: tuple[NaiveOrigin, str]
+) -> None:
+    proxy = host_forwarding_proxy
     _status, _headers, attacker = await get(proxy.url + PATH, {"Host": "evil.test"})
     assert attacker["reflected"]["x-forwarded-host"] == "evil.test"
     status, headers, victim = await get(proxy.url + PATH)
@@ -167,8 +185,9 @@ async def test_x_original_url_cannot_store_another_resource_under_this_key(
 
 
 async def test_the_host_a_client_names_is_forwarded_only_as_x_forwarded_host(
-    proxy: RunningProxy, naive: tuple[NaiveOrigin, str]
+    host_forwarding_proxy: RunningProxy, naive: tuple[NaiveOrigin, str]
 ) -> None:
+    proxy = host_forwarding_proxy
     _status, _headers, body = await get(proxy.url + PATH, {"Host": "api.example:8080"})
     reflected = body["reflected"]
     assert isinstance(reflected, dict)

@@ -18,6 +18,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from proxy.app import create_app
 from proxy.ops.config import Settings
+from tests.waiting import eventually
 
 ROOT = Path(__file__).resolve().parents[1]
 DEADLINE = 15.0
@@ -221,3 +222,45 @@ async def test_readyz_turns_unavailable_once_draining_starts(
     after = await client.get("/readyz")
     assert after.status == 503
     assert (await after.json())["status"] == "draining"
+
+
+async def test_sigterm_answers_held_long_polls_with_304_before_the_drain(
+    start_proxy: Callable[..., Awaitable[Proxy]],
+) -> None:
+    async def document(request: web.Request) -> web.Response:
+        return web.json_response(
+            {"status": "processing"}, headers={"Cache-Control": "max-age=600", "ETag": '"p"'}
+        )
+
+    app = web.Application()
+    app.router.add_get("/v1/audio/transcribe/{name}", document)
+    origin = TestServer(app, host="127.0.0.1")
+    await origin.start_server()
+    process, _log, proxy_url = await start_proxy(
+        str(origin.make_url("")).rstrip("/"), "--drain-seconds", "25"
+    )
+    url = f"{proxy_url}/v1/audio/transcribe/job-1"
+    held_headers = {"If-None-Match": '"p"', "Prefer": "wait=30"}
+
+    async def held(session: aiohttp.ClientSession) -> tuple[int, str]:
+        async with session.get(url, headers=held_headers) as response:
+            return response.status, response.headers.get("Preference-Applied", "")
+
+    async def waiting(session: aiohttp.ClientSession) -> bool:
+        async with session.get(f"{proxy_url}/metrics") as response:
+            return "cacheproxy_waiting_requests 3.0" in await response.text()
+
+    try:
+        async with aiohttp.ClientSession() as session:
+            assert (await fetch(session, url))[0] == 200
+            polls = [asyncio.create_task(held(session)) for _ in range(3)]
+            await eventually(lambda: waiting(session), within=DEADLINE, what="3 held")
+            process.send_signal(signal.SIGTERM)
+            # Answered at once, not when the 30 s wait or the 25 s drain runs out.
+            async with asyncio.timeout(DEADLINE):
+                answers = await asyncio.gather(*polls)
+                returncode = await process.wait()
+    finally:
+        await origin.close()
+    assert answers == [(304, "wait=30")] * 3
+    assert returncode == 0

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from proxy.core.models import StoredResponse
-from proxy.stores.memory import MemoryStore
+from proxy.stores.memory import MemoryStore, key_bytes
 from tests.conftest import FakeClock
 
 
@@ -21,7 +21,7 @@ async def test_records_expire_with_their_retention(clock: FakeClock) -> None:
 
 async def test_byte_budget_evicts_least_recently_used(clock: FakeClock) -> None:
     evictions: list[int] = []
-    one = entry(1000).size
+    one = entry(1000).size + key_bytes("/a")
     store = MemoryStore(3 * one, clock=clock, on_evict=lambda: evictions.append(1))
     for key in ("/a", "/b", "/c"):
         await store.set(key, (entry(1000),), ttl=60)
@@ -49,3 +49,10 @@ async def test_zero_ttl_removes_and_delete_forgets(clock: FakeClock) -> None:
     await store.set("/b", (entry(10),), ttl=60)
     await store.delete("/b")
     assert await store.get("/b") is None
+
+
+async def test_keys_count_against_the_budget(clock: FakeClock) -> None:
+    store = MemoryStore(100_000, clock=clock)
+    long_key = "/" + "k" * 8000
+    await store.set(long_key, (entry(10),), ttl=60)
+    assert store.bytes == entry(10).size + key_bytes(long_key) > 8000

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from multidict import CIMultiDict
 
+from proxy.core.coding import Representation
 from proxy.core.headers import format_http_date
 from proxy.core.models import Fresh, Miss, Revalidate, StoredResponse, Unsatisfiable
 from proxy.core.policy import (
@@ -20,6 +23,7 @@ from proxy.core.policy import (
     invalidates,
     invalidation_targets,
     not_modified,
+    not_modified_headers,
     request_facts,
     retention,
     select_variant,
@@ -442,3 +446,77 @@ def test_a_response_without_date_gets_one_when_stored() -> None:
     assert with_date((("A", "1"),), NOW) == (("A", "1"), ("Date", format_http_date(NOW)))
     dated = (("Date", "x"),)
     assert with_date(dated, NOW) is dated
+
+
+# -- content codings (RFC 9110 §12.5.3, §8.8.3; RFC 9111 §4.1, §4.3.4) ----------------------------
+
+
+def test_every_spelling_of_one_accept_encoding_selects_the_same_variant() -> None:
+    spellings = ["gzip", "gzip, deflate", "gzip,deflate", "GZIP, DEFLATE", "x-gzip;q=1"]
+    values = {
+        selecting_values(("accept-encoding",), CIMultiDict({"Accept-Encoding": s}))
+        for s in spellings
+    }
+    assert values == {(("accept-encoding", "gzip"),)}
+    absent = selecting_values(("accept-encoding",), CIMultiDict())
+    empty = selecting_values(("accept-encoding",), CIMultiDict({"Accept-Encoding": ""}))
+    assert absent == empty == (("accept-encoding", "identity"),)
+
+
+def test_a_transformable_response_is_selected_whatever_the_accept_encoding() -> None:
+    gzip_rep = Representation("gzip", b"..", 'W/"v1-gzip"', derived=True)
+    entry = replace(
+        stored(("Vary", "Accept-Encoding"), ("ETag", '"v1"')), selecting=(), derived=(gzip_rep,)
+    )
+    assert select_variant((entry,), facts(accept_encoding="br")) is entry
+    assert select_variant((entry,), facts()) is entry
+
+
+def test_a_coded_only_response_is_selected_by_the_normalised_accept_encoding() -> None:
+    entry = stored(
+        ("Vary", "Accept-Encoding"),
+        ("Content-Encoding", "gzip"),
+        selecting=(("accept-encoding", "gzip"),),
+    )
+    assert select_variant((entry,), facts(accept_encoding="GZIP, deflate")) is entry
+    assert select_variant((entry,), facts(accept_encoding="")) is None
+
+
+def test_a_strong_etag_in_a_304_updates_only_the_same_strong_validator() -> None:
+    """§4.3.4: a strong validator identifies exactly the stored responses that carry it."""
+    strong = stored(("ETag", '"v1"'))
+    weak = stored(("ETag", 'W/"v1"'))
+    assert validator_matches(strong, (("ETag", '"v1"'),))
+    assert not validator_matches(weak, (("ETag", '"v1"'),))
+    assert validator_matches(weak, (("ETag", 'W/"v1"'),))
+    assert validator_matches(strong, (("ETag", 'W/"v1"'),))
+    assert not validator_matches(stored(), (("ETag", '"v1"'),))
+    assert validator_matches(stored(), ())
+
+
+def test_a_304_with_a_narrower_vary_keeps_the_stored_vary() -> None:
+    entry = stored(("Vary", "Accept-Encoding, Origin"), ("ETag", '"v1"'))
+    freshened = freshen(entry, (("Vary", "Origin"), ("ETag", '"v1"')), NOW + 5, NOW + 5)
+    assert freshened.vary == ("accept-encoding", "origin")
+    wider = freshen(entry, (("Vary", "Origin, Accept-Language"),), NOW + 5, NOW + 5)
+    assert wider.vary == ("accept-encoding", "accept-language", "origin")
+
+
+def test_freshening_keeps_the_derived_codings() -> None:
+    gzip_rep = Representation("gzip", b"..", 'W/"v1-gzip"', derived=True)
+    entry = replace(stored(("ETag", '"v1"')), derived=(gzip_rep,))
+    freshened = freshen(entry, (("Cache-Control", "max-age=9"),), NOW + 5, NOW + 5)
+    assert freshened.derived == (gzip_rep,)
+    assert dict(freshened.represented[1])["Cache-Control"] == "max-age=9"
+
+
+def test_if_none_match_matches_the_representation_the_client_holds() -> None:
+    gzip_rep = Representation("gzip", b"..", 'W/"v1-gzip"', derived=True)
+    entry = replace(stored(("ETag", '"v1"')), derived=(gzip_rep,))
+    identity = entry.representations[0]
+    assert not_modified(entry, {"if-none-match": 'W/"v1-gzip"'}, identity) is gzip_rep
+    assert not_modified(entry, {"if-none-match": '"v1"'}, gzip_rep) is identity
+    assert not_modified(entry, {"if-none-match": '"v2"'}, gzip_rep) is None
+    assert not_modified(entry, {"if-none-match": "*"}, gzip_rep) is gzip_rep
+    headers = dict(not_modified_headers(entry, gzip_rep))
+    assert headers["ETag"] == 'W/"v1-gzip"' and "Accept-Encoding" in headers["Vary"]

@@ -122,6 +122,7 @@ def test_dashboard_has_the_panels_operators_asked_for() -> None:
         "Cache entries",
         "Evictions",
         "Store errors",
+        "Long polling",
     } <= titles
     for quantile in ("0.5", "0.95", "0.99"):
         assert f"histogram_quantile({quantile}, " in exprs

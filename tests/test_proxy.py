@@ -450,7 +450,7 @@ async def test_hop_by_hop_headers_are_dropped_and_forwarding_headers_added(
     assert sent["Via"].endswith("aitronos-cache-proxy")
     assert sent["X-Forwarded-For"] == "127.0.0.1"
     assert sent["X-Forwarded-Proto"] == "http"
-    assert sent["X-Forwarded-Host"] == harness.client.make_url("").authority
+    assert "X-Forwarded-Host" not in sent
     assert sent["Host"] == harness.origin_server.make_url("").authority
     assert "X-Secret-Hop" not in response.headers
 
@@ -610,9 +610,19 @@ async def test_public_host_is_forwarded_and_the_client_host_is_neither_sent_nor_
     assert shared.headers["Cache-Status"].startswith("aitronos-cache-proxy; hit")
 
 
-async def test_without_public_host_the_client_host_is_forwarded_and_keyed(
+async def test_by_default_the_client_host_is_neither_forwarded_nor_keyed(
     harness: Harness,
 ) -> None:
+    harness.origin.put(PATH, "body")
+    await harness.get(PATH, Host="one.example", **{"X-Forwarded-Host": "evil.test"})
+    assert "X-Forwarded-Host" not in harness.origin.requests[0].headers
+    other = await harness.get(PATH, Host="two.example:8081")
+    assert other.headers["Cache-Status"].startswith("aitronos-cache-proxy; hit")
+    assert len(harness.origin.requests) == 1
+
+
+async def test_forward_host_sends_and_keys_the_client_host(make_harness: MakeHarness) -> None:
+    harness = await make_harness(forward_host=True)
     harness.origin.put(PATH, "body")
     await harness.get(PATH, Host="one.example")
     assert harness.origin.requests[0].headers["X-Forwarded-Host"] == "one.example"

@@ -18,7 +18,8 @@ from redis.asyncio import Redis
 from proxy.__main__ import main
 from proxy.app import create_app
 from proxy.ops.config import ConfigError, Settings, parse_settings
-from proxy.stores.redis import CircuitBreaker, RedisKeys, redacted_url
+from proxy.ops.redis_url import redacted_url
+from proxy.stores.redis import CircuitBreaker, RedisKeys
 from proxy.tools.replicas import LocalRedis, Replica, free_port
 from tests.conftest import FakeClock
 from tests.redis_support import JOB, CountingUpstream, Fleet, eventually, get, readiness
@@ -146,7 +147,6 @@ async def test_when_the_lock_holder_dies_another_replica_takes_over_after_its_ex
         "--redis-url", redis_url,
         "--redis-prefix", redis_prefix,
         "--redis-lock-ttl", "0.5",
-        "--public-host", "proxy.test",
         "--access-log", "false",
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         stderr=asyncio.subprocess.PIPE,

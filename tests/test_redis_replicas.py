@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 
 import aiohttp
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 from redis.asyncio import Redis
 
 from proxy.core.codec import decode_record
 from proxy.stores.coordination import Notice
 from proxy.stores.redis import RedisKeys, _parse_notice, digest
-from tests.redis_support import JOB, CountingUpstream, Fleet, eventually, get
+from tests.redis_support import JOB, CountingUpstream, Fleet, eventually, get, replica_process
 
 pytest_plugins = ("tests.redis_fixtures",)
 
@@ -26,6 +29,50 @@ async def test_a_second_replica_hits_what_the_first_stored(
     assert status == 200 and "; hit" in cache_status
     assert again == body
     assert upstream.count(JOB) == 1
+
+
+async def _forwarded_hosts(
+    upstream: CountingUpstream, origin: TestServer, redis_url: str, redis_prefix: str, *options: str
+) -> tuple[list[str], list[str | None]]:
+    """Cache-Status of a GET through each of two ``python -m proxy`` replicas, each reached
+    under its own host name and port, and the X-Forwarded-Host of each upstream request."""
+    seen: list[str | None] = []
+
+    async def note(request: web.Request) -> None:
+        seen.append(request.headers.get("X-Forwarded-Host"))
+
+    upstream.on_request = note
+    base = str(origin.make_url("")).rstrip("/")
+    shared = ("--redis-url", redis_url, "--redis-prefix", redis_prefix, *options)
+    statuses = []
+    async with (
+        replica_process(base, *shared) as first,
+        replica_process(base, *shared) as second,
+        aiohttp.ClientSession() as http,
+    ):
+        for url, host in ((first, "one.example"), (second, "two.example:8443")):
+            async with http.get(url + JOB, headers={"Host": host}) as response:
+                assert response.status == 200
+                statuses.append(response.headers["Cache-Status"])
+    return statuses, seen
+
+
+async def test_replicas_started_with_only_the_redis_url_share_whatever_host_they_are_reached_by(
+    upstream: CountingUpstream, origin: TestServer, redis_url: str, redis_prefix: str
+) -> None:
+    statuses, seen = await _forwarded_hosts(upstream, origin, redis_url, redis_prefix)
+    assert "fwd=uri-miss" in statuses[0] and "; hit" in statuses[1]
+    assert seen == [None]
+
+
+async def test_with_forward_host_each_host_is_forwarded_and_keyed(
+    upstream: CountingUpstream, origin: TestServer, redis_url: str, redis_prefix: str
+) -> None:
+    statuses, seen = await _forwarded_hosts(
+        upstream, origin, redis_url, redis_prefix, "--forward-host", "true"
+    )
+    assert all("fwd=uri-miss" in status for status in statuses)
+    assert seen == ["one.example", "two.example:8443"]
 
 
 @pytest.mark.parametrize("replicas", [2, 3])
@@ -199,3 +246,30 @@ async def test_a_replica_that_wins_the_lock_late_serves_what_redis_already_holds
     assert body == fresh
     assert "collapsed" in cache_status
     assert upstream.count(JOB) == 1
+
+
+async def test_derived_codings_reach_the_other_replicas_through_redis(
+    fleet: Fleet, upstream: CountingUpstream, redis_admin: Redis, redis_prefix: str
+) -> None:
+    """The record (format version 2) carries the codings computed by the replica that stored
+    it: another replica serves gzip from it without the origin and without recompressing."""
+    upstream.padding = 4000
+    async with (
+        aiohttp.ClientSession(auto_decompress=False, skip_auto_headers=("Accept-Encoding",)) as raw,
+        fleet(2) as (first, second),
+    ):
+        async with raw.get(first.url + JOB, headers={"Accept-Encoding": ""}) as response:
+            identity = await response.read()
+            assert "Content-Encoding" not in response.headers
+        async with raw.get(second.url + JOB, headers={"Accept-Encoding": "gzip"}) as response:
+            body = await response.read()
+            assert "; hit" in response.headers["Cache-Status"]
+            assert response.headers["Content-Encoding"] == "gzip"
+            assert response.headers["ETag"] == 'W/"v0-gzip"'
+            assert "Accept-Encoding" in response.headers["Vary"]
+    assert gzip.decompress(body) == identity
+    assert len(body) * 3 < len(identity)
+    assert upstream.count(JOB) == 1
+    stored = await redis_admin.get(RedisKeys(redis_prefix).record(JOB))
+    (entry,) = decode_record(stored)
+    assert "gzip" in [rep.coding for rep in entry.derived]

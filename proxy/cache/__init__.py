@@ -1,4 +1,5 @@
-"""The cache layer: serve from the store, fetch and store, forward and stream, invalidate.
+"""The cache layer: serve from the store, fetch and store, forward and stream, invalidate, and
+hold long polls (`Prefer: wait`) until what they would be served changes.
 
 ``CachingProxy`` (``proxy.py``) drives the parts; the policy it follows is ``proxy.core``.
 """

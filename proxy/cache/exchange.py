@@ -7,6 +7,7 @@ HTTP/1.1 protocol) can carry it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import AsyncIterator
@@ -50,6 +51,13 @@ def envelope(code: str, message: str) -> bytes:
     return json.dumps({"success": False, "error": {"code": code, "message": message}}).encode()
 
 
+class Connection(Protocol):
+    """The client connection a request came on, as far as a held request needs it."""
+
+    def disconnected(self) -> asyncio.Future[None]:
+        """Done once the client has gone away."""
+
+
 class Body(Protocol):
     """A request body as it streams in; ``rejected`` says why it was cut short, if it was."""
 
@@ -60,7 +68,10 @@ class Body(Protocol):
 
 @dataclass(slots=True)
 class ProxyRequest:
-    """One client request as the cache needs it; ``target`` is the raw origin-form target."""
+    """One client request as the cache needs it; ``target`` is the raw origin-form target.
+
+    ``connection`` tells a held request (``Prefer: wait``) of a disconnect, where the front can.
+    """
 
     method: str
     target: str
@@ -70,6 +81,7 @@ class ProxyRequest:
     scheme: str
     version: str
     host: str
+    connection: Connection | None = None
 
     @property
     def path(self) -> str:

@@ -13,12 +13,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import aiohttp
-from cachetools import TLRUCache
 
 from proxy.cache.entries import Entries
 from proxy.cache.forward import Forwarder, Streamed
+from proxy.core.coding import CodingPolicy, Representation, representations
 from proxy.core.headers import CacheControl, parse_cache_control, parse_retry_after
-from proxy.core.models import Fresh, Headers, StoredResponse, header_value
+from proxy.core.models import FIELD_OVERHEAD, Fresh, Headers, StoredResponse, header_value
 from proxy.core.policy import (
     CachePolicy,
     RequestFacts,
@@ -27,6 +27,8 @@ from proxy.core.policy import (
     freshen,
     select_variant,
     selecting_values,
+    shareable,
+    stale_if_error_allows,
     storable,
     stored_headers,
     validator_matches,
@@ -35,9 +37,21 @@ from proxy.core.policy import (
 from proxy.ops.config import Settings
 from proxy.stores.coordination import Coordinator, Notice
 from proxy.stores.memory import SharedStore
+from proxy.stores.tables import BackoffTable
 from proxy.upstream import SingleFlight
 
 ERROR_BODY_LIMIT = 64 * 1024
+#: A Retry-After answer replayed to later callers keeps its body only up to this size; a larger
+#: one is replaced by the proxy's own envelope, so the hold-back table stays small.
+BACKOFF_BODY_LIMIT = 4096
+#: Fixed byte budget of the hold-back table, beside the cache (documented in the README).
+BACKOFF_BUDGET = 4 * 1024 * 1024
+#: Python's memory per held-back answer beyond its bytes (the Fetched object and its tuples).
+HELD_OVERHEAD = 512
+RETRY_LATER = (
+    b'{"success": false, "error": {"code": "UPSTREAM_RETRY_LATER", '
+    b'"message": "the upstream asked to retry later"}}'
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +59,8 @@ class Fetched:
     """An upstream answer read in full, shareable with collapsed requests.
 
     ``collapsed``: another replica fetched it; this one read what that replica stored.
+    ``shareable``: every caller of the flight may receive it (``policy.shareable``); when not,
+    only the leader gets it and the others ask the origin themselves.
     """
 
     status: int
@@ -55,6 +71,7 @@ class Fetched:
     stored: bool = False
     revalidated: bool = False
     collapsed: bool = False
+    shareable: bool = True
 
 
 Outcome = Fetched | Streamed
@@ -96,10 +113,19 @@ class Fetcher:
         self.clock = clock
         self.policy = policy
         self.coordinator = coordinator
-        self.flights: SingleFlight[Outcome] = SingleFlight()
-        self._backoff: TLRUCache[str, tuple[float, Fetched]] = TLRUCache(
-            maxsize=10_000, ttu=lambda _k, v, _now: v[0], timer=clock
+        self.codings = CodingPolicy(
+            compress_types=settings.compress_types,
+            min_bytes=settings.compress_min_bytes,
+            codings=settings.compress_codings,
+            max_bytes=settings.max_entry_bytes,
         )
+        self.flights: SingleFlight[Outcome] = SingleFlight()
+        self._backoff: BackoffTable[Fetched] = BackoffTable(BACKOFF_BUDGET, clock)
+
+    @property
+    def held_back_bytes(self) -> int:
+        """Bytes accounted to the ``Retry-After`` hold-back table (within ``BACKOFF_BUDGET``)."""
+        return self._backoff.bytes
 
     def join(self, job: FetchJob) -> tuple[asyncio.Task[Outcome], bool]:
         """The flight for the job, and whether this caller leads it."""
@@ -164,7 +190,7 @@ class Fetcher:
         until, answer = backoff
         retry = str(max(1, int(until - self.clock() + 0.999)))
         kept = tuple((k, v) for k, v in answer.headers if k.lower() != "retry-after")
-        return Fetched(answer.status, answer.reason, (*kept, ("Retry-After", retry)), answer.body)
+        return replace(answer, headers=(*kept, ("Retry-After", retry)))
 
     async def _fetch(self, job: FetchJob) -> Outcome:
         """One upstream fetch for everyone waiting on the job's flight; stores what it may."""
@@ -187,12 +213,17 @@ class Fetcher:
                 # entry: fetch the full response instead, which is then not stored (§3.5).
                 return await self._fetch(replace(job, stale=None))
             entry = freshen(stale, received, request_time, response_time)
+            if entry.selection_vary != stale.selection_vary:
+                selecting = selecting_values(entry.selection_vary, facts.headers)
+                entry = replace(entry, selecting=selecting)
             stored = await self.entries.save(key, entry)
             return Fetched(
                 entry.status, entry.reason, entry.headers, entry.body, entry, stored, True
             )
-        if status in (429, 503):
+        share = shareable(received, shared_scope=self.settings.shared_scope, targeted=True)
+        if status in (429, 503) and share:
             self._note_backoff(job.flight_key, response, received)
+        failed = status >= 500 or status == 429
         can_store = not facts.cache_control.no_store and storable(
             status,
             received,
@@ -200,9 +231,18 @@ class Fetcher:
             has_authorization="authorization" in facts.headers,
             targeted=True,
         )
+        if (
+            can_store
+            and failed
+            and stale is not None
+            and stale_if_error_allows(stale, facts, self.clock(), self.policy)
+        ):
+            # The stale entry stands in for this error (RFC 5861, §4.2.4): storing the error
+            # would replace it and serve the error to everyone after this caller.
+            can_store = False
         if can_store:
             limit = self.settings.max_entry_bytes
-        elif status >= 500 or status == 429:
+        elif failed:
             limit = ERROR_BODY_LIMIT
         else:
             return Streamed(response, received)
@@ -215,9 +255,9 @@ class Fetcher:
             return Streamed(response, received, body)
         response.release()
         if not can_store:
-            if status in (429, 503):
+            if status in (429, 503) and share:
                 self._note_backoff(job.flight_key, response, received, body)
-            return Fetched(status, response.reason or "", received, body)
+            return Fetched(status, response.reason or "", received, body, shareable=share)
         entry = StoredResponse(
             status=status,
             reason=response.reason or "",
@@ -228,11 +268,27 @@ class Fetcher:
             scope=facts.scope,
             selecting=(),
             targeted=True,
+            derived=self._derived(status, received, body),
         )
-        if entry.vary:
-            entry = replace(entry, selecting=selecting_values(entry.vary, facts.headers))
+        if entry.selection_vary:
+            selecting = selecting_values(entry.selection_vary, facts.headers)
+            entry = replace(entry, selecting=selecting)
         stored = await self.entries.save(key, entry)
-        return Fetched(status, entry.reason, entry.headers, body, entry, stored)
+        return Fetched(status, entry.reason, entry.headers, body, entry, stored, shareable=share)
+
+    def _derived(self, status: int, received: Headers, body: bytes) -> tuple[Representation, ...]:
+        """The other codings of a response about to be stored: computed once, here, not per hit."""
+        if status == 204:
+            return ()
+        reps = representations(
+            body=body,
+            etag=header_value(received, "etag"),
+            content_type=header_value(received, "content-type"),
+            content_encoding=[v for k, v in received if k.lower() == "content-encoding"],
+            no_transform=_cache_control_of(received).no_transform,
+            policy=self.codings,
+        )
+        return reps[1:]
 
     def _note_backoff(
         self,
@@ -251,8 +307,14 @@ class Fetcher:
         if delay is None or delay <= 0:
             return
         delay = min(delay, 3600.0)
-        placeholder = Fetched(response.status, response.reason or "", received, body)
-        self._backoff[flight] = (now + delay, placeholder)
+        headers = tuple((k, v) for k, v in received if k.lower() != "set-cookie")
+        if len(body) > BACKOFF_BODY_LIMIT:
+            # Never keep (and replay) a large body per key: the proxy's own envelope instead.
+            body = RETRY_LATER
+            headers = (("Content-Type", "application/json"), *self.forwarder.received_via)
+        placeholder = Fetched(response.status, response.reason or "", headers, body)
+        size = len(body) + sum(len(k) + len(v) + FIELD_OVERHEAD for k, v in headers)
+        self._backoff.put(flight, now + delay, placeholder, size + HELD_OVERHEAD)
 
 
 def _cache_control_of(headers: Headers) -> CacheControl:

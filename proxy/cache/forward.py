@@ -16,7 +16,12 @@ import aiohttp
 
 from proxy import CACHE_NAME
 from proxy.cache.exchange import ProxyRequest, Responder
-from proxy.core.headers import HOP_BY_HOP, connection_tokens, valid_field
+from proxy.core.headers import (
+    HOP_BY_HOP,
+    connection_tokens,
+    proxy_owned_or_invalid_name,
+    valid_field,
+)
 from proxy.core.models import NOT_SERVED, Headers
 from proxy.ops.config import Settings
 from proxy.ops.metrics import Metrics, status_class
@@ -24,10 +29,6 @@ from proxy.upstream import Upstream, UpstreamError, translate_error
 
 log = logging.getLogger("proxy")
 
-#: Fields a client may send that would let it steer what the origin generates for everyone.
-UNTRUSTED_REQUEST_FIELDS = frozenset(
-    {"x-forwarded-host", "x-forwarded-proto", "x-original-url", "x-rewrite-url", "forwarded"}
-)
 #: Client validators are evaluated here against the stored response, never sent upstream on a
 #: cacheable fetch, so that the fetch is the same for every collapsed caller.
 CLIENT_VALIDATORS = frozenset({"if-none-match", "if-modified-since"})
@@ -67,6 +68,11 @@ class Forwarder:
         self.metrics = metrics
         self.via = f"1.1 {CACHE_NAME}"
 
+    @property
+    def received_via(self) -> Headers:
+        """The ``Via`` this cache adds to what it received (RFC 9110 §7.6.3)."""
+        return (("Via", self.via),)
+
     def received(self, response: aiohttp.ClientResponse) -> Headers:
         """The origin's end-to-end fields with this cache's ``Via`` (RFC 9110 §7.6.3)."""
         return (*end_to_end(response.headers.items()), ("Via", self.via))
@@ -75,25 +81,29 @@ class Forwarder:
         self, request: ProxyRequest, *, strip_validators: bool
     ) -> list[tuple[str, str]]:
         """The request's end-to-end fields for the origin, with Via and X-Forwarded-* (§7.6.3)."""
-        drop = {"host", "via", "x-forwarded-for"} | UNTRUSTED_REQUEST_FIELDS
-        if strip_validators:
-            drop |= CLIENT_VALIDATORS
+        drop = {"host", "via"} | (CLIENT_VALIDATORS if strip_validators else set())
         forwarded = [
-            (k, v) for k, v in end_to_end(request.headers.items()) if k.lower() not in drop
+            (k, v)
+            for k, v in end_to_end(request.headers.items())
+            if k.lower() not in drop and not proxy_owned_or_invalid_name(k)
         ]
+        # The client's own X-Forwarded-For is dropped: this proxy is the first trusted hop.
         peer = request.peer or "unknown"
-        prior_for = request.headers.get("X-Forwarded-For")
         prior_via = request.headers.get("Via")
         version = request.version
         forwarded += [
-            ("X-Forwarded-For", f"{prior_for}, {peer}" if prior_for else peer),
+            ("X-Forwarded-For", peer),
             ("X-Forwarded-Proto", request.scheme),
-            ("X-Forwarded-Host", self.settings.public_host or request.host),
             (
                 "Via",
                 f"{prior_via}, {version} {CACHE_NAME}" if prior_via else f"{version} {CACHE_NAME}",
             ),
         ]
+        forwarded_host = self.settings.public_host or (
+            request.host if self.settings.host_keyed else ""
+        )
+        if forwarded_host:
+            forwarded.append(("X-Forwarded-Host", forwarded_host))
         return forwarded
 
     async def send(

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from proxy.cache.entries import Entries
 from proxy.cache.exchange import (
@@ -25,7 +26,10 @@ from proxy.cache.exchange import (
 from proxy.cache.fetch import Fetched, Fetcher, FetchJob, Outcome, flight_key, release_orphan
 from proxy.cache.forward import Forwarder, Streamed
 from proxy.cache.invalidate import Invalidator
-from proxy.cache.serve import StoredServing
+from proxy.cache.longpoll import HELD, LongPolls
+from proxy.cache.serve import StoredServing, Unacceptable
+from proxy.core.coding import accepts, readable, upstream_accept_encoding
+from proxy.core.headers import NO_DIRECTIVES
 from proxy.core.models import Answer, Fetch, Forward, Refuse, Relay, Serve, Settlement
 from proxy.core.policy import (
     CachePolicy,
@@ -38,6 +42,7 @@ from proxy.core.policy import (
     settle,
     settle_error,
 )
+from proxy.core.prefer import Hold
 from proxy.ops.config import Settings
 from proxy.ops.metrics import Metrics
 from proxy.stores.coordination import Coordinator
@@ -45,6 +50,8 @@ from proxy.stores.memory import Store
 from proxy.upstream import Upstream, UpstreamError
 
 log = logging.getLogger("proxy")
+#: The most an unstored answer (an error body, at most 64 KiB as read) is decoded to.
+RELAY_DECODE_LIMIT = 1024 * 1024
 
 
 class CachingProxy:
@@ -78,7 +85,19 @@ class CachingProxy:
             settings, self.entries, self.forwarder, clock, self.policy, coordinator
         )
         self.serving = StoredServing(metrics)
+        self.upstream_accept_encoding = upstream_accept_encoding()
         self.invalidator = Invalidator(self.entries, self.forwarder)
+        self.long_polls = LongPolls(
+            settings,
+            self.entries,
+            self.fetcher,
+            self.serving,
+            self.forwarder,
+            self.policy,
+            clock,
+            metrics,
+        )
+        self.waits = self.long_polls.waits
         self.flights = self.fetcher.flights
         self.draining = False
 
@@ -112,7 +131,11 @@ class CachingProxy:
             message = "the proxy failed to handle the request"
             send_error(responder, 500, "PROXY_ERROR", message, cache_status())
             result = "error"
-        self.metrics.observe_request(route, result, time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        if held := HELD.get():  # a long poll's wait is not the time it took to answer
+            HELD.set(0.0)
+            elapsed -= held
+        self.metrics.observe_request(route, result, elapsed)
         return result
 
     def facts(self, request: ProxyRequest) -> RequestFacts:
@@ -123,7 +146,7 @@ class CachingProxy:
             shared=self.settings.shared_scope,
             secret=self._scope_secret,
         )
-        if not self.settings.public_host:
+        if self.settings.host_keyed:
             # The client's Host reaches the origin as X-Forwarded-Host, so it is part of the
             # key: a forged Host can only ever shape its own variant, never another caller's.
             scope = f"{scope}@{request.host.lower()}"
@@ -154,8 +177,10 @@ class CachingProxy:
         if isinstance(decision, Serve):
             if decision.refresh and facts is not None:
                 self._refresh(request, route, facts, decision)
-            self.serving.serve(request, responder, decision)
-        elif isinstance(decision, Forward):
+            if facts is not None and (hold := self.long_polls.may_hold(request, decision)):
+                return await self._long_poll(request, responder, route, facts, decision, hold)
+            return await self._serve(request, responder, route, decision)
+        if isinstance(decision, Forward):
             await self.forwarder.forward(request, responder, route, decision.cache_status)
         else:
             send_error(
@@ -163,11 +188,57 @@ class CachingProxy:
             )
         return decision.result
 
+    async def _serve(
+        self, request: ProxyRequest, responder: Responder, route: str, decision: Serve
+    ) -> str:
+        try:
+            self.serving.serve(request, responder, decision)
+        except Unacceptable:
+            # Stored only in a coding this client cannot read and may not be transformed
+            # (no-transform, RFC 9110 §7.7): ask the origin in the client's own terms.
+            status = cache_status(fwd="vary-miss", detail="content-coding")
+            await self.forwarder.forward(request, responder, route, status)
+            return "miss"
+        return decision.result
+
+    async def _long_poll(
+        self,
+        request: ProxyRequest,
+        responder: Responder,
+        route: str,
+        facts: RequestFacts,
+        serve: Serve,
+        hold: Hold,
+    ) -> str:
+        """RFC 7240 ``Prefer: wait``: instead of a 304 now, the change or a 304 later."""
+        # The refresh is the same for every waiter of the flight: no request directives.
+        plain = replace(facts, cache_control=NO_DIRECTIVES, pragma_no_cache=False)
+        key = request.target
+        flight = flight_key(key, plain, serve.entry.selection_vary)
+
+        def job() -> FetchJob:
+            """Built only when this request opens its flight's watch (the upstream fields)."""
+            return self._job(request, route, plain, Fetch(serve.entry, "stale"))
+
+        async def fallback() -> str:
+            """The response became one this cache cannot serve (too large): ask as usual."""
+            return await self._cacheable(request, responder, route)
+
+        return await self.long_polls.hold(request, responder, flight, job, serve, hold, fallback)
+
     def _job(
         self, request: ProxyRequest, route: str, facts: RequestFacts, fetch: Fetch
     ) -> FetchJob:
-        vary = fetch.stale.vary if fetch.stale is not None else fetch.vary
-        forwarded = tuple(self.forwarder.upstream_headers(request, strip_validators=True))
+        vary = fetch.stale.selection_vary if fetch.stale is not None else fetch.vary
+        # One stored response serves every coding: ask the origin in the cache's codings, the
+        # same for every caller sharing the fetch, whatever each client spelled.
+        forwarded = tuple(
+            (name, value)
+            for name, value in self.forwarder.upstream_headers(request, strip_validators=True)
+            if name.lower() != "accept-encoding"
+        )
+        if self.upstream_accept_encoding:
+            forwarded += (("Accept-Encoding", self.upstream_accept_encoding),)
         key = request.target
         return FetchJob(route, key, flight_key(key, facts, vary), facts, forwarded, fetch.stale)
 
@@ -198,8 +269,7 @@ class CachingProxy:
             served = settle_error(fetch, facts, error.kind, self.clock(), self.policy)
             if served is None:
                 raise
-            self.serving.serve(request, responder, served)
-            return served.result
+            return await self._serve(request, responder, route, served)
         answer = _answer(outcome, leader)
         if answer.collapsed:
             self.metrics.coalesced.inc()
@@ -208,15 +278,24 @@ class CachingProxy:
             if isinstance(outcome, Streamed) and leader:
                 outcome.response.release()
             return await self._carry_out(request, responder, route, facts, settlement)
+        accept = request.headers.get("accept-encoding")
         if isinstance(outcome, Streamed):
+            coding = [v for k, v in outcome.headers if k.lower() == "content-encoding"]
+            if not accepts(coding, accept):
+                # Asked in the cache's codings, answered unstored in one this client cannot
+                # read: ask again in the client's own terms.
+                outcome.response.release()
+                await self.forwarder.forward(request, responder, route, settlement.cache_status)
+                return settlement.result
             await self.forwarder.stream(request, responder, outcome, settlement.cache_status)
         else:
+            headers, body = readable(outcome.headers, outcome.body, accept, RELAY_DECODE_LIMIT)
             self.forwarder.relay(
                 responder,
                 outcome.status,
                 outcome.reason,
-                outcome.headers,
-                outcome.body,
+                headers,
+                body,
                 settlement.cache_status,
             )
         return settlement.result
@@ -233,5 +312,6 @@ def _answer(outcome: Outcome, leader: bool) -> Answer:
             streamed=False,
             led=leader,
             collapsed=not leader or outcome.collapsed,
+            shareable=outcome.shareable,
         )
     return Answer(outcome.response.status, None, False, False, True, leader, not leader)

@@ -1,7 +1,9 @@
 """A versioned byte format for records kept outside the process (Redis), never pickle.
 
 Layout: ``MAGIC`` (3 bytes), a version byte, the length of the metadata (4 bytes, big-endian),
-the metadata as JSON, then the raw bodies of the variants one after another. A reader trusts
+the metadata as JSON, then the raw bodies one after another: each variant's body followed by the
+bodies of its derived representations (other content codings, listed in its ``derived``), so a
+replica reading the record never recompresses. Version 2 added ``derived``. A reader trusts
 nothing in it: anything it cannot read exactly raises ``CodecError``, which the store turns into
 a miss, so an upgrade or a corrupt entry costs one upstream fetch, never an error.
 """
@@ -13,10 +15,11 @@ import math
 import struct
 from typing import Any
 
+from proxy.core.coding import Representation
 from proxy.core.models import Record, StoredResponse
 
 MAGIC = b"acp"
-VERSION = 1
+VERSION = 2
 _HEAD = struct.Struct(">3sBI")
 
 
@@ -36,13 +39,13 @@ def encode_record(record: Record) -> bytes:
             "selecting": entry.selecting,
             "targeted": entry.targeted,
             "body": len(entry.body),
+            "derived": [[rep.coding, rep.etag, len(rep.body)] for rep in entry.derived],
         }
         for entry in record
     ]
     meta = json.dumps({"variants": variants}, separators=(",", ":"), allow_nan=False).encode()
-    return b"".join(
-        (_HEAD.pack(MAGIC, VERSION, len(meta)), meta, *(entry.body for entry in record))
-    )
+    bodies = [body for entry in record for body in (entry.body, *(r.body for r in entry.derived))]
+    return b"".join((_HEAD.pack(MAGIC, VERSION, len(meta)), meta, *bodies))
 
 
 def decode_record(data: bytes) -> Record:
@@ -81,23 +84,42 @@ def _variant(fields: Any, data: bytes, offset: int) -> tuple[StoredResponse, int
     length = _typed(fields, "body", int)
     if not 100 <= status <= 999 or length < 0 or offset + length > len(data):
         raise CodecError("bad status or body length")
+    body = data[offset : offset + length]
+    offset += length
+    derived = []
+    listed = _typed(fields, "derived", list)
+    for item in listed:
+        if (
+            not isinstance(item, list)
+            or len(item) != 3
+            or not isinstance(item[0], str)
+            or not (item[1] is None or isinstance(item[1], str))
+            or not isinstance(item[2], int)
+            or isinstance(item[2], bool)
+            or item[2] < 0
+            or offset + item[2] > len(data)
+        ):
+            raise CodecError("bad derived representation")
+        derived.append(Representation(item[0], data[offset : offset + item[2]], item[1], True))
+        offset += item[2]
     try:
         entry = StoredResponse(
             status=status,
             reason=_typed(fields, "reason", str),
             headers=_pairs(fields, "headers"),
-            body=data[offset : offset + length],
+            body=body,
             request_time=_time(fields, "request_time"),
             response_time=_time(fields, "response_time"),
             scope=_typed(fields, "scope", str),
             selecting=_pairs(fields, "selecting"),
             targeted=_typed(fields, "targeted", bool),
+            derived=tuple(derived),
         )
     except CodecError:
         raise
     except Exception as error:  # the model's own parsing must not let a bad entry escape as a crash
         raise CodecError("fields do not make a stored response") from error
-    return entry, offset + length
+    return entry, offset
 
 
 def _typed(fields: dict[str, Any], name: str, kind: type) -> Any:

@@ -3,15 +3,23 @@
 Every parser here is total: it takes whatever bytes a peer sent and returns a value or ``None``;
 it never raises. Invalid input is mapped to the interpretation the RFCs prescribe (for example an
 invalid ``max-age`` is treated as 0, RFC 9111 §4.2.1).
+
+HTTP-dates are parsed by hand against the three grammars of RFC 9110 §5.6.7: ``email.utils``
+accepts any RFC 5322 date (other zones, missing commas, one-digit hours), which HTTP forbids.
+``CDN-Cache-Control`` is an RFC 9651 Structured Field, parsed with the ``http-sf`` package
+(mnot's reference implementation of RFC 9651, kept current and tested against the official
+test suite) rather than by hand.
 """
 
 from __future__ import annotations
 
+import calendar
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC
-from email.utils import formatdate, parsedate_to_datetime
+from email.utils import formatdate
+
+import http_sf
 
 #: RFC 9111 §1.2.2: a delta-seconds too large to represent is treated as 2**31.
 DELTA_SECONDS_MAX = 2**31
@@ -30,6 +38,45 @@ HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
+
+#: Forwarding fields the proxy owns: whatever a client sends under these names is dropped, so a
+#: caller cannot steer what the origin generates (links, redirects, routing) for others; the
+#: proxy sets its own X-Forwarded-For / -Proto (and -Host where configured) and ``Via``.
+PROXY_OWNED_FORWARDING_FIELDS = frozenset(
+    {
+        "forwarded",
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "x-forwarded-port",
+        "x-forwarded-prefix",
+        "x-forwarded-proto",
+        "x-forwarded-scheme",
+        "x-forwarded-server",
+        "x-forwarded-ssl",
+        "x-forwarded-uri",
+        "x-host",
+        "x-original-host",
+        "x-original-url",
+        "x-rewrite-url",
+        "x-http-method",
+        "x-http-method-override",
+        "x-method-override",
+        "x-real-ip",
+        "x-scheme",
+        "front-end-https",
+    }
+)
+
+
+def proxy_owned_or_invalid_name(name: str) -> bool:
+    """A client field never forwarded: one the proxy owns, or a name with an underscore.
+
+    Underscores: nginx drops such fields by default (``underscores_in_headers off``), because
+    CGI-style origins map ``Transfer_Encoding`` and ``Transfer-Encoding`` to the same variable.
+    """
+    lowered = name.lower()
+    return lowered in PROXY_OWNED_FORWARDING_FIELDS or "_" in lowered
+
 
 _TOKEN_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _ENTITY_TAG_RE = re.compile(r'(W/)?"([\x21\x23-\x7e\x80-\xff]*)"')
@@ -177,21 +224,116 @@ def parse_cache_control(values: Iterable[str] | str | None) -> CacheControl:
     return CacheControl(present=bool(items), **found)  # type: ignore[arg-type]
 
 
-def parse_http_date(value: str | None) -> float | None:
-    """An HTTP-date (RFC 9110 §5.6.7: IMF-fixdate, RFC 850 or asctime) as epoch seconds."""
+#: RFC 9213 §2.1 with RFC 9111 §5.2.2: the Structured Field type each known directive must have.
+_CDN_INTEGER = frozenset(_DELTA_DIRECTIVES) | {"max-stale"}
+_CDN_FIELD_LIST = frozenset({"no-cache", "private"})
+
+
+def parse_cdn_cache_control(values: Iterable[str] | str | None) -> CacheControl | None:
+    """``CDN-Cache-Control`` (RFC 9213) as an RFC 9651 Dictionary; ``None`` means ignore it.
+
+    RFC 9213 §2.1: a field that does not parse as a Dictionary, or a known directive with a value
+    of the wrong type (``max-age="10"``, a negative or fractional age), makes the whole field
+    ignored, so the cache falls back to ``Cache-Control``. Unknown directives are ignored (§2.1).
+    """
+    if values is None:
+        return None
+    lines = [values] if isinstance(values, str) else list(values)
+    if not lines:
+        return None
+    try:
+        parsed = http_sf.parse(", ".join(lines).encode("ascii"), tltype="dictionary")
+    except (http_sf.StructuredFieldError, UnicodeEncodeError, ValueError):
+        return None
+    if not isinstance(parsed, dict):
+        return None
+    found: dict[str, object] = {}
+    for name, member in parsed.items():
+        value = member[0] if isinstance(member, tuple) else member
+        if name in _CDN_INTEGER:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                return None
+            found[name.replace("-", "_")] = min(value, DELTA_SECONDS_MAX)
+        elif name in _CDN_FIELD_LIST:
+            attr = name.replace("-", "_")
+            if value is True:
+                found[attr] = True
+            elif isinstance(value, str) and not isinstance(value, http_sf.Token):
+                found[f"{attr}_fields"] = _field_names(value)
+            else:
+                return None
+        elif name in _FLAG_DIRECTIVES:
+            if value is not True:
+                return None
+            found[_FLAG_DIRECTIVES[name]] = True
+    return CacheControl(present=bool(parsed), **found)  # type: ignore[arg-type]
+
+
+_DAY = r"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun)"
+_DAY_L = r"(?:Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday)"
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+_MONTH = "(?P<month>" + "|".join(_MONTHS) + ")"
+_TIME = r"(?P<hour>[0-9]{2}):(?P<minute>[0-9]{2}):(?P<second>[0-9]{2})"
+_IMF_FIXDATE = re.compile(
+    rf"{_DAY}, (?P<day>[0-9]{{2}}) {_MONTH} (?P<year>[0-9]{{4}}) {_TIME} GMT", re.ASCII
+)
+_RFC850_DATE = re.compile(
+    rf"{_DAY_L}, (?P<day>[0-9]{{2}})-{_MONTH}-(?P<year>[0-9]{{2}}) {_TIME} GMT", re.ASCII
+)
+_ASCTIME_DATE = re.compile(
+    rf"{_DAY} {_MONTH} (?P<day>[0-9]{{2}}| [0-9]) {_TIME} (?P<year>[0-9]{{4}})", re.ASCII
+)
+_SECONDS_PER_YEAR = 365.2425 * 86400
+
+
+def parse_http_date(value: str | None, now: float | None = None) -> float | None:
+    """An HTTP-date as epoch seconds: exactly IMF-fixdate, RFC 850 or asctime (RFC 9110 §5.6.7).
+
+    Anything else (zones other than ``GMT``, a missing comma, extra spaces, a one-digit hour, a
+    two-digit year outside the RFC 850 form, an impossible day) is invalid: ``None``. An RFC 850
+    two-digit year more than 50 years after ``now`` means the most recent such year in the past
+    (§5.6.7); without ``now`` the years 70-99 are 19xx and 00-69 are 20xx.
+    """
     if not value:
         return None
-    try:
-        parsed = parsedate_to_datetime(value.strip())
-    except (TypeError, ValueError, IndexError, OverflowError):
+    value = value.strip(" \t")
+    match = _IMF_FIXDATE.fullmatch(value) or _ASCTIME_DATE.fullmatch(value)
+    if match is not None:
+        year = int(match["year"])
+    else:
+        match = _RFC850_DATE.fullmatch(value)
+        if match is None:
+            return None
+        year = _rfc850_year(int(match["year"]), now)
+    month = _MONTHS.index(match["month"]) + 1
+    day, hour = int(match["day"]), int(match["hour"])
+    minute, second = int(match["minute"]), int(match["second"])
+    if year < 1 or not 1 <= day <= calendar.monthrange(year, month)[1]:
         return None
-    if parsed.tzinfo is None:
-        # asctime and RFC 850 carry no zone; HTTP dates are always GMT.
-        parsed = parsed.replace(tzinfo=UTC)
-    try:
-        return parsed.timestamp()
-    except (OverflowError, OSError, ValueError):
+    if hour > 23 or minute > 59 or second > 60:
         return None
+    return float(calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0)))
+
+
+def _rfc850_year(two_digits: int, now: float | None) -> int:
+    if now is None:
+        return (1900 if two_digits >= 70 else 2000) + two_digits
+    current = 1970 + int(now // _SECONDS_PER_YEAR)
+    year = current - current % 100 + two_digits
+    if year > current + 50:
+        year -= 100
+    elif year <= current - 50:
+        year += 100
+    return year
+
+
+def parse_age(values: Iterable[str] | str | None) -> int | None:
+    """RFC 9111 §5.1 ``Age``: a list-valued field uses its first member; invalid means absent."""
+    members = split_list(values)
+    if not members:
+        return None
+    first = members[0]
+    return parse_delta_seconds(first) if _DIGITS_RE.match(first) else None
 
 
 def format_http_date(timestamp: float) -> str:
@@ -252,7 +394,7 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     delta = parse_delta_seconds(value)
     if delta is not None:
         return float(delta)
-    date = parse_http_date(value)
+    date = parse_http_date(value, now)
     if date is None:
         return None
     return max(0.0, date - now)

@@ -7,11 +7,13 @@ import math
 import sys
 from dataclasses import dataclass, field
 
+from proxy.core.coding import IDENTITY, Representation
 from proxy.core.headers import (
     HOP_BY_HOP,
     CacheControl,
+    parse_age,
     parse_cache_control,
-    parse_delta_seconds,
+    parse_cdn_cache_control,
     parse_entity_tag,
     parse_http_date,
     parse_vary,
@@ -53,6 +55,23 @@ def _parsed_cache_control(values: tuple[str, ...]) -> CacheControl:
     return parse_cache_control(values)
 
 
+@functools.lru_cache(maxsize=256)
+def _parsed_cdn_cache_control(values: tuple[str, ...]) -> CacheControl | None:
+    return parse_cdn_cache_control(values)
+
+
+def response_cache_control(headers: Headers, *, targeted: bool) -> CacheControl:
+    """The directives a response gives this cache: ``CDN-Cache-Control`` (RFC 9213) when it is
+    present and valid, else ``Cache-Control``."""
+    if targeted:
+        cdn = tuple(header_values(headers, "cdn-cache-control"))
+        if cdn:
+            parsed = _parsed_cdn_cache_control(cdn)
+            if parsed is not None:
+                return parsed
+    return _parsed_cache_control(tuple(header_values(headers, "cache-control")))
+
+
 @dataclass(frozen=True, slots=True)
 class StoredResponse:
     """One stored response (RFC 9111 §3) and the request facts needed to reuse it.
@@ -60,6 +79,10 @@ class StoredResponse:
     ``scope`` is the credential scope the response belongs to and ``selecting`` the values of the
     request fields its ``Vary`` names (§4.1), so a variant is only reused for matching requests.
     The derived fields are computed once here, never on the hot path of a hit.
+
+    ``derived`` holds the representations in other content codings computed from the body
+    (``proxy.core.coding``); ``representations`` puts the origin's own first, ``represented``
+    holds each one's served fields (its ``Content-Encoding``, ``ETag`` and ``Vary``).
     """
 
     status: int
@@ -71,6 +94,12 @@ class StoredResponse:
     scope: str = ""
     selecting: tuple[tuple[str, str], ...] = ()
     targeted: bool = field(default=False)
+    derived: tuple[Representation, ...] = ()
+
+    representations: tuple[Representation, ...] = field(init=False, compare=False, repr=False)
+    codings: tuple[str, ...] = field(init=False, compare=False, repr=False)
+    represented: tuple[Headers, ...] = field(init=False, compare=False, repr=False)
+    selection_vary: tuple[str, ...] = field(init=False, compare=False, repr=False)
 
     cache_control: CacheControl = field(init=False, compare=False, repr=False)
     date: float | None = field(init=False, compare=False, repr=False)
@@ -83,10 +112,9 @@ class StoredResponse:
 
     def __post_init__(self) -> None:
         headers = _shared_fields(self.headers)
-        cdn = header_values(headers, "cdn-cache-control") if self.targeted else []
-        cache_control = _parsed_cache_control(tuple(cdn or header_values(headers, "cache-control")))
-        date = parse_http_date(header_value(headers, "date"))
-        age = parse_delta_seconds(header_value(headers, "age")) or 0
+        cache_control = response_cache_control(headers, targeted=self.targeted)
+        date = parse_http_date(header_value(headers, "date"), self.response_time)
+        age = parse_age(header_values(headers, "age")) or 0
         # §4.2.3 apparent_age, with the receipt time at the one-second resolution of the Date it
         # is compared with: a response dated in the second it arrives is not up to 1 s old.
         apparent_age = max(0.0, math.floor(self.response_time) - date) if date is not None else 0.0
@@ -96,15 +124,38 @@ class StoredResponse:
         setter(self, "cache_control", cache_control)
         setter(self, "date", date)
         setter(self, "etag", parse_entity_tag(header_value(headers, "etag")))
-        setter(self, "last_modified", parse_http_date(header_value(headers, "last-modified")))
+        last_modified = parse_http_date(header_value(headers, "last-modified"), self.response_time)
+        setter(self, "last_modified", last_modified)
         setter(self, "vary", parse_vary(header_values(headers, "vary")))
         setter(self, "corrected_initial_age", max(apparent_age, corrected_age_value))
-        setter(self, "served", tuple(item for item in headers if item[0].lower() not in NOT_SERVED))
-        setter(
-            self,
-            "size",
-            len(self.body) + sum(len(k) + len(v) for k, v in headers) + 256,
+        served = tuple(item for item in headers if item[0].lower() not in NOT_SERVED)
+        setter(self, "served", served)
+        original = Representation(
+            _coding_token(header_values(headers, "content-encoding")),
+            self.body,
+            self.etag,
+            derived=False,
         )
+        reps = (original, *self.derived)
+        setter(self, "representations", reps)
+        setter(self, "codings", tuple(rep.coding for rep in reps))
+        setter(self, "represented", tuple(_represented(served, rep, reps) for rep in reps))
+        vary = self.vary
+        if "accept-encoding" in vary and any(rep.coding == IDENTITY for rep in reps):
+            # Every client can be served from this one stored response (§12.5.3): the request's
+            # Accept-Encoding picks a representation, not a stored response.
+            vary = tuple(name for name in vary if name != "accept-encoding")
+        setter(self, "selection_vary", vary)
+        fields = sum(len(k) + len(v) + FIELD_OVERHEAD for k, v in headers)
+        selecting = sum(len(n) + len(v) + FIELD_OVERHEAD for n, v in self.selecting)
+        derived = sum(
+            len(rep.body) + len(rep.etag or "") + REPRESENTATION_OVERHEAD + 8 * len(served)
+            for rep in self.derived
+        )
+        # The scope carries the caller's Host when --public-host is unset: count it, so a
+        # flood of long Host values is paid for out of the budget.
+        size = len(self.body) + fields + selecting + derived + len(self.scope) + ENTRY_OVERHEAD
+        setter(self, "size", size)
 
     @property
     def has_validator(self) -> bool:
@@ -113,6 +164,49 @@ class StoredResponse:
     def header(self, name: str) -> str | None:
         return header_value(self.headers, name)
 
+
+def _coding_token(values: list[str]) -> str:
+    """The body's coding as one lower-case token (``identity`` when it has none)."""
+    joined = ", ".join(value.strip().lower() for value in values if value.strip())
+    return {"": IDENTITY, "x-gzip": "gzip"}.get(joined, joined)
+
+
+def _represented(served: Headers, rep: Representation, reps: tuple[Representation, ...]) -> Headers:
+    """The served fields of one representation: its coding, its validator, and ``Vary``.
+
+    ``Vary: Accept-Encoding`` whenever the stored response has several codings (RFC 9110
+    §12.5.5), so no cache downstream hands one client's coding to another.
+    """
+    if len(reps) == 1:
+        return served
+    drop = {"content-encoding", "etag", "vary"}
+    fields = [item for item in served if item[0].lower() not in drop]
+    if rep.coding != IDENTITY:
+        fields.append(_shared_pair("Content-Encoding", rep.coding))
+    if rep.etag is not None:
+        fields.append(("ETag", rep.etag))
+    vary = parse_vary(header_values(served, "vary"))
+    names = [value for key, value in served if key.lower() == "vary"]
+    if "accept-encoding" not in vary:
+        names.append("Accept-Encoding")
+    fields.append(_shared_pair("Vary", ", ".join(names)))
+    return tuple(fields)
+
+
+@functools.lru_cache(maxsize=512)
+def _shared_pair(name: str, value: str) -> tuple[str, str]:
+    """One field tuple for all stored responses that repeat it (a few codings, a few Varys)."""
+    return (name, sys.intern(value))
+
+
+#: Python's own memory per stored response beyond its bytes (the object, its derived fields, the
+#: served-headers tuple) and per field line (two tuples, a string object): measured with
+#: tracemalloc on CPython 3.11 (tests/test_memory_budget.py), so the budget bounds real memory.
+ENTRY_OVERHEAD = 1024
+FIELD_OVERHEAD = 160
+#: Per derived coding beyond its bytes (its object, its served-fields tuple, its ETag pair,
+#: allocator slack), plus 8 bytes per served field: measured with 10,000 stored responses.
+REPRESENTATION_OVERHEAD = 640
 
 #: All stored variants of one URI, most recent first (RFC 9111 §4.1).
 Record = tuple[StoredResponse, ...]
@@ -230,7 +324,8 @@ class Answer:
 
     ``entry`` is the stored (or freshened) response when there is one; ``streamed`` an answer
     too large or not storable, relayed to one caller; ``led`` whether this caller ran the fetch;
-    ``collapsed`` whether the answer came from another caller's (or replica's) fetch.
+    ``collapsed`` whether the answer came from another caller's (or replica's) fetch;
+    ``shareable`` whether every caller of the fetch may receive it (``policy.shareable``).
     """
 
     status: int
@@ -240,3 +335,4 @@ class Answer:
     streamed: bool
     led: bool
     collapsed: bool
+    shareable: bool = True

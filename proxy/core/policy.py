@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 
+from proxy.core.coding import Representation, normalise_accept_encoding
 from proxy.core.headers import (
     HOP_BY_HOP,
     CacheControl,
@@ -19,7 +20,9 @@ from proxy.core.headers import (
     parse_cache_control,
     parse_entity_tag_list,
     parse_http_date,
+    parse_vary,
     split_list,
+    strong_match,
     weak_match,
 )
 from proxy.core.models import (
@@ -40,6 +43,7 @@ from proxy.core.models import (
     StoredResponse,
     Unsatisfiable,
     header_value,
+    response_cache_control,
 )
 
 #: RFC 9110 §15.1: status codes a cache may store with heuristic freshness.
@@ -123,6 +127,8 @@ def selecting_values(
 
     Only equality matters for selecting a variant, and a response may vary on a credential
     (``Vary: Authorization``), so stored entries keep a digest, never the value itself.
+    ``Accept-Encoding`` is normalised to the coding this cache would serve, so every spelling
+    of one preference selects the same variant.
     """
     getall = getattr(headers, "getall", None)
     values = []
@@ -132,6 +138,9 @@ def selecting_values(
         else:
             single = headers.get(name)
             found = [single] if single is not None else []
+        if name == "accept-encoding":
+            values.append((name, normalise_accept_encoding(found)))
+            continue
         if not found:
             values.append((name, ""))
             continue
@@ -145,7 +154,8 @@ def select_variant(record: Record, request: RequestFacts) -> StoredResponse | No
     for entry in record:
         if entry.scope != request.scope:
             continue
-        if not entry.vary or selecting_values(entry.vary, request.headers) == entry.selecting:
+        vary = entry.selection_vary
+        if not vary or selecting_values(vary, request.headers) == entry.selecting:
             return entry
     return None
 
@@ -162,8 +172,9 @@ def freshness_lifetime(entry: StoredResponse, policy: CachePolicy) -> float:
         return float(cc.max_age)
     expires_values = [value for key, value in entry.headers if key.lower() == "expires"]
     if expires_values:
-        expires = parse_http_date(expires_values[0])
-        if expires is None:
+        # §5.3: an invalid Expires, several Expires lines included, means already expired.
+        expires = parse_http_date(expires_values[0], entry.response_time)
+        if expires is None or len(expires_values) > 1:
             return 0.0
         date = entry.date if entry.date is not None else entry.response_time
         return max(0.0, expires - date)
@@ -276,8 +287,7 @@ def storable(
     """§3: may a shared cache store this response to a GET?"""
     if status < 200 or status in (206, 304):
         return False
-    cdn = [v for k, v in headers if k.lower() == "cdn-cache-control"] if targeted else []
-    cc = parse_cache_control(cdn or [v for k, v in headers if k.lower() == "cache-control"])
+    cc = response_cache_control(headers, targeted=targeted)
     if cc.must_understand:
         if status not in UNDERSTOOD_STATUSES:
             return False
@@ -305,6 +315,25 @@ def storable(
     return explicit or status in HEURISTICALLY_CACHEABLE
 
 
+def shareable(headers: Headers, *, shared_scope: bool, targeted: bool = False) -> bool:
+    """May an answer fetched for one request be handed to the others that waited for it
+    (collapsed fetches, the Retry-After hold-back)?
+
+    Only if every waiter may receive it: no ``Set-Cookie`` (a session), not ``private`` in any
+    form nor ``no-store`` (§5.2.2.7, §5.2.2.5). Under ``--cache-scope shared`` the waiters may
+    carry other credentials (or none) than the request that fetched it, so only with
+    ``public``, ``s-maxage`` or ``must-revalidate`` (§3.5): one token's 429 is not another's.
+    """
+    cc = response_cache_control(headers, targeted=targeted)
+    if cc.private or cc.private_fields or (cc.no_store and not cc.must_understand):
+        return False
+    if any(key.lower() == "set-cookie" for key, _ in headers):
+        return False
+    if shared_scope:
+        return cc.public or cc.s_maxage is not None or cc.must_revalidate
+    return True
+
+
 def stored_headers(headers: Headers, cache_control: CacheControl) -> Headers:
     """The fields to store: all but hop-by-hop ones and those a qualified private/no-cache names."""
     drop = set(HOP_BY_HOP) | set(cache_control.private_fields) | set(cache_control.no_cache_fields)
@@ -321,24 +350,50 @@ def with_date(headers: Headers, now: float) -> Headers:
 def freshen(
     entry: StoredResponse, not_modified: Headers, request_time: float, response_time: float
 ) -> StoredResponse:
-    """§4.3.4: update a stored response with the fields of a 304 that validated it."""
+    """§4.3.4: update a stored response with the fields of a 304 that validated it.
+
+    ``Vary`` is the exception: a 304 whose ``Vary`` is narrower than its 200's (fronts that add
+    ``Vary: Accept-Encoding`` only when they compress) must not unselect the stored response,
+    so the stored ``Vary`` becomes the union of both; the caller recomputes the selection.
+    Content codings and their derived bodies are unchanged by a 304 and are kept.
+    """
     if header_value(not_modified, "date") is None:
         # RFC 9110 §6.6.1: a recipient with a clock adds the Date the origin left out.
         not_modified = (*not_modified, ("Date", format_http_date(response_time)))
     updates = {key.lower(): None for key, _ in not_modified if key.lower() not in NOT_FRESHENED}
     kept = tuple((key, value) for key, value in entry.headers if key.lower() not in updates)
-    fresh = tuple((key, value) for key, value in not_modified if key.lower() in updates)
+    fresh = tuple(
+        (key, value)
+        for key, value in not_modified
+        if key.lower() in updates and key.lower() != "vary"
+    )
+    if "vary" in updates:
+        stored_vary = [value for key, value in entry.headers if key.lower() == "vary"]
+        new_vary = [value for key, value in not_modified if key.lower() == "vary"]
+        names = {name: None for name in split_list(stored_vary + new_vary)}
+        if names and parse_vary(list(names)) != ("*",):
+            fresh = (*fresh, ("Vary", ", ".join(names)))
     return replace(
         entry, headers=kept + fresh, request_time=request_time, response_time=response_time
     )
 
 
 def validator_matches(entry: StoredResponse, not_modified: Headers) -> bool:
-    """§4.3.4: a 304 selects the stored response when its validator agrees (or it has none)."""
+    """§4.3.4: does a 304 select this stored response for update?
+
+    A strong ``ETag`` selects only stored responses with that same strong validator, so a
+    representation in another coding never takes over the origin's strong tag; a weak one
+    selects by weak comparison; without an ``ETag`` the request's own validator is trusted.
+    """
     etag = header_value(not_modified, "etag")
-    if etag is None or entry.etag is None:
+    if etag is None:
         return True
-    return weak_match(etag.strip(), entry.etag)
+    etag = etag.strip()
+    if entry.etag is None:
+        return False
+    if not etag.startswith("W/"):
+        return strong_match(etag, entry.etag)
+    return weak_match(etag, entry.etag)
 
 
 def conditional_headers(entry: StoredResponse) -> dict[str, str]:
@@ -358,27 +413,42 @@ def conditional_headers(entry: StoredResponse) -> dict[str, str]:
 UNHANDLED_PRECONDITIONS = ("if-match", "if-unmodified-since", "if-range", "range")
 
 
-def not_modified(entry: StoredResponse, headers: Mapping[str, str]) -> bool:
-    """RFC 9110 §13.1.2 / §13.1.3 against a stored response: should the client get a 304?"""
+def not_modified(
+    entry: StoredResponse, headers: Mapping[str, str], chosen: Representation | None = None
+) -> Representation | None:
+    """RFC 9110 §13.1.2 / §13.1.3: the representation the client holds, if it gets a 304.
+
+    ``If-None-Match`` is compared with every representation of the stored response (its own
+    coding first), so a client holding any of them is told it is current, under that one's tag.
+    """
+    chosen = chosen or entry.representations[0]
     if_none_match = headers.get("if-none-match")
     if if_none_match is not None:
         tags = parse_entity_tag_list(if_none_match)
         if tags is None:
-            return False
+            return None
         if tags == ("*",):
-            return True
-        return entry.etag is not None and any(weak_match(tag, entry.etag) for tag in tags)
+            return chosen
+        for rep in (chosen, *entry.representations):
+            if rep.etag is not None and any(weak_match(tag, rep.etag) for tag in tags):
+                return rep
+        return None
     since = parse_http_date(headers.get("if-modified-since"))
     if since is None:
-        return False
+        return None
     reference = entry.last_modified
     if reference is None:
         reference = entry.date if entry.date is not None else entry.response_time
-    return reference <= since
+    return chosen if reference <= since else None
 
 
-def not_modified_headers(entry: StoredResponse) -> list[tuple[str, str]]:
-    return [(key, value) for key, value in entry.headers if key.lower() in NOT_MODIFIED_FIELDS]
+def not_modified_headers(
+    entry: StoredResponse, rep: Representation | None = None
+) -> list[tuple[str, str]]:
+    """RFC 9110 §15.4.5: the 200's fields a 304 repeats, for the representation it validates."""
+    index = entry.representations.index(rep) if rep is not None else 0
+    fields = entry.represented[index]
+    return [(key, value) for key, value in fields if key.lower() in NOT_MODIFIED_FIELDS]
 
 
 # -- invalidation ---------------------------------------------------------------------------------
@@ -492,6 +562,10 @@ def settle(
     if failed and stale is not None and stale_if_error_allows(stale, request, now, policy):
         status = cache_status(fwd=fetch.fwd, fwd_status=answer.status, collapsed=not answer.led)
         return Serve(stale, current_age(stale, now), status, "stale")
+    if not answer.led and not answer.shareable:
+        # Set-Cookie, private, or another caller's credentials under a shared scope: the answer
+        # is the leader's alone, and this caller asks the origin itself.
+        return Forward(cache_status(fwd=fetch.fwd), "miss")
     if answer.streamed:
         # Only the caller that led the fetch may read a streamed body; the others ask again.
         if answer.led:
@@ -501,11 +575,12 @@ def settle(
     if entry is None:
         status = cache_status(fwd=fetch.fwd, fwd_status=answer.status, collapsed=not answer.led)
         return Relay(status, "error" if failed else "miss")
-    if entry.vary and selecting_values(entry.vary, request.headers) != entry.selecting:
+    selection = entry.selection_vary
+    if selection and selecting_values(selection, request.headers) != entry.selecting:
         # Collapsed onto a fetch for another variant: fetch our own, once (§4.1).
         if fetch.vary:
             return Forward(cache_status(fwd="vary-miss"), "miss")
-        return Fetch(None, "vary-miss", entry.vary)
+        return Fetch(None, "vary-miss", selection)
     status = cache_status(
         fwd=fetch.fwd,
         fwd_status=304 if answer.revalidated else answer.status,

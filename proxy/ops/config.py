@@ -7,12 +7,21 @@ A bad value raises ``ConfigError`` with a one-line message that names the option
 from __future__ import annotations
 
 import argparse
+import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, NoReturn
 
 from yarl import URL
+
+from proxy.core.coding import (
+    DEFAULT_COMPRESS_MIN_BYTES,
+    DEFAULT_COMPRESS_TYPES,
+    PREFERENCE,
+    available_codings,
+)
+from proxy.ops.redis_url import is_multi_node, parse_redis_nodes
 
 
 class ConfigError(ValueError):
@@ -61,6 +70,28 @@ def parse_header_list(text: str) -> tuple[str, ...]:
         if not re.fullmatch(r"[!#$%&'*+\-.^_`|~0-9a-z]+", name):
             raise ValueError(f"{name!r} is not a header name")
     return names
+
+
+def parse_media_types(text: str) -> tuple[str, ...]:
+    """``text/*, application/json``: media types or ``type/*`` patterns, ``*`` for all."""
+    types = tuple(item.strip().lower() for item in text.split(",") if item.strip())
+    for item in types:
+        if item != "*" and not re.fullmatch(r"[a-z0-9!#$&^_.+-]+/(\*|[a-z0-9!#$&^_.+-]+)", item):
+            raise ValueError(f"{item!r} is not a media type")
+    return types
+
+
+def parse_codings(text: str) -> tuple[str, ...]:
+    """``zstd,br,gzip``: content codings this install can produce, in the cache's order."""
+    wanted = {item.strip().lower() for item in text.split(",") if item.strip()}
+    unknown = wanted - set(PREFERENCE)
+    if unknown:
+        raise ValueError(f"unknown coding {sorted(unknown)[0]!r}: expected {', '.join(PREFERENCE)}")
+    missing = wanted - set(available_codings())
+    if missing:
+        extra = "pip install 'aitronos-cache-proxy[compression]'"
+        raise ValueError(f"{sorted(missing)[0]} needs its package: {extra}")
+    return tuple(coding for coding in PREFERENCE if coding in wanted)
 
 
 def parse_public_host(text: str) -> str:
@@ -116,22 +147,32 @@ _REDIS_PREFIX_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
 
 def parse_redis_url(text: str) -> str:
-    """A URL redis-py accepts; the message never repeats the URL, which may hold a password."""
+    """A URL redis-py accepts, or one naming sentinels or cluster nodes (``proxy.ops.redis_url``);
+    the message never repeats the URL, which may hold a password.
+    """
     if not text:
         return ""
-    expected = "expected redis://[[user]:password@]host[:port][/db], rediss://... or unix:///path"
-    try:
-        url = URL(text)
-    except ValueError:
-        raise ValueError(expected) from None
-    if url.scheme not in _REDIS_SCHEMES or not (url.host or url.path.strip("/")):
-        raise ValueError(expected)
+    expected = (
+        "expected redis://[[user]:password@]host[:port][/db], rediss://..., unix:///path, "
+        "redis+sentinel://host[:port],.../service[/db] or redis+cluster://host[:port],..."
+    )
+    multi_node = is_multi_node(text)
+    if not multi_node:
+        try:
+            url = URL(text)
+        except ValueError:
+            raise ValueError(expected) from None
+        if url.scheme not in _REDIS_SCHEMES or not (url.host or url.path.strip("/")):
+            raise ValueError(expected)
     try:
         from redis.asyncio.connection import parse_url
     except ImportError:
         raise ValueError(
             "redis-py is not installed: pip install 'aitronos-cache-proxy[redis]'"
         ) from None
+    if multi_node:
+        parse_redis_nodes(text)
+        return text
     try:
         parse_url(text)
     except (ValueError, TypeError):
@@ -143,6 +184,27 @@ def parse_redis_prefix(text: str) -> str:
     if not _REDIS_PREFIX_RE.fullmatch(text):
         raise ValueError(f"expected 1 to 64 of A-Z a-z 0-9 _ . : -, got {text!r}")
     return text
+
+
+#: Most worker processes ``--workers`` starts; more would only add context switches.
+MAX_WORKERS = 256
+
+
+def parse_workers(text: str) -> int:
+    """A number of worker processes, or ``auto``: the CPUs this process may run on."""
+    if text.strip().lower() == "auto":
+        return (
+            len(os.sched_getaffinity(0))
+            if hasattr(os, "sched_getaffinity")
+            else (os.cpu_count() or 1)
+        )
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"expected a number of processes or auto, got {text!r}") from None
+    if not 1 <= value <= MAX_WORKERS:
+        raise ValueError(f"expected auto or a number between 1 and {MAX_WORKERS}, got {text!r}")
+    return value
 
 
 def parse_optional_port(text: str) -> int | None:
@@ -164,8 +226,15 @@ class Settings:
         "",
         parse_public_host,
         "the host[:port] clients use for the proxy (e.g. the load balancer's), sent upstream as "
-        "X-Forwarded-Host; when empty the client's Host is sent and becomes part of the cache key",
+        "X-Forwarded-Host (a constant: it splits no cache entry)",
         "HOST",
+    )
+    forward_host: bool = _option(
+        False,
+        parse_bool,
+        "send the client's Host upstream as X-Forwarded-Host, for origins that build links from "
+        "it; it then becomes part of the cache key (--public-host, when set, is sent instead)",
+        "BOOL",
     )
     cache_scope: str = _option(
         "credential",
@@ -175,9 +244,10 @@ class Settings:
         "SCOPE",
     )
     credential_headers: tuple[str, ...] = _option(
-        ("authorization", "x-api-key"),
+        ("authorization", "x-api-key", "api-key", "cookie", "proxy-authorization"),
         parse_header_list,
-        "request headers that identify a caller (comma-separated)",
+        "request headers that identify a caller (comma-separated; the official aitronos client "
+        "sends api-key)",
         "NAMES",
     )
     scope_secret: str = _option(
@@ -193,6 +263,26 @@ class Settings:
     max_entry_bytes: int = _option(
         8 * 1024**2, _bounded(parse_size, 0), "largest body the cache stores", "SIZE"
     )
+    compress_types: tuple[str, ...] = _option(
+        DEFAULT_COMPRESS_TYPES,
+        parse_media_types,
+        "media types the cache compresses when the origin sent them uncompressed (like nginx's "
+        "gzip_types; text/* for any text, empty: none)",
+        "TYPES",
+    )
+    compress_codings: tuple[str, ...] = _option(
+        available_codings(),
+        parse_codings,
+        "codings the cache prepares for each compressible stored response, best first (each "
+        "costs memory; gzip always works, br and zstd need the compression extra; empty: none)",
+        "CODINGS",
+    )
+    compress_min_bytes: int = _option(
+        DEFAULT_COMPRESS_MIN_BYTES,
+        _bounded(parse_size, 0),
+        "smallest body the cache compresses",
+        "SIZE",
+    )
     upstream_connect_timeout: float = _option(
         5.0, _bounded(float, 0.001), "seconds to connect to the upstream", "SECONDS"
     )
@@ -201,6 +291,13 @@ class Settings:
     )
     upstream_max_connections: int = _option(
         256, _bounded(int, 1), "connections kept to the upstream", "N"
+    )
+    upstream_pool_timeout: float = _option(
+        60.0,
+        _bounded(float, 0.001),
+        "seconds a request may wait for one of the pooled upstream connections to become free "
+        "(apart from --upstream-connect-timeout)",
+        "SECONDS",
     )
     stale_grace: float = _option(
         300.0,
@@ -222,6 +319,26 @@ class Settings:
         _bounded(float, 0.001),
         "on SIGTERM, seconds in-flight requests get to finish before they are cut",
         "SECONDS",
+    )
+    workers: int = _option(
+        1,
+        parse_workers,
+        "processes serving the port together (SO_REUSEPORT); auto: one per CPU. Without "
+        "--redis-url they share a private redis-server, which must be on PATH",
+        "N",
+    )
+    max_wait: float = _option(
+        30.0,
+        _bounded(float, 0),
+        "longest a request with 'Prefer: wait=N' is held for a change (RFC 7240); 0 disables "
+        "long polling",
+        "SECONDS",
+    )
+    max_waiters: int = _option(
+        10_000,
+        _bounded(int, 0),
+        "held long-poll requests per replica; past it, requests are answered at once",
+        "N",
     )
     redis_url: str = _option(
         "",
@@ -318,6 +435,15 @@ class Settings:
     def shared_scope(self) -> bool:
         return self.cache_scope == "shared"
 
+    @property
+    def host_keyed(self) -> bool:
+        """The client's Host is forwarded as X-Forwarded-Host, so it must be part of the key.
+
+        Only on request: the origin is a third-party API, and keying on the Host would keep
+        replicas reached under other names from sharing.
+        """
+        return self.forward_host and not self.public_host
+
 
 def env_backed_options(
     parser: argparse.ArgumentParser, environ: Mapping[str, str], prefix: str
@@ -360,6 +486,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def build_settings(values: Mapping[str, str | None], environ: Mapping[str, str]) -> Settings:
     """Settings from parsed argument strings (``None`` when absent) and the environment."""
     chosen: dict[str, Any] = {}
+    sources: dict[str, str] = {}
     for spec in fields(Settings):
         raw = values.get(spec.name)
         source = option_name(spec.name)
@@ -372,7 +499,16 @@ def build_settings(values: Mapping[str, str | None], environ: Mapping[str, str])
             chosen[spec.name] = spec.metadata["parse"](raw)
         except ValueError as error:
             raise ConfigError(f"{source}: {error}") from None
-    return Settings(**chosen)
+        sources[spec.name] = source
+    settings = Settings(**chosen)
+    if not settings.shared_scope and not settings.credential_headers:
+        # Every caller would fall into one scope and receive every other caller's entries.
+        raise ConfigError(
+            f"{sources.get('credential_headers', '--credential-headers')}: empty under "
+            "--cache-scope credential, so every caller would share every entry; name the "
+            "headers that identify a caller, or choose --cache-scope shared deliberately"
+        )
+    return settings
 
 
 class _Parser(argparse.ArgumentParser):

@@ -24,7 +24,9 @@ RESULTS = ("hit", "miss", "revalidated", "stale", "bypass", "error")
 #: ``status`` of ``cacheproxy_upstream_requests_total``: a status class, or ``error`` when no
 #: response arrived (the kind is then in ``cacheproxy_upstream_errors_total``).
 UPSTREAM_STATUSES = ("2xx", "3xx", "4xx", "5xx", "error")
+LONG_POLL_OUTCOMES = ("changed", "timeout", "shed", "error")
 UPSTREAM_ERROR_KINDS = ("refused", "timeout", "invalid", "5xx", "429")
+TABLES = ("held_back", "invalidation")
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
@@ -218,6 +220,13 @@ class Metrics:
             "The in-process cache's byte budget, to compare cacheproxy_cache_bytes against.",
             registry=registry,
         )
+        self.table_bytes = Gauge(
+            "cacheproxy_table_bytes",
+            "Bytes accounted to the per-key tables kept beside the cache (each within a fixed "
+            "budget): table is held_back (Retry-After) or invalidation.",
+            ["table"],
+            registry=registry,
+        )
         self.cache_evictions = Counter(
             "cacheproxy_cache_evictions",
             "Records evicted to stay within the byte budget.",
@@ -257,6 +266,20 @@ class Metrics:
             ("backend",),
             registry=registry,
         )
+        self.waiting_requests = Gauge(
+            "cacheproxy_waiting_requests",
+            "Requests held for a change with 'Prefer: wait' (long polls) right now.",
+            registry=registry,
+        )
+        self.long_polls = Counter(
+            "cacheproxy_long_poll",
+            "Held requests by how they ended: changed, timeout, shed (--max-waiters reached, "
+            "answered at once) or error.",
+            ("outcome",),
+            registry=registry,
+        )
+        for outcome in LONG_POLL_OUTCOMES:
+            self.long_polls.labels(outcome)
         self.build_info = Info(
             "cacheproxy_build",
             "The version of aitronos-cache-proxy.",
@@ -281,6 +304,10 @@ class Metrics:
     def track_store(self, entries: Callable[[], int], size: Callable[[], int]) -> None:
         self.cache_entries.set_function(entries)
         self.cache_bytes.set_function(size)
+
+    def track_tables(self, held_back: Callable[[], int], invalidation: Callable[[], int]) -> None:
+        for table, size in zip(TABLES, (held_back, invalidation), strict=True):
+            self.table_bytes.labels(table).set_function(size)
 
     def track_backend(self, backend: str, max_bytes: int) -> None:
         """Expose the store's error series at 0 and the byte budget the cache is sized to."""

@@ -4,7 +4,9 @@ One ``RedisShare`` per replica owns the clients, a circuit breaker and the pub/s
 and hands the application a ``TieredStore`` (an in-process front over Redis) and a
 ``RedisCoordinator``. Every Redis call is bounded by ``--redis-timeout-ms`` and wrapped: a dead,
 slow or full Redis turns into a ``StoreError`` the tiers absorb (front tier, then upstream), is
-counted in ``cacheproxy_store_errors_total{backend="redis"}``, and never reaches a client.
+counted in ``cacheproxy_store_errors_total{backend="redis"}``, and never reaches a client. The
+Redis may be one server, a Sentinel-managed primary or a Cluster (``proxy.stores.redis_clients``):
+every operation touches one key, so the same code serves all three.
 
 Names in Redis (``{prefix}`` is ``--redis-prefix``; ``h(x)`` the SHA-256 of ``x`` in hex, so no
 path, query or credential is stored in clear):
@@ -29,16 +31,19 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from cachetools import TLRUCache
-from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.client import PubSub
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
-from yarl import URL
+from redis.commands.core import AsyncScript
+from redis.exceptions import (
+    ClusterDownError,
+    ReadOnlyError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
 
 from proxy.core.codec import CodecError, decode_record, encode_record
 from proxy.core.models import Record
@@ -46,6 +51,7 @@ from proxy.ops.config import Settings
 from proxy.ops.metrics import Metrics
 from proxy.stores.coordination import Claim, Notice
 from proxy.stores.memory import MemoryStore, StoreError
+from proxy.stores.redis_clients import RedisClient, RedisClients
 
 log = logging.getLogger("proxy.redis")
 T = TypeVar("T")
@@ -55,6 +61,24 @@ PING_INTERVAL = 1.0
 #: Longest pause between attempts to reach a Redis that is down (circuit and subscription).
 MAX_BACKOFF = 2.0
 
+#: Replies meaning "not now" (a cluster or a failover in transition), not "no": like a lost link.
+_UNAVAILABLE_REPLIES = (ClusterDownError, TryAgainError, ReadOnlyError)
+#: Failures meaning Redis cannot answer (a cluster client's own errors are no ``RedisError``).
+_UNREACHABLE = (RedisError, RedisClusterException, OSError, TimeoutError)
+
+_READ = """
+return {redis.call('get', KEYS[1]), redis.call('pttl', KEYS[1])}
+"""
+_STORE = """
+redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('publish', ARGV[3], ARGV[4])
+return 1
+"""
+_DELETE = """
+redis.call('del', KEYS[1])
+redis.call('publish', ARGV[1], ARGV[2])
+return 1
+"""
 _ACQUIRE = """
 if redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return -3 end
 return redis.call('pttl', KEYS[1])
@@ -69,12 +93,6 @@ if redis.call('get', KEYS[1]) == ARGV[1] then redis.call('del', KEYS[1]) end
 redis.call('publish', ARGV[2], ARGV[3])
 return 1
 """
-
-
-def redacted_url(url: str) -> str:
-    """The URL without its user and password, fit for a log line."""
-    parsed = URL(url)
-    return str(parsed.with_user(None)) if parsed.user or parsed.password else url
 
 
 def digest(text: str) -> str:
@@ -182,7 +200,7 @@ class RedisLink:
 
     def __init__(
         self,
-        client: Redis,
+        client: RedisClient,
         *,
         timeout: float,
         on_error: Callable[[], None],
@@ -193,7 +211,7 @@ class RedisLink:
         self.on_error = on_error
         self.breaker = breaker if breaker is not None else CircuitBreaker()
 
-    async def run(self, operation: Callable[[Redis], Awaitable[T]]) -> T:
+    async def run(self, operation: Callable[[RedisClient], Awaitable[T]]) -> T:
         """The operation's result, or ``StoreError`` (counted) when Redis cannot give it."""
         if not self.breaker.allow():
             self.on_error()
@@ -201,15 +219,16 @@ class RedisLink:
         try:
             async with asyncio.timeout(self.timeout):
                 result = await operation(self.client)
+        except _UNAVAILABLE_REPLIES as error:
+            self._unreachable(error)
+            raise StoreError("redis is unavailable") from error
         except ResponseError as error:
             # Redis answered, with a refusal (out of memory, a wrong type): the link is fine.
             self.breaker.succeeded()
             self.on_error()
             raise StoreError(f"redis refused: {error}") from error
-        except (RedisError, OSError, TimeoutError) as error:
-            self.on_error()
-            if self.breaker.failed():
-                log.warning("redis unavailable, serving from memory and upstream: %s", _why(error))
+        except _UNREACHABLE as error:
+            self._unreachable(error)
             raise StoreError("redis is unavailable") from error
         except BaseException:
             self.breaker.abandoned()
@@ -217,6 +236,11 @@ class RedisLink:
         if self.breaker.succeeded():
             log.info("redis is reachable again")
         return result
+
+    def _unreachable(self, error: BaseException) -> None:
+        self.on_error()
+        if self.breaker.failed():
+            log.warning("redis unavailable, serving from memory and upstream: %s", _why(error))
 
     async def probe(self) -> None:
         """Ping Redis when the circuit is due for it, so it closes again without traffic."""
@@ -252,6 +276,9 @@ class RedisStore:
         self.keys = keys
         self.origin = origin or secrets.token_hex(8)
         self.on_unreadable = on_unreadable
+        self._read = link.client.register_script(_READ)
+        self._store = link.client.register_script(_STORE)
+        self._delete = link.client.register_script(_DELETE)
 
     async def get(self, key: str) -> Record | None:
         record, _ttl = await self.get_with_ttl(key)
@@ -260,14 +287,8 @@ class RedisStore:
     async def get_with_ttl(self, key: str) -> tuple[Record | None, float]:
         """The record and the seconds Redis keeps it for (``inf`` when it has no expiry)."""
         name = self.keys.record(key)
-
-        async def read(client: Redis) -> list[Any]:
-            async with client.pipeline(transaction=True) as pipe:
-                pipe.get(name)
-                pipe.pttl(name)
-                return await pipe.execute()
-
-        data, pttl = await self.link.run(read)
+        # One script rather than MULTI: atomic on one server and on a cluster alike.
+        data, pttl = await self.link.run(lambda client: self._read(keys=[name]))
         if data is None:
             return None, 0.0
         try:
@@ -282,25 +303,21 @@ class RedisStore:
         if ttl <= 0:
             await self.delete(key)
             return
-        name = self.keys.record(key)
         data = encode_record(record)
         milliseconds = max(1, math.ceil(ttl * 1000))
-        await self._write(key, "set", lambda pipe: pipe.set(name, data, px=milliseconds))
+        await self._write(self._store, key, "set", data, milliseconds)
 
     async def delete(self, key: str) -> None:
+        await self._write(self._delete, key, "del")
+
+    async def _write(
+        self, script: AsyncScript, key: str, kind: str, *values: bytes | int
+    ) -> None:
+        # A script, not a pipeline: a cluster refuses PUBLISH in a pipeline, and the write and
+        # its announcement are then one atomic step on one server and on a cluster alike.
+        args = [*values, self.keys.invalidate, f"{self.origin} {digest(key)} {kind}"]
         name = self.keys.record(key)
-        await self._write(key, "del", lambda pipe: pipe.delete(name))
-
-    async def _write(self, key: str, kind: str, command: Callable[[Any], Any]) -> None:
-        message = f"{self.origin} {digest(key)} {kind}"
-
-        async def write(client: Redis) -> None:
-            async with client.pipeline(transaction=False) as pipe:
-                command(pipe)
-                pipe.publish(self.keys.invalidate, message)
-                await pipe.execute()
-
-        await self.link.run(write)
+        await self.link.run(lambda client: script(keys=[name], args=args))
 
     async def ready(self) -> bool:
         try:
@@ -559,26 +576,15 @@ class RedisShare:
     def __init__(
         self, settings: Settings, metrics: Metrics, clock: Callable[[], float] = time.time
     ) -> None:
-        self.url = settings.redis_url
         self.subscribed = False
         timeout = settings.redis_timeout_ms / 1000
-        common: dict[str, Any] = {
-            "socket_connect_timeout": timeout,
-            # One immediate retry on a broken connection, so a pooled connection that died with
-            # a restarted Redis costs nothing; any other retrying is the breaker's to decide.
-            "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-        }
-        pool = BlockingConnectionPool.from_url(
-            self.url,
-            max_connections=settings.redis_max_connections,
+        self.clients = RedisClients(
+            settings.redis_url,
             timeout=timeout,
-            socket_timeout=timeout,
-            **common,
+            listen_timeout=max(timeout, PING_INTERVAL),
+            max_connections=settings.redis_max_connections,
         )
-        self.client = Redis.from_pool(pool)
-        self._listener_client = Redis.from_url(
-            self.url, socket_timeout=max(timeout, PING_INTERVAL), **common
-        )
+        self.client = self.clients.client
         self.keys = RedisKeys(settings.redis_prefix)
         self.link = RedisLink(
             self.client, timeout=timeout, on_error=metrics.store_errors.labels("redis").inc
@@ -607,6 +613,8 @@ class RedisShare:
         metrics.store_degraded.labels("redis").set_function(lambda: 0 if self.healthy else 1)
         self._subscription = asyncio.Event()
         self._listener: asyncio.Task[None] | None = None
+        #: Told the digest of every key another replica stored or deleted (wakes long polls).
+        self.on_change: Callable[[str], None] | None = None
 
     @property
     def healthy(self) -> bool:
@@ -614,7 +622,11 @@ class RedisShare:
 
     async def start(self, wait: float = 1.0) -> None:
         """Start listening; wait briefly for the subscription, but start degraded without it."""
-        log.info("sharing the cache through redis at %s", redacted_url(self.url))
+        log.info(
+            "sharing the cache through redis at %s (%s)",
+            self.clients.description,
+            self.clients.kind,
+        )
         self._listener = asyncio.create_task(self._listen())
         with suppress(TimeoutError):
             async with asyncio.timeout(wait):
@@ -625,8 +637,7 @@ class RedisShare:
             self._listener.cancel()
             with suppress(asyncio.CancelledError):
                 await self._listener
-        await self.client.aclose()
-        await self._listener_client.aclose()
+        await self.clients.aclose()
 
     async def _listen(self) -> None:
         """Keep one subscription to the invalidation and notice channels, resubscribing after
@@ -634,12 +645,12 @@ class RedisShare:
         """
         delay = self.link.breaker.initial
         while True:
-            pubsub = self._listener_client.pubsub()
+            pubsub = self.clients.pubsub()
             try:
                 await self._subscribe(pubsub)
                 delay = self.link.breaker.initial
                 await self._receive(pubsub)
-            except (RedisError, OSError, TimeoutError) as error:
+            except _UNREACHABLE as error:
                 if self.subscribed:
                     log.warning("redis subscription lost: %s", _why(error))
                 self.link.trip(f"subscription failed: {_why(error)}")
@@ -670,9 +681,18 @@ class RedisShare:
             log.info("redis is reachable again")
 
     async def _receive(self, pubsub: PubSub) -> None:
+        """Dispatch messages until the subscription fails, or returns when Sentinel moved the
+        primary (the subscription must move too)."""
         pinged = False
+        loop = asyncio.get_running_loop()
+        checked = loop.time()
         while True:
             await self.link.probe()
+            if loop.time() - checked >= PING_INTERVAL:
+                checked = loop.time()
+                if await self._primary_moved():
+                    log.info("redis primary moved, following it")
+                    return
             message = await pubsub.get_message(timeout=PING_INTERVAL)
             if message is None:
                 if pinged:
@@ -688,10 +708,18 @@ class RedisShare:
                 if flight_digest is not None:
                     self.coordinator.notify(flight_digest, message["data"])
 
+    async def _primary_moved(self) -> bool:
+        with suppress(*_UNREACHABLE):
+            async with asyncio.timeout(self.link.timeout):
+                return await self.clients.primary_moved()
+        return False
+
     def _invalidated(self, data: bytes) -> None:
         origin, key_digest, kind = [*_text(data).split(" "), "", ""][:3]
         if origin != self.back.origin and key_digest:
             self.store.forget(key_digest, deleted=kind == "del")
+            if self.on_change is not None:
+                self.on_change(key_digest)
 
 
 def _why(error: BaseException) -> str:

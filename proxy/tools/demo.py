@@ -2,12 +2,15 @@
 
 Everything runs in this process on loopback ports: the simulated API (``proxy.tools.simulator``),
 the proxy in front of it, and a fleet of pollers that behave like real clients (a fixed interval
-with jitter, ``If-None-Match`` with the last ETag, stopping once the transcription is final). Each
-phase polls fresh transcriptions, so the two columns start from the same state. Upstream load comes
+with jitter, ``If-None-Match`` with the last ETag, stopping once the transcription is final). A
+third phase runs the same pollers through the proxy as long polls (``Prefer: wait``). Each
+phase polls fresh transcriptions, so the columns start from the same state. Upstream load comes
 from the simulator's ``/_sim/stats``, cache results from the proxy's ``/metrics``.
 
 The fleet (``run_fleet``) and the table (``format_table``) are reusable so a benchmark can put other
-caches (nginx, Varnish) in the same table.
+caches (nginx, Varnish) in the same table. Like a real fleet, its clients spell ``Accept-Encoding``
+in the ways real HTTP libraries and browsers do (``SPELLINGS``); bytes are counted as received on
+the wire, before decoding.
 """
 
 from __future__ import annotations
@@ -31,7 +34,9 @@ import aiohttp
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
+from proxy.core.coding import CodingError, decode
 from proxy.ops.config import env_backed_options
+from proxy.tools.origin_front import OriginFront
 from proxy.tools.simulator import (
     API_PREFIX,
     TERMINAL_STATUSES,
@@ -46,6 +51,48 @@ DEMO_TOKEN_PREFIX: Final = "demo-token-"
 MAX_TOKENS: Final = 10
 _SHUTDOWN_GRACE: Final = 2.0
 _REQUEST_TIMEOUT: Final = aiohttp.ClientTimeout(total=10.0)
+#: How clients in the wild spell Accept-Encoding: none, requests/httpx, aiohttp, a hand-written
+#: header, an upper-cased one, curl --compressed, Chromium (``shared/api``, "Clients seen").
+SPELLINGS: Final = (
+    "",
+    "gzip",
+    "gzip, deflate",
+    "gzip,deflate",
+    "GZIP, DEFLATE",
+    "deflate, gzip, br, zstd",
+    "gzip, deflate, br, zstd",
+)
+#: The front real APIs sit behind: nginx with gzip on, gzip_vary on, Vary: Origin, CORS.
+COMPRESSING_FRONT: Final = OriginFront(compress=("gzip",), narrow_304_vary=True, cors=True)
+#: Decoded bodies the demo client reads, at most (the simulator's are far smaller).
+_MAX_DECODED = 64 * 1024 * 1024
+
+
+def fleet_session(connections: int, timeout: aiohttp.ClientTimeout) -> aiohttp.ClientSession:
+    """A client session that sends only the ``Accept-Encoding`` a poller is given and counts
+    bodies as they arrive (no decoding by aiohttp), with a connection per poller."""
+    connector = aiohttp.TCPConnector(limit=connections, limit_per_host=0)
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=timeout,
+        auto_decompress=False,
+        skip_auto_headers=("Accept-Encoding",),
+    )
+
+
+def decoded(response: aiohttp.ClientResponse, body: bytes) -> bytes:
+    """The body without its content coding (as is if aiohttp already decoded it)."""
+    coding = response.headers.get("Content-Encoding", "").strip().lower()
+    if not coding or coding == "identity":
+        return body
+    try:
+        return decode(coding, body, _MAX_DECODED)
+    except CodingError:
+        return body
+
+
+#: The third fleet's ``Prefer: wait`` (RFC 7240): the same pollers, holding one request each.
+LONG_POLL_WAIT: Final = 25
 
 
 @dataclass(frozen=True)
@@ -118,19 +165,30 @@ async def _poll(
     jitter: float,
     rng: random.Random,
     tally: _Tally,
+    accept_encoding: str | None = None,
+    wait: int | None = None,
 ) -> None:
-    """One client: first poll at a random point of the interval, then every interval ± jitter."""
+    """One client: first poll at a random point of the interval, then every interval ± jitter.
+
+    With ``wait`` it long-polls: each request carries ``Prefer: wait`` with its ETag and the next
+    one goes out as soon as the answer arrives (after an interval if the wait was not applied).
+    """
     loop = asyncio.get_running_loop()
     headers = {"Authorization": f"Bearer {token}"}
+    if accept_encoding is not None:
+        headers["Accept-Encoding"] = accept_encoding
+    timeout = aiohttp.ClientTimeout(total=wait + 10.0) if wait else None
     delay = rng.uniform(0.0, interval)
     while True:
         remaining = deadline - loop.time()
         if remaining <= delay:
             return
         await asyncio.sleep(delay)
+        if wait and "If-None-Match" in headers:
+            headers["Prefer"] = f"wait={wait}"
         started = time.perf_counter()
         try:
-            async with session.get(url, headers=headers) as response:
+            async with session.get(url, headers=headers, timeout=timeout) as response:
                 body = await response.read()
         except (aiohttp.ClientError, TimeoutError):
             tally.errors += 1
@@ -143,11 +201,14 @@ async def _poll(
                 etag = response.headers.get("ETag")
                 if etag:
                     headers["If-None-Match"] = etag
-                final_at = _final_at(body)
+                final_at = _final_at(decoded(response, body))
                 if final_at is not None:
                     tally.done += 1
                     tally.completion_lags.append(max(0.0, time.time() - final_at))
                     return
+            if wait and "Preference-Applied" in response.headers:
+                delay = 0.0
+                continue
         delay = interval * rng.uniform(1.0 - jitter, 1.0 + jitter)
 
 
@@ -171,15 +232,18 @@ async def run_fleet(
     seed: int = 0,
     on_progress: Callable[[FleetProgress], None] | None = None,
     progress_every: float = 1.0,
+    spellings: Sequence[str | None] = SPELLINGS,
+    wait: int | None = None,
 ) -> FleetResult:
     """Poll until every poller saw a final status or ``duration`` seconds passed.
 
-    One poller per (token, id) element. Without ``session`` a private one is made, with enough
-    connections for every poller at once, so the pool never queues a client behind another.
+    One poller per (token, id) element; poller ``i`` sends ``spellings[i % len]`` as its
+    ``Accept-Encoding`` (``None``: no such field). Without ``session`` a private one is made
+    (``fleet_session``), with enough connections for every poller at once.
+    With ``wait`` the pollers long-poll (``Prefer: wait``, RFC 7240) instead.
     """
     if session is None:
-        connector = aiohttp.TCPConnector(limit=len(tokens_and_ids) + 16, limit_per_host=0)
-        async with aiohttp.ClientSession(connector=connector, timeout=_REQUEST_TIMEOUT) as own:
+        async with fleet_session(len(tokens_and_ids) + 16, _REQUEST_TIMEOUT) as own:
             return await run_fleet(
                 base_url,
                 tokens_and_ids,
@@ -190,6 +254,8 @@ async def run_fleet(
                 seed=seed,
                 on_progress=on_progress,
                 progress_every=progress_every,
+                spellings=spellings,
+                wait=wait,
             )
     loop = asyncio.get_running_loop()
     rng = random.Random(seed)
@@ -212,9 +278,11 @@ async def run_fleet(
                 jitter,
                 random.Random(rng.getrandbits(64)),
                 tally,
+                spellings[index % len(spellings)] if spellings else None,
+                wait,
             )
         )
-        for token, transcription_id in tokens_and_ids
+        for index, (token, transcription_id) in enumerate(tokens_and_ids)
     ]
     reporter = asyncio.create_task(_report(progress, on_progress, progress_every))
     try:
@@ -437,6 +505,7 @@ class DemoOptions:
     interval: float = 0.5
     keep_running: bool = False
     seed: int = 0
+    compressing_origin: bool = False
 
     def __post_init__(self) -> None:
         if self.pollers < 1 or self.transcriptions < 1:
@@ -466,6 +535,7 @@ def demo_simulator_config(options: DemoOptions) -> SimulatorConfig:
         processing_seconds=0.25 * phase,
         seed=options.seed,
         start_offsets=tuple(0.25 * phase * i / count for i in range(count)),
+        front=COMPRESSING_FRONT if options.compressing_origin else OriginFront(),
     )
 
 
@@ -510,10 +580,10 @@ async def run_phase(
     *,
     proxy_url: str | None = None,
     progress: TextIO | None = None,
+    wait: int | None = None,
 ) -> PhaseResult:
     """Seed fresh transcriptions, zero the upstream counters, run the fleet, collect the figures."""
-    connector = aiohttp.TCPConnector(limit=options.pollers + 16, limit_per_host=0)
-    async with aiohttp.ClientSession(connector=connector, timeout=_REQUEST_TIMEOUT) as session:
+    async with fleet_session(options.pollers + 16, _REQUEST_TIMEOUT) as session:
         created = await seed_simulator(session, sim_url, options.tokens, options.transcriptions)
         await reset_simulator_stats(session, sim_url)
         before = await fetch_proxy_stats(session, proxy_url) if proxy_url else None
@@ -539,6 +609,7 @@ async def run_phase(
             interval=options.interval,
             seed=options.seed,
             on_progress=show,
+            wait=wait,
         )
         if progress is not None:
             final = FleetProgress(fleet.elapsed, fleet.requests, fleet.pollers_done, fleet.pollers)
@@ -605,7 +676,7 @@ async def run_demo(
     stop: asyncio.Event | None = None,
     on_serving: Callable[[DemoEndpoints], None] | None = None,
 ) -> list[PhaseResult] | None:
-    """Both phases and the table; ``None`` when ``stop`` interrupted them.
+    """The three phases and the table; ``None`` when ``stop`` interrupted them.
 
     With ``keep_running`` the servers stay up after the table until ``stop`` is set.
     """
@@ -614,10 +685,14 @@ async def run_demo(
         if app is None:
             err.write("proxy core not importable: running the fleet without the proxy only\n")
         async with serving(app) if app is not None else _nothing() as proxy_url:
+            origin = (
+                "a compressing origin (nginx-like)" if options.compressing_origin else "the API"
+            )
             out.write(
                 f"polling fleet: {options.pollers} pollers, {options.transcriptions} "
                 f"transcriptions, {options.phase_seconds:g}s per phase, every "
-                f"{options.interval:g}s\n"
+                f"{options.interval:g}s, {len(SPELLINGS)} spellings of Accept-Encoding, "
+                f"in front of {origin}\n"
             )
             out.flush()
 
@@ -634,6 +709,17 @@ async def run_demo(
                             options,
                             proxy_url=proxy_url,
                             progress=err,
+                        )
+                    )
+                    results.append(
+                        await run_phase(
+                            "long poll",
+                            proxy_url,
+                            sim_url,
+                            options,
+                            proxy_url=proxy_url,
+                            progress=err,
+                            wait=LONG_POLL_WAIT,
                         )
                     )
                 return results
@@ -689,10 +775,18 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         "--duration",
         float,
         defaults.duration,
-        "seconds for both phases at most; a phase ends once every poller saw a final status",
+        "seconds for the first two phases at most (the long-poll phase takes half of it again); "
+        "a phase ends once every poller saw a final status",
     )
     option("--interval", float, defaults.interval, "seconds between a client's polls (±20%%)")
     option("--seed", int, defaults.seed, "random seed for the simulator and the fleet")
+    parser.add_argument(
+        "--compressing-origin",
+        action="store_true",
+        default=environ.get("DEMO_COMPRESSING_ORIGIN", "").lower() in ("1", "true", "yes", "on"),
+        help="put the simulated API behind an nginx-like front: gzip with Vary: Accept-Encoding "
+        "on 200s only, Vary: Origin and CORS ($DEMO_COMPRESSING_ORIGIN)",
+    )
     parser.add_argument(
         "--keep-running",
         action="store_true",
@@ -729,6 +823,7 @@ def main(argv: list[str], environ: Mapping[str, str]) -> int:
             interval=args.interval,
             keep_running=args.keep_running,
             seed=args.seed,
+            compressing_origin=args.compressing_origin,
         )
     except ValueError as exc:
         parser.error(str(exc))

@@ -17,7 +17,7 @@ import signal
 import socket
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from types import TracebackType
@@ -27,8 +27,11 @@ from prometheus_client import CollectorRegistry
 
 from proxy.app import PROXY_KEY, CachingProxy, create_app
 from proxy.ops.config import Settings
+from proxy.server import ProxyRunner
 
 READY_LINE = b"Ready to accept connections"
+#: A sentinel logs no "ready" line; it is serving once it has its ID.
+SENTINEL_READY_LINE = b"Sentinel ID is"
 
 
 def free_port() -> int:
@@ -41,7 +44,9 @@ class LocalRedis:
     """A ``redis-server`` on a free loopback port, without persistence, in a temporary directory.
 
     ``kill`` (a crash), ``pause``/``resume`` (a Redis that stops answering) and ``restart`` (on
-    the same port) let tests and benchmarks put the proxy through Redis failures.
+    the same port) let tests and benchmarks put the proxy through Redis failures. ``options``
+    are more ``redis-server`` arguments (``--replicaof``, ``--cluster-enabled``); ``sentinel``,
+    the lines of a sentinel's configuration, makes it a sentinel (``redis-server --sentinel``).
     """
 
     def __init__(
@@ -50,6 +55,8 @@ class LocalRedis:
         *,
         password: str | None = None,
         startup_timeout: float = 10.0,
+        options: Sequence[str] = (),
+        sentinel: str = "",
     ) -> None:
         found = shutil.which(binary)
         if found is None:
@@ -57,6 +64,8 @@ class LocalRedis:
         self.binary = found
         self.password = password
         self.startup_timeout = startup_timeout
+        self.options = tuple(options)
+        self.sentinel = sentinel
         self.port = 0
         self._process: asyncio.subprocess.Process | None = None
         self._drain: asyncio.Task[None] | None = None
@@ -85,8 +94,17 @@ class LocalRedis:
     async def _spawn(self) -> bool:
         assert self._directory is not None
         password = ("--requirepass", self.password) if self.password else ()
+        mode: tuple[str, ...] = ()
+        ready = READY_LINE
+        if self.sentinel:
+            # A sentinel rewrites its configuration file as it learns: one of its own, each start.
+            config = os.path.join(self._directory.name, "sentinel.conf")
+            with open(config, "w", encoding="utf-8") as file:
+                file.write(self.sentinel)
+            mode, ready = (config, "--sentinel"), SENTINEL_READY_LINE
         process = await asyncio.create_subprocess_exec(
             self.binary,
+            *mode,
             *password,
             "--port", str(self.port),
             "--bind", "127.0.0.1",
@@ -95,6 +113,7 @@ class LocalRedis:
             "--dir", self._directory.name,
             "--daemonize", "no",
             "--logfile", "",
+            *self.options,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
         )  # fmt: skip
@@ -102,7 +121,7 @@ class LocalRedis:
         try:
             async with asyncio.timeout(self.startup_timeout):
                 while line := await process.stdout.readline():
-                    if READY_LINE in line:
+                    if ready in line:
                         break
         except TimeoutError:
             line = b""
@@ -203,7 +222,7 @@ async def run_replicas(
         for _ in range(count):
             registry = CollectorRegistry()
             app = create_app(settings, registry=registry, clock=clock)
-            runner = web.AppRunner(app, access_log=None)
+            runner = ProxyRunner(app, access_log=None)
             await runner.setup()
             site = web.TCPSite(runner, "127.0.0.1", 0)
             await site.start()

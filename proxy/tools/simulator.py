@@ -26,6 +26,9 @@ The control plane under ``/_sim/`` is never counted in the stats nor subject to 
 - ``POST /_sim/seed`` with ``{"tokens": [...], "count": N}`` creates N transcriptions round-robin.
 - ``GET|POST|DELETE /_sim/faults``: ``{"status": 503, "count": 3}`` or
   ``{"delay": 2.0, "count": 1}`` makes the next N API requests fail or hang, in the order queued.
+
+With ``front`` (``--compress``, ``--narrow-304-vary``, ``--cors``) it answers like an API behind
+an nginx that compresses and adds ``Vary`` and CORS headers (``proxy.tools.origin_front``).
 """
 
 from __future__ import annotations
@@ -48,8 +51,11 @@ from email.utils import formatdate
 from typing import Any, Final, Literal
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
-from proxy.ops.config import env_backed_options
+from proxy.core.coding import available_codings
+from proxy.ops.config import env_backed_options, parse_bool
+from proxy.tools.origin_front import OriginFront, front_middleware
 
 Status = Literal["queued", "processing", "completed", "failed"]
 Clock = Callable[[], float]
@@ -100,6 +106,7 @@ class SimulatorConfig:
     seed_tokens: tuple[str, ...] = ()
     seed_count: int = 0
     default_model_key: str = "aitronos-transcribe-v1"
+    front: OriginFront = field(default_factory=OriginFront)
 
     def __post_init__(self) -> None:
         if self.queued_seconds < 0 or self.processing_seconds < 0:
@@ -112,6 +119,12 @@ class SimulatorConfig:
             raise ValueError("max-age values must be >= 0")
         if self.seed_count < 0:
             raise ValueError("seed_count must be >= 0")
+        unknown = set(self.front.compress) - set(available_codings())
+        if unknown:
+            raise ValueError(
+                f"cannot compress with {', '.join(sorted(unknown))}: "
+                f"available are {', '.join(available_codings())}"
+            )
 
 
 @dataclass
@@ -855,8 +868,12 @@ def create_simulator_app(
     """The simulated API as an aiohttp app; pass ``simulator`` to share its state with a test."""
     if simulator is not None and config is not None:
         raise ValueError("pass either config or simulator, not both")
-    app = web.Application(middlewares=[_count_and_fault])
-    app[SIMULATOR_KEY] = simulator if simulator is not None else Simulator(config, clock=clock)
+    state = simulator if simulator is not None else Simulator(config, clock=clock)
+    middlewares: list[Middleware] = [_count_and_fault]
+    if state.config.front.active:
+        middlewares.append(front_middleware(state.config.front))
+    app = web.Application(middlewares=middlewares)
+    app[SIMULATOR_KEY] = state
     app.on_response_prepare.append(_count_response)
     item = API_PREFIX + "/{transcription_id}"
     app.router.add_post(API_PREFIX, create_transcription)
@@ -904,6 +921,25 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     option("--start-offsets", _float_list, "", "comma-separated delays for seeded transcriptions")
     option("--seed-tokens", _str_list, "", "comma-separated tokens to pre-seed transcriptions for")
     option("--seed-count", int, 0, "transcriptions to pre-seed per token")
+    option(
+        "--compress",
+        _str_list,
+        "",
+        "codings to compress JSON/text answers with, as nginx's gzip does (e.g. gzip or "
+        "gzip,br,zstd), with Vary: Accept-Encoding and weak ETags; empty: never",
+    )
+    option(
+        "--narrow-304-vary",
+        parse_bool,
+        False,
+        "send 304s without Vary: Accept-Encoding (as nginx's gzip_vary does)",
+    )
+    option(
+        "--cors",
+        parse_bool,
+        False,
+        "answer CORS preflights and add Access-Control-Allow-Origin and Vary: Origin",
+    )
     return parser
 
 
@@ -919,6 +955,11 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
         start_offsets=tuple(args.start_offsets),
         seed_tokens=tuple(args.seed_tokens),
         seed_count=args.seed_count,
+        front=OriginFront(
+            compress=tuple(args.compress),
+            narrow_304_vary=args.narrow_304_vary,
+            cors=args.cors,
+        ),
     )
 
 

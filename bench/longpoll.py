@@ -1,0 +1,318 @@
+"""``python -m bench.longpoll``: the same fleet polling every 0.5 s and long-polling, same run.
+
+One simulator and one proxy process; two fleets of the demo's pollers (``run_fleet``) on fresh
+transcriptions each: one polls every ``interval`` through the proxy, the other sends
+``Prefer: wait=25`` with ``If-None-Match`` (RFC 7240) and re-asks as soon as it is answered.
+Compared: client requests, completion noticed (p50, after ``completed_at``), upstream requests per
+ID per ``max-age`` window (1.0 is the floor, as in ``bench.fleet``) and the proxy's CPU time
+(``/proc``) per client per minute. Writes ``results.json`` and ``results.md`` under ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from bench import client, processes, report
+from bench.fleet import _final_at
+from bench.processes import REPO_ROOT, Pinning, Service
+from proxy.tools.demo import (
+    assign_pollers,
+    fleet_session,
+    percentile,
+    run_fleet,
+    seed_simulator,
+)
+from proxy.tools.simulator import API_PREFIX
+
+WAIT = 25
+
+
+@dataclass(frozen=True)
+class Scale:
+    pollers: int
+    transcriptions: int
+    tokens: int
+    interval: float
+    queued: float
+    processing: float
+    stagger: float
+    max_age: int
+
+
+SCALES = {
+    "tiny": Scale(20, 4, 2, 0.2, 0.0, 1.0, 0.5, 1),
+    "full": Scale(1000, 50, 10, 0.5, 1.0, 12.0, 4.0, 5),
+}
+
+
+@dataclass
+class Run:
+    fleet: str
+    pollers: int
+    transcriptions: int
+    client_requests: int = 0
+    client_errors: int = 0
+    pollers_done: int = 0
+    upstream_requests: int = 0
+    floor: int = 0
+    completion_lag_p50_s: float | None = None
+    completion_lag_p99_s: float | None = None
+    proxy_cpu_seconds: float = 0.0
+    seconds: float = 0.0
+    waiting_peak: float = 0.0
+    rss_growth_at_peak: int = 0
+
+    @property
+    def bytes_per_held(self) -> float:
+        """Resident memory per held request (its connection included), at the peak."""
+        return self.rss_growth_at_peak / self.waiting_peak if self.waiting_peak else 0.0
+
+    @property
+    def per_window(self) -> float:
+        return self.upstream_requests / self.floor if self.floor else 0.0
+
+    @property
+    def cpu_per_client_minute_ms(self) -> float:
+        minutes = self.seconds / 60
+        return 1000 * self.proxy_cpu_seconds / self.pollers / minutes if minutes else 0.0
+
+
+async def _watch_waiting(proxy: Service, peak: list[float], stop: asyncio.Event) -> None:
+    """The highest ``cacheproxy_waiting_requests`` seen while the fleet runs, and the proxy's
+    resident memory at that moment."""
+    while not stop.is_set():
+        value = await asyncio.to_thread(
+            client.metric_value, proxy.url, "cacheproxy_waiting_requests"
+        )
+        if (value or 0.0) > peak[0]:
+            peak[0], peak[1] = value or 0.0, processes.rss_bytes(proxy.pid)
+        with suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 2.0)  # scraping costs the proxy CPU too
+
+
+async def run_one(
+    name: str, proxy: Service, simulator_url: str, scale: Scale, wait: int | None
+) -> Run:
+    timeout = aiohttp.ClientTimeout(total=15.0)
+    # The demo's clients: their own Accept-Encoding spellings, bodies counted as received.
+    async with fleet_session(scale.pollers + 16, timeout) as session:
+        tokens = [f"longpoll-{i}" for i in range(scale.tokens)]
+        created = await seed_simulator(session, simulator_url, tokens, scale.transcriptions)
+        client.reset_stats(simulator_url)
+        started_wall = time.time()
+        horizon = scale.queued + scale.processing + scale.stagger
+        duration = horizon + scale.max_age + 3 * scale.interval + 2.0
+        cpu_before = processes.cpu_seconds(proxy.pid)
+        rss_before = processes.rss_bytes(proxy.pid)
+        peak, stop = [0.0, float(rss_before)], asyncio.Event()
+        watcher = asyncio.create_task(_watch_waiting(proxy, peak, stop))
+        fleet = await run_fleet(
+            proxy.url,
+            assign_pollers(created, scale.pollers),
+            duration,
+            session=session,
+            interval=scale.interval,
+            seed=scale.pollers,
+            wait=wait,
+        )
+        cpu = processes.cpu_seconds(proxy.pid) - cpu_before
+        stop.set()
+        await watcher
+        during = client.stats(simulator_url, per_id=True)
+    run = Run(name, scale.pollers, scale.transcriptions)
+    run.client_requests = fleet.requests
+    run.client_errors = fleet.errors
+    run.pollers_done = fleet.pollers_done
+    run.upstream_requests = sum(during["transcription_gets"].values())
+    run.completion_lag_p50_s = percentile(fleet.completion_lags, 50)
+    run.completion_lag_p99_s = percentile(fleet.completion_lags, 99)
+    run.proxy_cpu_seconds = cpu
+    run.seconds = fleet.elapsed
+    run.waiting_peak = peak[0]
+    run.rss_growth_at_peak = int(peak[1]) - rss_before
+    for token, transcription_id in created:
+        status, _, body = client.http_get(
+            f"{simulator_url}{API_PREFIX}/{transcription_id}", {"Authorization": f"Bearer {token}"}
+        )
+        final_at = _final_at(body) if status == 200 else None
+        if final_at is not None:
+            run.floor += math.ceil(max(0.0, final_at - started_wall) / scale.max_age) + 1
+    return run
+
+
+def measure(workdir: Path, scale: Scale, pinning: Pinning, log: Callable[[str], None]) -> list[Run]:
+    simulator = processes.start_simulator(
+        workdir,
+        [
+            "--queued-seconds", str(scale.queued),
+            "--processing-seconds", str(scale.processing),
+            "--pending-max-age", str(scale.max_age),
+            "--start-offsets", ",".join(
+                f"{scale.stagger * i / scale.transcriptions:.3f}"
+                for i in range(scale.transcriptions)
+            ),
+            "--seed", "7",
+        ],
+        pinning,
+    )  # fmt: skip
+    runs = []
+    try:
+        proxy = processes.start_proxy(
+            workdir, simulator.url, pinning, options=["--access-log", "false"]
+        )
+        try:
+            for name, wait in ((f"polling every {scale.interval:g}s", None), ("long poll", WAIT)):
+                # uvloop for the fleet, so that the polling clients keep their pace.
+                with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+                    run = runner.run(run_one(name, proxy, simulator.url, scale, wait))
+                runs.append(run)
+                log(
+                    f"longpoll: {name}: {run.client_requests} client requests, "
+                    f"{run.upstream_requests} upstream ({run.per_window:.2f} per ID per window), "
+                    f"completion p50 {run.completion_lag_p50_s}, CPU {run.proxy_cpu_seconds:.2f}s"
+                )
+        finally:
+            proxy.stop()
+    finally:
+        simulator.stop()
+    return runs
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+def targets(runs: list[Run]) -> list[tuple[str, str, bool]]:
+    polling, held = runs
+    fewer = polling.client_requests / held.client_requests if held.client_requests else 0.0
+    lag_p, lag_h = polling.completion_lag_p50_s, held.completion_lag_p50_s
+    cpu_ratio = (
+        polling.cpu_per_client_minute_ms / held.cpu_per_client_minute_ms
+        if held.cpu_per_client_minute_ms
+        else 0.0
+    )
+    return [
+        ("≥ 10x fewer client requests", f"{fewer:.1f}x", fewer >= 10),
+        (
+            "completion noticed no later (p50)",
+            f"{lag_h:.2f} s vs {lag_p:.2f} s" if lag_h is not None and lag_p is not None else "—",
+            lag_h is not None and lag_p is not None and lag_h <= lag_p,
+        ),
+        (
+            "≤ 1.0 upstream request per ID per window",
+            f"{held.per_window:.2f}",
+            held.per_window <= 1.0,
+        ),
+        ("proxy CPU per client per minute ≥ 5x lower", f"{cpu_ratio:.1f}x", cpu_ratio >= 5),
+    ]
+
+
+def markdown(runs: list[Run], meta: dict[str, Any]) -> str:
+    lines = [
+        "# Long polling against polling, same run",
+        "",
+        f"Command: `{meta['command']}`  ",
+        f"Started {meta['started']}; load average before {meta['load_before']}, "
+        f"after {meta['load_after']}; {meta['pinning']}.",
+        "",
+        "| | " + " | ".join(run.fleet for run in runs) + " |",
+        "|---|" + "---:|" * len(runs),
+    ]
+    rows: list[tuple[str, Callable[[Run], str]]] = [
+        ("pollers / transcriptions", lambda r: f"{r.pollers} / {r.transcriptions}"),
+        ("client requests", lambda r: f"{r.client_requests:,}"),
+        ("client errors", lambda r: str(r.client_errors)),
+        ("pollers that saw completion", lambda r: f"{r.pollers_done}/{r.pollers}"),
+        ("completion noticed after (p50)", lambda r: _s(r.completion_lag_p50_s)),
+        ("completion noticed after (p99)", lambda r: _s(r.completion_lag_p99_s)),
+        ("upstream requests", lambda r: str(r.upstream_requests)),
+        ("upstream requests per ID per max-age window", lambda r: f"{r.per_window:.2f}"),
+        ("proxy CPU", lambda r: f"{r.proxy_cpu_seconds:.2f} s over {r.seconds:.1f} s"),
+        ("proxy CPU per client per minute", lambda r: f"{r.cpu_per_client_minute_ms:.2f} ms"),
+        ("held requests (peak)", lambda r: f"{r.waiting_peak:.0f}"),
+        (
+            "proxy memory per held request (connection included)",
+            lambda r: f"{r.bytes_per_held / 1024:.1f} KiB" if r.waiting_peak else "—",
+        ),
+    ]
+    for name, cell in rows:
+        lines.append(f"| {name} | " + " | ".join(cell(run) for run in runs) + " |")
+    lines += ["", "| goal | measured | |", "|---|---:|---|"]
+    for goal, value, ok in targets(runs):
+        lines.append(f"| {goal} | {value} | {'met' if ok else '**not met**'} |")
+    lines += ["", "Machine:", ""]
+    lines += [f"- {key}: {value}" for key, value in meta["machine"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def _s(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f} s"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.longpoll", description=__doc__)
+    parser.add_argument("--scale", choices=tuple(SCALES), default="full")
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--no-pin", action="store_true")
+    args = parser.parse_args(argv)
+    arguments = sys.argv[1:] if argv is None else argv
+    out = args.out or REPO_ROOT / "bench" / "results" / (
+        "longpoll" if args.scale == "full" else "tmp/longpoll"
+    )
+    pinning = Pinning.choose(not args.no_pin)
+    workdir = Path(tempfile.mkdtemp(prefix="aitronos-longpoll-"))
+    meta: dict[str, Any] = {
+        "command": shlex.join(["python", "-m", "bench.longpoll", *arguments]),
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        "load_before": report.load_average(),
+        "pinning": pinning.describe(),
+        "machine": report.machine(),
+    }
+    try:
+        runs = measure(workdir, SCALES[args.scale], pinning, lambda m: print(m, file=sys.stderr))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    meta["load_after"] = report.load_average()
+    out.mkdir(parents=True, exist_ok=True)
+    payload = {
+        **meta,
+        "runs": [
+            asdict(run)
+            | {
+                "per_window": run.per_window,
+                "cpu_per_client_minute_ms": run.cpu_per_client_minute_ms,
+                "bytes_per_held": run.bytes_per_held,
+            }
+            for run in runs
+        ],
+        "targets": [{"goal": g, "measured": v, "met": ok} for g, v, ok in targets(runs)],
+    }
+    (out / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
+    text = markdown(runs, meta)
+    (out / "results.md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

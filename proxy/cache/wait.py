@@ -1,0 +1,254 @@
+"""Held requests (RFC 7240 ``Prefer: wait``): a registry of waiters and one refresher per flight.
+
+Waiters are grouped in a ``Watch`` per flight (cache key, credential scope and ``Vary``
+selection), so everything done for them is done once per flight: the watch observes the stored
+response, sleeps until its freshness lifetime ends or a store/invalidation notice pokes it,
+then observes again (the observation revalidates upstream through the usual coalesced fetch).
+After each observation it wakes the waiters whose ``If-None-Match`` no longer matches. The
+registry is hand-written because it ties waiters to our flights and notices; asyncio supplies
+the primitives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import suppress
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from proxy.core.models import StoredResponse
+from proxy.core.policy import not_modified
+
+log = logging.getLogger("proxy.wait")
+A = TypeVar("A")
+
+#: Shortest pause between two observations of one flight, so that an entry which is never fresh
+#: (``max-age=0``, ``no-cache``) or an upstream in trouble is asked at most once a second.
+MIN_INTERVAL = 1.0
+#: Past the end of a freshness lifetime, so that the refresh finds the entry stale (§4.2).
+EXPIRY_MARGIN = 0.002
+
+
+def key_digest(key: str) -> str:
+    """How a cache key is named in cross-replica notices (``proxy.stores.redis``)."""
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Observation(Generic[A]):
+    """What a flight's waiters would be served now.
+
+    ``entry``: the stored response, fresh for ``fresh_for`` more seconds; ``answer``: an upstream
+    answer that is not stored (a 404, an error) and ends every wait; neither: the response cannot
+    be served from here (too large to store), so waiters go the ordinary way.
+    """
+
+    entry: StoredResponse | None
+    fresh_for: float = 0.0
+    answer: A | None = None
+    failed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Wake(Generic[A]):
+    """Why a held request ends: ``changed``, ``timeout``, ``error`` or ``disconnected``."""
+
+    outcome: str
+    entry: StoredResponse | None = None
+    answer: A | None = None
+    error: Exception | None = None
+
+
+class Waiter:
+    """One held request: its validators (the request's fields) and the future that wakes it."""
+
+    __slots__ = ("future", "headers")
+
+    def __init__(self, headers: Mapping[str, str], future: asyncio.Future[Any]) -> None:
+        self.headers = headers
+        self.future = future
+
+
+class Watch(Generic[A]):
+    """The waiters of one flight and the task that refreshes the flight for them."""
+
+    __slots__ = ("digest", "flight", "key", "observe", "poked", "task", "waiters")
+
+    def __init__(
+        self, flight: str, key: str, observe: Callable[[], Awaitable[Observation[A]]]
+    ) -> None:
+        self.flight = flight
+        self.key = key
+        self.digest = key_digest(key)
+        self.observe = observe
+        self.waiters: set[Waiter] = set()
+        self.poked = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+
+def still_matches(entry: StoredResponse, headers: Mapping[str, str]) -> bool:
+    """Would this request still be answered 304 from ``entry`` (RFC 9110 §13.1.2)?"""
+    return 200 <= entry.status < 300 and not_modified(entry, headers) is not None
+
+
+class WaitRoom(Generic[A]):
+    """Every held request of this replica, by flight, with the count the limits are judged on."""
+
+    def __init__(
+        self,
+        *,
+        on_outcome: Callable[[str], None],
+        min_interval: float = MIN_INTERVAL,
+    ) -> None:
+        self.min_interval = min_interval
+        self.on_outcome = on_outcome
+        self.waiting = 0
+        self.closing = False
+        self._watches: dict[str, Watch[A]] = {}
+        self._by_key: dict[str, set[str]] = {}
+        self._keys_by_digest: dict[str, str] = {}
+
+    async def hold(
+        self,
+        flight: str,
+        key: str,
+        observe: Callable[[], Awaitable[Observation[A]]],
+        headers: Mapping[str, str],
+        seconds: float,
+        lost: asyncio.Future[None] | None = None,
+    ) -> Wake[A]:
+        """Wait until the flight's response no longer matches ``headers``, ``seconds`` pass,
+        the client goes away (``lost``) or the replica drains."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Wake[A]] = loop.create_future()
+        waiter = Waiter(headers, future)
+        watch = self._watches.get(flight)
+        if watch is None:
+            watch = self._open(flight, key, observe)
+        watch.waiters.add(waiter)
+        self.waiting += 1
+        # One future, settled by whichever comes first: a wake-up, the timer, the disconnect.
+        timer = loop.call_later(seconds, _settle, future, TIMEOUT)
+
+        def gone(_: object) -> None:
+            _settle(future, DISCONNECTED)
+
+        if lost is not None:
+            lost.add_done_callback(gone)
+        try:
+            wake = await future
+        finally:
+            timer.cancel()
+            if lost is not None:
+                # The connection outlives this request (keep-alive): leave no callback behind.
+                lost.remove_done_callback(gone)
+            self.waiting -= 1
+            watch.waiters.discard(waiter)
+            if not watch.waiters:
+                self._close(watch)
+        if wake.outcome != "disconnected":
+            self.on_outcome(wake.outcome)
+        return wake
+
+    def changed(self, key: str) -> None:
+        """A response for ``key`` was stored or invalidated here: look again now."""
+        for flight in self._by_key.get(key, ()):
+            self._watches[flight].poked.set()
+
+    def changed_digest(self, digest: str) -> None:
+        """Another replica stored or invalidated the key with this digest."""
+        key = self._keys_by_digest.get(digest)
+        if key is not None:
+            self.changed(key)
+
+    def release_all(self) -> None:
+        """Draining: answer every held request at once (with 304) and hold no new ones."""
+        self.closing = True
+        for watch in list(self._watches.values()):
+            self._wake_all(watch, Wake("timeout"))
+
+    async def close(self) -> None:
+        self.release_all()
+        tasks = [watch.task for watch in self._watches.values() if watch.task is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with suppress(asyncio.CancelledError):
+                await task
+
+    def _open(
+        self, flight: str, key: str, observe: Callable[[], Awaitable[Observation[A]]]
+    ) -> Watch[A]:
+        watch: Watch[A] = Watch(flight, key, observe)
+        self._watches[flight] = watch
+        self._by_key.setdefault(key, set()).add(flight)
+        self._keys_by_digest[watch.digest] = key
+        watch.task = asyncio.get_running_loop().create_task(self._run(watch))
+        return watch
+
+    def _close(self, watch: Watch[A]) -> None:
+        if self._watches.get(watch.flight) is not watch:
+            return
+        del self._watches[watch.flight]
+        flights = self._by_key.get(watch.key)
+        if flights is not None:
+            flights.discard(watch.flight)
+            if not flights:
+                del self._by_key[watch.key]
+                self._keys_by_digest.pop(watch.digest, None)
+        if watch.task is not None and watch.task is not asyncio.current_task():
+            watch.task.cancel()
+
+    async def _run(self, watch: Watch[A]) -> None:
+        """Observe, wake who must wake, sleep until expiry or a notice; while anyone waits."""
+        try:
+            while watch.waiters:
+                watch.poked.clear()
+                try:
+                    seen = await watch.observe()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as error:  # an upstream error no stored response covers
+                    self._wake_all(watch, Wake("error", error=error))
+                    continue
+                if seen.answer is not None or seen.entry is None:
+                    outcome = "error" if seen.failed else "changed"
+                    self._wake_all(watch, Wake(outcome, answer=seen.answer))
+                    continue
+                entry = seen.entry
+                for waiter in list(watch.waiters):
+                    if not still_matches(entry, waiter.headers):
+                        _wake(watch, waiter, Wake("changed", entry=entry))
+                if not watch.waiters:
+                    break
+                # Wake just past the end of the freshness lifetime (a timer may fire a little
+                # early); an entry that is never fresh is looked at once per ``min_interval``.
+                delay = seen.fresh_for + EXPIRY_MARGIN if seen.fresh_for > 0 else self.min_interval
+                with suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await watch.poked.wait()
+        finally:
+            self._close(watch)
+
+    @staticmethod
+    def _wake_all(watch: Watch[A], wake: Wake[A]) -> None:
+        for waiter in list(watch.waiters):
+            _wake(watch, waiter, wake)
+
+
+TIMEOUT: Wake[Any] = Wake("timeout")
+DISCONNECTED: Wake[Any] = Wake("disconnected")
+
+
+def _settle(future: asyncio.Future[Wake[A]], wake: Wake[A]) -> None:
+    if not future.done():
+        future.set_result(wake)
+
+
+def _wake(watch: Watch[A], waiter: Waiter, wake: Wake[A]) -> None:
+    watch.waiters.discard(waiter)
+    if not waiter.future.done():
+        waiter.future.set_result(wake)
