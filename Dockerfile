@@ -1,26 +1,34 @@
 # syntax=docker/dockerfile:1
-# Production image of aitronos-cache-proxy. The first stage builds wheels (it may compile); the
-# final stage only installs them into a slim Python, with no compilers, and runs unprivileged.
-# Configuration is by PROXY_* environment variables (see README, "Configuration").
+# Production image of aitronos-cache-proxy. The first stage builds wheels (it may compile) from the
+# hash-pinned lock file; the final stage only installs them into a slim Python, with no compilers,
+# and runs unprivileged. Configuration is by PROXY_* environment variables (see README).
+# The base images are build arguments so that CI, which reaches no registry, can build the same
+# file on a local Debian base (see README, "Deploying"); nothing else differs.
+ARG BUILD_IMAGE=python:3.11
+ARG RUNTIME_IMAGE=python:3.11-slim
 
-FROM python:3.11 AS build
+FROM ${BUILD_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY requirements.lock pyproject.toml README.md ./
 COPY proxy ./proxy
-RUN pip wheel --wheel-dir /wheels ".[redis]"
+# Dependencies exactly as locked (versions and hashes), then the project itself without resolving.
+RUN pip wheel --wheel-dir /wheels --require-hashes -r requirements.lock \
+    && pip wheel --wheel-dir /wheels --no-deps .
 
-FROM python:3.11-slim
+FROM ${RUNTIME_IMAGE}
 ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PROXY_HOST=0.0.0.0 \
     PROXY_PORT=8080
+# Debian already has a system user and group "proxy" (uid/gid 13): ours is "cacheproxy".
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     pip install --no-index /wheels/*.whl \
-    && groupadd --system --gid 10001 proxy \
-    && useradd --system --uid 10001 --gid proxy --no-create-home --shell /usr/sbin/nologin proxy
+    && groupadd --system --gid 10001 cacheproxy \
+    && useradd --system --uid 10001 --gid cacheproxy --no-create-home \
+       --shell /usr/sbin/nologin cacheproxy
 USER 10001:10001
 EXPOSE 8080
 STOPSIGNAL SIGTERM

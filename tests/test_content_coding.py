@@ -35,6 +35,21 @@ SPELLINGS = (
 CLIENT_CODINGS = {"": "identity", "gzip": "gzip", "br": "br", "zstd": "zstd"}
 
 
+#: Every coding this install can prepare (the default is gzip alone, for memory).
+ALL_CODINGS = available_codings()
+
+
+@pytest.fixture
+def make_harness(make_harness: MakeHarness) -> MakeHarness:
+    """Proxies that prepare every coding, unless a test says otherwise."""
+
+    async def make(**settings: Any) -> Harness:
+        settings.setdefault("compress_codings", ALL_CODINGS)
+        return await make_harness(**settings)
+
+    return make
+
+
 @pytest.fixture
 async def raw() -> AsyncIterator[aiohttp.ClientSession]:
     """A client that sends only the Accept-Encoding a test gives and never decodes."""

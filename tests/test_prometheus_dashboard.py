@@ -40,10 +40,16 @@ DEADLINE = 30.0
 #: What Grafana would put for its built-in interval variables with a 1 s scrape interval.
 BUILTINS = {"$__rate_interval": "1m", "$__range": "5m", "$__interval": "15s"}
 
-needs_prometheus = pytest.mark.skipif(
-    PROMETHEUS is None or PROMTOOL is None,
-    reason="prometheus/promtool not installed (.ci/run installs Debian's prometheus package)",
-)
+
+@pytest.fixture
+def prometheus_installed() -> None:
+    """A missing prometheus is a failure, not a skip: the proof would prove nothing."""
+    assert PROMETHEUS is not None and PROMTOOL is not None, (
+        "prometheus/promtool are missing: scripts/test installs Debian's prometheus package"
+    )
+
+
+needs_prometheus = pytest.mark.usefixtures("prometheus_installed")
 
 
 def dashboard() -> dict[str, Any]:

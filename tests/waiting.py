@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 
 
@@ -29,3 +30,18 @@ async def eventually(
             detail = what() if callable(what) else what
             raise AssertionError(f"timed out waiting for {detail or condition}")
         await asyncio.sleep(0.005)
+
+
+def eventually_sync(
+    condition: Callable[[], bool],
+    *,
+    within: float = 10.0,
+    what: str | Callable[[], object] = "",
+) -> None:
+    """``eventually`` for synchronous tests (subprocesses, containers): the same bounded wait."""
+    deadline = time.monotonic() + within
+    while not condition():
+        if time.monotonic() > deadline:
+            detail = what() if callable(what) else what
+            raise AssertionError(f"timed out waiting for {detail or condition}")
+        time.sleep(0.05)

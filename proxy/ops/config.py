@@ -278,10 +278,11 @@ class Settings:
         "TYPES",
     )
     compress_codings: tuple[str, ...] = _option(
-        available_codings(),
+        ("gzip",),
         parse_codings,
         "codings the cache prepares for each compressible stored response, best first (each "
-        "costs memory; gzip always works, br and zstd need the compression extra; empty: none)",
+        "costs memory: gzip, which every common client accepts, by default; br and zstd need "
+        "the compression extra; empty: none)",
         "CODINGS",
     )
     compress_min_bytes: int = _option(
