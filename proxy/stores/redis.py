@@ -95,8 +95,11 @@ return 1
 """
 
 
-#: Keys whose digest ``TieredStore`` keeps; past it the memo starts over.
-MAX_DIGESTS = 65_536
+#: Keys whose digest ``TieredStore`` keeps (as many as the front's memo of prepared hits); past
+#: it the memo starts over. Longer keys are hashed on each use, so the memo stays under ~5 MiB
+#: whatever targets clients send.
+MAX_DIGESTS = 4096
+MAX_DIGESTED_KEY = 1024
 
 
 def digest(text: str) -> str:
@@ -380,6 +383,8 @@ class TieredStore:
         costs a dict lookup, not a SHA-256."""
         found = self._digests.get(key)
         if found is None:
+            if len(key) > MAX_DIGESTED_KEY:
+                return digest(key)
             if len(self._digests) >= MAX_DIGESTS:
                 self._digests.clear()
             found = self._digests[key] = digest(key)
