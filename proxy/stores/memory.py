@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
@@ -107,15 +108,33 @@ class MemoryStore:
         self._cache = _BudgetedLRU(max_bytes, clock, on_evict)
         self._max_bytes = max_bytes
         self._clock = clock
+        # The hit path reads cachetools' own tables (its data and its LRU order) rather than
+        # going through TLRUCache.__getitem__: the same expiry test and recency update for a
+        # third of the cost. Another cachetools layout falls back to the public lookup.
+        self._slots: dict[str, _Slot] | None = getattr(self._cache, "_Cache__data", None)
+        self._order: OrderedDict[str, object] | None = getattr(
+            self._cache, "_TLRUCache__items", None
+        )
+        if not isinstance(self._slots, dict) or not isinstance(self._order, OrderedDict):
+            self._slots = self._order = None
 
     async def get(self, key: str) -> Record | None:
         return self.get_nowait(key)
 
     def get_nowait(self, key: str) -> Record | None:
-        try:
-            return self._cache[key][0]
-        except KeyError:
+        slots = self._slots
+        if slots is None or self._order is None:
+            try:
+                return self._cache[key][0]
+            except KeyError:
+                return None
+        slot = slots.get(key)
+        if slot is None:
             return None
+        self._order.move_to_end(key)  # recency, as TLRUCache.__getitem__ updates it
+        if self._clock() < slot[1]:  # the record's retention (TLRU time-to-use)
+            return slot[0]
+        return None
 
     async def set(self, key: str, record: Record, ttl: float) -> None:
         self.set_nowait(key, record, ttl)
