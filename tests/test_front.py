@@ -116,6 +116,27 @@ async def test_pipelined_requests_are_answered_in_order(
     ]
 
 
+async def test_a_memoised_hit_never_overtakes_a_request_before_it(
+    proxy: RunningProxy, origin: tuple[Origin, str]
+) -> None:
+    # A plain hit is answered while it is parsed (connection._answer_inline), but only when
+    # nothing before it on the connection is still unanswered.
+    for _ in range(2):  # stored, then memoised by its first hit
+        assert (await exchange(proxy.port, get("/cached", "Connection: close"))).status == 200
+    reader, writer = await asyncio.open_connection(HOST, proxy.port)
+    writer.write(get("/slow") + get("/cached"))  # one read: the hit parsed before /slow is sent
+    await eventually(lambda: "/slow" in origin[0].seen, what="the slow request upstream")
+    writer.write(get("/cached"))  # a later read while /slow is still being answered
+    await writer.drain()
+    origin[0].gate.set()
+    writer.write(get("/other") + get("/cached"))
+    async with asyncio.timeout(10):
+        answers = [await read_response(reader) for _ in range(5)]
+    writer.close()
+    targets = [a.json()["target"] for a in answers]
+    assert targets == ["/slow", "/cached", "/cached", "/other", "/cached"]
+
+
 async def test_a_burst_of_pipelined_requests_in_one_write_is_answered_whole(
     proxy: RunningProxy,
 ) -> None:

@@ -100,7 +100,9 @@ class HttpConnection(asyncio.Protocol):
         #: past the connection cap, the longest-waiting first (``_head_deadline`` orders them).
         self.waiting = False
         self._url = b""
-        self._headers: list[tuple[str, str]] = []
+        #: The fields as received; decoded into ``Parsed.headers`` only for a request that leaves
+        #: the fast path.
+        self._raw: list[tuple[bytes, bytes]] = []
         self._head_size = 0
         self._head_bytes = 0
         self._in_head = True
@@ -114,6 +116,7 @@ class HttpConnection(asyncio.Protocol):
         self._inm: str | None = None
         self._accept_encoding: str | None = None
         self._credential_names = front.credential_names
+        self._fast = front.fast
         self._current: Parsed | None = None
         self._complete = True
         self._ready: list[Parsed] = []
@@ -204,7 +207,7 @@ class HttpConnection(asyncio.Protocol):
                 settings = self.settings
                 if self._head_bytes > settings.max_request_line + settings.max_header_bytes:
                     self._refuse_head()
-            if self._in_head and self._url and not self._headers and self._url + b"\r\n" in data:
+            if self._in_head and self._url and not self._raw and self._url + b"\r\n" in data:
                 # HTTP/0.9 (no version): llhttp would wait for more; answer at once instead.
                 raise httptools.HttpParserError("HTTP/0.9")
         except httptools.HttpParserUpgrade:
@@ -225,7 +228,7 @@ class HttpConnection(asyncio.Protocol):
             self._dispatch(parsed)
 
     def _refuse_head(self) -> None:
-        if self._headers or not self._url:
+        if self._raw or not self._url:
             self._refuse(_headers_too_large())
         else:
             self._refuse(_uri_too_long())
@@ -271,7 +274,7 @@ class HttpConnection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self._url = b""
-        self._headers = []
+        self._raw = []
         self._head_size = 0
         self._hosts = []
         self._codings = []
@@ -293,17 +296,15 @@ class HttpConnection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._head_size += len(name) + len(value) + 4
-        if (
-            self._head_size > self.settings.max_header_bytes
-            or len(self._headers) >= MAX_HEADER_FIELDS
-        ):
+        raw = self._raw
+        if self._head_size > self.settings.max_header_bytes or len(raw) >= MAX_HEADER_FIELDS:
             self._refuse(_headers_too_large())
             raise _Halt
-        text = value.decode("utf-8", "surrogateescape")
-        self._headers.append((name.decode("latin-1"), text))
+        raw.append((name, value))
         lowered = name.lower()
         if lowered in UNUSUAL:
             self._plain = False
+            text = value.decode("utf-8", "surrogateescape")
             if lowered == b"transfer-encoding":
                 self._codings.extend(c.strip().lower() for c in text.split(","))
             elif lowered == b"content-length":
@@ -311,17 +312,17 @@ class HttpConnection(asyncio.Protocol):
             elif lowered == b"expect":
                 self._expect = text.strip().lower() == "100-continue"
         elif lowered == b"host":
-            self._hosts.append(text)
+            self._hosts.append(value.decode("utf-8", "surrogateescape"))
         elif lowered in self._credential_names:
-            self._credentials.append((lowered, text))
+            self._credentials.append((lowered, value.decode("utf-8", "surrogateescape")))
         elif lowered == b"if-none-match":
             if self._inm is not None:
                 self._plain = False  # several fields: the full policy combines them
-            self._inm = text
+            self._inm = value.decode("utf-8", "surrogateescape")
         elif lowered == b"accept-encoding":
             if self._accept_encoding is not None:
                 self._plain = False  # several fields: the full policy combines them
-            self._accept_encoding = text
+            self._accept_encoding = value.decode("utf-8", "surrogateescape")
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -333,6 +334,8 @@ class HttpConnection(asyncio.Protocol):
         target = self._url.decode("utf-8", "surrogateescape")
         if self._plain and version == "1.1" and len(self._hosts) == 1 and target[:1] == "/":
             rejected = None  # what _check finds of a plain request (no framing fields)
+            if self._answer_inline(parser, target):
+                return
         else:
             rejected = self._check(version, target)
         body = None
@@ -347,7 +350,7 @@ class HttpConnection(asyncio.Protocol):
         parsed = Parsed(
             METHODS.get(method) or method.decode("ascii", "replace"),
             target,
-            self._headers,
+            [(n.decode("latin-1"), v.decode("utf-8", "surrogateescape")) for n, v in self._raw],
             version,
             parser.should_keep_alive() and rejected is None and not self.front.draining,
             body,
@@ -364,6 +367,39 @@ class HttpConnection(asyncio.Protocol):
         if rejected is not None:
             self._halt()
             raise _Halt
+
+    def _answer_inline(self, parser: httptools.HttpRequestParser, target: str) -> bool:
+        """A plain keep-alive GET or HEAD with nothing before it on the connection, answered
+        from the fast path's memo during parsing, without building a ``Parsed``."""
+        fast = self._fast
+        if (
+            fast is None
+            or self._busy
+            or self._ready
+            or self._write_paused
+            or self._pending is not None
+            or self.lost
+            or self.front.draining
+            or not parser.should_keep_alive()
+        ):
+            return False
+        method = parser.get_method()
+        if method == b"GET":
+            name = "GET"
+        elif method == b"HEAD":
+            name = "HEAD"
+        else:
+            return False
+        if not fast.answer(
+            self, name, target, self._hosts[0], tuple(self._credentials), self._inm,
+            self._accept_encoding, True, "1.1", time.perf_counter(), None,
+        ):  # fmt: skip
+            return False
+        self._current = None
+        self._idle()  # as _next leaves a connection whose queue is empty
+        if not self._reading:
+            self._set_reading(True)
+        return True
 
     def _check(self, version: str, target: str) -> RequestRejected | None:
         """What the parser lets through but the proxy must not forward (RFC 9112)."""

@@ -162,8 +162,31 @@ class FastPath:
         method = parsed.method
         if method != "GET" and method != "HEAD":
             return False
-        record = self.store.get_nowait(parsed.target)
-        key = (parsed.target, parsed.host, parsed.credentials)
+        return self.answer(
+            conn, method, parsed.target, parsed.host, parsed.credentials,
+            parsed.if_none_match, parsed.accept_encoding, parsed.keep_alive, parsed.version,
+            parsed.started, parsed,
+        )  # fmt: skip
+
+    def answer(
+        self,
+        conn: HttpConnection,
+        method: str,
+        target: str,
+        host: str,
+        credentials: tuple[tuple[bytes, str], ...],
+        inm: str | None,
+        accept_encoding: str | None,
+        keep_alive: bool,
+        version: str,
+        started: float,
+        parsed: Parsed | None,
+    ) -> bool:
+        """A plain GET or HEAD from its parsed values; without ``parsed`` (the connection has
+        not built one) a hit that is not memoised yet is declined, since preparing it needs the
+        request's fields."""
+        record = self.store.get_nowait(target)
+        key = (target, host, credentials)
         if record is None:
             if key in self.memo:
                 self._forget(key)
@@ -171,6 +194,8 @@ class FastPath:
         now = self.clock()
         prepared = self.memo.get(key)
         if prepared is None or prepared.record is not record:
+            if parsed is None:
+                return False
             prepared = self._prepare(conn, parsed, record, now, key)
             if prepared is None:
                 return False
@@ -178,7 +203,6 @@ class FastPath:
             self._forget(key)
             return False
         entry = prepared.entry
-        accept_encoding = parsed.accept_encoding
         if accept_encoding == prepared.accept_encoding:
             index = prepared.chosen
         else:
@@ -189,11 +213,10 @@ class FastPath:
         # §4.2.3 current_age, as Prepared.age computes it
         age = entry.corrected_initial_age + max(0.0, now - entry.response_time)
         tail = prepared.tail_for(age)
-        if parsed.keep_alive and parsed.version != "1.0":
+        if keep_alive and version != "1.0":
             connection = b""
         else:
-            connection = connection_field(parsed.keep_alive, parsed.http10)
-        inm = parsed.if_none_match
+            connection = connection_field(keep_alive, version == "1.0")
         held = prepared.not_modified(inm, index) if inm is not None else None
         if held is not None:
             self.metrics.not_modified.inc()
@@ -213,7 +236,7 @@ class FastPath:
                 size = len(body)
                 self.response_bytes.value += size
                 self.bytes_saved.value += size
-        elapsed = time.perf_counter() - parsed.started
+        elapsed = time.perf_counter() - started
         prepared.requests.value += 1
         prepared.durations.observe(elapsed)
         if self.access is not None:
