@@ -9,6 +9,7 @@ that leaves a response unread for ``--client-send-timeout`` is cut.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import deque
@@ -47,6 +48,21 @@ UNUSUAL = frozenset(
         b"prefer",  # Prefer: wait holds the request (proxy.cache.longpoll)
     }
 )
+
+
+_HOST, _CREDENTIAL, _INM, _ACCEPT_ENCODING, _LENGTH, _CODING, _EXPECT, _OTHER = range(8)
+
+
+@functools.lru_cache(maxsize=16)
+def _field_kinds(credential_names: frozenset[bytes]) -> dict[bytes, int]:
+    """What a lower-cased request field name means to the parser callbacks, in one lookup
+    (a framing or precondition field first, as it takes the request off the fast path)."""
+    kinds = {b"accept-encoding": _ACCEPT_ENCODING, b"if-none-match": _INM}
+    kinds.update(dict.fromkeys(credential_names, _CREDENTIAL))
+    kinds[b"host"] = _HOST
+    kinds.update(dict.fromkeys(UNUSUAL, _OTHER))
+    kinds.update({b"content-length": _LENGTH, b"transfer-encoding": _CODING, b"expect": _EXPECT})
+    return kinds
 
 
 #: The usual methods' names as text, to spare a decode per request.
@@ -115,7 +131,8 @@ class HttpConnection(asyncio.Protocol):
         self._credentials: list[tuple[bytes, str]] = []
         self._inm: str | None = None
         self._accept_encoding: str | None = None
-        self._credential_names = front.credential_names
+        self._kinds = _field_kinds(front.credential_names)
+        self._max_header_bytes = front.settings.max_header_bytes
         self._fast = front.fast
         self._current: Parsed | None = None
         self._complete = True
@@ -223,9 +240,10 @@ class HttpConnection(asyncio.Protocol):
             self._refuse_unparseable(error)
         # Requests are dispatched once the whole chunk parsed, so that a request whose body
         # turns out malformed in the same chunk never reaches the origin.
-        ready, self._ready = self._ready, []
-        for parsed in ready:
-            self._dispatch(parsed)
+        if self._ready:
+            ready, self._ready = self._ready, []
+            for parsed in ready:
+                self._dispatch(parsed)
 
     def _refuse_head(self) -> None:
         if self._raw or not self._url:
@@ -295,34 +313,37 @@ class HttpConnection(asyncio.Protocol):
             raise _Halt
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._head_size += len(name) + len(value) + 4
+        size = self._head_size = self._head_size + len(name) + len(value) + 4
         raw = self._raw
-        if self._head_size > self.settings.max_header_bytes or len(raw) >= MAX_HEADER_FIELDS:
+        if size > self._max_header_bytes or len(raw) >= MAX_HEADER_FIELDS:
             self._refuse(_headers_too_large())
             raise _Halt
         raw.append((name, value))
         lowered = name.lower()
-        if lowered in UNUSUAL:
-            self._plain = False
-            text = value.decode("utf-8", "surrogateescape")
-            if lowered == b"transfer-encoding":
-                self._codings.extend(c.strip().lower() for c in text.split(","))
-            elif lowered == b"content-length":
-                self._length = text
-            elif lowered == b"expect":
-                self._expect = text.strip().lower() == "100-continue"
-        elif lowered == b"host":
-            self._hosts.append(value.decode("utf-8", "surrogateescape"))
-        elif lowered in self._credential_names:
-            self._credentials.append((lowered, value.decode("utf-8", "surrogateescape")))
-        elif lowered == b"if-none-match":
+        kind = self._kinds.get(lowered)
+        if kind is None:
+            return
+        text = value.decode("utf-8", "surrogateescape")
+        if kind == _HOST:
+            self._hosts.append(text)
+        elif kind == _CREDENTIAL:
+            self._credentials.append((lowered, text))
+        elif kind == _INM:
             if self._inm is not None:
                 self._plain = False  # several fields: the full policy combines them
-            self._inm = value.decode("utf-8", "surrogateescape")
-        elif lowered == b"accept-encoding":
+            self._inm = text
+        elif kind == _ACCEPT_ENCODING:
             if self._accept_encoding is not None:
                 self._plain = False  # several fields: the full policy combines them
-            self._accept_encoding = value.decode("utf-8", "surrogateescape")
+            self._accept_encoding = text
+        else:
+            self._plain = False
+            if kind == _CODING:
+                self._codings.extend(c.strip().lower() for c in text.split(","))
+            elif kind == _LENGTH:
+                self._length = text
+            elif kind == _EXPECT:
+                self._expect = text.strip().lower() == "100-continue"
 
     def on_headers_complete(self) -> None:
         self._in_head = False

@@ -211,8 +211,12 @@ class FastPath:
         if index is None:
             return False  # only coded under no-transform, and the client can't read it
         # §4.2.3 current_age, as Prepared.age computes it
-        age = entry.corrected_initial_age + max(0.0, now - entry.response_time)
-        tail = prepared.tail_for(age)
+        resident = now - entry.response_time
+        age = entry.corrected_initial_age + (resident if resident > 0.0 else 0.0)
+        if (int(age), int(prepared.lifetime - age)) == prepared.tail_key:
+            tail = prepared.tail
+        else:
+            tail = prepared.tail_for(age)
         if keep_alive and version != "1.0":
             connection = b""
         else:
@@ -226,7 +230,7 @@ class FastPath:
             status, size = 304, 0
         else:
             body = entry.representations[index].body
-            head = b"".join((prepared.head(index), tail, connection, CRLF))
+            head = b"".join((prepared.heads[index] or prepared.head(index), tail, connection, CRLF))
             status = entry.status
             if method == "HEAD":
                 conn.write_response(head, b"")
