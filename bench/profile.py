@@ -26,7 +26,7 @@ from bench.processes import Pinning, Service, Unavailable
 
 RATE = 250
 HANDLERS = {
-    "proxy": "FastPath.serve (",
+    "proxy": "FastPath.answer (",
     "bare": "create_bare_app.<locals>.handle (bench/bare.py)",
 }
 

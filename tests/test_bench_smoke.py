@@ -155,7 +155,7 @@ def test_profile_mode_samples_the_proxy_and_the_bare_handler(out: Path) -> None:
     profile = (out / "profile.md").read_text()
     assert "## proxy (uvloop)" in profile
     assert "## bare (uvloop)" in profile
-    assert "`FastPath.serve (" in profile
+    assert "`FastPath.answer (" in profile
 
 
 def test_coding_mode_runs_behind_the_compressing_origin(tmp_path: Path) -> None:
