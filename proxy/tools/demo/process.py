@@ -2,7 +2,7 @@
 
 The demo starts it as a child process with its default settings (a user's ``PROXY_*`` variables
 apply, as they would), waits until ``/readyz`` answers 200, and stops it with SIGTERM, as an
-orchestrator would. Its log goes to a file the demo names, so its lines do not mix with the table.
+orchestrator would, whether the demo ends, is interrupted or fails. Its log goes to a file the demo names, so its lines do not mix with the table.
 """
 
 from __future__ import annotations
@@ -134,6 +134,9 @@ async def running_proxy(
                     stdout=log,
                     stderr=asyncio.subprocess.STDOUT,
                     env=child_environment(environ),
+                    # Its own process group: a Ctrl-C at the terminal reaches the demo only,
+                    # which then stops the proxy with SIGTERM like everything else.
+                    process_group=0,
                 )
             url = f"http://{host}:{port}"
             try:
