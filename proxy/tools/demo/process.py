@@ -2,7 +2,8 @@
 
 The demo starts it as a child process with its default settings (a user's ``PROXY_*`` variables
 apply, as they would), waits until ``/readyz`` answers 200, and stops it with SIGTERM, as an
-orchestrator would, whether the demo ends, is interrupted or fails. Its log goes to a file the demo names, so its lines do not mix with the table.
+orchestrator would, whether the demo ends, is interrupted or fails. Its log goes to a file the
+demo names, so its lines do not mix with the table.
 """
 
 from __future__ import annotations

@@ -178,6 +178,16 @@ def notes(phases: Sequence[PhaseResult], setting: FleetSetting) -> list[tuple[st
             "watch it.",
         )
     )
+    if polled or held:
+        result.append(
+            (
+                "hit ratio",
+                "the proxy's answers from its stored copy (a held long poll answered from the "
+                "refreshed copy included). Requests that arrive while a copy is being fetched "
+                "share that one fetch and count as misses, so a busy machine shows a lower ratio "
+                "for the same upstream requests.",
+            )
+        )
     if held:
         result.append(
             (
@@ -200,7 +210,9 @@ def notes(phases: Sequence[PhaseResult], setting: FleetSetting) -> list[tuple[st
             (
                 "p50 latency",
                 "of the answers that were not held; a held long poll is counted apart (next "
-                "row), since waiting for a change is its purpose, not slowness.",
+                "row), since waiting for a change is its purpose, not slowness. In the long-poll "
+                "column that leaves each poller's first request, all sent in the phase's first "
+                "interval, when the proxy fetches every transcription for the first time.",
             ),
             (
                 "long polls held for",
@@ -218,7 +230,7 @@ def notes(phases: Sequence[PhaseResult], setting: FleetSetting) -> list[tuple[st
         )
     completion = (
         "from the transcription's completed_at until the poller saw it. Without the proxy: "
-        f"within one polling interval ({every})."
+        f"within about one polling interval ({every} ±20%, plus the answer's own time)."
     )
     lags = [(p.label, _lag(p)) for p in phases]
     base_lag = _lag(baseline)
