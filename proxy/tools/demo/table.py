@@ -157,12 +157,15 @@ def notes(phases: Sequence[PhaseResult], setting: FleetSetting) -> list[tuple[st
     ]
     requests = f"every poller asks every {every} (±20%) until it sees the final status, then stops."
     if polled:
-        p = polled[0]
-        requests += (
-            f' Through the proxy it sees that status later (see "completion noticed"), so it '
-            f"keeps asking longer: {_per_poller(p):.1f} requests a poller against "
-            f"{_per_poller(baseline):.1f} without, answered by the proxy, not the API."
-        )
+        through, without = _per_poller(polled[0]), _per_poller(baseline)
+        comparison = f"{through:.1f} requests a poller against {without:.1f} without"
+        if through > without:
+            requests += (
+                ' Through the proxy it sees that status later (see "completion noticed"), so '
+                f"it keeps asking longer: {comparison}, answered by the proxy, not the API."
+            )
+        else:
+            requests += f" Through the proxy: {comparison}."
     if held:
         requests += (
             f" A long poller asks, then asks again with Prefer: wait={held[0].wait} and is "
@@ -225,7 +228,8 @@ def notes(phases: Sequence[PhaseResult], setting: FleetSetting) -> list[tuple[st
             (
                 "long polls cut",
                 "still held when the phase's time ran out (nothing had changed yet), so the "
-                "fleet hung up; not errors. A longer --duration lets them see the change.",
+                "fleet hung up; not errors, though the proxy's figures may count them as 304s "
+                "answered locally. A longer --duration lets them see the change.",
             )
         )
     completion = (
