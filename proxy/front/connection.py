@@ -9,7 +9,6 @@ that leaves a response unread for ``--client-send-timeout`` is cut.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from collections import deque
@@ -19,7 +18,23 @@ from typing import TYPE_CHECKING
 import httptools
 
 from proxy.cache.exchange import RequestRejected
-from proxy.front.body import BodyStream, too_large
+from proxy.front.body import BodyStream
+from proxy.front.head import (
+    ACCEPT_ENCODING,
+    CODING,
+    CREDENTIAL,
+    EXPECT,
+    HOST,
+    INM,
+    LENGTH,
+    SINGLETONS,
+    HeadFacts,
+    expectations,
+    field_kinds,
+    headers_too_large,
+    refusal,
+    uri_too_long,
+)
 
 if TYPE_CHECKING:
     from proxy.front.server import Front
@@ -31,40 +46,6 @@ log = logging.getLogger("proxy.server")
 SLICE = 2**16
 MAX_HEADER_FIELDS = 128
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-#: Request fields after which only the full RFC 9111 policy may answer (not the fast path).
-UNUSUAL = frozenset(
-    {
-        b"cache-control",
-        b"pragma",
-        b"if-modified-since",
-        b"if-match",
-        b"if-unmodified-since",
-        b"if-range",
-        b"range",
-        b"content-length",
-        b"transfer-encoding",
-        b"expect",
-        b"upgrade",
-        b"prefer",  # Prefer: wait holds the request (proxy.cache.longpoll)
-    }
-)
-
-
-_HOST, _CREDENTIAL, _INM, _ACCEPT_ENCODING, _LENGTH, _CODING, _EXPECT, _OTHER = range(8)
-
-
-@functools.lru_cache(maxsize=16)
-def _field_kinds(credential_names: frozenset[bytes]) -> dict[bytes, int]:
-    """What a lower-cased request field name means to the parser callbacks, in one lookup
-    (a framing or precondition field first, as it takes the request off the fast path)."""
-    kinds = {b"accept-encoding": _ACCEPT_ENCODING, b"if-none-match": _INM}
-    kinds.update(dict.fromkeys(credential_names, _CREDENTIAL))
-    kinds[b"host"] = _HOST
-    kinds.update(dict.fromkeys(UNUSUAL, _OTHER))
-    kinds.update({b"content-length": _LENGTH, b"transfer-encoding": _CODING, b"expect": _EXPECT})
-    return kinds
-
-
 #: The usual methods' names as text, to spare a decode per request.
 METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")}
 
@@ -123,15 +104,13 @@ class HttpConnection(asyncio.Protocol):
         self._head_bytes = 0
         self._in_head = True
         self._partial = False
-        self._hosts: list[str] = []
-        self._codings: list[str] = []
-        self._length: str | None = None
+        self._facts = HeadFacts()
         self._expect = False
         self._plain = True
         self._credentials: list[tuple[bytes, str]] = []
         self._inm: str | None = None
         self._accept_encoding: str | None = None
-        self._kinds = _field_kinds(front.credential_names)
+        self._kinds = field_kinds(front.credential_names)
         self._max_header_bytes = front.settings.max_header_bytes
         self._fast = front.fast
         self._current: Parsed | None = None
@@ -247,9 +226,9 @@ class HttpConnection(asyncio.Protocol):
 
     def _refuse_head(self) -> None:
         if self._raw or not self._url:
-            self._refuse(_headers_too_large())
+            self._refuse(headers_too_large())
         else:
-            self._refuse(_uri_too_long())
+            self._refuse(uri_too_long())
 
     def _refuse_unparseable(self, error: Exception) -> None:
         log.info("rejected an unparseable request from %s: 400 %s", self.peer, type(error).__name__)
@@ -294,9 +273,7 @@ class HttpConnection(asyncio.Protocol):
         self._url = b""
         self._raw = []
         self._head_size = 0
-        self._hosts = []
-        self._codings = []
-        self._length = None
+        self._facts = HeadFacts()
         self._expect = False
         self._plain = True
         self._credentials = []
@@ -309,14 +286,14 @@ class HttpConnection(asyncio.Protocol):
     def on_url(self, url: bytes) -> None:
         self._url += url
         if len(self._url) > self.settings.max_request_line:
-            self._refuse(_uri_too_long())
+            self._refuse(uri_too_long())
             raise _Halt
 
     def on_header(self, name: bytes, value: bytes) -> None:
         size = self._head_size = self._head_size + len(name) + len(value) + 4
         raw = self._raw
         if size > self._max_header_bytes or len(raw) >= MAX_HEADER_FIELDS:
-            self._refuse(_headers_too_large())
+            self._refuse(headers_too_large())
             raise _Halt
         raw.append((name, value))
         lowered = name.lower()
@@ -324,26 +301,31 @@ class HttpConnection(asyncio.Protocol):
         if kind is None:
             return
         text = value.decode("utf-8", "surrogateescape")
-        if kind == _HOST:
-            self._hosts.append(text)
-        elif kind == _CREDENTIAL:
+        if kind == HOST:
+            self._facts.hosts.append(text)
+        elif kind == CREDENTIAL:
+            if lowered in SINGLETONS and any(n == lowered for n, _ in self._credentials):
+                self._facts.repeated_credential = True
+                self._plain = False
             self._credentials.append((lowered, text))
-        elif kind == _INM:
+        elif kind == INM:
             if self._inm is not None:
                 self._plain = False  # several fields: the full policy combines them
             self._inm = text
-        elif kind == _ACCEPT_ENCODING:
+        elif kind == ACCEPT_ENCODING:
             if self._accept_encoding is not None:
                 self._plain = False  # several fields: the full policy combines them
             self._accept_encoding = text
         else:
             self._plain = False
-            if kind == _CODING:
-                self._codings.extend(c.strip().lower() for c in text.split(","))
-            elif kind == _LENGTH:
-                self._length = text
-            elif kind == _EXPECT:
-                self._expect = text.strip().lower() == "100-continue"
+            if kind == CODING:
+                self._facts.codings.extend(c.strip().lower() for c in text.split(","))
+            elif kind == LENGTH:
+                self._facts.length = text
+            elif kind == EXPECT:
+                # The front answers 100 Continue itself (BodyStream); Expect is not forwarded.
+                self._expect = True
+                self._facts.expectations += expectations(text)
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -353,21 +335,26 @@ class HttpConnection(asyncio.Protocol):
         parser = self.parser
         version = parser.get_http_version()
         target = self._url.decode("utf-8", "surrogateescape")
-        if self._plain and version == "1.1" and len(self._hosts) == 1 and target[:1] == "/":
-            rejected = None  # what _check finds of a plain request (no framing fields)
+        facts = self._facts
+        hosts = facts.hosts
+        method = parser.get_method()
+        if self._plain and version == "1.1" and len(hosts) == 1 and target[:1] == "/":
+            # What refusal finds of a plain request (no framing fields) but for its method.
+            rejected = None
             if self._answer_inline(parser, target):
                 return
+            if method == b"CONNECT":
+                rejected = refusal(facts, method, version, target, 0)
         else:
-            rejected = self._check(version, target)
+            rejected = refusal(facts, method, version, target, self.settings.max_body_bytes)
         body = None
-        if rejected is None and (self._codings or (self._length or "0") != "0"):
+        if rejected is None and (facts.codings or (facts.length or "0") != "0"):
             body = BodyStream(
                 limit=self.settings.max_body_bytes,
                 idle_timeout=self.settings.client_body_timeout,
                 continue_=self._send_continue if self._expect else None,
                 reading=self._set_reading,
             )
-        method = parser.get_method()
         parsed = Parsed(
             METHODS.get(method) or method.decode("ascii", "replace"),
             target,
@@ -378,7 +365,7 @@ class HttpConnection(asyncio.Protocol):
             rejected,
             self._plain and rejected is None,
             time.perf_counter(),
-            self._hosts[0] if self._hosts else self.local,
+            hosts[0] if hosts else self.local,
             tuple(self._credentials),
             self._inm,
             self._accept_encoding,
@@ -412,7 +399,7 @@ class HttpConnection(asyncio.Protocol):
         else:
             return False
         if not fast.answer(
-            self, name, target, self._hosts[0], tuple(self._credentials), self._inm,
+            self, name, target, self._facts.hosts[0], tuple(self._credentials), self._inm,
             self._accept_encoding, True, "1.1", time.perf_counter(), None,
         ):  # fmt: skip
             return False
@@ -421,33 +408,6 @@ class HttpConnection(asyncio.Protocol):
         if not self._reading:
             self._set_reading(True)
         return True
-
-    def _check(self, version: str, target: str) -> RequestRejected | None:
-        """What the parser lets through but the proxy must not forward (RFC 9112)."""
-        if version not in ("1.1", "1.0"):
-            return RequestRejected(505, "HTTP_VERSION_NOT_SUPPORTED", "Only HTTP/1.0 and 1.1.")
-        if not target.startswith("/"):
-            # Absolute-, authority- and asterisk-form targets would be glued onto the upstream
-            # URL; a reverse proxy only serves origin-form (§3.2.1).
-            return RequestRejected(400, "BAD_REQUEST", "The request-target must start with '/'.")
-        if len(self._hosts) > 1 or (version == "1.1" and not self._hosts):
-            return RequestRejected(400, "BAD_REQUEST", "Exactly one Host field is required.")
-        if self._codings:
-            if version == "1.0":
-                # §6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing.
-                return RequestRejected(
-                    400, "BAD_REQUEST", "Transfer-Encoding is not allowed in HTTP/1.0."
-                )
-            if self._codings[-1] != "chunked":
-                return RequestRejected(400, "BAD_REQUEST", "The body framing is not chunked.")
-            if len(self._codings) > 1:
-                # §6.1: a transfer coding the server does not implement is answered 501.
-                return RequestRejected(
-                    501, "NOT_IMPLEMENTED", "Only the chunked transfer coding is supported."
-                )
-        if self._length is not None and int(self._length) > self.settings.max_body_bytes:
-            return too_large()
-        return None
 
     def on_body(self, body: bytes) -> None:
         current = self._current
@@ -628,10 +588,3 @@ class HttpConnection(asyncio.Protocol):
     def head_deadline(self) -> float:
         return self._head_deadline
 
-
-def _uri_too_long() -> RequestRejected:
-    return RequestRejected(414, "URI_TOO_LONG", "The request-target is too long.")
-
-
-def _headers_too_large() -> RequestRejected:
-    return RequestRejected(431, "HEADERS_TOO_LARGE", "The request header fields are too large.")
