@@ -120,6 +120,8 @@ class HttpConnection(asyncio.Protocol):
         self._busy = False
         self._handling = False
         self._halted = False
+        #: The client half-closed its side: close once the answers due are written.
+        self._eof = False
         self._reading = True
         self._write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
@@ -160,6 +162,7 @@ class HttpConnection(asyncio.Protocol):
         # A half-closed client gets its answers, then the connection closes (RFC 9112 §9.6);
         # TLS cannot stay half-open. A held request (Prefer: wait) takes it as a goodbye.
         self._gone()
+        self._eof = True
         return True if self._busy and self.front.scheme == "http" else None
 
     def disconnected(self) -> asyncio.Future[None]:
@@ -404,6 +407,11 @@ class HttpConnection(asyncio.Protocol):
         ):  # fmt: skip
             return False
         self._current = None
+        if self._pending is not None or self._write_paused:
+            # The answer is still being written: busy (not idle, not evictable) until it is
+            # out, when the end of the pump (or resume_writing) calls _next.
+            self._busy = True
+            return True
         self._idle()  # as _next leaves a connection whose queue is empty
         if not self._reading:
             self._set_reading(True)
@@ -452,10 +460,10 @@ class HttpConnection(asyncio.Protocol):
             task = self.loop.create_task(self._handle(parsed))
             self.front.track(task)
             return
-        if self.lost:
-            return
+        if self.lost or self._write_paused or self._pending is not None:
+            return  # an answer is still being written: still busy
         self._busy = False
-        if self._halted:
+        if self._halted or self._eof:
             self.transport.close()
             return
         self._idle()
@@ -567,8 +575,8 @@ class HttpConnection(asyncio.Protocol):
         self._wake_drain()
         if self._pending is not None:
             self._pump()
-        elif self._busy and not self._handling and self._queue:
-            self._next()
+        elif self._busy and not self._handling:
+            self._next()  # the next request, or idle once the last answer is out
 
     def _send_timeout(self) -> None:
         """The client read nothing for ``--client-send-timeout``: cut it (nginx send_timeout)."""
