@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -131,6 +132,7 @@ class HttpConnection(asyncio.Protocol):
         self._head_timer: asyncio.TimerHandle | None = None
         self._head_deadline = 0.0
         self._disconnected: asyncio.Future[None] | None = None
+        self._handshake: asyncio.Task[None] | None = None
 
     # -- connection lifecycle ---------------------------------------------------------------
 
@@ -143,7 +145,38 @@ class HttpConnection(asyncio.Protocol):
         if not self.front.admit(self):
             self.lost = True
             return
+        if self.front.tls is not None:
+            # Counted and waiting for a head from accept: the header timeout (or the cap)
+            # ends a handshake that does not finish, as it ends a head that does not arrive.
+            self.transport.pause_reading()  # nothing of the handshake reaches the parser
+            self._handshake = self.loop.create_task(self._secure(self.front.tls))
         self._idle()
+
+    async def _secure(self, context: ssl.SSLContext) -> None:
+        """TLS on an admitted connection (RFC 8446), then HTTP/1.1 over it."""
+        try:
+            secured = await self.loop.start_tls(
+                self.transport,
+                self,
+                context,
+                server_side=True,
+                ssl_handshake_timeout=self.settings.client_header_timeout,
+            )
+        except Exception as error:  # a failed handshake is the client's, whatever its kind
+            log.debug("TLS handshake with %s failed: %s", self.peer, type(error).__name__)
+            self.abort()
+            if not self.lost:
+                self.connection_lost(error)
+            return
+        finally:
+            self._handshake = None
+        if secured is None:
+            # Closed during the handshake (the cap, the header timeout, the client): asyncio
+            # tells the protocol nothing of a connection that never carried TLS data.
+            if not self.lost:
+                self.connection_lost(None)
+            return
+        self.transport = secured
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
@@ -180,6 +213,8 @@ class HttpConnection(asyncio.Protocol):
     def evict(self) -> None:
         """Make room past the cap: an idle keep-alive connection is closed, a slow head cut."""
         self.waiting = False
+        if self._end_handshake():
+            return
         if self._partial:
             self.abort()
         else:
@@ -509,7 +544,8 @@ class HttpConnection(asyncio.Protocol):
             self._head_timer = self.loop.call_at(self._head_deadline, self._head_timeout)
             return
         self.front.timed_out("head")
-        self.transport.close()
+        if not self._end_handshake():
+            self.transport.close()
 
     # -- writing ----------------------------------------------------------------------------
 
@@ -585,8 +621,23 @@ class HttpConnection(asyncio.Protocol):
         self.abort()
 
     def abort(self) -> None:
+        if self._end_handshake():
+            return
         if self.transport is not None:
             self.transport.abort()
+
+    def _end_handshake(self) -> bool:
+        """Cut a connection still in its TLS handshake; whether it was one. The loop's TLS
+        layer does not always report the loss of a connection it has not finished (uvloop)."""
+        task = self._handshake
+        if task is None:
+            return False
+        self._handshake = None
+        task.cancel()
+        self.transport.abort()
+        if not self.lost:
+            self.connection_lost(None)
+        return True
 
     @property
     def idle(self) -> bool:
