@@ -131,8 +131,21 @@ async def test_a_singleton_credential_on_two_lines_is_refused_unforwarded(fields
         b"api-key: " + TOKEN.encode() + b" \t\r\n",
         # the token on the first of two lines, an empty second line
         b"Cookie: " + TOKEN.encode() + b"\r\nCookie: \r\n",
+        # one field in two casings
+        b"API-KEY: \r\napi-key: " + TOKEN.encode() + b"\r\n",
+        # whitespace before the colon (RFC 9112 §5.1: must be refused)
+        b"api-key : " + TOKEN.encode() + b"\r\n",
     ],
-    ids=["empty-api-key", "empty-cookie", "obs-fold", "mixed", "trailing-ws", "empty-second"],
+    ids=[
+        "empty-api-key",
+        "empty-cookie",
+        "obs-fold",
+        "mixed",
+        "trailing-ws",
+        "empty-second",
+        "casing",
+        "space-before-colon",
+    ],
 )
 async def test_odd_credential_lines_never_land_in_the_anonymous_scope(fields: bytes) -> None:
     async with (

@@ -92,7 +92,7 @@ class Front:
         self.settings = settings
         self.loop = loop
         self.scheme = scheme
-        self.credential_names = frozenset(n.encode() for n in settings.credential_headers)
+        self.credential_names = frozenset(n.lower().encode() for n in settings.credential_headers)
         self.access = AccessLog(access, loop) if access is not None else None
         self.endpoints = Endpoints(
             proxy,
