@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 import time
 from collections import deque
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import httptools
@@ -28,17 +26,23 @@ from proxy.front.head import (
     HOST,
     INM,
     LENGTH,
+    METHODS,
     SINGLETONS,
     HeadFacts,
+    Parsed,
     expectations,
     field_kinds,
     headers_too_large,
     refusal,
+    refused,
     uri_too_long,
 )
+from proxy.front.tls import Handshake
 
 if TYPE_CHECKING:
     from proxy.front.server import Front
+
+__all__ = ["HttpConnection", "Parsed"]  # Parsed: what the server and the fast path take
 
 log = logging.getLogger("proxy.server")
 
@@ -47,39 +51,10 @@ log = logging.getLogger("proxy.server")
 SLICE = 2**16
 MAX_HEADER_FIELDS = 128
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-#: The usual methods' names as text, to spare a decode per request.
-METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")}
 
 
 class _Halt(Exception):
     """Raised from a parser callback: the request was refused, parse no further."""
-
-
-@dataclass(slots=True)
-class Parsed:
-    """A request head as parsed, with its body stream (``None`` when it has no body)."""
-
-    method: str
-    target: str
-    headers: list[tuple[str, str]]
-    version: str
-    keep_alive: bool
-    body: BodyStream | None
-    rejected: RequestRejected | None
-    plain: bool
-    started: float
-    host: str = ""
-    credentials: tuple[tuple[bytes, str], ...] = ()
-    if_none_match: str | None = None
-    accept_encoding: str | None = None
-
-    @property
-    def http10(self) -> bool:
-        return self.version == "1.0"
-
-
-def _refused(rejected: RequestRejected) -> Parsed:
-    return Parsed("GET", "/", [], "1.1", False, None, rejected, False, time.perf_counter())
 
 
 class HttpConnection(asyncio.Protocol):
@@ -132,7 +107,7 @@ class HttpConnection(asyncio.Protocol):
         self._head_timer: asyncio.TimerHandle | None = None
         self._head_deadline = 0.0
         self._disconnected: asyncio.Future[None] | None = None
-        self._handshake: asyncio.Task[None] | None = None
+        self._handshake: Handshake | None = None
 
     # -- connection lifecycle ---------------------------------------------------------------
 
@@ -148,35 +123,9 @@ class HttpConnection(asyncio.Protocol):
         if self.front.tls is not None:
             # Counted and waiting for a head from accept: the header timeout (or the cap)
             # ends a handshake that does not finish, as it ends a head that does not arrive.
-            self.transport.pause_reading()  # nothing of the handshake reaches the parser
-            self._handshake = self.loop.create_task(self._secure(self.front.tls))
+            timeout = self.settings.client_header_timeout
+            self._handshake = Handshake(self, self, self.front.tls, timeout, self.loop)
         self._idle()
-
-    async def _secure(self, context: ssl.SSLContext) -> None:
-        """TLS on an admitted connection (RFC 8446), then HTTP/1.1 over it."""
-        try:
-            secured = await self.loop.start_tls(
-                self.transport,
-                self,
-                context,
-                server_side=True,
-                ssl_handshake_timeout=self.settings.client_header_timeout,
-            )
-        except Exception as error:  # a failed handshake is the client's, whatever its kind
-            log.debug("TLS handshake with %s failed: %s", self.peer, type(error).__name__)
-            self.abort()
-            if not self.lost:
-                self.connection_lost(error)
-            return
-        finally:
-            self._handshake = None
-        if secured is None:
-            # Closed during the handshake (the cap, the header timeout, the client): asyncio
-            # tells the protocol nothing of a connection that never carried TLS data.
-            if not self.lost:
-                self.connection_lost(None)
-            return
-        self.transport = secured
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
@@ -288,7 +237,7 @@ class HttpConnection(asyncio.Protocol):
         self._halt()
         self._in_head = False
         self.waiting = False
-        self._ready.append(_refused(rejected))
+        self._ready.append(refused(rejected))
 
     def _halt(self) -> None:
         self._halted = True
@@ -379,7 +328,7 @@ class HttpConnection(asyncio.Protocol):
         if self._plain and version == "1.1" and len(hosts) == 1 and target[:1] == "/":
             # What refusal finds of a plain request (no framing fields) but for its method.
             rejected = None
-            if self._answer_inline(parser, target):
+            if self._answer_inline(parser, target, method):
                 return
             if method == b"CONNECT":
                 rejected = refusal(facts, method, version, target, 0)
@@ -414,7 +363,9 @@ class HttpConnection(asyncio.Protocol):
             self._halt()
             raise _Halt
 
-    def _answer_inline(self, parser: httptools.HttpRequestParser, target: str) -> bool:
+    def _answer_inline(
+        self, parser: httptools.HttpRequestParser, target: str, method: bytes
+    ) -> bool:
         """A plain keep-alive GET or HEAD with nothing before it on the connection, answered
         from the fast path's memo during parsing, without building a ``Parsed``."""
         fast = self._fast
@@ -429,7 +380,6 @@ class HttpConnection(asyncio.Protocol):
             or not parser.should_keep_alive()
         ):
             return False
-        method = parser.get_method()
         if method == b"GET":
             name = "GET"
         elif method == b"HEAD":
@@ -627,16 +577,12 @@ class HttpConnection(asyncio.Protocol):
             self.transport.abort()
 
     def _end_handshake(self) -> bool:
-        """Cut a connection still in its TLS handshake; whether it was one. The loop's TLS
-        layer does not always report the loss of a connection it has not finished (uvloop)."""
-        task = self._handshake
-        if task is None:
+        """Cut a connection still in its TLS handshake; whether it was one."""
+        handshake = self._handshake
+        if handshake is None or handshake.done:
             return False
         self._handshake = None
-        task.cancel()
-        self.transport.abort()
-        if not self.lost:
-            self.connection_lost(None)
+        handshake.cut()
         return True
 
     @property
@@ -646,4 +592,3 @@ class HttpConnection(asyncio.Protocol):
     @property
     def head_deadline(self) -> float:
         return self._head_deadline
-

@@ -1,16 +1,18 @@
-"""Pure rules over a request head (RFC 9112, RFC 9110): what the parser lets through but the
-proxy must refuse before anything is forwarded, and which fields take a request off the fast
-path. No I/O here: the connection collects the facts while parsing and asks once per head.
+"""A request head as parsed and the pure rules over it (RFC 9112, RFC 9110): what the parser
+lets through but the proxy must refuse before anything is forwarded, and which fields take a
+request off the fast path. No I/O here: the connection collects the facts while parsing and
+asks once per head.
 """
 
 from __future__ import annotations
 
 import functools
+import time
 from dataclasses import dataclass, field
 
 from proxy.cache.exchange import RequestRejected
 from proxy.core.credentials import SINGLETON_CREDENTIALS
-from proxy.front.body import too_large
+from proxy.front.body import BodyStream, too_large
 
 #: Request fields after which only the full RFC 9111 policy may answer (not the fast path).
 UNUSUAL = frozenset(
@@ -34,6 +36,38 @@ ALLOW = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
 
 HOST, CREDENTIAL, INM, ACCEPT_ENCODING, LENGTH, CODING, EXPECT, OTHER = range(8)
 SINGLETONS = frozenset(name.encode() for name in SINGLETON_CREDENTIALS)
+
+
+#: The usual methods' names as text, to spare a decode per request.
+METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")}
+
+
+@dataclass(slots=True)
+class Parsed:
+    """A request head as parsed, with its body stream (``None`` when it has no body)."""
+
+    method: str
+    target: str
+    headers: list[tuple[str, str]]
+    version: str
+    keep_alive: bool
+    body: BodyStream | None
+    rejected: RequestRejected | None
+    plain: bool
+    started: float
+    host: str = ""
+    credentials: tuple[tuple[bytes, str], ...] = ()
+    if_none_match: str | None = None
+    accept_encoding: str | None = None
+
+    @property
+    def http10(self) -> bool:
+        return self.version == "1.0"
+
+
+def refused(rejected: RequestRejected) -> Parsed:
+    """The stand-in for a request refused before its head was whole."""
+    return Parsed("GET", "/", [], "1.1", False, None, rejected, False, time.perf_counter())
 
 
 @functools.lru_cache(maxsize=16)
