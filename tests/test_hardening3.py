@@ -298,3 +298,62 @@ def test_silent_tls_connections_are_counted_and_cut_at_the_header_timeout(
                 assert len(front.connections) == 0
 
     run_on(loop, scenario)
+
+
+async def test_silent_tls_connections_under_a_descriptor_limit_keep_no_client_out(
+    tmp_path: Path,
+) -> None:
+    """The issue's run: ``python -m proxy`` (uvloop) under RLIMIT_NOFILE 256, 400 silent TLS
+    connections, then new HTTPS clients: every one served."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.test_front import self_signed
+    from tests.waiting import eventually
+
+    cert, key = self_signed(tmp_path)
+    with socket.socket() as probe:
+        probe.bind((HOST, 0))
+        port = probe.getsockname()[1]
+    root = Path(__file__).resolve().parent.parent
+    code = (
+        "import resource, sys; resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256)); "
+        "from proxy.__main__ import main; sys.exit(main())"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROXY_")}
+    env["PYTHONPATH"] = str(root)
+    log_path = tmp_path / "proxy.log"
+    async with RawUpstream(answer(response_bytes(200))) as origin:
+        args = [sys.executable, "-c", code, "--upstream", origin.url, "--port", str(port)]
+        args += ["--upstream-max-connections", "32", "--access-log", "false"]
+        args += ["--tls-cert", str(cert), "--tls-key", str(key)]
+        with log_path.open("wb") as log_file:
+            process = subprocess.Popen(args, stderr=log_file, env=env, cwd=root)
+        silent = []
+        try:
+
+            def listening() -> bool:
+                with socket.socket() as sock:
+                    return sock.connect_ex((HOST, port)) == 0
+
+            await eventually(listening, within=20, what="the proxy to listen")
+            for _ in range(400):
+                with contextlib.suppress(OSError):
+                    silent.append(await asyncio.open_connection(HOST, port))
+            answered = 0
+            timeout = aiohttp.ClientTimeout(total=5)
+            connector = aiohttp.TCPConnector(ssl=False, force_close=True)
+            async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+                for _ in range(20):
+                    with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                        async with session.get(f"https://{HOST}:{port}/healthz") as response:
+                            answered += response.status == 200
+            log = log_path.read_text()[-2000:]
+            assert answered == 20, f"{answered} of 20 HTTPS clients served; log: {log}"
+        finally:
+            for _reader, writer in silent:
+                writer.close()
+            process.terminate()
+            process.wait(timeout=30)
+    assert "Traceback" not in log_path.read_text()

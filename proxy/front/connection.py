@@ -174,6 +174,10 @@ class HttpConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._halted:
             return
+        handshake = self._handshake
+        if handshake is not None and not handshake.done:
+            handshake.early.append(data)  # decrypted before the TLS transport is ours
+            return
         continued = self._partial
         try:
             self.parser.feed_data(data)

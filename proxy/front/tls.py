@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from typing import Protocol
+from collections.abc import Coroutine
+from typing import Any, Protocol
 
 log = logging.getLogger("proxy.server")
 
@@ -26,9 +27,18 @@ class Securable(Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None: ...
 
+    def data_received(self, data: bytes) -> None: ...
+
 
 class Handshake:
-    """One server-side TLS handshake on an admitted connection; ``cut`` ends it."""
+    """One server-side TLS handshake on an admitted connection; ``cut`` ends it.
+
+    ``loop.start_tls`` is run up to its wait for the handshake at once, inside the connection's
+    ``connection_made``: that first step swaps the transport's protocol for the TLS one, so no
+    byte of the handshake can reach the HTTP parser (uvloop resumes reading as soon as
+    ``connection_made`` returns; the TLS protocol keeps what arrives until it starts). A task
+    then waits for the handshake and hands the connection its TLS transport.
+    """
 
     def __init__(
         self,
@@ -40,21 +50,43 @@ class Handshake:
     ) -> None:
         self.conn = conn
         self.done = False
-        conn.transport.pause_reading()  # nothing of the handshake reaches the HTTP parser
-        self.task = loop.create_task(self._run(loop, protocol, context, timeout))
+        #: Requests decrypted before this task resumed with the TLS transport: the connection
+        #: holds them here (it could only answer them in clear), then they are parsed in order.
+        self.early: list[bytes] = []
+        self.task: asyncio.Task[None] | None = None
+        starting = loop.start_tls(
+            conn.transport, protocol, context, server_side=True, ssl_handshake_timeout=timeout
+        )
+        try:
+            waiter = starting.send(None)
+        except BaseException as error:  # refused at once (no handshake was started)
+            self.done = True
+            loop.call_soon(self._end, error if isinstance(error, Exception) else None)
+            return
+        if not isinstance(waiter, asyncio.Future):
+            starting.close()
+            self.done = True
+            loop.call_soon(self._end, None)
+            return
+        self.task = loop.create_task(self._finish(starting, waiter))
 
-    async def _run(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        protocol: asyncio.BaseProtocol,
-        context: ssl.SSLContext,
-        timeout: float,
+    async def _finish(
+        self, starting: Coroutine[Any, Any, Any], waiter: asyncio.Future[Any]
     ) -> None:
         conn = self.conn
         try:
-            secured = await loop.start_tls(
-                conn.transport, protocol, context, server_side=True, ssl_handshake_timeout=timeout
-            )
+            try:
+                await asyncio.wait((waiter,))
+            except asyncio.CancelledError:
+                starting.close()  # start_tls closes what it opened
+                raise
+            try:
+                starting.send(None)
+            except StopIteration as stop:
+                secured = stop.value
+            else:
+                starting.close()
+                raise RuntimeError("start_tls waited twice")
         except Exception as error:  # a failed handshake is the client's, whatever its kind
             log.debug("TLS handshake with %s failed: %s", conn.peer, type(error).__name__)
             self._end(error)
@@ -67,11 +99,17 @@ class Handshake:
             self._end(None)
             return
         conn.transport = secured
+        early, self.early = self.early, []
+        for data in early:
+            if conn.lost:
+                break
+            conn.data_received(data)
 
     def cut(self) -> None:
         """Close a connection still in its handshake: the loop's TLS layer does not always
         report the loss of a connection it has not finished (uvloop)."""
-        self.task.cancel()
+        if self.task is not None:
+            self.task.cancel()
         self._end(None)
 
     def _end(self, error: Exception | None) -> None:
