@@ -99,7 +99,7 @@ def check_request(request: web.BaseRequest, settings: Settings) -> None:
         raise RequestRejected(505, "HTTP_VERSION_NOT_SUPPORTED", "Only HTTP/1.0 and 1.1.")
     if request.method == "CONNECT":
         raise connect_refused()
-    if repeated_singleton(request.headers.keys()) is not None:
+    if repeated_singleton(name for name, _ in request.headers.items()) is not None:
         raise RequestRejected(
             400, "BAD_REQUEST", "Authorization and Proxy-Authorization take one field line."
         )
