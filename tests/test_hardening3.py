@@ -21,6 +21,7 @@ import pytest
 from proxy.ops.config import Settings
 from tests.rawkit import (
     HOST,
+    RawRequest,
     RawUpstream,
     answer,
     exchange,
@@ -259,11 +260,11 @@ def tls_settings(tmp_path: Path, origin: str, **overrides: Any) -> Settings:
     return replace(Settings(upstream=origin, tls_cert=str(cert), tls_key=str(key)), **overrides)
 
 
-async def https_get(port: int) -> int:
+async def https_get(port: int, path: str = "/healthz") -> int:
     connector = aiohttp.TCPConnector(ssl=False)
     async with (
         aiohttp.ClientSession(connector=connector) as session,
-        session.get(f"https://{HOST}:{port}/healthz") as response,
+        session.get(f"https://{HOST}:{port}{path}") as response,
     ):
         return response.status
 
@@ -409,3 +410,25 @@ async def test_the_aiohttp_front_refuses_alike(request_bytes: bytes, status: int
             assert origin.requests == []
         if status == 405:
             assert "GET" in response.headers["allow"]
+
+
+async def test_a_tls_newcomer_refused_at_the_cap_gets_no_clear_text(tmp_path: Path) -> None:
+    gate = asyncio.Event()
+
+    async def held(request: RawRequest, reader: Any, writer: asyncio.StreamWriter) -> None:
+        await gate.wait()
+        writer.write(response_bytes(200))
+        await writer.drain()
+
+    async with RawUpstream(held) as origin:
+        settings = tls_settings(tmp_path, origin.url, max_connections=1)
+        async with serve_proxy(settings) as proxy:
+            busy = asyncio.create_task(https_get(proxy.port, "/held"))
+            async with asyncio.timeout(5):
+                await origin.arrived.wait()  # the only slot is answering a request
+            reader, writer = await asyncio.open_connection(HOST, proxy.port)
+            async with asyncio.timeout(5):
+                assert await reader.read() == b""  # closed, no HTTP/1.1 503 in clear text
+            writer.close()
+            gate.set()
+            assert await busy == 200

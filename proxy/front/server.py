@@ -126,7 +126,8 @@ class Front:
                 # A scan only at the cap: on the hit path a connection just flips a flag.
                 min(waiting, key=lambda c: c.head_deadline).evict()
             else:
-                conn.transport.write(REFUSED)
+                if self.tls is None:  # before its handshake a TLS client can read no answer
+                    conn.transport.write(REFUSED)
                 conn.transport.close()
                 return False
         self.connections.add(conn)
