@@ -37,7 +37,7 @@ from proxy.front.head import (
     refused,
     uri_too_long,
 )
-from proxy.front.tls import Handshake
+from proxy.front.tls import Handshake, cut_handshake
 
 if TYPE_CHECKING:
     from proxy.front.server import Front
@@ -80,7 +80,9 @@ class HttpConnection(asyncio.Protocol):
         self._head_bytes = 0
         self._in_head = True
         self._partial = False
-        self._facts = HeadFacts()
+        self._hosts: list[str] = []
+        #: What ``refusal`` needs of a head, made only for one with framing or odd fields.
+        self._facts: HeadFacts | None = None
         self._expect = False
         self._plain = True
         self._credentials: list[tuple[bytes, str]] = []
@@ -162,7 +164,7 @@ class HttpConnection(asyncio.Protocol):
     def evict(self) -> None:
         """Make room past the cap: an idle keep-alive connection is closed, a slow head cut."""
         self.waiting = False
-        if self._end_handshake():
+        if cut_handshake(self._handshake):
             return
         if self._partial:
             self.abort()
@@ -264,7 +266,8 @@ class HttpConnection(asyncio.Protocol):
         self._url = b""
         self._raw = []
         self._head_size = 0
-        self._facts = HeadFacts()
+        self._hosts = []
+        self._facts = None
         self._expect = False
         self._plain = True
         self._credentials = []
@@ -293,10 +296,10 @@ class HttpConnection(asyncio.Protocol):
             return
         text = value.decode("utf-8", "surrogateescape")
         if kind == HOST:
-            self._facts.hosts.append(text)
+            self._hosts.append(text)
         elif kind == CREDENTIAL:
             if lowered in SINGLETONS and any(n == lowered for n, _ in self._credentials):
-                self._facts.repeated_credential = True
+                self._head_facts().repeated_credential = True
                 self._plain = False
             self._credentials.append((lowered, text))
         elif kind == INM:
@@ -310,13 +313,13 @@ class HttpConnection(asyncio.Protocol):
         else:
             self._plain = False
             if kind == CODING:
-                self._facts.codings.extend(c.strip().lower() for c in text.split(","))
+                self._head_facts().codings.extend(c.strip().lower() for c in text.split(","))
             elif kind == LENGTH:
-                self._facts.length = text
+                self._head_facts().length = text
             elif kind == EXPECT:
                 # The front answers 100 Continue itself (BodyStream); Expect is not forwarded.
                 self._expect = True
-                self._facts.expectations += expectations(text)
+                self._head_facts().expectations += expectations(text)
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -326,20 +329,22 @@ class HttpConnection(asyncio.Protocol):
         parser = self.parser
         version = parser.get_http_version()
         target = self._url.decode("utf-8", "surrogateescape")
-        facts = self._facts
-        hosts = facts.hosts
+        hosts = self._hosts
         method = parser.get_method()
+        facts = self._facts
         if self._plain and version == "1.1" and len(hosts) == 1 and target[:1] == "/":
             # What refusal finds of a plain request (no framing fields) but for its method.
             rejected = None
             if self._answer_inline(parser, target, method):
                 return
             if method == b"CONNECT":
-                rejected = refusal(facts, method, version, target, 0)
+                rejected = refusal(HeadFacts(hosts), method, version, target, 0)
         else:
+            facts = facts or HeadFacts(hosts)
             rejected = refusal(facts, method, version, target, self.settings.max_body_bytes)
         body = None
-        if rejected is None and (facts.codings or (facts.length or "0") != "0"):
+        framed = facts is not None and (facts.codings or (facts.length or "0") != "0")
+        if rejected is None and framed:
             body = BodyStream(
                 limit=self.settings.max_body_bytes,
                 idle_timeout=self.settings.client_body_timeout,
@@ -367,6 +372,12 @@ class HttpConnection(asyncio.Protocol):
             self._halt()
             raise _Halt
 
+    def _head_facts(self) -> HeadFacts:
+        facts = self._facts
+        if facts is None:
+            facts = self._facts = HeadFacts(self._hosts)
+        return facts
+
     def _answer_inline(
         self, parser: httptools.HttpRequestParser, target: str, method: bytes
     ) -> bool:
@@ -391,7 +402,7 @@ class HttpConnection(asyncio.Protocol):
         else:
             return False
         if not fast.answer(
-            self, name, target, self._facts.hosts[0], tuple(self._credentials), self._inm,
+            self, name, target, self._hosts[0], tuple(self._credentials), self._inm,
             self._accept_encoding, True, "1.1", time.perf_counter(), None,
         ):  # fmt: skip
             return False
@@ -498,7 +509,7 @@ class HttpConnection(asyncio.Protocol):
             self._head_timer = self.loop.call_at(self._head_deadline, self._head_timeout)
             return
         self.front.timed_out("head")
-        if not self._end_handshake():
+        if not cut_handshake(self._handshake):
             self.transport.close()
 
     # -- writing ----------------------------------------------------------------------------
@@ -575,19 +586,10 @@ class HttpConnection(asyncio.Protocol):
         self.abort()
 
     def abort(self) -> None:
-        if self._end_handshake():
+        if cut_handshake(self._handshake):
             return
         if self.transport is not None:
             self.transport.abort()
-
-    def _end_handshake(self) -> bool:
-        """Cut a connection still in its TLS handshake; whether it was one."""
-        handshake = self._handshake
-        if handshake is None or handshake.done:
-            return False
-        self._handshake = None
-        handshake.cut()
-        return True
 
     @property
     def idle(self) -> bool:

@@ -108,6 +108,7 @@ class Handshake:
     def cut(self) -> None:
         """Close a connection still in its handshake: the loop's TLS layer does not always
         report the loss of a connection it has not finished (uvloop)."""
+        self.done = True
         if self.task is not None:
             self.task.cancel()
         self._end(None)
@@ -117,3 +118,11 @@ class Handshake:
         conn.transport.abort()
         if not conn.lost:
             conn.connection_lost(error)
+
+
+def cut_handshake(handshake: Handshake | None) -> bool:
+    """Cut a connection still in its TLS handshake; whether it was one."""
+    if handshake is None or handshake.done:
+        return False
+    handshake.cut()
+    return True
