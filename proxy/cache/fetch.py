@@ -35,8 +35,8 @@ from proxy.core.policy import (
     with_date,
 )
 from proxy.ops.config import Settings
+from proxy.stores.base import SharedStore
 from proxy.stores.coordination import Coordinator, Notice
-from proxy.stores.memory import SharedStore
 from proxy.stores.tables import BackoffTable
 from proxy.upstream import SingleFlight
 

@@ -45,8 +45,8 @@ from proxy.core.policy import (
 from proxy.core.prefer import Hold
 from proxy.ops.config import Settings
 from proxy.ops.metrics import Metrics
+from proxy.stores.base import Store
 from proxy.stores.coordination import Coordinator
-from proxy.stores.memory import Store
 from proxy.upstream import Upstream, UpstreamError
 
 log = logging.getLogger("proxy")
