@@ -1,8 +1,8 @@
 """The seam between a client-facing front and the cache: a request value and a responder.
 
 The cache layer reads a ``ProxyRequest`` and writes its answer to a ``Responder``; it never
-sees the server's own request and response types, so any front (aiohttp's server, our own
-HTTP/1.1 protocol) can carry it.
+sees the server's own request and response types, so any front (our own HTTP/1.1 protocol, or
+another server) can carry it.
 """
 
 from __future__ import annotations

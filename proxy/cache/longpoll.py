@@ -21,6 +21,7 @@ from proxy.cache.fetch import Fetched, Fetcher, FetchJob, release_orphan
 from proxy.cache.forward import Forwarder, Streamed
 from proxy.cache.serve import StoredServing, Unacceptable
 from proxy.cache.wait import Observation, WaitRoom, Wake
+from proxy.core.conditional import not_modified
 from proxy.core.models import Fresh, Revalidate, Serve, StoredResponse
 from proxy.core.policy import (
     CachePolicy,
@@ -28,7 +29,6 @@ from proxy.core.policy import (
     current_age,
     decide,
     freshness_lifetime,
-    not_modified,
     stale_if_error_allows,
 )
 from proxy.core.prefer import Hold, Shed, hold_decision, requested_wait

@@ -18,8 +18,8 @@ from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+from proxy.core.conditional import not_modified
 from proxy.core.models import StoredResponse
-from proxy.core.policy import not_modified
 from proxy.stores.keys import key_digest
 
 log = logging.getLogger("proxy.wait")
