@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -132,6 +133,22 @@ async def test_a_held_request_times_out_with_304_and_preference_applied(
         assert answered["ETag"] == headers["ETag"]
         assert 'detail="waited"' in answered["Cache-Status"]
         assert polls(proxy, "timeout") == 1 and waiting(proxy) == 0
+
+
+async def test_the_time_a_request_is_held_is_left_out_of_its_duration(
+    scoped: tuple[ScopedOrigin, str], http: aiohttp.ClientSession
+) -> None:
+    origin, upstream = scoped
+    origin.set("a", b"{}")
+    async with run_replicas(Settings(upstream=upstream, max_wait=1), 1) as (proxy,):
+        _, headers, _ = await get(http, proxy)
+        started = time.perf_counter()
+        status, _, _ = await poll(http, proxy, headers["ETag"], wait=1)
+        assert status == 304 and time.perf_counter() - started >= 1
+        labels = {"result": "hit"}
+        assert proxy.metric("cacheproxy_request_duration_seconds_count", labels) == 1
+        # The wait (1 s) is the client's choice; answering took milliseconds.
+        assert proxy.metric("cacheproxy_request_duration_seconds_sum", labels) < 0.5
 
 
 async def test_without_prefer_or_with_another_etag_nothing_changes(

@@ -16,6 +16,9 @@ from typing import Protocol
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from proxy.core.policy import cache_status
+from proxy.upstream import UpstreamError
+
 #: The request's header fields as received (names case-insensitive, repeated fields kept).
 RequestHeaders = CIMultiDict[str] | CIMultiDictProxy[str]
 #: Response fields in order, as ``(name, value)`` pairs.
@@ -124,3 +127,10 @@ def send_rejected(responder: Responder, rejected: RequestRejected) -> None:
     headers = [("Content-Type", "application/json")]
     body = envelope(rejected.code, str(rejected))
     responder.send(rejected.status, "", headers, body, close=True)
+
+
+def send_upstream_error(responder: Responder, error: UpstreamError) -> None:
+    """The origin gave no usable answer and nothing stored stands in: 502 or 504 (RFC 9110
+    §15.6.3, §15.6.5) with the envelope, the failure's kind in ``Cache-Status``."""
+    status = cache_status(fwd="uri-miss", detail=error.kind)
+    send_error(responder, error.status, error.code, str(error), status)
