@@ -78,6 +78,8 @@ class CachingProxy:
             heuristic_max=settings.heuristic_max,
             keep_stale=settings.keep_stale,
             stale_grace=settings.stale_grace,
+            max_entry_bytes=settings.max_entry_bytes,
+            shared_scope=settings.shared_scope,
         )
         self._credential_headers = settings.credential_headers
         self._scope_secret = settings.scope_secret.encode()
