@@ -204,7 +204,8 @@ class Fetcher:
         """One upstream fetch for everyone waiting on the job's flight; stores what it may.
 
         A flat loop over the policy's one decision on each answer (``policy.receive``): only a
-        ``Refetch`` (a 304 that cannot be used) goes round again, without validators.
+        ``Refetch`` (a 304 that cannot be used) goes round again, without validators, so it
+        runs at most twice (a 304 to an unconditional request is streamed as it came).
         """
         held = self._held_back(job.flight_key)
         if held is not None:
