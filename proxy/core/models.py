@@ -371,15 +371,15 @@ class Refetch:
 @dataclass(frozen=True, slots=True)
 class Freshen:
     """A 304 validated the stored response: store ``entry``, the stored response updated with
-    the 304's fields (§4.3.4), and serve it."""
+    the 304's fields (§4.3.4), and serve it (hishel's ``NeedToBeUpdated``)."""
 
     entry: StoredResponse
 
 
 @dataclass(frozen=True, slots=True)
 class StoreAndUse:
-    """Storable (§3): read the body, at most ``limit`` bytes, store it and serve it. A body past
-    the limit is streamed to the caller instead (and not stored).
+    """Storable (§3): read the body, at most ``limit`` bytes, store it and serve it (as hishel's
+    state of that name). A body past the limit is streamed to the caller instead (not stored).
 
     ``shareable``: every caller of the flight may receive it (``policy.shareable``);
     ``hold_back``: a 429/503 every caller may receive, so its ``Retry-After`` holds the flight.
