@@ -1,4 +1,7 @@
-"""The cache's driver: asks the policy for a whole decision and carries it out in a few lines.
+"""The cache's driver: asks the policy for whole decisions and carries them out in one flat loop.
+
+``admit``/``lookup`` decide a request, ``settle`` what a fetch brought for it; each decision is
+one ``match`` case (``typing.assert_never`` keeps the cases complete), never a recursion.
 
 The parts each do one job: ``Entries`` reads and writes the store, ``StoredServing`` answers
 from it, ``Fetcher`` fetches and stores (coalescing, back-off), ``Forwarder`` forwards and
