@@ -1,7 +1,7 @@
 """The polling-fleet economy: the same fleet through no cache, nginx, Varnish and this proxy.
 
-The fleet is the demo's (``proxy.tools.demo.run_fleet``): pollers that send ``If-None-Match`` with
-the last ETag and stop once the transcription is final. For each fleet size and system, fresh
+The fleet is the demo's (``proxy.tools.fleet``): pollers that send ``If-None-Match`` with the
+last ETag and stop once the transcription is final. For each fleet size and system, fresh
 transcriptions are seeded, the fleet polls them until every one is final, and the simulator's per-
 ID counts say how many requests reached the origin.
 
@@ -14,13 +14,10 @@ max-age window" divides what reached the origin by that floor, so an ideal cache
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +25,13 @@ import aiohttp
 
 from bench import client, processes
 from bench.processes import Pinning, Service, Unavailable
-from proxy.tools.demo import (
-    FleetResult,
+from proxy.tools.fleet import (
     assign_pollers,
+    final_at,
     fleet_session,
     percentile,
-    run_fleet,
     seed_simulator,
+    spread_fleet,
 )
 from proxy.tools.simulator import API_PREFIX
 
@@ -116,52 +113,23 @@ class FleetRun:
         return self.upstream_requests / self.floor if self.floor else 0.0
 
 
-def _final_at(body: bytes) -> float | None:
-    """When the transcription became final, from its ``completed_at``."""
-    try:
-        completed = json.loads(body)["data"]["completed_at"]
-        return datetime.fromisoformat(completed).timestamp() if completed else None
-    except (ValueError, KeyError, TypeError):
-        return None
-
-
-def _merged(results: list[FleetResult]) -> FleetResult:
-    """One fleet's result from its parts polling different replicas at the same time."""
-    statuses: Counter[int] = Counter()
-    for result in results:
-        statuses.update(result.statuses)
-    return FleetResult(
-        pollers=sum(r.pollers for r in results),
-        pollers_done=sum(r.pollers_done for r in results),
-        requests=sum(r.requests for r in results),
-        errors=sum(r.errors for r in results),
-        statuses=dict(statuses),
-        bytes_received=sum(r.bytes_received for r in results),
-        latencies=tuple(x for r in results for x in r.latencies),
-        elapsed=max(r.elapsed for r in results),
-        completion_lags=tuple(x for r in results for x in r.completion_lags),
-    )
-
-
-async def spread_fleet(
-    base_urls: list[str],
-    assignments: list[tuple[str, str]],
-    duration: float,
-    *,
-    session: aiohttp.ClientSession,
-    interval: float,
-    seed: int = 0,
-) -> FleetResult:
-    """The fleet with its pollers dealt round-robin over ``base_urls``, as a load balancer would."""
-    parts = [assignments[i :: len(base_urls)] for i in range(len(base_urls))]
-    results = await asyncio.gather(
-        *(
-            run_fleet(url, part, duration, session=session, interval=interval, seed=seed + i)
-            for i, (url, part) in enumerate(zip(base_urls, parts, strict=True))
-            if part
+def id_floors(
+    simulator_url: str, created: Sequence[tuple[str, str]], started_wall: float, max_age: int
+) -> dict[str, int]:
+    """Per final transcription, the ideal shared cache's upstream requests (see the module's
+    docstring), from its ``completed_at`` read straight from the simulator."""
+    floors = {}
+    for token, transcription_id in created:
+        status, _, body = client.http_get(
+            f"{simulator_url}{API_PREFIX}/{transcription_id}",
+            {"Authorization": f"Bearer {token}"},
         )
-    )
-    return _merged(list(results))
+        became_final = final_at(body) if status == 200 else None
+        if became_final is not None:
+            floors[transcription_id] = (
+                math.ceil(max(0.0, became_final - started_wall) / max_age) + 1
+            )
+    return floors
 
 
 async def run_one(
@@ -213,15 +181,8 @@ async def run_one(
         lag = percentile(fleet.completion_lags, 50)
         run.completion_lag_p50_s = lag
         ratios = []
-        for token, transcription_id in created:
-            status, _, body = client.http_get(
-                f"{simulator_url}{API_PREFIX}/{transcription_id}",
-                {"Authorization": f"Bearer {token}"},
-            )
-            final_at = _final_at(body) if status == 200 else None
-            if final_at is None:
-                continue
-            windows = math.ceil(max(0.0, final_at - started_wall) / scale.pending_max_age) + 1
+        floors = id_floors(simulator_url, created, started_wall, scale.pending_max_age)
+        for transcription_id, windows in floors.items():
             got = during["transcription_gets"].get(transcription_id, 0)
             run.floor += windows
             ratios.append(got / windows)

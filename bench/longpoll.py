@@ -1,7 +1,7 @@
 """``python -m bench.longpoll``: the same fleet polling every 0.5 s and long-polling, same run.
 
-One simulator and one proxy process; two fleets of the demo's pollers (``run_fleet``) on fresh
-transcriptions each: one polls every ``interval`` through the proxy, the other sends
+One simulator and one proxy process; two fleets of the demo's pollers (``proxy.tools.fleet``) on
+fresh transcriptions each: one polls every ``interval`` through the proxy, the other sends
 ``Prefer: wait=25`` with ``If-None-Match`` (RFC 7240) and re-asks as soon as it is answered.
 Compared: client requests, completion noticed (p50, after ``completed_at``), upstream requests per
 ID per ``max-age`` window (1.0 is the floor, as in ``bench.fleet``) and the proxy's CPU time
@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import shlex
 import shutil
 import sys
@@ -29,18 +28,18 @@ from typing import Any
 import aiohttp
 
 from bench import client, processes, report
-from bench.fleet import _final_at
+from bench.fleet import id_floors
 from bench.processes import REPO_ROOT, Pinning, Service
-from proxy.tools.demo import (
+from proxy.tools.fleet import (
+    LONG_POLL_WAIT,
     assign_pollers,
     fleet_session,
     percentile,
     run_fleet,
     seed_simulator,
 )
-from proxy.tools.simulator import API_PREFIX
 
-WAIT = 25
+WAIT = LONG_POLL_WAIT
 
 
 @dataclass(frozen=True)
@@ -146,13 +145,7 @@ async def run_one(
     run.seconds = fleet.elapsed
     run.waiting_peak = peak[0]
     run.rss_growth_at_peak = int(peak[1]) - rss_before
-    for token, transcription_id in created:
-        status, _, body = client.http_get(
-            f"{simulator_url}{API_PREFIX}/{transcription_id}", {"Authorization": f"Bearer {token}"}
-        )
-        final_at = _final_at(body) if status == 200 else None
-        if final_at is not None:
-            run.floor += math.ceil(max(0.0, final_at - started_wall) / scale.max_age) + 1
+    run.floor = sum(id_floors(simulator_url, created, started_wall, scale.max_age).values())
     return run
 
 

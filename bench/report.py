@@ -332,7 +332,7 @@ def write(
         else:
             lines += ["", "## Polling-fleet economy", ""]
         lines += [
-            "The demo's fleet (`proxy.tools.demo.run_fleet`): pollers with `If-None-Match`, "
+            "The demo's fleet (`proxy.tools.fleet.run_fleet`): pollers with `If-None-Match`, "
             "stopping at a final status, spread evenly over fresh transcriptions that stay pending "
             '(`max-age` short) for a while and then complete (`max-age=86400`). "Per ID per '
             'max-age window" divides the requests that reached the origin by the floor of an '

@@ -24,6 +24,30 @@ if TYPE_CHECKING:
     from proxy.server import ProxyRunner
 
 PROG = "aitronos-cache-proxy"
+COMMANDS = """\
+Serve a caching reverse proxy (RFC 9111) in front of --upstream; each option is also PROXY_<NAME>.
+
+commands:
+  demo      the simulated API, this proxy (run as `python -m proxy`) and a polling fleet on this
+            machine, compared side by side; no network, no credentials (demo --help)
+  simulate  serve only the simulated transcription API, e.g. simulate --port 9000 (simulate --help)
+"""
+
+
+def help_text() -> str:
+    """``--help``: the serving options and the ``demo`` and ``simulate`` commands."""
+    import argparse
+
+    from proxy.ops.config import add_arguments
+
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        usage="\n       ".join(f"%(prog)s {c}[options]" for c in ("", "demo ", "simulate ")),
+        description=COMMANDS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_arguments(parser)
+    return parser.format_help()
 
 
 def configure_logging(level: str, worker: int | None = None) -> None:
@@ -208,6 +232,9 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         from proxy.tools import simulator
 
         return simulator.main(arguments[1:], env)
+    if "-h" in arguments or "--help" in arguments:
+        print(help_text(), end="")
+        return 0
     try:
         settings = parse_settings(arguments, env)
         loop_factory = event_loop_factory(settings.event_loop)

@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import io
 import re
+import subprocess
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -14,31 +17,39 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from proxy.ops.metrics import Metrics
 from proxy.tools.demo import (
-    SPELLINGS,
     DemoEndpoints,
     DemoOptions,
-    FleetResult,
+    FleetSetting,
     PhaseResult,
+    ProxyProcessError,
     ProxyStats,
     UpstreamStats,
-    assign_pollers,
     build_parser,
     demo_simulator_config,
     fetch_simulator_stats,
+    format_notes,
     format_table,
     main,
+    notes,
     parse_proxy_metrics,
     run_demo,
-    run_fleet,
-    seed_simulator,
-    serving,
+    running_proxy,
     table_rows,
 )
-from proxy.tools.simulator import SimulatorConfig, create_simulator_app
+from proxy.tools.fleet import (
+    SPELLINGS,
+    FleetResult,
+    assign_pollers,
+    run_fleet,
+    seed_simulator,
+)
+from proxy.tools.simulator import SimulatorConfig, create_simulator_app, serving
 
 TINY = ["--pollers", "10", "--transcriptions", "3", "--duration", "2"]
 ROW_NAMES = (
+    "phase took",
     "client requests",
+    "client requests per poller",
     "upstream requests",
     "hit ratio",
     "304s answered locally",
@@ -47,35 +58,77 @@ ROW_NAMES = (
     "bandwidth saved",
     "p50 latency",
     "p99 latency",
+    "long polls held for (p50, count)",
+    "completion noticed after (p50)",
+    "completion noticed after (max)",
 )
 
 
 def row(table: str, name: str) -> list[str]:
     for line in table.splitlines():
-        if line.startswith(name):
+        if line.startswith(name + "  "):
             return re.split(r"\s{2,}", line[len(name) :].strip())
     raise AssertionError(f"no row {name!r} in\n{table}")
 
 
-def test_demo_cli_prints_three_columns_and_the_proxy_saves_upstream_requests(
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    assert main(TINY, {}) == 0
-    captured = capsys.readouterr()
-    assert "without proxy" in captured.out
-    assert "with proxy" in captured.out
-    assert "long poll" in captured.out
-    for name in ROW_NAMES:
-        assert len(row(captured.out, name)) == 3, name
-    without, with_proxy, _ = (int(n) for n in row(captured.out, "upstream requests"))
-    clients_without, clients_polling, clients_held = (
-        int(n) for n in row(captured.out, "client requests")
+#: Runs the demo's CLI in a fresh interpreter, then names every product module it imported.
+IN_FRESH_PROCESS = """
+import sys
+from proxy.tools.demo import main
+code = main(sys.argv[1:], {})
+product = ("proxy.app", "proxy.server", "proxy.cache", "proxy.front", "proxy.stores")
+print("imported:", sorted(m for m in sys.modules if m.startswith(product)))
+sys.exit(code)
+"""
+
+
+def test_demo_cli_runs_the_proxy_as_python_m_proxy_and_prints_three_explained_columns() -> None:
+    """The proxy is a ``python -m proxy --upstream <sim> --host 127.0.0.1 --port <free>``
+    process, not the product run in the demo's own process (none of it is imported there)."""
+    done = subprocess.run(
+        [sys.executable, "-c", IN_FRESH_PROCESS, *TINY],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert out.rstrip().endswith("imported: []")
+    command = re.search(r"^proxy: python -m proxy (.*?) \(pid", out, re.MULTILINE)
+    assert command is not None, out
+    assert re.fullmatch(
+        r"--upstream http://127\.0\.0\.1:\d+ --host 127\.0\.0\.1 --port \d+", command[1]
+    )
+    header = " ".join(out.split("\n\n")[0].split())
+    assert "each ending once every poller saw the final status or after 1s" in header
+    for name in ROW_NAMES:
+        assert len(row(out, name)) == 3, name
+    without, with_proxy, _ = (int(n) for n in row(out, "upstream requests"))
+    clients_without, clients_polling, clients_held = (int(n) for n in row(out, "client requests"))
     assert without == clients_without >= 10
     assert with_proxy < without
     assert clients_held < clients_polling
-    assert row(captured.out, "hit ratio")[1].endswith("%")
-    assert "pollers done" in captured.err
+    assert row(out, "hit ratio")[1].endswith("%")
+    for took in row(out, "phase took"):
+        assert float(took.removesuffix(" s")) <= 1.0 + 0.2  # at most half of --duration 2
+    assert "What the figures mean:" in out
+    assert "max-age=5" in out
+    assert "pollers done" in done.stderr
+
+
+def test_help_lists_the_demo_and_simulate_commands() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "proxy", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"^  demo\s+\S", done.stdout, re.MULTILINE), done.stdout
+    assert re.search(r"^  simulate\s+\S", done.stdout, re.MULTILINE), done.stdout
+    assert "--upstream URL" in done.stdout
 
 
 async def test_run_demo_reports_proxy_figures_from_its_metrics() -> None:
@@ -114,6 +167,13 @@ async def test_keep_running_serves_until_stopped_then_cleans_up() -> None:
     await asyncio.wait_for(serving_now.wait(), timeout=30)
     (endpoints,) = seen
     assert endpoints.proxy_url is not None
+    assert endpoints.proxy_pid is not None
+    port = endpoints.proxy_url.rsplit(":", 1)[1]
+    cmdline = Path(f"/proc/{endpoints.proxy_pid}/cmdline").read_bytes().split(b"\0")[:-1]
+    assert [part.decode() for part in cmdline] == [
+        sys.executable, "-m", "proxy", "--upstream", endpoints.simulator_url,
+        "--host", "127.0.0.1", "--port", port,
+    ]  # fmt: skip
     assert f"{endpoints.proxy_url}/metrics" in out.getvalue()
     assert "curl" in out.getvalue()
     item = f"{endpoints.proxy_url}/v1/audio/transcribe/{endpoints.transcription_id}"
@@ -130,6 +190,7 @@ async def test_keep_running_serves_until_stopped_then_cleans_up() -> None:
         for url in (endpoints.proxy_url, endpoints.simulator_url):
             with pytest.raises(aiohttp.ClientConnectionError):
                 await session.get(f"{url}/healthz")
+    assert not Path(f"/proc/{endpoints.proxy_pid}").exists()  # stopped and reaped
 
 
 async def test_stop_before_the_table_interrupts_and_reports_it() -> None:
@@ -210,35 +271,73 @@ async def test_proxy_metrics_are_read_from_the_proxys_own_exposition() -> None:
     assert parse_proxy_metrics("").hit_ratio is None
 
 
-def phase(label: str, upstream_bytes: int, proxy: ProxyStats | None) -> PhaseResult:
+def phase(
+    label: str,
+    upstream_bytes: int,
+    proxy: ProxyStats | None,
+    *,
+    requests: int = 100,
+    lags: tuple[float, ...] = (0.5, 1.0, 2.0),
+    wait: int | None = None,
+    held: tuple[float, ...] = (),
+) -> PhaseResult:
     fleet = FleetResult(
         pollers=4,
         pollers_done=4,
-        requests=100,
+        requests=requests,
         errors=0,
-        statuses={200: 100},
+        statuses={200: requests},
         bytes_received=4096,
         latencies=tuple(i / 1000 for i in range(1, 101)),
         elapsed=1.0,
-        completion_lags=(0.5, 1.0, 2.0),
+        completion_lags=lags,
+        held=held,
     )
-    return PhaseResult(label, fleet, UpstreamStats(100, 0, upstream_bytes), proxy)
+    return PhaseResult(label, fleet, UpstreamStats(100, 0, upstream_bytes), proxy, wait)
 
 
 def test_table_compares_every_phase_with_the_first() -> None:
     proxy = ProxyStats({"hit": 90, "miss": 10}, 40, 4096, 1024, 3072)
     phases = [phase("without proxy", 4096, None), phase("with proxy", 1024, proxy)]
     cells = dict(table_rows(phases))
+    assert cells["phase took"] == ["1.0 s", "1.0 s"]
+    assert cells["client requests per poller"] == ["25.0", "25.0"]
     assert cells["hit ratio"] == ["—", "90.0%"]
     assert cells["304s answered locally"] == ["0", "40"]
     assert cells["bandwidth saved"] == ["—", "3.0 KiB (75.0%)"]
     assert cells["p50 latency"] == ["50.0 ms", "50.0 ms"]
     assert cells["p99 latency"] == ["99.0 ms", "99.0 ms"]
     assert cells["completion noticed after (p50)"] == ["1.0 s", "1.0 s"]
+    assert cells["completion noticed after (max)"] == ["2.0 s", "2.0 s"]
     assert "client errors" not in cells
+    assert "long polls held for (p50, count)" not in cells
     table = format_table(phases)
     assert table.splitlines()[0].split() == ["without", "proxy", "with", "proxy"]
     assert row(table, "bytes fetched from upstream") == ["4.0 KiB", "1.0 KiB"]
+
+
+def test_the_notes_explain_this_runs_figures() -> None:
+    """What newcomers asked: more client requests with the proxy, a long poll's seconds and
+    its missing 304s, completion noticed later; each note carries this run's numbers."""
+    proxy = ProxyStats({"hit": 90, "miss": 10}, 40, 4096, 1024, 3072)
+    phases = [
+        phase("without proxy", 4096, None, requests=32, lags=(0.2, 0.3, 0.4)),
+        phase("with proxy", 1024, proxy, requests=44, lags=(1.0, 1.8, 3.0)),
+        phase("long poll", 1024, proxy, requests=8, lags=(1.0, 1.7, 3.0), wait=25, held=(4.4,)),
+    ]
+    cells = dict(table_rows(phases))
+    assert cells["long polls held for (p50, count)"] == ["—", "—", "4.4 s (1)"]
+    explained = dict(notes(phases, FleetSetting(0.5, 7.5, 5)))
+    assert "after 7.5 s at most" in explained["phase took"]
+    assert "11.0 requests a poller against 8.0 without" in explained["client requests"]
+    assert "Prefer: wait=25" in explained["client requests"]
+    assert "held instead" in explained["304s answered locally"]
+    assert "not held" in explained["p50 latency"]
+    completion = explained["completion noticed after"]
+    assert "+1.5s with proxy, +1.4s long poll" in completion
+    assert "max-age=5" in completion and "RFC 9111" in completion
+    text = format_notes(phases, FleetSetting(0.5, 7.5, 5))
+    assert all(len(line) <= 100 for line in text.splitlines())
 
 
 def test_fleet_percentiles_use_nearest_rank() -> None:
@@ -303,3 +402,43 @@ def test_the_demo_fleet_mixes_the_spellings_seen_in_the_wild() -> None:
     args = build_parser({"DEMO_COMPRESSING_ORIGIN": "true"}).parse_args([])
     assert args.compressing_origin is True
     assert build_parser({}).parse_args([]).compressing_origin is False
+
+
+async def test_long_polls_through_the_real_proxy_are_held_apart_and_cut_at_the_end(
+    tmp_path: Path,
+) -> None:
+    """Through ``python -m proxy``: a held answer (``Preference-Applied``) is timed as a hold,
+    not as latency; a long poll still held when the fleet's time runs out is cut, not an error."""
+    config = SimulatorConfig(
+        queued_seconds=0.0,
+        processing_seconds=0.6,
+        pending_max_age=1,
+        start_offsets=(0.0, 0.0, 3600.0),  # the third stays queued for an hour
+    )
+    async with (
+        serving(create_simulator_app(config)) as url,
+        running_proxy(url, tmp_path / "proxy.log", environ={}) as proxy,
+        aiohttp.ClientSession() as session,
+    ):
+        *changing, never = await seed_simulator(session, url, ["a"], 3)
+        woken = await run_fleet(
+            proxy.url, assign_pollers(changing, 4), 20.0, session=session, wait=25
+        )
+        cut = await run_fleet(proxy.url, [never, never], 2.5, session=session, wait=25)
+    assert woken.pollers_done == 4 and woken.errors == 0 and woken.cut == 0
+    assert len(woken.latencies) == 4  # the first, unconditional request of each
+    assert len(woken.held) == 4  # then one held until the copy was stale and the change seen
+    assert all(0.2 < seconds < 5.0 for seconds in woken.held)
+    assert (cut.cut, cut.errors, cut.pollers_done) == (2, 0, 0)
+    assert cut.requests == 2 and cut.held == ()
+
+
+async def test_a_proxy_that_cannot_start_is_reported_with_its_log(tmp_path: Path) -> None:
+    """The user's PROXY_* variables reach the proxy, as they would; a bad one stops the demo
+    with the proxy's own error line."""
+    with pytest.raises(ProxyProcessError, match="PROXY_CACHE_SCOPE: expected one of") as caught:
+        async with running_proxy(
+            "http://127.0.0.1:9", tmp_path / "proxy.log", environ={"PROXY_CACHE_SCOPE": "nope"}
+        ):
+            raise AssertionError("the proxy should not have become ready")
+    assert "exited with 2" in str(caught.value)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
+import shlex
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -15,6 +17,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from proxy.tools.origin_front import OriginFront
 from proxy.tools.simulator import (
     SIMULATOR_KEY,
     Simulator,
@@ -24,6 +27,7 @@ from proxy.tools.simulator import (
     create_simulator_app,
     generate_document,
     route_kind,
+    startup_lines,
 )
 from tests.conftest import START, FakeClock
 
@@ -615,30 +619,41 @@ def test_cli_flags_override_environment_which_overrides_defaults() -> None:
     assert config.seed_count == 3
 
 
-async def test_simulate_command_serves_until_sigterm() -> None:
+async def start_simulate(*flags: str) -> tuple[asyncio.subprocess.Process, list[str]]:
+    """``python -m proxy simulate --port 0`` and its start-up lines, up to the stats one."""
     process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "proxy",
-        "simulate",
-        "--port",
-        "0",
-        "--seed-tokens",
-        "cli-token",
-        "--seed-count",
-        "1",
-        "--queued-seconds",
-        "0",
-        "--processing-seconds",
-        "600",
+        sys.executable, "-m", "proxy", "simulate", "--port", "0", *flags,
         stdout=asyncio.subprocess.PIPE,
-    )
+    )  # fmt: skip
+    assert process.stdout is not None
+    lines: list[str] = []
+    while not lines or not lines[-1].startswith("stats: "):
+        line = await asyncio.wait_for(process.stdout.readline(), 30)
+        assert line, f"simulate exited after {lines}"
+        lines.append(line.decode().rstrip("\n"))
+    return process, lines
+
+
+async def stop_simulate(process: asyncio.subprocess.Process) -> None:
+    if process.returncode is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            assert await asyncio.wait_for(process.wait(), 30) == 0
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+
+
+async def test_simulate_command_serves_until_sigterm() -> None:
+    process, lines = await start_simulate(
+        "--seed-tokens", "cli-token", "--seed-count", "1",
+        "--queued-seconds", "0", "--processing-seconds", "600",
+    )  # fmt: skip
     try:
-        assert process.stdout is not None
-        first = (await asyncio.wait_for(process.stdout.readline(), 30)).decode()
-        url = first.split()[-1]
+        url = lines[0].split()[-1]
         assert re.fullmatch(r"http://127\.0\.0\.1:\d+", url)
-        seeded = (await asyncio.wait_for(process.stdout.readline(), 30)).decode().split()
+        seeded = lines[1].split()
         assert seeded[0] == "seeded"
         async with aiohttp.ClientSession() as session:
             async with session.get(
@@ -648,9 +663,74 @@ async def test_simulate_command_serves_until_sigterm() -> None:
                 assert (await resp.json())["data"]["status"] == "processing"
             async with session.get(f"{url}/_sim/stats") as resp:
                 assert (await resp.json())["requests"] == 1
-        process.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(process.wait(), 30) == 0
     finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        await stop_simulate(process)
+
+
+async def curl(command: str) -> str:
+    """Run a curl command line as printed (the shell's quoting), return its output."""
+    process = await asyncio.create_subprocess_exec(
+        *shlex.split(command), stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 0, command
+    return out.decode()
+
+
+async def test_start_up_lines_say_how_to_get_and_poll_a_transcription_id() -> None:
+    """The printed curl commands work as printed: the POST creates a transcription, the GET
+    (with the new ID in place of ``<transcription_id>``) polls it with the same token."""
+    process, lines = await start_simulate("--queued-seconds", "0", "--processing-seconds", "600")
+    try:
+        create = next(line.strip() for line in lines if "-X POST" in line)
+        poll = next(line.strip() for line in lines if line.strip().startswith("curl -si"))
+        assert "transcription ID" in "\n".join(lines)
+        created = json.loads(await curl(create))
+        transcription_id = created["data"]["transcription_id"]
+        answer = await curl(poll.replace("<transcription_id>", transcription_id))
+        head, _, body = answer.partition("\r\n\r\n")
+        assert head.startswith("HTTP/1.1 200")
+        assert "Cache-Control: public, max-age=5" in head
+        assert json.loads(body)["data"]["status"] == "processing"
+    finally:
+        await stop_simulate(process)
+
+
+def test_start_up_lines_poll_a_seeded_transcription_when_there_is_one() -> None:
+    config = SimulatorConfig(queued_seconds=1.0, processing_seconds=4.0)
+    lines = startup_lines("http://127.0.0.1:1", config, [("tok", "trans_1"), ("tok", "trans_2")])
+    assert lines[1:3] == ["seeded trans_1 for token tok", "seeded trans_2 for token tok"]
+    poll = next(line for line in lines if "curl -si" in line)
+    assert poll.strip() == (
+        f"curl -si http://127.0.0.1:1{API}/trans_1 -H 'Authorization: Bearer tok'"
+    )
+    assert "queued 1s, processing 4s" in "\n".join(lines)
+    assert lines[-1] == "stats: curl -s http://127.0.0.1:1/_sim/stats"
+
+
+async def test_cors_mode_allows_prefer_and_exposes_preference_applied(
+    make_sim: Callable[..., Awaitable[tuple[Simulator, Client]]],
+) -> None:
+    """A page on another origin long-polls (RFC 7240): its preflight asks for ``Prefer``, and
+    it must be able to read ``Preference-Applied`` on the answer."""
+    _, c = await make_sim(front=OriginFront(cors=True))
+    origin = {"Origin": "https://app.example"}
+    preflight = await c.options(
+        f"{API}/trans_1",
+        headers={
+            **origin,
+            "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": "authorization, if-none-match, prefer",
+        },
+    )
+    assert preflight.status == 204
+    allowed = {
+        h.strip().lower() for h in preflight.headers["Access-Control-Allow-Headers"].split(",")
+    }
+    assert {"authorization", "if-none-match", "prefer"} <= allowed
+    transcription_id = await create(c)
+    resp = await c.get(f"{API}/{transcription_id}", headers={**OWNER, **origin})
+    assert resp.status == 200
+    assert resp.headers["Access-Control-Allow-Origin"] == "https://app.example"
+    exposed = {h.strip() for h in resp.headers["Access-Control-Expose-Headers"].split(",")}
+    assert {"ETag", "Cache-Status", "Preference-Applied"} <= exposed

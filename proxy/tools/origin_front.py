@@ -23,8 +23,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 #: nginx's ``gzip_min_length`` default.
 MIN_LENGTH = 20
 COMPRESSED_TYPES = ("application/json", "text/*", "application/x-subrip")
-PREFLIGHT_HEADERS = "Authorization, Content-Type, If-None-Match, If-Modified-Since"
-EXPOSED_HEADERS = "ETag, Cache-Status, Age, Last-Modified"
+#: ``Prefer`` and ``Preference-Applied`` so a page on another origin can long-poll (RFC 7240).
+PREFLIGHT_HEADERS = "Authorization, Content-Type, If-None-Match, If-Modified-Since, Prefer"
+EXPOSED_HEADERS = "ETag, Cache-Status, Age, Last-Modified, Preference-Applied"
 
 
 @dataclass(frozen=True, slots=True)
