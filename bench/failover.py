@@ -28,7 +28,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from proxy.ops.config import Settings
-from proxy.stores.redis import RedisKeys
+from proxy.stores.keys import RedisKeys
 from proxy.tools.redis_ha import LocalSentinelGroup
 from proxy.tools.replicas import Replica, run_replicas
 

@@ -1,19 +1,28 @@
-"""The seam to the origin: a pooled aiohttp client, its errors, and single-flight coalescing."""
+"""The seam to the origin: a pooled client, its answer and errors, and single-flight coalescing.
+
+aiohttp is the client, and it stays behind this module: ``Upstream.fetch`` hands back an
+``UpstreamResponse`` of our own (status, reason, fields as a multidict, the body read whole or
+in chunks, release/close), and every failure of the origin becomes an ``UpstreamError``. So the
+cache layer (``proxy.cache``) never imports aiohttp and could be driven by another client.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Generic, TypeVar
 
 import aiohttp
+from multidict import CIMultiDictProxy
 from yarl import URL
 
 from proxy.core.headers import valid_field
 
 T = TypeVar("T")
+#: The most of a body held in memory at once while relaying it.
+CHUNK = 2**16
 
 
 class UpstreamError(Exception):
@@ -75,6 +84,72 @@ def standard_reason(status: int) -> str:
         return ""
 
 
+class UpstreamResponse:
+    """An origin's answer once its head has arrived; the body is still to be read.
+
+    ``headers`` are the fields as received (a case-insensitive multidict, repeated fields kept).
+    Whoever receives it reads the body (``read`` whole, or ``chunks``) and then ``release``s it
+    (the connection returns to the pool) or ``close``s it (the connection is dropped, as after
+    a failure or a body nobody will read). Reading raises ``UpstreamError`` only.
+    """
+
+    __slots__ = ("_response", "_timeout", "headers", "reason", "status")
+
+    def __init__(self, response: aiohttp.ClientResponse, timeout: float) -> None:
+        self._response = response
+        self._timeout = timeout
+        self.status = response.status
+        reason = response.reason or ""
+        if reason and not valid_field("reason", reason):
+            # Our fronts refuse to send control characters: a stored entry carrying this
+            # reason could never be served again.
+            reason = standard_reason(response.status)
+        self.reason = reason
+        self.headers: CIMultiDictProxy[str] = response.headers
+
+    @property
+    def content_length(self) -> int | None:
+        """The ``Content-Length`` the origin announced, if any."""
+        return self._response.content_length
+
+    async def read(self, limit: int) -> bytes:
+        """The whole body, at most ``limit`` bytes (one more byte signals "too large")."""
+        try:
+            async with asyncio.timeout(self._timeout):
+                chunks: list[bytes] = []
+                size = 0
+                while size <= limit:
+                    chunk = await self._response.content.read(min(CHUNK, limit + 1 - size))
+                    if not chunk:
+                        break
+                    chunks.append(chunk)
+                    size += len(chunk)
+                return b"".join(chunks)
+        except (TimeoutError, aiohttp.ClientError, OSError) as error:
+            self._response.close()
+            raise translate_error(error) from error
+
+    async def chunks(self) -> AsyncGenerator[bytes, None]:
+        """The body chunk by chunk (at most ``CHUNK`` bytes each), as it arrives."""
+        iterator = self._response.content.iter_chunked(CHUNK).__aiter__()
+        while True:
+            try:
+                chunk = await iterator.__anext__()
+            except StopAsyncIteration:
+                return
+            except (TimeoutError, aiohttp.ClientError) as error:
+                raise translate_error(error) from error
+            yield chunk
+
+    def release(self) -> None:
+        """Done with the answer: its connection may serve the next request."""
+        self._response.release()
+
+    def close(self) -> None:
+        """Drop the answer's connection (its body will not be read to the end)."""
+        self._response.close()
+
+
 class Upstream:
     """One pooled, keep-alive client session to the origin.
 
@@ -129,7 +204,7 @@ class Upstream:
         target: str,
         headers: Mapping[str, str] | list[tuple[str, str]],
         body: AsyncIterable[bytes] | bytes | None = None,
-    ) -> aiohttp.ClientResponse:
+    ) -> UpstreamResponse:
         """Send one request and return the response once its head has arrived.
 
         The caller reads or releases the body. Raises ``UpstreamError``.
@@ -150,28 +225,7 @@ class Upstream:
                 )
         except (TimeoutError, aiohttp.ClientError, OSError) as error:
             raise translate_error(error) from error
-        if response.reason and not valid_field("reason", response.reason):
-            # aiohttp's server refuses to send control characters: a stored entry carrying
-            # this reason could never be served again.
-            response.reason = standard_reason(response.status)
-        return response
-
-    async def read_body(self, response: aiohttp.ClientResponse, limit: int) -> bytes:
-        """Read a whole body of at most ``limit`` bytes (one more byte signals "too large")."""
-        try:
-            async with asyncio.timeout(self.config.timeout):
-                chunks: list[bytes] = []
-                size = 0
-                while size <= limit:
-                    chunk = await response.content.read(min(2**16, limit + 1 - size))
-                    if not chunk:
-                        break
-                    chunks.append(chunk)
-                    size += len(chunk)
-                return b"".join(chunks)
-        except (TimeoutError, aiohttp.ClientError, OSError) as error:
-            response.close()
-            raise translate_error(error) from error
+        return UpstreamResponse(response, config.timeout)
 
 
 class SingleFlight(Generic[T]):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -132,6 +133,22 @@ async def test_a_held_request_times_out_with_304_and_preference_applied(
         assert answered["ETag"] == headers["ETag"]
         assert 'detail="waited"' in answered["Cache-Status"]
         assert polls(proxy, "timeout") == 1 and waiting(proxy) == 0
+
+
+async def test_the_time_a_request_is_held_is_left_out_of_its_duration(
+    scoped: tuple[ScopedOrigin, str], http: aiohttp.ClientSession
+) -> None:
+    origin, upstream = scoped
+    origin.set("a", b"{}")
+    async with run_replicas(Settings(upstream=upstream, max_wait=1), 1) as (proxy,):
+        _, headers, _ = await get(http, proxy)
+        started = time.perf_counter()
+        status, _, _ = await poll(http, proxy, headers["ETag"], wait=1)
+        assert status == 304 and time.perf_counter() - started >= 1
+        labels = {"result": "hit"}
+        assert proxy.metric("cacheproxy_request_duration_seconds_count", labels) == 1
+        # The wait (1 s) is the client's choice; answering took milliseconds.
+        assert proxy.metric("cacheproxy_request_duration_seconds_sum", labels) < 0.5
 
 
 async def test_without_prefer_or_with_another_etag_nothing_changes(
@@ -358,3 +375,28 @@ async def test_a_change_to_a_response_too_large_to_store_is_streamed_to_the_wait
         status, _, body = await held
         assert status == 200 and body == large
         assert polls(proxy, "changed") == 1
+
+
+async def test_an_unreachable_origin_ends_the_wait_with_502_and_the_wait_is_not_its_duration(
+    http: aiohttp.ClientSession,
+) -> None:
+    origin = ScopedOrigin()
+    origin.set("a", b"{}")
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", origin.handle)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    upstream = str(server.make_url("")).rstrip("/")
+    async with run_replicas(Settings(upstream=upstream, stale_grace=0), 1) as (proxy,):
+        _, headers, _ = await get(http, proxy)
+        held = poll(http, proxy, headers["ETag"], wait=20)
+        await eventually(lambda: waiting(proxy) == 1, what="the request to be held")
+        await server.close()  # the refresh after max-age=1 finds nobody listening
+        async with asyncio.timeout(10):
+            status, answered, body = await held
+        assert status == 502 and b"UPSTREAM_UNAVAILABLE" in body
+        assert 'detail="refused"' in answered["Cache-Status"]
+        assert polls(proxy, "error") == 1
+        labels = {"result": "error"}
+        assert proxy.metric("cacheproxy_request_duration_seconds_count", labels) == 1
+        assert proxy.metric("cacheproxy_request_duration_seconds_sum", labels) < 0.5

@@ -31,7 +31,8 @@ from proxy.ops.metrics import (
     UPSTREAM_ERROR_KINDS,
     UPSTREAM_STATUSES,
 )
-from proxy.stores.memory import MemoryStore, StoreError
+from proxy.stores.base import StoreError
+from proxy.stores.memory import MemoryStore
 
 ITEM = "/v1/audio/transcribe/trans_0123456789abcdef"
 TOKEN = "Bearer sk-metrics-secret-token"

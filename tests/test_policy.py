@@ -8,22 +8,25 @@ import pytest
 from multidict import CIMultiDict
 
 from proxy.core.coding import Representation
+from proxy.core.conditional import (
+    conditional_headers,
+    freshen,
+    not_modified,
+    not_modified_headers,
+    validator_matches,
+)
 from proxy.core.headers import format_http_date
 from proxy.core.models import Fresh, Miss, Revalidate, StoredResponse, Unsatisfiable
 from proxy.core.policy import (
     CachePolicy,
     RequestFacts,
     cache_status,
-    conditional_headers,
     credential_scope,
     current_age,
     decide,
-    freshen,
     freshness_lifetime,
     invalidates,
     invalidation_targets,
-    not_modified,
-    not_modified_headers,
     request_facts,
     retention,
     select_variant,
@@ -31,7 +34,6 @@ from proxy.core.policy import (
     stale_if_error_allows,
     storable,
     stored_headers,
-    validator_matches,
 )
 
 NOW = 1_800_000_000.0

@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from multidict import CIMultiDict
 
+from proxy.core.conditional import not_modified
 from proxy.core.headers import (
     DELTA_SECONDS_MAX,
     connection_tokens,
@@ -35,7 +36,6 @@ from proxy.core.policy import (
     decide,
     freshness_lifetime,
     may_serve_stale,
-    not_modified,
     request_facts,
     select_variant,
     stale_if_error_allows,

@@ -471,6 +471,21 @@ async def test_redirects_are_passed_through(harness: Harness) -> None:
     assert response.headers["Location"] == "/elsewhere"
 
 
+async def test_a_body_over_max_entry_bytes_is_relayed_and_not_stored(
+    make_harness: MakeHarness,
+) -> None:
+    harness = await make_harness(max_entry_bytes=4096)
+    harness.origin.put(PATH, b"x" * 8192, cache_control="public, max-age=60")
+    for _ in range(2):
+        response = await harness.get(PATH)
+        assert response.status == 200 and await response.read() == b"x" * 8192
+        assert "hit" not in response.headers["Cache-Status"].split("; ")
+    assert harness.origin.count(PATH) == 2
+    harness.origin.put(PATH, b"x" * 4096, cache_control="public, max-age=60")
+    await (await harness.get(PATH)).read()
+    assert "hit" in (await harness.get(PATH)).headers["Cache-Status"].split("; ")
+
+
 async def test_large_body_is_streamed_with_bounded_memory(make_harness: MakeHarness) -> None:
     harness = await make_harness(max_entry_bytes=1024 * 1024)
     size = 50 * 1024 * 1024

@@ -16,7 +16,8 @@ import pytest
 from aiohttp import web
 
 from proxy.ops.config import Settings
-from proxy.stores.memory import MemoryStore, StoreError
+from proxy.stores.base import StoreError
+from proxy.stores.memory import MemoryStore
 from proxy.tools.replicas import LocalRedis
 from tests.rawkit import RunningProxy, serve_app, serve_proxy
 from tests.redis_support import JOB, CountingUpstream, Fleet, eventually, get

@@ -19,7 +19,8 @@ from proxy.__main__ import main
 from proxy.app import create_app
 from proxy.ops.config import ConfigError, Settings, parse_settings
 from proxy.ops.redis_url import redacted_url
-from proxy.stores.redis import CircuitBreaker, RedisKeys
+from proxy.stores.keys import RedisKeys
+from proxy.stores.redis_link import CircuitBreaker
 from proxy.tools.replicas import LocalRedis, Replica, free_port
 from tests.conftest import FakeClock
 from tests.redis_support import JOB, CountingUpstream, Fleet, eventually, get, readiness

@@ -21,7 +21,8 @@ from aiohttp.test_utils import TestServer
 from redis.asyncio import Redis
 
 from proxy.ops.config import Settings
-from proxy.stores.redis import RedisKeys, digest
+from proxy.stores.keys import RedisKeys
+from proxy.stores.keys import key_digest as digest
 from proxy.tools.redis_ha import LocalCluster, LocalSentinelGroup
 from proxy.tools.replicas import Replica, run_replicas
 from tests.redis_support import JOB, CountingUpstream, eventually, get, readiness

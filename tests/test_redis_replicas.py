@@ -19,7 +19,9 @@ from proxy.core.codec import decode_record
 from proxy.front.server import FrontServer
 from proxy.ops.config import Settings
 from proxy.stores.coordination import Notice
-from proxy.stores.redis import RedisKeys, _parse_notice, digest
+from proxy.stores.keys import RedisKeys
+from proxy.stores.keys import key_digest as digest
+from proxy.stores.redis_coordination import parse_notice
 from tests.redis_support import JOB, CountingUpstream, Fleet, eventually, get, replica_process
 
 pytest_plugins = ("tests.redis_fixtures",)
@@ -220,11 +222,11 @@ async def test_garbage_on_the_channels_is_ignored_and_the_subscription_survives(
     "payload", [b"", b"[]", b'"t"', b"{}", b'{"t": "yesterday"}', b'{"t": true}', b"\xff"]
 )
 def test_a_notice_that_cannot_be_read_says_nothing_was_stored(payload: bytes) -> None:
-    assert _parse_notice(payload) == Notice()
+    assert parse_notice(payload) == Notice()
 
 
 def test_a_notice_names_the_stored_response() -> None:
-    assert _parse_notice(b'{"t": 1800000000.5, "r": true}') == Notice(1800000000.5, True)
+    assert parse_notice(b'{"t": 1800000000.5, "r": true}') == Notice(1800000000.5, True)
 
 
 async def test_a_replica_that_wins_the_lock_late_serves_what_redis_already_holds(

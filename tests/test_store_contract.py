@@ -14,8 +14,11 @@ import pytest
 from redis.asyncio import Redis
 
 from proxy.core.models import StoredResponse
-from proxy.stores.memory import MemoryStore, Store
-from proxy.stores.redis import RedisKeys, RedisLink, RedisStore, TieredStore
+from proxy.stores.base import Store
+from proxy.stores.keys import RedisKeys
+from proxy.stores.memory import MemoryStore
+from proxy.stores.redis_link import RedisLink
+from proxy.stores.redis_tier import RedisStore, TieredStore
 from tests.conftest import FakeClock
 
 ENTRY = StoredResponse(

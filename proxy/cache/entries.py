@@ -10,7 +10,7 @@ from collections.abc import Callable
 from proxy.core.models import StoredResponse
 from proxy.core.policy import CachePolicy, retention
 from proxy.ops.metrics import Metrics
-from proxy.stores.memory import Store, StoreError
+from proxy.stores.base import Store, StoreError
 from proxy.stores.tables import InvalidationTable
 
 MAX_VARIANTS = 16

@@ -1,8 +1,8 @@
 """The seam between a client-facing front and the cache: a request value and a responder.
 
 The cache layer reads a ``ProxyRequest`` and writes its answer to a ``Responder``; it never
-sees the server's own request and response types, so any front (aiohttp's server, our own
-HTTP/1.1 protocol) can carry it.
+sees the server's own request and response types, so any front (our own HTTP/1.1 protocol, or
+another server) can carry it.
 """
 
 from __future__ import annotations
@@ -15,6 +15,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from multidict import CIMultiDict, CIMultiDictProxy
+
+from proxy.core.policy import cache_status
+from proxy.upstream import UpstreamError
 
 #: The request's header fields as received (names case-insensitive, repeated fields kept).
 RequestHeaders = CIMultiDict[str] | CIMultiDictProxy[str]
@@ -128,3 +131,10 @@ def send_rejected(responder: Responder, rejected: RequestRejected) -> None:
     headers = [("Content-Type", "application/json"), *rejected.headers]
     body = envelope(rejected.code, str(rejected))
     responder.send(rejected.status, "", headers, body, close=True)
+
+
+def send_upstream_error(responder: Responder, error: UpstreamError) -> None:
+    """The origin gave no usable answer and nothing stored stands in: 502 or 504 (RFC 9110
+    §15.6.3, §15.6.5) with the envelope, the failure's kind in ``Cache-Status``."""
+    status = cache_status(fwd="uri-miss", detail=error.kind)
+    send_error(responder, error.status, error.code, str(error), status)

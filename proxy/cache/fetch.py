@@ -11,36 +11,44 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-
-import aiohttp
+from typing import assert_never
 
 from proxy.cache.entries import Entries
 from proxy.cache.forward import Forwarder, Streamed
 from proxy.core.coding import CodingPolicy, Representation, representations
-from proxy.core.headers import CacheControl, parse_cache_control, parse_retry_after
-from proxy.core.models import FIELD_OVERHEAD, Fresh, Headers, StoredResponse, header_value
+from proxy.core.conditional import conditional_headers
+from proxy.core.headers import parse_cache_control, parse_retry_after
+from proxy.core.models import (
+    FIELD_OVERHEAD,
+    Fresh,
+    Freshen,
+    Headers,
+    KeepStale,
+    ReadWhole,
+    Refetch,
+    ShareError,
+    StoreAndUse,
+    StoredResponse,
+    Stream,
+    UpstreamHead,
+    header_value,
+    header_values,
+)
 from proxy.core.policy import (
     CachePolicy,
     RequestFacts,
-    conditional_headers,
     decide,
-    freshen,
+    new_entry,
+    receive,
     select_variant,
     selecting_values,
-    shareable,
-    stale_if_error_allows,
-    storable,
-    stored_headers,
-    validator_matches,
-    with_date,
 )
 from proxy.ops.config import Settings
+from proxy.stores.base import SharedStore
 from proxy.stores.coordination import Coordinator, Notice
-from proxy.stores.memory import SharedStore
 from proxy.stores.tables import BackoffTable
-from proxy.upstream import SingleFlight
+from proxy.upstream import SingleFlight, UpstreamResponse
 
-ERROR_BODY_LIMIT = 64 * 1024
 #: A Retry-After answer replayed to later callers keeps its body only up to this size; a larger
 #: one is replaced by the proxy's own envelope, so the hold-back table stays small.
 BACKOFF_BODY_LIMIT = 4096
@@ -193,88 +201,84 @@ class Fetcher:
         return replace(answer, headers=(*kept, ("Retry-After", retry)))
 
     async def _fetch(self, job: FetchJob) -> Outcome:
-        """One upstream fetch for everyone waiting on the job's flight; stores what it may."""
-        key, facts, stale = job.key, job.facts, job.stale
+        """One upstream fetch for everyone waiting on the job's flight; stores what it may.
+
+        A flat loop over the policy's one decision on each answer (``policy.receive``): only a
+        ``Refetch`` (a 304 that cannot be used) goes round again, without validators, so it
+        runs at most twice (a 304 to an unconditional request is streamed as it came).
+        """
         held = self._held_back(job.flight_key)
         if held is not None:
             return held
-        headers = list(job.forwarded)
-        if stale is not None:
-            headers.extend(conditional_headers(stale).items())
-        request_time = self.clock()
-        response = await self.forwarder.send(job.route, "GET", key, headers, None)
-        response_time = self.clock()
-        received = self.forwarder.received(response)
-        status = response.status
-        if status == 304 and stale is not None:
-            response.release()
-            if not validator_matches(stale, received) or header_value(received, "set-cookie"):
-                # A 304 carrying Set-Cookie would put one caller's cookie into the shared
-                # entry: fetch the full response instead, which is then not stored (§3.5).
-                return await self._fetch(replace(job, stale=None))
-            entry = freshen(stale, received, request_time, response_time)
-            if entry.selection_vary != stale.selection_vary:
-                selecting = selecting_values(entry.selection_vary, facts.headers)
-                entry = replace(entry, selecting=selecting)
-            stored = await self.entries.save(key, entry)
-            return Fetched(
-                entry.status, entry.reason, entry.headers, entry.body, entry, stored, True
+        stale = job.stale
+        while True:
+            headers = list(job.forwarded)
+            if stale is not None:
+                headers.extend(conditional_headers(stale).items())
+            request_time = self.clock()
+            response = await self.forwarder.send(job.route, "GET", job.key, headers, None)
+            head = UpstreamHead(
+                response.status,
+                response.reason,
+                self.forwarder.received(response),
+                response.content_length,
+                request_time,
+                self.clock(),
             )
-        share = shareable(received, shared_scope=self.settings.shared_scope, targeted=True)
-        if status in (429, 503) and share:
-            self._note_backoff(job.flight_key, response, received)
-        failed = status >= 500 or status == 429
-        can_store = not facts.cache_control.no_store and storable(
-            status,
-            received,
-            facts,
-            has_authorization="authorization" in facts.headers,
-            targeted=True,
-        )
-        if (
-            can_store
-            and failed
-            and stale is not None
-            and stale_if_error_allows(stale, facts, self.clock(), self.policy)
-        ):
-            # The stale entry stands in for this error (RFC 5861, §4.2.4): storing the error
-            # would replace it and serve the error to everyone after this caller.
-            can_store = False
-        if can_store:
-            limit = self.settings.max_entry_bytes
-        elif failed:
-            limit = ERROR_BODY_LIMIT
-        else:
-            return Streamed(response, received)
-        length = response.content_length
-        if length is not None and length > limit:
-            return Streamed(response, received)
-        body = await self.forwarder.upstream.read_body(response, limit)
+            decision = receive(head, job.facts, stale, self.clock(), self.policy)
+            match decision:
+                case Refetch():
+                    response.release()
+                    stale = None
+                case Freshen(entry):
+                    response.release()
+                    stored = await self.entries.save(job.key, entry)
+                    return Fetched(
+                        entry.status, entry.reason, entry.headers, entry.body, entry, stored, True
+                    )
+                case Stream(hold_back):
+                    if hold_back:
+                        self._note_backoff(job.flight_key, head)
+                    return Streamed(response, head.headers)
+                case StoreAndUse() | KeepStale() | ShareError():
+                    return await self._read(job, response, head, decision)
+                case _:
+                    assert_never(decision)
+
+    async def _read(
+        self, job: FetchJob, response: UpstreamResponse, head: UpstreamHead, decision: ReadWhole
+    ) -> Outcome:
+        """Read an answer whole, within the decision's limit; store it if the decision says so.
+
+        A body past the limit is streamed to the caller after all, its first bytes included.
+        """
+        if decision.hold_back:
+            # Noted on the head, so the window counts even if the body fails or is too large.
+            self._note_backoff(job.flight_key, head)
+        body = await response.read(decision.limit)
         self.metrics.upstream_bytes.inc(len(body))
-        if len(body) > limit:
-            return Streamed(response, received, body)
+        if len(body) > decision.limit:
+            return Streamed(response, head.headers, body)
         response.release()
-        if not can_store:
-            if status in (429, 503) and share:
-                self._note_backoff(job.flight_key, response, received, body)
-            return Fetched(status, response.reason or "", received, body, shareable=share)
-        entry = StoredResponse(
-            status=status,
-            reason=response.reason or "",
-            headers=with_date(stored_headers(received, _cache_control_of(received)), response_time),
-            body=body,
-            request_time=request_time,
-            response_time=response_time,
-            scope=facts.scope,
-            selecting=(),
-            targeted=True,
-            derived=self._derived(status, received, body),
+        if not isinstance(decision, StoreAndUse):
+            if decision.hold_back:
+                # Again with the body, so callers inside the window get the origin's envelope.
+                self._note_backoff(job.flight_key, head, body)
+            return Fetched(
+                head.status, head.reason, head.headers, body, shareable=decision.shareable
+            )
+        derived = self._derived(head.status, head.headers, body)
+        entry = new_entry(head, body, job.facts, derived)
+        stored = await self.entries.save(job.key, entry)
+        return Fetched(
+            head.status,
+            entry.reason,
+            entry.headers,
+            body,
+            entry,
+            stored,
+            shareable=decision.shareable,
         )
-        if entry.selection_vary:
-            selecting = selecting_values(entry.selection_vary, facts.headers)
-            entry = replace(entry, selecting=selecting)
-        stored = await self.entries.save(key, entry)
-        return Fetched(status, entry.reason, entry.headers, body, entry, stored, shareable=share)
 
     def _derived(self, status: int, received: Headers, body: bytes) -> tuple[Representation, ...]:
         """The other codings of a response about to be stored: computed once, here, not per hit."""
@@ -285,40 +289,30 @@ class Fetcher:
             etag=header_value(received, "etag"),
             content_type=header_value(received, "content-type"),
             content_encoding=[v for k, v in received if k.lower() == "content-encoding"],
-            no_transform=_cache_control_of(received).no_transform,
+            no_transform=parse_cache_control(header_values(received, "cache-control")).no_transform,
             policy=self.codings,
         )
         return reps[1:]
 
-    def _note_backoff(
-        self,
-        flight: str,
-        response: aiohttp.ClientResponse,
-        received: Headers,
-        body: bytes = b"",
-    ) -> None:
+    def _note_backoff(self, flight: str, head: UpstreamHead, body: bytes = b"") -> None:
         """Honour ``Retry-After`` on 429/503: no request for this key goes upstream meanwhile.
 
         Noted once on the head (so a streamed answer counts too), again with the error body
         once read, so callers inside the window get the origin's envelope, not an empty body.
         """
         now = self.clock()
-        delay = parse_retry_after(response.headers.get("Retry-After"), now)
+        delay = parse_retry_after(header_value(head.headers, "retry-after"), now)
         if delay is None or delay <= 0:
             return
         delay = min(delay, 3600.0)
-        headers = tuple((k, v) for k, v in received if k.lower() != "set-cookie")
+        headers = tuple((k, v) for k, v in head.headers if k.lower() != "set-cookie")
         if len(body) > BACKOFF_BODY_LIMIT:
             # Never keep (and replay) a large body per key: the proxy's own envelope instead.
             body = RETRY_LATER
             headers = (("Content-Type", "application/json"), *self.forwarder.received_via)
-        placeholder = Fetched(response.status, response.reason or "", headers, body)
+        placeholder = Fetched(head.status, head.reason, headers, body)
         size = len(body) + sum(len(k) + len(v) + FIELD_OVERHEAD for k, v in headers)
         self._backoff.put(flight, now + delay, placeholder, size + HELD_OVERHEAD)
-
-
-def _cache_control_of(headers: Headers) -> CacheControl:
-    return parse_cache_control([v for k, v in headers if k.lower() == "cache-control"])
 
 
 def _collapsed(entry: StoredResponse, *, revalidated: bool) -> Fetched:

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
-
-import aiohttp
 
 from proxy import CACHE_NAME
 from proxy.cache.exchange import ProxyRequest, Responder
@@ -25,14 +24,13 @@ from proxy.core.headers import (
 from proxy.core.models import NOT_SERVED, Headers
 from proxy.ops.config import Settings
 from proxy.ops.metrics import Metrics, status_class
-from proxy.upstream import Upstream, UpstreamError, translate_error
+from proxy.upstream import Upstream, UpstreamError, UpstreamResponse, translate_error
 
 log = logging.getLogger("proxy")
 
 #: Client validators are evaluated here against the stored response, never sent upstream on a
 #: cacheable fetch, so that the fetch is the same for every collapsed caller.
 CLIENT_VALIDATORS = frozenset({"if-none-match", "if-modified-since"})
-CHUNK = 2**16
 
 
 def end_to_end(items: Any) -> Headers:
@@ -54,7 +52,7 @@ def end_to_end(items: Any) -> Headers:
 class Streamed:
     """An upstream answer too large or not storable: streamed to the one caller that asked."""
 
-    response: aiohttp.ClientResponse
+    response: UpstreamResponse
     headers: Headers
     prefix: bytes = b""
 
@@ -73,7 +71,7 @@ class Forwarder:
         """The ``Via`` this cache adds to what it received (RFC 9110 §7.6.3)."""
         return (("Via", self.via),)
 
-    def received(self, response: aiohttp.ClientResponse) -> Headers:
+    def received(self, response: UpstreamResponse) -> Headers:
         """The origin's end-to-end fields with this cache's ``Via`` (RFC 9110 §7.6.3)."""
         return (*end_to_end(response.headers.items()), ("Via", self.via))
 
@@ -118,7 +116,7 @@ class Forwarder:
         target: str,
         headers: list[tuple[str, str]],
         body: Any,
-    ) -> aiohttp.ClientResponse:
+    ) -> UpstreamResponse:
         """One upstream request, counted by route and status class (never by path or ID)."""
         started = time.perf_counter()
         try:
@@ -134,7 +132,7 @@ class Forwarder:
             self.metrics.upstream_errors.labels(route, kind).inc()
         return response
 
-    async def send_with_body(self, request: ProxyRequest, route: str) -> aiohttp.ClientResponse:
+    async def send_with_body(self, request: ProxyRequest, route: str) -> UpstreamResponse:
         """Forward the request as it is, its body streamed within the client limits."""
         headers = self.upstream_headers(request, strip_validators=False)
         body = request.body
@@ -180,7 +178,7 @@ class Forwarder:
         headers = [(k, v) for k, v in outcome.headers if k.lower() != "cache-status"]
         headers.append(("Cache-Status", status_header))
         try:
-            await responder.start(upstream.status, upstream.reason or "", headers)
+            await responder.start(upstream.status, upstream.reason, headers)
             if request.method == "HEAD" or upstream.status in (204, 304):
                 upstream.close()
                 await responder.finish()
@@ -188,12 +186,13 @@ class Forwarder:
             if outcome.prefix:
                 await responder.write(outcome.prefix)
                 self.metrics.response_bytes.inc(len(outcome.prefix))
-            async for chunk in upstream.content.iter_chunked(CHUNK):
-                self.metrics.upstream_bytes.inc(len(chunk))
-                await responder.write(chunk)
-                self.metrics.response_bytes.inc(len(chunk))
+            async with aclosing(upstream.chunks()) as chunks:
+                async for chunk in chunks:
+                    self.metrics.upstream_bytes.inc(len(chunk))
+                    await responder.write(chunk)
+                    self.metrics.response_bytes.inc(len(chunk))
             await responder.finish()
-        except (TimeoutError, aiohttp.ClientError) as error:
+        except (TimeoutError, UpstreamError) as error:
             # The head is already sent: the only honest signal left is to cut the connection.
             log.warning("upstream body failed mid-stream: %s", translate_error(error))
             upstream.close()

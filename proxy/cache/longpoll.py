@@ -12,15 +12,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from contextvars import ContextVar
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from proxy.cache.entries import Entries
-from proxy.cache.exchange import ProxyRequest, Responder
+from proxy.cache.exchange import ProxyRequest, Responder, send_upstream_error
 from proxy.cache.fetch import Fetched, Fetcher, FetchJob, release_orphan
 from proxy.cache.forward import Forwarder, Streamed
 from proxy.cache.serve import StoredServing, Unacceptable
 from proxy.cache.wait import Observation, WaitRoom, Wake
+from proxy.core.conditional import not_modified
 from proxy.core.models import Fresh, Revalidate, Serve, StoredResponse
 from proxy.core.policy import (
     CachePolicy,
@@ -28,7 +28,6 @@ from proxy.core.policy import (
     current_age,
     decide,
     freshness_lifetime,
-    not_modified,
     stale_if_error_allows,
 )
 from proxy.core.prefer import Hold, Shed, hold_decision, requested_wait
@@ -36,8 +35,15 @@ from proxy.ops.config import Settings
 from proxy.ops.metrics import Metrics
 from proxy.upstream import UpstreamError
 
-#: Seconds the current request spent held, so its duration metric leaves the wait out.
-HELD: ContextVar[float] = ContextVar("held", default=0.0)
+
+@dataclass(frozen=True, slots=True)
+class Handled:
+    """A GET or HEAD answered: its cache result label and the seconds it spent held (RFC 7240
+    ``Prefer: wait``), which its duration metric leaves out: the wait is the client's choice,
+    not the time the cache took to answer."""
+
+    result: str
+    held: float = 0.0
 
 
 class LongPolls:
@@ -95,11 +101,13 @@ class LongPolls:
         job: Callable[[], FetchJob],
         serve: Serve,
         hold: Hold,
-        fallback: Callable[[], Awaitable[str]],
-    ) -> str:
-        """Hold the request, then answer it; returns the result label.
+        fallback: Callable[[], Awaitable[Handled]],
+    ) -> Handled:
+        """Hold the request, then answer it; returns the result label and the time held.
 
         ``job`` makes the flight's refresh; it is called only if this request opens the watch.
+        ``fallback`` answers the request the ordinary way, when the wait ends in a response
+        this cache cannot serve from the store.
         """
         started = time.perf_counter()
         connection = request.connection
@@ -119,10 +127,13 @@ class LongPolls:
             hold.seconds,
             connection.disconnected() if connection is not None else None,
         )
-        HELD.set(time.perf_counter() - started)
+        held = time.perf_counter() - started
         applied = ("Preference-Applied", hold.applied)
+        if isinstance(wake.error, UpstreamError):
+            send_upstream_error(responder, wake.error)
+            return Handled("error", held)
         if wake.error is not None:
-            raise wake.error
+            raise wake.error  # a bug: answered (and logged) as any other
         if wake.answer is not None:
             answer = wake.answer
             status = cache_status(fwd="stale", fwd_status=answer.status, detail="waited")
@@ -130,15 +141,16 @@ class LongPolls:
             self.forwarder.relay(
                 responder, answer.status, answer.reason, headers, answer.body, status
             )
-            return "error" if answer.status >= 500 else "miss"
+            return Handled("error" if answer.status >= 500 else "miss", held)
         if wake.outcome == "changed" and wake.entry is None:
-            return await fallback()
+            return _after(held, await fallback())
         entry = wake.entry or await self._current(key, serve.entry) or serve.entry
         try:
             self.serving.serve(request, responder, self._waited(entry), (applied,))
         except Unacceptable:
-            return await fallback()  # stored only in a coding this client cannot read
-        return "hit"
+            # Stored only in a coding this client cannot read.
+            return _after(held, await fallback())
+        return Handled("hit", held)
 
     def _waited(self, entry: StoredResponse) -> Serve:
         age = current_age(entry, self.clock())
@@ -195,4 +207,9 @@ class LongPolls:
         await self.waits.close()
 
 
-__all__ = ["HELD", "LongPolls", "Wake"]
+def _after(held: float, handled: Handled) -> Handled:
+    """The fallback's answer, held for this wait as well as any of its own."""
+    return Handled(handled.result, held + handled.held)
+
+
+__all__ = ["Handled", "LongPolls", "Wake"]

@@ -1,4 +1,7 @@
-"""The cache's driver: asks the policy for a whole decision and carries it out in a few lines.
+"""The cache's driver: asks the policy for whole decisions and carries them out in one flat loop.
+
+``admit``/``lookup`` decide a request, ``settle`` what a fetch brought for it; each decision is
+one ``match`` case (``typing.assert_never`` keeps the cases complete), never a recursion.
 
 The parts each do one job: ``Entries`` reads and writes the store, ``StoredServing`` answers
 from it, ``Fetcher`` fetches and stores (coalescing, back-off), ``Forwarder`` forwards and
@@ -13,6 +16,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from typing import assert_never
 
 from proxy.cache.entries import Entries
 from proxy.cache.exchange import (
@@ -22,11 +26,12 @@ from proxy.cache.exchange import (
     route_of,
     send_error,
     send_rejected,
+    send_upstream_error,
 )
 from proxy.cache.fetch import Fetched, Fetcher, FetchJob, Outcome, flight_key, release_orphan
 from proxy.cache.forward import Forwarder, Streamed
 from proxy.cache.invalidate import Invalidator
-from proxy.cache.longpoll import HELD, LongPolls
+from proxy.cache.longpoll import Handled, LongPolls
 from proxy.cache.serve import StoredServing, Unacceptable
 from proxy.core.coding import accepts, readable, upstream_accept_encoding
 from proxy.core.credentials import credential_lines
@@ -46,8 +51,8 @@ from proxy.core.policy import (
 from proxy.core.prefer import Hold
 from proxy.ops.config import Settings
 from proxy.ops.metrics import Metrics
+from proxy.stores.base import Store
 from proxy.stores.coordination import Coordinator
-from proxy.stores.memory import Store
 from proxy.upstream import Upstream, UpstreamError
 
 log = logging.getLogger("proxy")
@@ -77,6 +82,8 @@ class CachingProxy:
             heuristic_max=settings.heuristic_max,
             keep_stale=settings.keep_stale,
             stale_grace=settings.stale_grace,
+            max_entry_bytes=settings.max_entry_bytes,
+            shared_scope=settings.shared_scope,
         )
         self._credential_headers = settings.credential_headers
         self._scope_secret = settings.scope_secret.encode()
@@ -114,16 +121,15 @@ class CachingProxy:
         route = route_of(request.path)
         try:
             if request.method in ("GET", "HEAD"):
-                result = await self._cacheable(request, responder, route)
+                handled = await self._cacheable(request, responder, route)
             else:
-                result = await self.invalidator.unsafe(request, responder, route)
+                handled = Handled(await self.invalidator.unsafe(request, responder, route))
         except UpstreamError as error:
-            status = cache_status(fwd="uri-miss", detail=error.kind)
-            send_error(responder, error.status, error.code, str(error), status)
-            result = "error"
+            send_upstream_error(responder, error)
+            handled = Handled("error")
         except RequestRejected as rejected:
             send_rejected(responder, rejected)
-            result = "error"
+            handled = Handled("error")
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -131,13 +137,11 @@ class CachingProxy:
             log.exception("unexpected error while handling %s %s", request.method, request.path)
             message = "the proxy failed to handle the request"
             send_error(responder, 500, "PROXY_ERROR", message, cache_status())
-            result = "error"
-        elapsed = time.perf_counter() - started
-        if held := HELD.get():  # a long poll's wait is not the time it took to answer
-            HELD.set(0.0)
-            elapsed -= held
-        self.metrics.observe_request(route, result, elapsed)
-        return result
+            handled = Handled("error")
+        # A long poll's wait is the client's choice, not the time it took to answer.
+        elapsed = time.perf_counter() - started - handled.held
+        self.metrics.observe_request(route, handled.result, elapsed)
+        return handled.result
 
     def facts(self, request: ProxyRequest) -> RequestFacts:
         """The request as the policy sees it, within its credential scope."""
@@ -155,39 +159,52 @@ class CachingProxy:
             headers, scope=scope, cache_control=headers.getall("cache-control", ())
         )
 
-    async def _cacheable(self, request: ProxyRequest, responder: Responder, route: str) -> str:
+    async def _cacheable(self, request: ProxyRequest, responder: Responder, route: str) -> Handled:
+        """A GET or HEAD: a flat loop over the policy's whole decisions until one answers.
+
+        ``admit`` and ``lookup`` give the first decision; a ``Fetch`` is settled into the next
+        one (``settle``), which may be another ``Fetch`` (a variant of its own) but answers the
+        request on the round after that at the latest.
+        """
+        decision: Serve | Fetch | Forward | Refuse | Relay
+        facts: RequestFacts | None = None
         bypass = admit(request.headers, has_body=request.body is not None)
         if bypass is not None:
-            return await self._carry_out(request, responder, route, None, bypass)
-        facts = self.facts(request)
-        record = await self.entries.get(request.target)
-        decision = lookup(record, facts, self.clock(), self.policy)
-        return await self._carry_out(request, responder, route, facts, decision)
-
-    async def _carry_out(
-        self,
-        request: ProxyRequest,
-        responder: Responder,
-        route: str,
-        facts: RequestFacts | None,
-        decision: Serve | Fetch | Forward | Refuse,
-    ) -> str:
-        if isinstance(decision, Fetch):
-            assert facts is not None, "a fetch is only decided after the store was read"
-            return await self._fetch(request, responder, route, facts, decision)
-        if isinstance(decision, Serve):
-            if decision.refresh and facts is not None:
-                self._refresh(request, route, facts, decision)
-            if facts is not None and (hold := self.long_polls.may_hold(request, decision)):
-                return await self._long_poll(request, responder, route, facts, decision, hold)
-            return await self._serve(request, responder, route, decision)
-        if isinstance(decision, Forward):
-            await self.forwarder.forward(request, responder, route, decision.cache_status)
+            decision = bypass
         else:
-            send_error(
-                responder, decision.status, decision.code, decision.message, decision.cache_status
-            )
-        return decision.result
+            facts = self.facts(request)
+            record = await self.entries.get(request.target)
+            decision = lookup(record, facts, self.clock(), self.policy)
+        outcome: Outcome | None = None
+        failed = False
+        while True:
+            match decision:
+                case Fetch():
+                    assert facts is not None, "a fetch is only decided after the store was read"
+                    decision, outcome = await self._fetch(request, route, facts, decision)
+                    failed = outcome is None
+                case Serve():
+                    if facts is not None and decision.refresh:
+                        self._refresh(request, route, facts, decision)
+                    # A stale response standing in for an upstream error is answered at once:
+                    # the origin just failed, and a wait would only ask it again.
+                    hold = None if failed else self.long_polls.may_hold(request, decision)
+                    if facts is not None and hold is not None:
+                        return await self._long_poll(
+                            request, responder, route, facts, decision, hold
+                        )
+                    return Handled(await self._serve(request, responder, route, decision))
+                case Forward(cache_status=status, result=result):
+                    await self.forwarder.forward(request, responder, route, status)
+                    return Handled(result)
+                case Refuse(status, code, message, cache_status=status_header, result=result):
+                    send_error(responder, status, code, message, status_header)
+                    return Handled(result)
+                case Relay():
+                    assert outcome is not None, "a relay is only decided on a fetch's outcome"
+                    return Handled(await self._relay(request, responder, route, outcome, decision))
+                case _:
+                    assert_never(decision)
 
     async def _serve(
         self, request: ProxyRequest, responder: Responder, route: str, decision: Serve
@@ -210,7 +227,7 @@ class CachingProxy:
         facts: RequestFacts,
         serve: Serve,
         hold: Hold,
-    ) -> str:
+    ) -> Handled:
         """RFC 7240 ``Prefer: wait``: instead of a 304 now, the change or a 304 later."""
         # The refresh is the same for every waiter of the flight: no request directives.
         plain = replace(facts, cache_control=NO_DIRECTIVES, pragma_no_cache=False)
@@ -221,7 +238,7 @@ class CachingProxy:
             """Built only when this request opens its flight's watch (the upstream fields)."""
             return self._job(request, route, plain, Fetch(serve.entry, "stale"))
 
-        async def fallback() -> str:
+        async def fallback() -> Handled:
             """The response became one this cache cannot serve (too large): ask as usual."""
             return await self._cacheable(request, responder, route)
 
@@ -252,13 +269,9 @@ class CachingProxy:
             task.add_done_callback(release_orphan)
 
     async def _fetch(
-        self,
-        request: ProxyRequest,
-        responder: Responder,
-        route: str,
-        facts: RequestFacts,
-        fetch: Fetch,
-    ) -> str:
+        self, request: ProxyRequest, route: str, facts: RequestFacts, fetch: Fetch
+    ) -> tuple[Settlement, Outcome | None]:
+        """Join the fetch's flight and settle what it brought for this caller (``settle``)."""
         task, leader = self.fetcher.join(self._job(request, route, facts, fetch))
         try:
             outcome = await asyncio.shield(task)
@@ -270,15 +283,24 @@ class CachingProxy:
             served = settle_error(fetch, facts, error.kind, self.clock(), self.policy)
             if served is None:
                 raise
-            return await self._serve(request, responder, route, served)
+            return served, None
         answer = _answer(outcome, leader)
         if answer.collapsed:
             self.metrics.coalesced.inc()
-        settlement: Settlement = settle(fetch, answer, facts, self.clock(), self.policy)
-        if not isinstance(settlement, Relay):
-            if isinstance(outcome, Streamed) and leader:
-                outcome.response.release()
-            return await self._carry_out(request, responder, route, facts, settlement)
+        settlement = settle(fetch, answer, facts, self.clock(), self.policy)
+        if not isinstance(settlement, Relay) and isinstance(outcome, Streamed) and leader:
+            outcome.response.release()
+        return settlement, outcome
+
+    async def _relay(
+        self,
+        request: ProxyRequest,
+        responder: Responder,
+        route: str,
+        outcome: Outcome,
+        relay: Relay,
+    ) -> str:
+        """Send a fetched answer that is not served from the store, in a coding the client reads."""
         accept = request.headers.get("accept-encoding")
         if isinstance(outcome, Streamed):
             coding = [v for k, v in outcome.headers if k.lower() == "content-encoding"]
@@ -286,9 +308,9 @@ class CachingProxy:
                 # Asked in the cache's codings, answered unstored in one this client cannot
                 # read: ask again in the client's own terms.
                 outcome.response.release()
-                await self.forwarder.forward(request, responder, route, settlement.cache_status)
-                return settlement.result
-            await self.forwarder.stream(request, responder, outcome, settlement.cache_status)
+                await self.forwarder.forward(request, responder, route, relay.cache_status)
+                return relay.result
+            await self.forwarder.stream(request, responder, outcome, relay.cache_status)
         else:
             headers, body = readable(outcome.headers, outcome.body, accept, RELAY_DECODE_LIMIT)
             self.forwarder.relay(
@@ -297,9 +319,9 @@ class CachingProxy:
                 outcome.reason,
                 headers,
                 body,
-                settlement.cache_status,
+                relay.cache_status,
             )
-        return settlement.result
+        return relay.result
 
 
 def _answer(outcome: Outcome, leader: bool) -> Answer:

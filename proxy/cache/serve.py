@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from proxy.cache.exchange import Fields, ProxyRequest, Responder
 from proxy.core.coding import choose
+from proxy.core.conditional import not_modified, not_modified_headers
 from proxy.core.headers import parse_cache_control
 from proxy.core.models import Serve
-from proxy.core.policy import not_modified, not_modified_headers
 from proxy.ops.metrics import Metrics
 
 

@@ -12,15 +12,15 @@ the primitives.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+from proxy.core.conditional import not_modified
 from proxy.core.models import StoredResponse
-from proxy.core.policy import not_modified
+from proxy.stores.keys import key_digest
 
 log = logging.getLogger("proxy.wait")
 A = TypeVar("A")
@@ -30,11 +30,6 @@ A = TypeVar("A")
 MIN_INTERVAL = 1.0
 #: Past the end of a freshness lifetime, so that the refresh finds the entry stale (§4.2).
 EXPIRY_MARGIN = 0.002
-
-
-def key_digest(key: str) -> str:
-    """How a cache key is named in cross-replica notices (``proxy.stores.redis``)."""
-    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +77,8 @@ class Watch(Generic[A]):
     ) -> None:
         self.flight = flight
         self.key = key
+        # The name the Redis tier gives the key in its invalidation notices (one function for
+        # both, ``proxy.stores.keys``), so ``WaitRoom.changed_digest`` recognises them.
         self.digest = key_digest(key)
         self.observe = observe
         self.waiters: set[Waiter] = set()

@@ -340,3 +340,86 @@ class Answer:
     led: bool
     collapsed: bool
     shareable: bool = True
+
+
+# -- decisions on an upstream answer (after hishel's ``_core/_spec.py`` state objects) ------------
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamHead:
+    """An origin's answer to a fetch as the policy sees it: its head, before the body is read.
+
+    ``headers`` are the end-to-end fields as received, with this cache's ``Via``; the times are
+    those of §4.2.3 (request sent, response received), read by the driver.
+    """
+
+    status: int
+    reason: str
+    headers: Headers
+    content_length: int | None
+    request_time: float
+    response_time: float
+
+
+@dataclass(frozen=True, slots=True)
+class Refetch:
+    """A 304 that cannot be used: it selects no stored response (§4.3.4), or it carries
+    ``Set-Cookie``, which would put one caller's cookie into the shared entry (§3.5). Ask the
+    origin again, without validators."""
+
+
+@dataclass(frozen=True, slots=True)
+class Freshen:
+    """A 304 validated the stored response: store ``entry``, the stored response updated with
+    the 304's fields (§4.3.4), and serve it (hishel's ``NeedToBeUpdated``)."""
+
+    entry: StoredResponse
+
+
+@dataclass(frozen=True, slots=True)
+class StoreAndUse:
+    """Storable (§3): read the body, at most ``limit`` bytes, store it and serve it (as hishel's
+    state of that name). A body past the limit is streamed to the caller instead (not stored).
+
+    ``shareable``: every caller of the flight may receive it (``policy.shareable``);
+    ``hold_back``: a 429/503 every caller may receive, so its ``Retry-After`` holds the flight.
+    """
+
+    limit: int
+    shareable: bool
+    hold_back: bool
+
+
+@dataclass(frozen=True, slots=True)
+class KeepStale:
+    """An error that could be stored, but the stale entry stands in for it (RFC 5861
+    stale-if-error, §4.2.4): storing it would replace the entry and serve the error to everyone
+    after this caller. Read it whole (at most ``limit``) for this flight, and do not store it."""
+
+    limit: int
+    shareable: bool
+    hold_back: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ShareError:
+    """An error (5xx, 429) that may not be stored: read it whole (at most ``limit``, it is small)
+    so every caller of the flight gets the origin's own envelope."""
+
+    limit: int
+    shareable: bool
+    hold_back: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Stream:
+    """Not to be stored, or announced larger than may be read whole: hand the response to the
+    one caller that asked, streamed as it arrives."""
+
+    hold_back: bool
+
+
+#: What to do with an origin's answer to a fetch: exactly one of these (``policy.receive``).
+Reception = Refetch | Freshen | StoreAndUse | KeepStale | ShareError | Stream
+#: The decisions whose body is read whole before the flight is answered.
+ReadWhole = StoreAndUse | KeepStale | ShareError

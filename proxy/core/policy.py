@@ -2,6 +2,20 @@
 
 Nothing here does I/O or reads a clock: every time-dependent function takes ``now`` (epoch
 seconds), so the rules can be tested one by one without an event loop or a frozen clock.
+
+The cache layer asks only for whole decisions (the last section; frozen values from
+``proxy.core.models``, after hishel's state objects) and carries each out with one ``match``:
+
+- a request: ``admit`` (forward it untouched?) then ``lookup`` (``Serve``, ``Fetch`` or
+  ``Refuse``);
+- an origin's answer to a fetch: ``receive`` (``Refetch``, ``Freshen``, ``StoreAndUse``,
+  ``KeepStale``, ``ShareError`` or ``Stream``), and ``new_entry`` for what is stored;
+- the flight's outcome for each caller: ``settle`` (or ``settle_error`` when there was none).
+
+The rules they are made of come first, one RFC section each; conditional requests (validators,
+304s) live in ``proxy.core.conditional``. A new rule (a range, another precondition) belongs in
+a rule function there or here, and reaches the driver as a field or a new case of one of these
+decisions, never as a further question the driver asks.
 """
 
 from __future__ import annotations
@@ -12,6 +26,7 @@ from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 
 from proxy.core.coding import Representation, normalise_accept_encoding
+from proxy.core.conditional import UNHANDLED_PRECONDITIONS, freshen, validator_matches
 from proxy.core.credentials import credential_scope as credential_scope
 from proxy.core.headers import (
     HOP_BY_HOP,
@@ -19,12 +34,8 @@ from proxy.core.headers import (
     format_http_date,
     normalize_field_value,
     parse_cache_control,
-    parse_entity_tag_list,
     parse_http_date,
-    parse_vary,
     split_list,
-    strong_match,
-    weak_match,
 )
 from proxy.core.models import (
     Answer,
@@ -32,17 +43,25 @@ from proxy.core.models import (
     Fetch,
     Forward,
     Fresh,
+    Freshen,
     Headers,
+    KeepStale,
     Lookup,
     Miss,
+    Reception,
     Record,
+    Refetch,
     Refuse,
     Relay,
     Revalidate,
     Serve,
     Settlement,
+    ShareError,
+    StoreAndUse,
     StoredResponse,
+    Stream,
     Unsatisfiable,
+    UpstreamHead,
     header_value,
     response_cache_control,
 )
@@ -51,19 +70,10 @@ from proxy.core.models import (
 HEURISTICALLY_CACHEABLE = frozenset({200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501})
 #: Final status codes this cache understands well enough to store (§3, must-understand).
 UNDERSTOOD_STATUSES = HEURISTICALLY_CACHEABLE | {302, 303, 307, 400, 403, 500, 502, 503, 504}
-#: §3.2: fields a 304 must not overwrite in the stored response.
-NOT_FRESHENED = frozenset({"content-length", "content-encoding", "content-range"}) | HOP_BY_HOP
-#: RFC 9110 §15.4.5: the fields a 304 carries from the 200 it stands for.
-NOT_MODIFIED_FIELDS = (
-    "cache-control",
-    "content-location",
-    "date",
-    "etag",
-    "expires",
-    "last-modified",
-    "vary",
-)
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+#: The most of an error answer that may not be stored which is read whole to share it with the
+#: flight; a larger one is streamed to the caller that asked.
+ERROR_BODY_LIMIT = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +84,10 @@ class CachePolicy:
     heuristic_max: float = 3600.0
     keep_stale: float = 3600.0
     stale_grace: float = 300.0
+    #: The largest body stored (``--max-entry-bytes``).
+    max_entry_bytes: int = 8 * 1024**2
+    #: ``--cache-scope shared``: callers with other credentials share the stored responses.
+    shared_scope: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,110 +344,6 @@ def with_date(headers: Headers, now: float) -> Headers:
     return (*headers, ("Date", format_http_date(now)))
 
 
-def freshen(
-    entry: StoredResponse, not_modified: Headers, request_time: float, response_time: float
-) -> StoredResponse:
-    """§4.3.4: update a stored response with the fields of a 304 that validated it.
-
-    ``Vary`` is the exception: a 304 whose ``Vary`` is narrower than its 200's (fronts that add
-    ``Vary: Accept-Encoding`` only when they compress) must not unselect the stored response,
-    so the stored ``Vary`` becomes the union of both; the caller recomputes the selection.
-    Content codings and their derived bodies are unchanged by a 304 and are kept.
-    """
-    if header_value(not_modified, "date") is None:
-        # RFC 9110 §6.6.1: a recipient with a clock adds the Date the origin left out.
-        not_modified = (*not_modified, ("Date", format_http_date(response_time)))
-    updates = {key.lower(): None for key, _ in not_modified if key.lower() not in NOT_FRESHENED}
-    kept = tuple((key, value) for key, value in entry.headers if key.lower() not in updates)
-    fresh = tuple(
-        (key, value)
-        for key, value in not_modified
-        if key.lower() in updates and key.lower() != "vary"
-    )
-    if "vary" in updates:
-        stored_vary = [value for key, value in entry.headers if key.lower() == "vary"]
-        new_vary = [value for key, value in not_modified if key.lower() == "vary"]
-        names = {name: None for name in split_list(stored_vary + new_vary)}
-        if names and parse_vary(list(names)) != ("*",):
-            fresh = (*fresh, ("Vary", ", ".join(names)))
-    return replace(
-        entry, headers=kept + fresh, request_time=request_time, response_time=response_time
-    )
-
-
-def validator_matches(entry: StoredResponse, not_modified: Headers) -> bool:
-    """§4.3.4: does a 304 select this stored response for update?
-
-    A strong ``ETag`` selects only stored responses with that same strong validator, so a
-    representation in another coding never takes over the origin's strong tag; a weak one
-    selects by weak comparison; without an ``ETag`` the request's own validator is trusted.
-    """
-    etag = header_value(not_modified, "etag")
-    if etag is None:
-        return True
-    etag = etag.strip()
-    if entry.etag is None:
-        return False
-    if not etag.startswith("W/"):
-        return strong_match(etag, entry.etag)
-    return weak_match(etag, entry.etag)
-
-
-def conditional_headers(entry: StoredResponse) -> dict[str, str]:
-    """§4.3.1: the validators to send upstream when revalidating a stored response."""
-    headers = {}
-    if entry.etag is not None:
-        headers["If-None-Match"] = entry.etag
-    last_modified = entry.header("last-modified")
-    if last_modified is not None and entry.last_modified is not None:
-        headers["If-Modified-Since"] = last_modified
-    return headers
-
-
-# -- conditional requests -------------------------------------------------------------------------
-
-#: Preconditions this cache does not evaluate itself; such requests are forwarded (§4.3.2).
-UNHANDLED_PRECONDITIONS = ("if-match", "if-unmodified-since", "if-range", "range")
-
-
-def not_modified(
-    entry: StoredResponse, headers: Mapping[str, str], chosen: Representation | None = None
-) -> Representation | None:
-    """RFC 9110 §13.1.2 / §13.1.3: the representation the client holds, if it gets a 304.
-
-    ``If-None-Match`` is compared with every representation of the stored response (its own
-    coding first), so a client holding any of them is told it is current, under that one's tag.
-    """
-    chosen = chosen or entry.representations[0]
-    if_none_match = headers.get("if-none-match")
-    if if_none_match is not None:
-        tags = parse_entity_tag_list(if_none_match)
-        if tags is None:
-            return None
-        if tags == ("*",):
-            return chosen
-        for rep in (chosen, *entry.representations):
-            if rep.etag is not None and any(weak_match(tag, rep.etag) for tag in tags):
-                return rep
-        return None
-    since = parse_http_date(headers.get("if-modified-since"))
-    if since is None:
-        return None
-    reference = entry.last_modified
-    if reference is None:
-        reference = entry.date if entry.date is not None else entry.response_time
-    return chosen if reference <= since else None
-
-
-def not_modified_headers(
-    entry: StoredResponse, rep: Representation | None = None
-) -> list[tuple[str, str]]:
-    """RFC 9110 §15.4.5: the 200's fields a 304 repeats, for the representation it validates."""
-    index = entry.representations.index(rep) if rep is not None else 0
-    fields = entry.represented[index]
-    return [(key, value) for key, value in fields if key.lower() in NOT_MODIFIED_FIELDS]
-
-
 # -- invalidation ---------------------------------------------------------------------------------
 
 
@@ -572,3 +482,85 @@ def settle(
     )
     result = "revalidated" if answer.revalidated else "miss"
     return Serve(entry, current_age(entry, now), status, result, saved=answer.revalidated)
+
+
+def receive(
+    head: UpstreamHead,
+    request: RequestFacts,
+    stale: StoredResponse | None,
+    now: float,
+    policy: CachePolicy,
+) -> Reception:
+    """What to do with an origin's answer to a fetch, decided on its head (§3, §4.3.3, §4.3.4).
+
+    ``stale`` is the stored response the fetch validates (``None`` for an unconditional fetch);
+    ``request`` the facts of the flight's request. A 304 freshens ``stale`` or is refetched; any
+    other answer is stored, kept out in favour of the stale entry, read whole as an error for
+    the flight, or streamed to its one caller.
+    """
+    headers = head.headers
+    status = head.status
+    if status == 304 and stale is not None:
+        if not validator_matches(stale, headers) or header_value(headers, "set-cookie"):
+            return Refetch()
+        entry = freshen(stale, headers, head.request_time, head.response_time)
+        if entry.selection_vary != stale.selection_vary:
+            selecting = selecting_values(entry.selection_vary, request.headers)
+            entry = replace(entry, selecting=selecting)
+        return Freshen(entry)
+    share = shareable(headers, shared_scope=policy.shared_scope, targeted=True)
+    hold_back = status in (429, 503) and share
+    failed = status >= 500 or status == 429
+    can_store = not request.cache_control.no_store and storable(
+        status,
+        headers,
+        request,
+        has_authorization="authorization" in request.headers,
+        targeted=True,
+    )
+    reading: StoreAndUse | KeepStale | ShareError
+    if (
+        can_store
+        and failed
+        and stale is not None
+        and stale_if_error_allows(stale, request, now, policy)
+    ):
+        reading = KeepStale(ERROR_BODY_LIMIT, share, hold_back)
+    elif can_store:
+        reading = StoreAndUse(policy.max_entry_bytes, share, hold_back)
+    elif failed:
+        reading = ShareError(ERROR_BODY_LIMIT, share, hold_back)
+    else:
+        return Stream(hold_back)
+    if head.content_length is not None and head.content_length > reading.limit:
+        return Stream(hold_back)
+    return reading
+
+
+def new_entry(
+    head: UpstreamHead,
+    body: bytes,
+    request: RequestFacts,
+    derived: tuple[Representation, ...] = (),
+) -> StoredResponse:
+    """The stored response for a ``StoreAndUse`` answer (§3.1: its storable fields, a ``Date``
+    if it had none), in the request's scope and selected by the fields its ``Vary`` names."""
+    cache_control = parse_cache_control(
+        [value for key, value in head.headers if key.lower() == "cache-control"]
+    )
+    entry = StoredResponse(
+        status=head.status,
+        reason=head.reason,
+        headers=with_date(stored_headers(head.headers, cache_control), head.response_time),
+        body=body,
+        request_time=head.request_time,
+        response_time=head.response_time,
+        scope=request.scope,
+        selecting=(),
+        targeted=True,
+        derived=derived,
+    )
+    if entry.selection_vary:
+        selecting = selecting_values(entry.selection_vary, request.headers)
+        entry = replace(entry, selecting=selecting)
+    return entry

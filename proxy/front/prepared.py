@@ -23,8 +23,9 @@ from multidict import CIMultiDict
 
 from proxy.cache.exchange import ProxyRequest, route_of
 from proxy.core.coding import Representation, choose
+from proxy.core.conditional import not_modified, not_modified_headers
 from proxy.core.models import Record, Serve, StoredResponse
-from proxy.core.policy import freshness_lifetime, lookup, not_modified, not_modified_headers
+from proxy.core.policy import freshness_lifetime, lookup
 from proxy.front.wire import CRLF, connection_field, field_lines, status_line
 from proxy.ops.metrics import LoopCounterChild, LoopHistogramChild
 

@@ -1,18 +1,22 @@
-"""Where stored responses live: the ``Store`` seam and the in-process memory store."""
+"""The in-process memory store: records in a byte-budgeted LRU, each kept for its retention."""
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Protocol, runtime_checkable
 
 from cachetools import TLRUCache
 
 from proxy.core.models import Record, record_size
+from proxy.stores.base import SharedStore, Store, StoreError
 
 #: Memory per key beyond its characters: the key string object and cachetools' bookkeeping
 #: (its data, size and expiry maps, the LRU links), measured with tracemalloc on CPython 3.11.
 KEY_OVERHEAD = 512
+
+#: ``Store`` and ``StoreError`` live in ``proxy.stores.base``; re-exported here only until the
+#: composition root (``proxy.app``) and ``proxy.front.endpoints`` import them from there.
+__all__ = ["KEY_OVERHEAD", "MemoryStore", "SharedStore", "Store", "StoreError", "key_bytes"]
 
 
 def key_bytes(key: str) -> int:
@@ -21,44 +25,8 @@ def key_bytes(key: str) -> int:
     return 2 * len(key) * (1 if key.isascii() else 4) + KEY_OVERHEAD
 
 
-class StoreError(Exception):
-    """A store could not answer; the handler degrades to the upstream instead of failing."""
-
-
-class Store(Protocol):
-    """Get, set and delete records of stored responses by cache key.
-
-    ``ttl`` is the retention time (seconds) of the record: a store forgets it after that.
-    """
-
-    backend: str
-
-    async def get(self, key: str) -> Record | None: ...
-
-    async def set(self, key: str, record: Record, ttl: float) -> None: ...
-
-    async def delete(self, key: str) -> None: ...
-
-    async def ready(self) -> bool: ...
-
-    async def close(self) -> None: ...
-
-    @property
-    def entries(self) -> int: ...
-
-    @property
-    def bytes(self) -> int: ...
-
-
 #: A record, when it expires, and the memory its key takes (counted against the budget).
 _Slot = tuple[Record, float, int]
-
-
-@runtime_checkable
-class SharedStore(Store, Protocol):
-    """A store shared between replicas, that can be read past this replica's own copy."""
-
-    async def get_shared(self, key: str) -> Record | None: ...
 
 
 class _BudgetedLRU(TLRUCache[str, _Slot]):
