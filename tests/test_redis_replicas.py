@@ -14,10 +14,10 @@ from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
-from proxy.app import create_app
 from proxy.core.codec import decode_record
 from proxy.front.server import FrontServer
 from proxy.ops.config import Settings
+from proxy.runtime import Runtime
 from proxy.stores.coordination import Notice
 from proxy.stores.redis import RedisKeys, _parse_notice, digest
 from tests.redis_support import JOB, CountingUpstream, Fleet, eventually, get, replica_process
@@ -287,13 +287,16 @@ async def _front_replicas(settings: Settings, count: int) -> AsyncIterator[list[
     servers: list[FrontServer] = []
     try:
         for _ in range(count):
-            server = FrontServer(create_app(settings, registry=CollectorRegistry()), access=None)
-            await server.start("127.0.0.1", 0)
+            runtime = Runtime(settings, registry=CollectorRegistry())
+            server = FrontServer(runtime, access=None)
             servers.append(server)
+            await runtime.start()
+            await server.start("127.0.0.1", 0)
         yield servers
     finally:
         for server in reversed(servers):
             await server.close(drain_seconds=0.1)
+            await server.runtime.close()
 
 
 async def test_a_hit_on_a_redis_replica_takes_the_fast_path_and_still_sees_another_replicas_delete(

@@ -562,14 +562,23 @@ async def serving(
         await runner.cleanup()
 
 
-def _proxy_app(upstream: str) -> web.Application | None:
-    """The proxy in front of ``upstream``, or ``None`` when the proxy core is not importable."""
+@asynccontextmanager
+async def _serving_proxy(upstream: str) -> AsyncIterator[str | None]:
+    """The proxy in front of ``upstream`` on our front, or ``None`` when it is not importable."""
     try:
-        from proxy.app import create_app
+        from proxy.front.server import FrontServer
         from proxy.ops.config import Settings
+        from proxy.runtime import Runtime
     except ImportError:
-        return None
-    return create_app(Settings(upstream=upstream))
+        yield None
+        return
+    async with Runtime(Settings(upstream=upstream)) as runtime:
+        server = FrontServer(runtime, access=None)
+        try:
+            await server.start("127.0.0.1", 0)
+            yield f"http://127.0.0.1:{server.port}"
+        finally:
+            await server.close(drain_seconds=1.0)
 
 
 async def run_phase(
@@ -680,11 +689,10 @@ async def run_demo(
 
     With ``keep_running`` the servers stay up after the table until ``stop`` is set.
     """
-    async with serving(create_simulator_app(demo_simulator_config(options))) as sim_url:
-        app = _proxy_app(sim_url)
-        if app is None:
-            err.write("proxy core not importable: running the fleet without the proxy only\n")
-        async with serving(app) if app is not None else _nothing() as proxy_url:
+    async with serving(create_simulator_app(demo_simulator_config(options))) as sim_url:  # noqa: SIM117
+        async with _serving_proxy(sim_url) as proxy_url:
+            if proxy_url is None:
+                err.write("proxy core not importable: running the fleet without the proxy only\n")
             origin = (
                 "a compressing origin (nginx-like)" if options.compressing_origin else "the API"
             )
@@ -733,11 +741,6 @@ async def run_demo(
             if options.keep_running:
                 await _keep_serving(options, sim_url, proxy_url, out, stop, on_serving)
             return results
-
-
-@asynccontextmanager
-async def _nothing() -> AsyncIterator[None]:
-    yield None
 
 
 async def _keep_serving(
