@@ -3,7 +3,8 @@
 Every listener is our front; what it serves of these depends on its role. Without
 ``--admin-port`` the public listener serves them all. With it, ``/metrics`` and purging move to
 the admin listener and the public one answers 404 for them (never forwarding them to the
-origin); the admin listener serves nothing else (404), and both serve the health checks.
+origin); the admin listener forwards nothing (405: there every path takes only ``PURGE``),
+and both serve the health checks.
 """
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ class Endpoints:
             return self.purge if self.purger is not None else self.purge_disabled
         if path.startswith(PURGE_PREFIX + "/"):
             return self.purge_disabled
-        return self.not_here if self.admin else None
+        # On the admin listener every path takes PURGE and nothing is forwarded.
+        return self.only_purge if self.admin else None
 
     async def healthz(self, method: str, target: str, auth: str, responder: Responder) -> None:
         send_json(responder, 200, {"status": "ok"})
@@ -72,6 +74,14 @@ class Endpoints:
 
     async def not_here(self, method: str, target: str, auth: str, responder: Responder) -> None:
         send_envelope(responder, 404, "NOT_FOUND", "Not served on this listener.")
+
+    async def only_purge(self, method: str, target: str, auth: str, responder: Responder) -> None:
+        responder.send(
+            405,
+            "",
+            [("Content-Type", JSON), ("Allow", "PURGE")],
+            envelope("METHOD_NOT_ALLOWED", "The admin listener only purges here."),
+        )
 
     async def purge_disabled(
         self, method: str, target: str, auth: str, responder: Responder
