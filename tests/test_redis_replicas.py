@@ -241,7 +241,7 @@ async def test_a_replica_that_wins_the_lock_late_serves_what_redis_already_holds
     async with fleet(2, redis_local_ttl=3600) as (first, second):
         status, _, fresh = await get(http, first)
         assert status == 200
-        store = second.proxy.store
+        store = second.runtime.store
         (entry,) = await store.get(JOB) or ()
         old = replace(
             entry, request_time=entry.request_time - 120, response_time=entry.response_time - 120
@@ -325,7 +325,7 @@ async def test_a_hit_on_a_redis_replica_takes_the_fast_path_and_still_sees_anoth
         assert fast.memo, "the hit on the Redis-backed replica took the full policy"
         async with http.delete(urls[0] + JOB) as deleted:
             assert deleted.status == 204
-        store = second.proxy.store
+        store = second.runtime.store
         await eventually(lambda: store.entries == 0, what="the invalidation to reach the second")
         status, cache_status, body = await get(http, urls[1])
     assert status == 200 and "fwd=uri-miss" in cache_status
