@@ -230,10 +230,10 @@ def measure(
         port = simulator.port
 
         def proxy(
-            name: str, loop: str, access_log: bool, workers: int = 1, front: str = "own"
+            name: str, loop: str, access_log: bool, workers: int = 1
         ) -> Callable[[], Service]:
             options = ["--event-loop", loop, "--access-log", str(access_log).lower()]
-            options += ["--workers", str(workers), "--front", front]
+            options += ["--workers", str(workers)]
             if access_log:
                 options += ["--log-level", "info"]
             return lambda: processes.start_proxy(
@@ -283,13 +283,6 @@ def measure(
                 proxy(f"{PROXY}-asyncio-logging", "asyncio", True),
                 ceiling="bare aiohttp",
                 note="asyncio loop, JSON access log to a file",
-            ),
-            System(
-                f"{PROXY} on aiohttp's server",
-                proxy(f"{PROXY}-aiohttp", "uvloop", False, front="aiohttp"),
-                ceiling="bare aiohttp (uvloop)",
-                note="--front aiohttp: the previous front, through the cache seam; uvloop, log off",
-                loop="uvloop",
             ),
             System(
                 f"{PROXY} (2 workers, uvloop)",

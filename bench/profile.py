@@ -71,7 +71,7 @@ def parse_collapsed(text: str) -> tuple[int, collections.Counter[str], collectio
 
 
 def _short(frame: str) -> str:
-    """``handle (proxy/app.py:160)`` without the line number, so a function is one row."""
+    """``answer (proxy/front/wire.py:60)`` without the line number, so a function is one row."""
     name, _, where = frame.partition(" (")
     path = where.rsplit(":", 1)[0].rstrip(")")
     for marker in ("site-packages/", "lib/python3"):

@@ -15,13 +15,10 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from aiohttp import web
-
 from proxy.ops.config import ConfigError, Settings, parse_settings
 
 if TYPE_CHECKING:
     from proxy.ops.workers import WorkerPlace
-    from proxy.server import ProxyRunner
 
 PROG = "aitronos-cache-proxy"
 COMMANDS = """\
@@ -119,14 +116,13 @@ def serve_worker(settings: Settings, place: WorkerPlace) -> None:
 async def run(settings: Settings, worker: WorkerPlace | None = None) -> None:
     """Serve until SIGINT or SIGTERM: the public listener and, with ``--admin-port``, the admin one.
 
-    The public listener is our own HTTP/1.1 front (``proxy.front``) unless ``--front aiohttp``;
-    the admin listener stays on aiohttp's server (``ProxyRunner``, whose malformed-request
-    answers are the proxy's envelope rather than aiohttp's echoing 400). On a signal the
-    listeners stop accepting, in-flight requests get up to ``--drain-seconds``, then everything
-    closes (admin first, since the proxy application owns the shared upstream session and store).
+    Both are our own HTTP/1.1 front (``proxy.front``) over one ``Runtime``. On a signal the
+    public listener stops accepting and in-flight requests get up to ``--drain-seconds``; then
+    the admin listener closes (``/metrics`` stays scrapable during the drain) and the runtime
+    closes the cache, the upstream session and the store.
     """
-    from proxy.app import create_admin_app, create_app
     from proxy.front.server import FrontServer
+    from proxy.runtime import Runtime
 
     log = logging.getLogger("proxy")
     stop = asyncio.Event()
@@ -134,91 +130,48 @@ async def run(settings: Settings, worker: WorkerPlace | None = None) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     access = logging.getLogger("proxy.access") if settings.access_log else None
-    app = create_app(settings)
-    fleet_metrics = None
-    if worker is not None:
-        from proxy.app import EXPOSITION_KEY, METRICS_KEY
-        from proxy.ops.worker_metrics import WorkerMetrics
-
-        fleet_metrics = WorkerMetrics(
-            app[METRICS_KEY].registry,
-            index=worker.index,
-            count=worker.count,
-            run_dir=worker.run_dir,
-        )
-        app[EXPOSITION_KEY] = fleet_metrics.exposition
-        parent = multiprocessing.parent_process()
-        if parent is not None and parent.sentinel is not None:
-            # The supervisor died without forwarding a signal: drain and stop all the same.
-            loop.add_reader(parent.sentinel, stop.set)
     reuse_port = worker is not None
     scheme = "https" if settings.tls_cert else "http"
-    front: FrontServer | None = None
-    runners: list[ProxyRunner] = []
+    fleet_metrics = None
     try:
-        if settings.front == "own":
-            front = FrontServer(app, access=access)
-            await front.start(settings.host, settings.port, reuse_port=reuse_port)
-            log.info("Running on %s://%s:%s (proxy)", scheme, settings.host, front.port)
-        else:
-            runners.append(
-                await _aiohttp_site(app, settings.host, settings.port, access, settings, reuse_port)
-            )
-        if settings.admin_port is not None:
-            admin = create_admin_app(app)
-            admin_port = settings.admin_port
-            runners.append(
-                await _aiohttp_site(
-                    admin, settings.admin_host, admin_port, access, settings, reuse_port
+        async with Runtime(settings) as runtime:
+            if worker is not None:
+                from proxy.ops.worker_metrics import WorkerMetrics
+
+                fleet_metrics = WorkerMetrics(
+                    runtime.registry, index=worker.index, count=worker.count, run_dir=worker.run_dir
                 )
-            )
-        if worker is not None and fleet_metrics is not None:
-            await fleet_metrics.start()
-            worker.announce_ready()
-        await stop.wait()
-        log.info("shutting down")
+                runtime.exposition = fleet_metrics.exposition
+                parent = multiprocessing.parent_process()
+                if parent is not None and parent.sentinel is not None:
+                    # The supervisor died without forwarding a signal: drain and stop all the same.
+                    loop.add_reader(parent.sentinel, stop.set)
+            listeners: list[FrontServer] = []
+            try:
+                public = FrontServer(runtime, access=access)
+                listeners.append(public)
+                await public.start(settings.host, settings.port, reuse_port=reuse_port)
+                log.info("Running on %s://%s:%s (proxy)", scheme, settings.host, public.port)
+                if settings.admin_port is not None:
+                    admin = FrontServer(runtime, access=access, role="admin")
+                    listeners.append(admin)
+                    await admin.start(
+                        settings.admin_host, settings.admin_port, reuse_port=reuse_port
+                    )
+                    log.info("Running on http://%s:%s (admin)", settings.admin_host, admin.port)
+                if fleet_metrics is not None and worker is not None:
+                    await fleet_metrics.start()
+                    worker.announce_ready()
+                await stop.wait()
+                log.info("shutting down")
+            finally:
+                for listener in listeners:  # the public one first: it drains the runtime
+                    await listener.close()
     finally:
-        for runner in reversed(runners):
-            await runner.cleanup()
-        if front is not None:
-            await front.close()
         if fleet_metrics is not None:
             await fleet_metrics.close()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
-
-
-async def _aiohttp_site(
-    app: web.Application,
-    host: str,
-    port: int,
-    access: logging.Logger | None,
-    settings: Settings,
-    reuse_port: bool,
-) -> ProxyRunner:
-    """``app`` on aiohttp's server: the admin listener, or the public one under ``--front
-    aiohttp`` (with TLS when configured)."""
-    from proxy.app import ADMIN_KEY, JsonAccessLogger
-    from proxy.front.server import tls_context
-    from proxy.server import ProxyRunner
-
-    runner = ProxyRunner(
-        app,
-        access_log=access,
-        access_log_class=JsonAccessLogger,
-        shutdown_timeout=settings.drain_seconds,
-    )
-    await runner.setup()
-    context = tls_context(settings) if app.get(ADMIN_KEY) is None else None
-    site = web.TCPSite(runner, host, port, ssl_context=context, reuse_port=reuse_port)
-    await site.start()
-    scheme = "https" if context is not None else "http"
-    name = "proxy" if context is not None or app.get(ADMIN_KEY) is None else "admin"
-    for address in runner.addresses:
-        logging.getLogger("proxy").info(
-            "Running on %s://%s:%s (%s)", scheme, address[0], address[1], name
-        )
-    return runner
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:

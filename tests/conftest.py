@@ -15,10 +15,11 @@ from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry
 from yarl import URL
 
-from proxy.app import PROXY_KEY, CachingProxy, create_app
+from proxy.cache.proxy import CachingProxy
 from proxy.core.headers import format_http_date, parse_entity_tag_list, weak_match
 from proxy.front.server import FrontServer
 from proxy.ops.config import Settings
+from proxy.runtime import Runtime
 from tests.waiting import eventually
 
 START = 1_800_000_000.0
@@ -122,7 +123,7 @@ class FrontClient:
 
     def __init__(self, server: FrontServer, session: aiohttp.ClientSession) -> None:
         self.server = server
-        self.app = server.app
+        self.runtime = server.runtime
         self.session = session
 
     @property
@@ -158,7 +159,11 @@ class Harness:
 
     @property
     def proxy(self) -> CachingProxy:
-        return self.client.app[PROXY_KEY]
+        return self.client.runtime.cache
+
+    @property
+    def runtime(self) -> Runtime:
+        return self.client.runtime
 
     def metric(self, name: str, **labels: str) -> float:
         value = self.registry.get_sample_value(name, labels)
@@ -182,10 +187,39 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
+ServeFront = Callable[..., Awaitable[FrontClient]]
+
+
 @pytest.fixture
-async def make_harness(aiohttp_server: Any, clock: FakeClock) -> AsyncIterator[MakeHarness]:
+async def serve_front() -> AsyncIterator[ServeFront]:
+    """``await serve_front(settings, **inject)``: a ``Runtime`` (store, registry, clock,
+    coordinator injected as given) on our front on a free port, as ``python -m proxy`` serves
+    it, and a client of it; everything is closed (listener, then runtime) at the test's end."""
+    running: list[tuple[FrontServer, aiohttp.ClientSession | None]] = []
+
+    async def serve(settings: Settings, **inject: Any) -> FrontClient:
+        runtime = Runtime(settings, **inject)
+        server = FrontServer(runtime, access=None)
+        running.append((server, None))
+        await runtime.start()
+        await server.start("127.0.0.1", 0)
+        session = aiohttp.ClientSession()
+        running[-1] = (server, session)
+        return FrontClient(server, session)
+
+    yield serve
+    for server, session in reversed(running):
+        if session is not None:
+            await session.close()
+        await server.close(drain_seconds=1.0)
+        await server.runtime.close()
+
+
+@pytest.fixture
+async def make_harness(
+    aiohttp_server: Any, clock: FakeClock, serve_front: ServeFront
+) -> MakeHarness:
     """Proxies on our own front (as ``python -m proxy`` serves) before controllable origins."""
-    running: list[tuple[FrontServer, aiohttp.ClientSession]] = []
 
     async def make(**settings: Any) -> Harness:
         origin = Origin(clock)
@@ -194,17 +228,12 @@ async def make_harness(aiohttp_server: Any, clock: FakeClock) -> AsyncIterator[M
         origin_server = await aiohttp_server(origin_app)
         registry = CollectorRegistry()
         upstream = settings.pop("upstream", str(origin_server.make_url("")))
-        app = create_app(Settings(upstream=upstream, **settings), registry=registry, clock=clock)
-        server = FrontServer(app, access=None)
-        await server.start("127.0.0.1", 0)
-        session = aiohttp.ClientSession()
-        running.append((server, session))
-        return Harness(origin, origin_server, FrontClient(server, session), clock, registry)
+        client = await serve_front(
+            Settings(upstream=upstream, **settings), registry=registry, clock=clock
+        )
+        return Harness(origin, origin_server, client, clock, registry)
 
-    yield make
-    for server, session in reversed(running):
-        await session.close()
-        await server.close(drain_seconds=1.0)
+    return make
 
 
 @pytest.fixture

@@ -16,17 +16,16 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from proxy.app import create_admin_app, create_app
 from proxy.front.server import FrontServer
 from proxy.ops.config import Settings
-from proxy.server import ProxyRunner
+from proxy.runtime import Runtime
 
 HOST = "127.0.0.1"
 
 
 @dataclass
 class RunningProxy:
-    app: web.Application
+    runtime: Runtime
     port: int
     registry: CollectorRegistry
     admin_port: int | None = None
@@ -56,22 +55,22 @@ async def serve_proxy(settings: Settings, **create: Any) -> AsyncIterator[Runnin
     """
     registry = create.pop("registry", None) or CollectorRegistry()
     access = create.pop("access", None)
-    app = create_app(replace(settings, host=HOST, port=0), registry=registry, **create)
-    front = FrontServer(app, access=access)
+    runtime = Runtime(replace(settings, host=HOST, port=0), registry=registry, **create)
+    front = FrontServer(runtime, access=access)
     admin = None
-    try:
-        await front.start(HOST, 0)
-        admin_port = None
-        if settings.admin_port is not None:
-            admin = ProxyRunner(create_admin_app(app), access_log=None)
-            await admin.setup()
-            await web.TCPSite(admin, HOST, 0).start()
-            admin_port = admin.addresses[0][1]
-        yield RunningProxy(app, front.port, registry, admin_port, front)
-    finally:
-        if admin is not None:
-            await admin.cleanup()
-        await front.close(drain_seconds=1.0)
+    async with runtime:
+        try:
+            await front.start(HOST, 0)
+            admin_port = None
+            if settings.admin_port is not None:
+                admin = FrontServer(runtime, access=access, role="admin")
+                await admin.start(HOST, 0)
+                admin_port = admin.port
+            yield RunningProxy(runtime, front.port, registry, admin_port, front)
+        finally:
+            await front.close(drain_seconds=1.0)
+            if admin is not None:
+                await admin.close(drain_seconds=1.0)
 
 
 @contextlib.asynccontextmanager

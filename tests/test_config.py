@@ -96,6 +96,25 @@ def test_event_loop_choice_picks_the_loop_to_serve_on(choice: str, loop_module: 
         loop.close()
 
 
+def test_the_removed_aiohttp_front_is_refused_at_start_up_with_one_line() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "proxy", "--front", "aiohttp"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "aitronos-cache-proxy: error: --front: aiohttp's server was removed; the proxy serves "
+        "on its own front only (drop the option, or say own)"
+    ]
+    with pytest.raises(ConfigError, match=r"^PROXY_FRONT: aiohttp's server was removed"):
+        parse_settings([], {"PROXY_FRONT": "aiohttp"})
+    assert parse_settings(["--front", "own"], {}).front == "own"
+    with pytest.raises(ConfigError, match=r"^--front: expected one of own, got 'h2o'"):
+        parse_settings(["--front", "h2o"], {})
+
+
 def test_an_unknown_event_loop_is_a_one_line_error() -> None:
     with pytest.raises(ConfigError, match="--event-loop"):
         parse_settings(["--event-loop", "trio"], {})

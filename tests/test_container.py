@@ -9,6 +9,7 @@ from is checked against pyproject.toml. tests/test_deploy.py builds and runs bot
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import shutil
@@ -22,12 +23,11 @@ from typing import Any
 
 import pytest
 import yaml
-from aiohttp.test_utils import TestServer
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from proxy.app import create_app
 from proxy.ops.config import Settings, build_settings, env_name
+from tests.rawkit import serve_proxy
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile"
@@ -131,11 +131,11 @@ def test_image_environment_makes_a_proxy_listening_on_all_interfaces_on_the_expo
 async def test_image_healthcheck_passes_on_a_live_proxy_and_fails_on_a_dead_one(
     alive: bool,
 ) -> None:
-    server = TestServer(create_app(Settings(upstream="http://127.0.0.1:9")), host="127.0.0.1")
-    await server.start_server()
-    port = server.port
+    stack = contextlib.AsyncExitStack()
+    running = await stack.enter_async_context(serve_proxy(Settings(upstream="http://127.0.0.1:9")))
+    port = running.port
     if not alive:
-        await server.close()
+        await stack.aclose()
     command = exec_form("HEALTHCHECK")
     assert command[0] == "python"
     try:
@@ -149,7 +149,7 @@ async def test_image_healthcheck_passes_on_a_live_proxy_and_fails_on_a_dead_one(
         async with asyncio.timeout(10):
             returncode = await process.wait()
     finally:
-        await server.close()
+        await stack.aclose()
     assert (returncode == 0) is alive
 
 

@@ -17,13 +17,13 @@ from hypothesis import strategies as st
 from multidict import CIMultiDict
 from prometheus_client import CollectorRegistry
 
-from proxy.app import create_app
 from proxy.cache.exchange import Fields, ProxyRequest
 from proxy.core.coding import CodingPolicy, Representation, encode, representations
 from proxy.core.headers import format_http_date
 from proxy.core.models import StoredResponse
 from proxy.front.server import FrontServer
 from proxy.ops.config import Settings
+from proxy.runtime import Runtime
 from proxy.stores.memory import MemoryStore
 from tests.conftest import FakeClock
 from tests.rawkit import HOST, read_response
@@ -122,13 +122,14 @@ def test_the_fast_path_answers_as_the_full_policy() -> None:
     clock = FakeClock()
     store = MemoryStore(64 * 1024**2, clock=clock)
     # Nothing listens on the discard port: anything the cache would fetch fails the same way.
-    app = create_app(
+    runtime = Runtime(
         Settings(upstream="http://127.0.0.1:9", upstream_connect_timeout=1.0),
         store=store,
         registry=CollectorRegistry(),
         clock=clock,
     )
-    server = FrontServer(app, access=None)
+    server = FrontServer(runtime, access=None)
+    loop.run_until_complete(runtime.start())
     loop.run_until_complete(server.start(HOST, 0))
     counter = iter(range(10**9))
     try:
@@ -143,6 +144,7 @@ def test_the_fast_path_answers_as_the_full_policy() -> None:
         assert server.front.fast.memo, "the fast path never answered"
     finally:
         loop.run_until_complete(server.close(drain_seconds=0.1))
+        loop.run_until_complete(runtime.close())
         loop.close()
 
 
@@ -161,10 +163,10 @@ async def compare(
         owner: list[tuple[str, str]] = [("Host", "proxy.test")]
         if case.stored_for is not None:
             owner.append(("Authorization", f"Bearer {case.stored_for}"))
-        scope = server.proxy.facts(request_of("GET", target, owner)).scope
+        scope = server.runtime.cache.facts(request_of("GET", target, owner)).scope
         store.set_nowait(target, (stored(case, clock.now, scope),), 3600)
     direct = Recorded()
-    await server.proxy.handle(request_of(case.method, target, headers), direct)
+    await server.runtime.cache.handle(request_of(case.method, target, headers), direct)
     reader, writer = await asyncio.open_connection(HOST, server.port)
     raw = f"{case.method} {target} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers)
     writer.write(raw.encode() + b"\r\n")

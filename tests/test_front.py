@@ -21,7 +21,6 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from proxy.app import PROXY_KEY
 from proxy.ops.config import Settings
 from tests.rawkit import (
     HOST,
@@ -431,4 +430,5 @@ async def test_the_access_log_is_batched_with_the_same_fields_and_no_secrets(
 
 
 async def test_the_proxy_object_is_the_one_behind_the_front(proxy: RunningProxy) -> None:
-    assert proxy.server is not None and proxy.server.proxy is proxy.app[PROXY_KEY]
+    assert proxy.server is not None and proxy.server.front is not None
+    assert proxy.server.front.proxy is proxy.runtime.cache

@@ -363,55 +363,6 @@ async def test_silent_tls_connections_under_a_descriptor_limit_keep_no_client_ou
 # -- the same refusals on aiohttp's server (--front aiohttp) -------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("request_bytes", "status"),
-    [
-        (b"CONNECT /e HTTP/1.1\r\nHost: proxy.test\r\n\r\n", 405),
-        (b"GET /a HTTP/1.1\r\nHost: p\r\nAuthorization: \r\nAuthorization: t\r\n\r\n", 400),
-        (
-            b"POST /jobs HTTP/1.1\r\nHost: p\r\nContent-Length: 5\r\n"
-            b"Expect: 100-continue\r\n\r\nhello",
-            201,
-        ),
-    ],
-    ids=["connect", "two-authorization", "expect"],
-)
-async def test_the_aiohttp_front_refuses_alike(request_bytes: bytes, status: int) -> None:
-    from aiohttp import web
-
-    from proxy.app import create_app
-    from proxy.server import ProxyRunner
-
-    async with RawUpstream(answer(response_bytes(201, b"made"))) as origin:
-        app = create_app(Settings(upstream=origin.url, upstream_timeout=2.0, front="aiohttp"))
-        runner = ProxyRunner(app, access_log=None)
-        await runner.setup()
-        try:
-            site = web.TCPSite(runner, HOST, 0)
-            await site.start()
-            port = runner.addresses[0][1]
-            if status == 201:
-                # aiohttp's server sends its own 100 Continue first, then the answer.
-                reader, writer = await asyncio.open_connection(HOST, port)
-                writer.write(request_bytes)
-                async with asyncio.timeout(10):
-                    interim = await reader.readuntil(b"\r\n\r\n")
-                    assert interim.startswith(b"HTTP/1.1 100")
-                    response = await read_response(reader)
-                writer.close()
-            else:
-                response = await exchange(port, request_bytes, timeout=10)
-        finally:
-            await runner.cleanup()
-        assert response.status == status
-        if status == 201:
-            assert origin.requests[0].header("expect") is None
-        else:
-            assert origin.requests == []
-        if status == 405:
-            assert "GET" in response.headers["allow"]
-
-
 async def test_a_tls_newcomer_refused_at_the_cap_gets_no_clear_text(tmp_path: Path) -> None:
     gate = asyncio.Event()
 

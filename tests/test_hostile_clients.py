@@ -18,7 +18,6 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from proxy.app import PROXY_KEY
 from proxy.ops.config import Settings
 from tests.rawkit import (
     HOST,
@@ -380,7 +379,7 @@ async def test_cache_busting_with_many_ids_stays_within_the_byte_budget() -> Non
         serve_proxy(Settings(upstream=url, cache_max_bytes=budget)) as proxy,
         aiohttp.ClientSession() as session,
     ):
-        store = proxy.app[PROXY_KEY].store
+        store = proxy.runtime.store
         semaphore = asyncio.Semaphore(16)
         peak = 0
 

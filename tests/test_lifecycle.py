@@ -14,10 +14,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestServer
 
-from proxy.app import create_app
 from proxy.ops.config import Settings
+from tests.conftest import ServeFront
 from tests.waiting import eventually
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,8 +25,6 @@ DEADLINE = 15.0
 SLOW_REQUESTS = 6
 CHUNK = b"x" * 65536
 CHUNKS = 4
-
-Client = TestClient[web.Request, web.Application]
 
 
 def body_of(name: str) -> bytes:
@@ -209,19 +207,34 @@ async def test_drain_time_bounds_how_long_in_flight_requests_may_hold_shutdown(
     await log.wait_for("closed the upstream session and the memory store")
 
 
-async def test_readyz_turns_unavailable_once_draining_starts(
-    aiohttp_client: Callable[..., Awaitable[Client]],
-) -> None:
-    app = create_app(Settings(upstream="http://127.0.0.1:9"))
-    client = await aiohttp_client(app)
+async def test_readyz_turns_unavailable_once_draining_starts(serve_front: ServeFront) -> None:
+    client = await serve_front(Settings(upstream="http://127.0.0.1:9"))
     before = await client.get("/readyz")
     assert before.status == 200
 
-    await app.shutdown()
+    client.runtime.drain()  # what closing the public listener does first
 
     after = await client.get("/readyz")
     assert after.status == 503
     assert (await after.json())["status"] == "draining"
+
+
+async def test_closing_the_public_listener_drains_the_runtime_and_closing_it_closes_the_rest(
+    serve_front: ServeFront,
+) -> None:
+    client = await serve_front(Settings(upstream="http://127.0.0.1:9"))
+    runtime = client.runtime
+    assert (await runtime.readiness()).status == "ready"
+
+    await client.server.close(drain_seconds=0.1)
+
+    assert (await runtime.readiness()).body() == {
+        "status": "draining",
+        "upstream_session": "open",
+        "store": "memory",
+    }
+    await runtime.close()
+    assert (await runtime.readiness()).upstream_session == "closed"
 
 
 async def test_sigterm_answers_held_long_polls_with_304_before_the_drain(

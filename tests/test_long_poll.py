@@ -303,7 +303,7 @@ async def test_answers_every_waiter_with_304_when_draining(
         _, headers, _ = await get(http, proxy)
         held = [poll(http, proxy, headers["ETag"], wait=30) for _ in range(3)]
         await eventually(lambda: waiting(proxy) == 3, what="three held")
-        cleanup = asyncio.create_task(proxy.runner.cleanup())
+        cleanup = asyncio.create_task(proxy.close())
         async with asyncio.timeout(10):  # well before the waits' own end (30 s)
             answers = await asyncio.gather(*held)
         await cleanup

@@ -15,11 +15,10 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy import __version__
-from proxy.app import PROXY_KEY, create_app
 from proxy.core.models import Record
 from proxy.ops.config import Settings
 from proxy.ops.metrics import (
@@ -33,11 +32,11 @@ from proxy.ops.metrics import (
 )
 from proxy.stores.base import StoreError
 from proxy.stores.memory import MemoryStore
+from tests.conftest import FrontClient, ServeFront
+from tests.waiting import eventually
 
 ITEM = "/v1/audio/transcribe/trans_0123456789abcdef"
 TOKEN = "Bearer sk-metrics-secret-token"
-
-Client = TestClient[web.Request, web.Application]
 
 
 class FakeClock:
@@ -133,7 +132,7 @@ class Scrape:
 
 @dataclass
 class Proxy:
-    client: Client
+    client: FrontClient
     clock: FakeClock
 
     async def scrape(self) -> Scrape:
@@ -151,16 +150,11 @@ MakeProxy = Callable[..., Awaitable[Proxy]]
 
 
 @pytest.fixture
-def make_proxy(
-    origin: tuple[Origin, str], aiohttp_client: Callable[..., Awaitable[Client]]
-) -> MakeProxy:
-    async def make(*, store: Any = None, app_hook: Any = None, **overrides: Any) -> Proxy:
+def make_proxy(origin: tuple[Origin, str], serve_front: ServeFront) -> MakeProxy:
+    async def make(*, store: Any = None, **overrides: Any) -> Proxy:
         clock = FakeClock()
         settings = Settings(**{"upstream": origin[1], "upstream_timeout": 0.2, **overrides})
-        app = create_app(settings, store=store, clock=clock)
-        if app_hook is not None:
-            app_hook(app)
-        return Proxy(await aiohttp_client(app), clock)
+        return Proxy(await serve_front(settings, store=store, clock=clock), clock)
 
     return make
 
@@ -226,7 +220,7 @@ async def test_miss_hit_and_local_304_count_requests_bytes_and_latency(
     assert metrics("cacheproxy_response_bytes_total") == 2 * len(body) + paragraphs
     assert metrics("cacheproxy_bytes_saved_total") == len(body)
     assert metrics("cacheproxy_cache_entries") == 2
-    store = proxy.client.app[PROXY_KEY].store
+    store = proxy.client.runtime.store
     assert metrics("cacheproxy_cache_bytes") == store.bytes > 2 * len(body)
     assert origin[0].hits == 2
 
@@ -282,13 +276,11 @@ async def test_upstream_errors_are_counted_by_kind(make_proxy: MakeProxy) -> Non
     assert metrics("cacheproxy_upstream_request_duration_seconds_count", route="other") == 2
 
 
-async def test_refused_connections_are_counted_as_refused(
-    aiohttp_client: Callable[..., Awaitable[Client]],
-) -> None:
+async def test_refused_connections_are_counted_as_refused(serve_front: ServeFront) -> None:
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]
-    client = await aiohttp_client(create_app(Settings(upstream=f"http://127.0.0.1:{port}")))
+    client = await serve_front(Settings(upstream=f"http://127.0.0.1:{port}"))
 
     response = await client.get(ITEM)
     metrics = Scrape(await (await client.get("/metrics")).text())
@@ -304,23 +296,10 @@ async def test_requests_sharing_one_fetch_are_counted_as_coalesced(
 ) -> None:
     upstream, _ = origin
     callers = 5
-    entered = asyncio.Event()
-    count = 0
-
-    @web.middleware
-    async def note_arrival(request: web.Request, handler: Any) -> web.StreamResponse:
-        nonlocal count
-        if request.path == "/slow":
-            count += 1
-            if count == callers:
-                entered.set()
-        response: web.StreamResponse = await handler(request)
-        return response
-
-    proxy = await make_proxy(app_hook=lambda app: app.middlewares.append(note_arrival))
+    proxy = await make_proxy()
+    flights = proxy.client.runtime.cache.flights
     requests = [asyncio.create_task(proxy.get("/slow")) for _ in range(callers)]
-    async with asyncio.timeout(10):
-        await entered.wait()
+    await eventually(lambda: flights.waiting() == callers, what="every caller on the one fetch")
     upstream.gate.set()
     results = await asyncio.gather(*requests)
     metrics = await proxy.scrape()
@@ -341,7 +320,7 @@ async def test_evictions_entries_and_bytes_follow_the_byte_budget(make_proxy: Ma
         assert (await proxy.get(f"/big/{n}"))[0] == 200
     metrics = await proxy.scrape()
 
-    store = proxy.client.app[PROXY_KEY].store
+    store = proxy.client.runtime.store
     assert metrics("cacheproxy_cache_max_bytes") == 12288
     assert metrics("cacheproxy_cache_entries") == store.entries < 6
     assert store.entries > 0

@@ -23,9 +23,9 @@ import pytest
 import yaml
 from aiohttp.test_utils import TestServer
 
-from proxy.app import create_app
 from proxy.ops.config import Settings
 from proxy.tools.simulator import Simulator, SimulatorConfig, create_simulator_app
+from tests.rawkit import serve_proxy
 
 ROOT = Path(__file__).resolve().parents[1]
 DASHBOARD = ROOT / "grafana" / "dashboards" / "cacheproxy.json"
@@ -185,10 +185,8 @@ async def simulator() -> AsyncIterator[tuple[Simulator, str]]:
 @pytest.fixture
 async def proxy(simulator: tuple[Simulator, str]) -> AsyncIterator[str]:
     settings = Settings(upstream=simulator[1], upstream_timeout=2.0)
-    server = TestServer(create_app(settings), host="127.0.0.1")
-    await server.start_server()
-    yield f"127.0.0.1:{server.port}"
-    await server.close()
+    async with serve_proxy(settings) as running:
+        yield f"127.0.0.1:{running.port}"
 
 
 @pytest.fixture

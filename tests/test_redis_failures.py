@@ -16,9 +16,9 @@ from aiohttp.test_utils import TestServer
 from redis.asyncio import Redis
 
 from proxy.__main__ import main
-from proxy.app import create_app
 from proxy.ops.config import ConfigError, Settings, parse_settings
 from proxy.ops.redis_url import redacted_url
+from proxy.runtime import Runtime
 from proxy.stores.keys import RedisKeys
 from proxy.stores.redis_link import CircuitBreaker
 from proxy.tools.replicas import LocalRedis, Replica, free_port
@@ -234,13 +234,13 @@ def test_asking_for_redis_without_redis_py_is_a_one_line_startup_error(
     assert message.count("\n") == 1
     assert "--redis-url" in message and "pip install 'aitronos-cache-proxy[redis]'" in message
     with pytest.raises(ConfigError, match="--redis-url: redis-py is not installed"):
-        create_app(Settings(redis_url="redis://127.0.0.1:6379/0"))
+        Runtime(Settings(redis_url="redis://127.0.0.1:6379/0"))
 
 
 def test_without_a_redis_url_nothing_needs_redis_py(monkeypatch: pytest.MonkeyPatch) -> None:
     hide_redis_py(monkeypatch)
-    app = create_app(Settings())
-    assert app is not None
+    runtime = Runtime(Settings())
+    assert runtime.store.backend == "memory"
 
 
 def test_the_circuit_opens_after_consecutive_failures_and_probes_once_after_the_backoff() -> None:

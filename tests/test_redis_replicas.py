@@ -14,10 +14,10 @@ from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
-from proxy.app import create_app
 from proxy.core.codec import decode_record
 from proxy.front.server import FrontServer
 from proxy.ops.config import Settings
+from proxy.runtime import Runtime
 from proxy.stores.coordination import Notice
 from proxy.stores.keys import RedisKeys
 from proxy.stores.keys import key_digest as digest
@@ -243,7 +243,7 @@ async def test_a_replica_that_wins_the_lock_late_serves_what_redis_already_holds
     async with fleet(2, redis_local_ttl=3600) as (first, second):
         status, _, fresh = await get(http, first)
         assert status == 200
-        store = second.proxy.store
+        store = second.runtime.store
         (entry,) = await store.get(JOB) or ()
         old = replace(
             entry, request_time=entry.request_time - 120, response_time=entry.response_time - 120
@@ -289,13 +289,16 @@ async def _front_replicas(settings: Settings, count: int) -> AsyncIterator[list[
     servers: list[FrontServer] = []
     try:
         for _ in range(count):
-            server = FrontServer(create_app(settings, registry=CollectorRegistry()), access=None)
-            await server.start("127.0.0.1", 0)
+            runtime = Runtime(settings, registry=CollectorRegistry())
+            server = FrontServer(runtime, access=None)
             servers.append(server)
+            await runtime.start()
+            await server.start("127.0.0.1", 0)
         yield servers
     finally:
         for server in reversed(servers):
             await server.close(drain_seconds=0.1)
+            await server.runtime.close()
 
 
 async def test_a_hit_on_a_redis_replica_takes_the_fast_path_and_still_sees_another_replicas_delete(
@@ -324,7 +327,7 @@ async def test_a_hit_on_a_redis_replica_takes_the_fast_path_and_still_sees_anoth
         assert fast.memo, "the hit on the Redis-backed replica took the full policy"
         async with http.delete(urls[0] + JOB) as deleted:
             assert deleted.status == 204
-        store = second.proxy.store
+        store = second.runtime.store
         await eventually(lambda: store.entries == 0, what="the invalidation to reach the second")
         status, cache_status, body = await get(http, urls[1])
     assert status == 200 and "fwd=uri-miss" in cache_status

@@ -12,7 +12,6 @@ import os
 import pytest
 
 from bench.soak import Traffic, seed_owned, simulated_api, soak
-from proxy.app import PROXY_KEY
 from proxy.ops.config import Settings
 from tests.rawkit import serve_proxy
 from tests.waiting import eventually
@@ -67,7 +66,7 @@ async def test_in_process_no_task_flight_or_connection_outlives_the_traffic() ->
             admin_token="soak-admin-token",
         )
         async with serve_proxy(settings) as proxy:
-            cache = proxy.app[PROXY_KEY]
+            cache = proxy.runtime.cache
             tally = await Traffic(proxy.url, sim_url, owned, seed=11).run(6.0, workers=6)
             assert tally.wrong == [], tally.wrong
             assert tally.counts["poll hit"] > 0 and tally.counts["create"] > 0

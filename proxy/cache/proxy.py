@@ -107,7 +107,15 @@ class CachingProxy:
         )
         self.waits = self.long_polls.waits
         self.flights = self.fetcher.flights
-        self.draining = False
+
+    def release_waiters(self) -> None:
+        """Draining: answer every held long poll now (304) and hold no new ones."""
+        self.waits.release_all()
+
+    async def close(self) -> None:
+        """Answer the held long polls, then cancel the upstream fetches still in flight."""
+        await self.waits.close()
+        await self.flights.cancel_all()
 
     async def purge(self, key: str) -> tuple[bool, bool]:
         return await self.invalidator.purge(key)

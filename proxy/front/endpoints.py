@@ -1,25 +1,30 @@
-"""The proxy's own endpoints on our front: ``/healthz``, ``/readyz``, ``/metrics`` and purging.
+"""The proxy's own endpoints: ``/healthz``, ``/readyz``, ``/metrics`` and purging.
 
-They mirror the aiohttp routes of ``proxy.app`` and ``proxy.ops.admin`` (the admin listener
-keeps serving those): with ``--admin-port`` the public port answers 404 for the admin paths.
+Every listener is our front; what it serves of these depends on its role. Without
+``--admin-port`` the public listener serves them all. With it, ``/metrics`` and purging move to
+the admin listener and the public one answers 404 for them (never forwarding them to the
+origin); the admin listener forwards nothing (405: there every path takes only ``PURGE``),
+and both serve the health checks.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from proxy.cache.exchange import Responder, envelope
-from proxy.cache.proxy import CachingProxy
-from proxy.ops.admin import PURGE_PREFIX, Purger
-from proxy.ops.metrics import Metrics
-from proxy.stores.memory import StoreError
+from proxy.ops.admin import PURGE_PREFIX
+
+if TYPE_CHECKING:
+    from proxy.runtime import Runtime
 
 Endpoint = Callable[[str, str, str, Responder], Awaitable[None]]
 JSON = "application/json; charset=utf-8"
+#: What a listener is for: ``public`` (the cache) or ``admin`` (``--admin-port``).
+PUBLIC, ADMIN = "public", "admin"
 
 
 def send_json(responder: Responder, status: int, payload: Any, *extra: tuple[str, str]) -> None:
@@ -33,20 +38,11 @@ def send_envelope(responder: Responder, status: int, code: str, message: str) ->
 class Endpoints:
     """Routes a request to a local endpoint, or says it is for the cache (``None``)."""
 
-    def __init__(
-        self,
-        proxy: CachingProxy,
-        metrics: Metrics,
-        purger: Purger | None,
-        *,
-        admin_elsewhere: bool,
-        exposition: Callable[[], Awaitable[bytes]] | None = None,
-    ) -> None:
-        self.exposition = exposition
-        self.proxy = proxy
-        self.metrics = metrics
-        self.purger = purger
-        self.admin_elsewhere = admin_elsewhere
+    def __init__(self, runtime: Runtime, role: str = PUBLIC) -> None:
+        self.runtime = runtime
+        self.purger = runtime.purger
+        self.admin = role == ADMIN
+        self.admin_elsewhere = role == PUBLIC and runtime.settings.admin_port is not None
 
     def route(self, method: str, path: str) -> Endpoint | None:
         if method in ("GET", "HEAD") and path in ("/healthz", "/readyz"):
@@ -62,40 +58,30 @@ class Endpoints:
             return self.purge if self.purger is not None else self.purge_disabled
         if path.startswith(PURGE_PREFIX + "/"):
             return self.purge_disabled
-        return None
+        # On the admin listener every path takes PURGE and nothing is forwarded.
+        return self.only_purge if self.admin else None
 
     async def healthz(self, method: str, target: str, auth: str, responder: Responder) -> None:
         send_json(responder, 200, {"status": "ok"})
 
     async def readyz(self, method: str, target: str, auth: str, responder: Responder) -> None:
-        proxy = self.proxy
-        upstream_ready = proxy.upstream.ready
-        try:
-            store_ready = await proxy.store.ready()
-        except StoreError:
-            store_ready = False
-        ready = upstream_ready and not proxy.draining
-        if not ready:
-            status = "draining" if proxy.draining else "unavailable"
-        else:
-            status = "ready" if store_ready else "degraded"
-        backend = proxy.store.backend
-        body = {
-            "status": status,
-            "upstream_session": "open" if upstream_ready else "closed",
-            "store": backend if store_ready else f"{backend} degraded",
-        }
-        send_json(responder, 200 if ready else 503, body)
+        readiness = await self.runtime.readiness()
+        send_json(responder, readiness.http_status, readiness.body())
 
     async def metrics_text(self, method: str, target: str, auth: str, responder: Responder) -> None:
-        if self.exposition is not None:
-            text = await self.exposition()  # --workers: every worker's samples
-        else:
-            text = generate_latest(self.metrics.registry)
+        text = await self.runtime.metrics_text()
         responder.send(200, "", [("Content-Type", CONTENT_TYPE_LATEST)], text)
 
     async def not_here(self, method: str, target: str, auth: str, responder: Responder) -> None:
         send_envelope(responder, 404, "NOT_FOUND", "Not served on this listener.")
+
+    async def only_purge(self, method: str, target: str, auth: str, responder: Responder) -> None:
+        responder.send(
+            405,
+            "",
+            [("Content-Type", JSON), ("Allow", "PURGE")],
+            envelope("METHOD_NOT_ALLOWED", "The admin listener only purges here."),
+        )
 
     async def purge_disabled(
         self, method: str, target: str, auth: str, responder: Responder

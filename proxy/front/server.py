@@ -1,6 +1,12 @@
 """Our HTTP/1.1 front: the listener, the connection cap, TLS, draining and the dispatch of a
 parsed request to the fast path, a local endpoint or the cache.
 
+It serves every listener of a ``Runtime`` (``proxy.runtime``): the public port, and with
+``--admin-port`` the admin one (``/metrics``, purging and the health checks only, no TLS, no
+cache). The runtime owns the cache and its parts and is opened and closed by whoever made it;
+a ``FrontServer`` only listens, drains and closes its connections.
+
+
 A connection counts from accept, a TLS one during its handshake too: asyncio's ``ssl=``
 listener would hand it over only once the handshake is done, invisible to the cap and the
 timeouts, so each admitted connection starts TLS itself. Past ``--max-connections`` the
@@ -18,22 +24,18 @@ import logging
 import resource
 import ssl
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiohttp import web
 from multidict import CIMultiDict
 
 from proxy.cache.exchange import ProxyRequest, envelope, send_rejected
-from proxy.cache.proxy import CachingProxy
 from proxy.front.access import AccessLog
 from proxy.front.connection import HttpConnection, Parsed
-from proxy.front.endpoints import Endpoints
+from proxy.front.endpoints import ADMIN, PUBLIC, Endpoints
 from proxy.front.prepared import FastPath
 from proxy.front.responder import ConnectionResponder
-from proxy.ops.admin import Purger
 from proxy.ops.config import Settings
-from proxy.ops.metrics import Metrics
+from proxy.runtime import Runtime
 
 log = logging.getLogger("proxy.server")
 
@@ -72,46 +74,39 @@ class Front:
 
     def __init__(
         self,
-        proxy: CachingProxy,
-        metrics: Metrics,
-        settings: Settings,
-        purger: Purger | None,
+        runtime: Runtime,
         *,
         access: logging.Logger | None,
         scheme: str,
         loop: asyncio.AbstractEventLoop,
         fast: bool = True,
-        exposition: Callable[[], Awaitable[bytes]] | None = None,
         tls: ssl.SSLContext | None = None,
+        role: str = PUBLIC,
     ) -> None:
+        proxy = runtime.cache
         self.proxy = proxy
         #: TLS is started by each connection after it is admitted (``HttpConnection``), so a
         #: handshake counts against the cap and is bounded by the header timeout.
         self.tls = tls
-        self.metrics = metrics
-        self.settings = settings
+        self.metrics = runtime.metrics
+        self.settings = settings = runtime.settings
         self.loop = loop
         self.scheme = scheme
         self.credential_names = frozenset(n.lower().encode() for n in settings.credential_headers)
         self.access = AccessLog(access, loop) if access is not None else None
-        self.endpoints = Endpoints(
-            proxy,
-            metrics,
-            purger,
-            admin_elsewhere=settings.admin_port is not None,
-            exposition=exposition,
-        )
+        self.endpoints = Endpoints(runtime, role)
         store_get = getattr(proxy.store, "get_nowait", None)
         self.fast = (
             FastPath(proxy, proxy.store, self.access, proxy.clock, scheme)  # type: ignore[arg-type]
-            if fast and store_get is not None
+            if fast and role == PUBLIC and store_get is not None
             else None
         )
         self.max_connections = settings.max_connections or default_max_connections(settings)
         self.connections: set[HttpConnection] = set()
         self.tasks: set[asyncio.Task[None]] = set()
         self.draining = False
-        metrics.client_connections.set_function(lambda: len(self.connections))
+        if role == PUBLIC:
+            self.metrics.client_connections.set_function(lambda: len(self.connections))
 
     # -- connections ------------------------------------------------------------------------
 
@@ -190,47 +185,38 @@ class Front:
 
 
 class FrontServer:
-    """Runs the proxy ``app``'s objects behind our front: lifecycle, listener, drain."""
+    """One listener of the ``runtime``: the public port (``role="public"``) or the admin one."""
 
     def __init__(
         self,
-        app: web.Application,
+        runtime: Runtime,
         *,
         access: logging.Logger | None,
         fast: bool = True,
+        role: str = PUBLIC,
     ) -> None:
-        from proxy.app import EXPOSITION_KEY, METRICS_KEY, PROXY_KEY, PURGER_KEY, SETTINGS_KEY
-
-        self.app = app
-        self.proxy = app[PROXY_KEY]
-        self.metrics = app[METRICS_KEY]
-        self.settings = app[SETTINGS_KEY]
-        self.purger = app.get(PURGER_KEY)
-        self._exposition_key = EXPOSITION_KEY
+        if role not in (PUBLIC, ADMIN):
+            raise ValueError(f"a listener is {PUBLIC!r} or {ADMIN!r}, not {role!r}")
+        self.runtime = runtime
+        self.settings = runtime.settings
+        self.role = role
         self._access = access
         self._fast = fast
         self.front: Front | None = None
         self.server: asyncio.Server | None = None
         self.port = 0
-        self._started = False
 
     async def start(self, host: str, port: int, *, reuse_port: bool = False) -> None:
         loop = asyncio.get_running_loop()
-        self.app.freeze()
-        await self.app.startup()
-        self._started = True
-        context = tls_context(self.settings)
+        context = tls_context(self.settings) if self.role == PUBLIC else None
         self.front = front = Front(
-            self.proxy,
-            self.metrics,
-            self.settings,
-            self.purger,
+            self.runtime,
             access=self._access,
             scheme="https" if context is not None else "http",
             loop=loop,
             fast=self._fast,
-            exposition=self.app.get(self._exposition_key),
             tls=context,
+            role=self.role,
         )
         _quiet_accept_errors(loop)
         self.server = await loop.create_server(
@@ -245,15 +231,16 @@ class FrontServer:
     async def close(self, drain_seconds: float | None = None) -> None:
         """Stop listening, let requests in flight finish (up to the drain time), then close.
 
-        The order of aiohttp's runner: the listener closes, the application's shutdown hooks
-        mark the proxy draining (``/readyz`` answers 503), answers in flight are finished and
-        written out, then the rest is cut and the application cleaned up.
+        The listener closes, the public one marks the runtime draining (``/readyz`` answers
+        503, held long polls are answered), answers in flight are finished and written out,
+        then the rest is cut. The runtime stays open: its owner closes it after every listener.
         """
-        front = self.front
+        front, self.front = self.front, None
         if self.server is not None:
             self.server.close()
-        if self._started:
-            await self.app.shutdown()
+            self.server = None
+        if self.role == PUBLIC:
+            self.runtime.drain()
         if front is not None:
             front.draining = True
             for conn in list(front.connections):
@@ -267,9 +254,6 @@ class FrontServer:
                 conn.abort()
             if front.access is not None:
                 front.access.flush()
-        if self._started:
-            await self.app.cleanup()
-            self._started = False
 
 
 _last_accept_report = 0.0

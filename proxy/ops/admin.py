@@ -4,7 +4,8 @@ Purging goes through the proxy's invalidation and so ``Store.delete``: every tie
 (memory, Redis and the other replicas' fronts) forgets the key, and a fetch in flight cannot store
 its answer afterwards. It is enabled only when an admin token is configured, and the token is
 compared in constant time. With ``--admin-port`` these routes (and ``/metrics``) move to their own
-listener and the public port answers 404 for them instead of forwarding them to the origin.
+listener and the public port answers 404 for them instead of forwarding them to the origin
+(``proxy.front.endpoints`` routes them).
 """
 
 from __future__ import annotations
@@ -14,33 +15,11 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiohttp import web
-
 log = logging.getLogger("proxy.admin")
 
 #: ``DELETE /_cache/<request-target>`` purges ``<request-target>``, for clients that cannot send
 #: a ``PURGE`` method.
 PURGE_PREFIX = "/_cache"
-RESERVED_PATHS = ("/metrics", PURGE_PREFIX + "/{tail:.*}")
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def _error(status: int, code: str, message: str) -> web.Response:
-    return web.json_response(
-        {"success": False, "error": {"code": code, "message": message}}, status=status
-    )
-
-
-async def not_here(request: web.Request) -> web.Response:
-    """404 for admin paths on a listener that does not serve them (never forwarded upstream)."""
-    return _error(404, "NOT_FOUND", "Not served on this listener.")
-
-
-async def purge_disabled(request: web.Request) -> web.Response:
-    if request.method == "PURGE":
-        return _error(405, "METHOD_NOT_ALLOWED", "Purging is not enabled here.")
-    return _error(404, "NOT_FOUND", "Purging is not enabled here.")
 
 
 class Purger:
@@ -56,27 +35,15 @@ class Purger:
         self._invalidate = invalidate
         self._expected = f"Bearer {token}".encode()
 
-    def authorized(self, request: web.Request) -> bool:
-        return self._authorized(request.headers.get("Authorization", ""))
-
-    def _authorized(self, authorization: str) -> bool:
+    def authorized(self, authorization: str) -> bool:
         given = authorization.encode("utf-8", "surrogateescape")
         return hmac.compare_digest(given, self._expected)
-
-    async def purge(self, request: web.Request) -> web.Response:
-        status, payload, extra = await self.answer(
-            request.method, request.raw_path, request.headers.get("Authorization", "")
-        )
-        response = web.json_response(payload, status=status)
-        for name, value in extra:
-            response.headers[name] = value
-        return response
 
     async def answer(
         self, method: str, target: str, authorization: str
     ) -> tuple[int, dict[str, Any], list[tuple[str, str]]]:
         """(status, JSON body, extra fields) for a purge request, whatever server carries it."""
-        if not self._authorized(authorization):
+        if not self.authorized(authorization):
             challenge = ("WWW-Authenticate", 'Bearer realm="aitronos-cache-proxy admin"')
             return 401, _envelope("UNAUTHORIZED", "A valid admin token is required."), [challenge]
         key = target
@@ -97,20 +64,4 @@ def _envelope(code: str, message: str) -> dict[str, Any]:
     return {"success": False, "error": {"code": code, "message": message}}
 
 
-def add_admin_routes(router: web.UrlDispatcher, purger: Purger | None, metrics: Handler) -> None:
-    """``/metrics`` and purging; must be added before the proxy's catch-all route."""
-    router.add_get("/metrics", metrics)
-    purge: Handler = purger.purge if purger is not None else purge_disabled
-    router.add_route("PURGE", "/{tail:.*}", purge)
-    router.add_route("DELETE", PURGE_PREFIX + "/{tail:.*}", purge)
-    router.add_route("*", PURGE_PREFIX + "/{tail:.*}", purge_disabled)
-
-
-def add_reserved_routes(router: web.UrlDispatcher) -> None:
-    """On the public listener when the admin one is separate: admin paths answer 404."""
-    for path in RESERVED_PATHS:
-        router.add_route("*", path, not_here)
-    router.add_route("PURGE", "/{tail:.*}", purge_disabled)
-
-
-__all__ = ["PURGE_PREFIX", "Purger", "add_admin_routes", "add_reserved_routes"]
+__all__ = ["PURGE_PREFIX", "Purger"]

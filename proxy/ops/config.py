@@ -131,6 +131,16 @@ def _choice(*choices: str) -> Callable[[str], str]:
     return convert
 
 
+def parse_front(text: str) -> str:
+    """``--front``: kept so that ``own`` still starts; aiohttp's server left the product."""
+    if text == "aiohttp":
+        raise ValueError(
+            "aiohttp's server was removed; the proxy serves on its own front only "
+            "(drop the option, or say own)"
+        )
+    return _choice("own")(text)
+
+
 def _option(
     default: Any, parse: Callable[[str], Any], help: str, metavar: str = "", *, secret: bool = False
 ) -> Any:
@@ -432,8 +442,8 @@ class Settings:
     tls_key: str = _option("", str, "PEM private key of --tls-cert", "PATH")
     front: str = _option(
         "own",
-        _choice("own", "aiohttp"),
-        "client-facing HTTP/1.1 server: own (httptools, prepared responses) or aiohttp's",
+        parse_front,
+        "client-facing HTTP/1.1 server: own (httptools, prepared responses), the only one",
         "FRONT",
     )
     admin_token: str = _option(

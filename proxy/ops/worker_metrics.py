@@ -20,7 +20,6 @@ import os
 from collections.abc import Iterable
 
 import aiohttp
-from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
@@ -75,26 +74,41 @@ class WorkerMetrics:
         self.index = index
         self.count = count
         self.run_dir = run_dir
-        self._runner: web.AppRunner | None = None
+        self._server: asyncio.Server | None = None
 
     async def start(self) -> None:
         """Serve the own registry to the siblings on ``metrics-<index>.sock`` (mode 0600)."""
         path = metrics_socket(self.run_dir, self.index)
         if os.path.exists(path):
             os.unlink(path)  # left by this slot's previous worker
-        app = web.Application()
-        app.router.add_get("/metrics", self._own)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.UnixSite(self._runner, path).start()
+        self._server = await asyncio.start_unix_server(self._own, path)
         os.chmod(path, 0o600)
 
     async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
 
-    async def _own(self, request: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(self.registry))
+    async def _own(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One answer per connection: whatever a sibling asks, this worker's exposition.
+
+        Only siblings can reach the socket (mode 0600 in the private run directory), and they
+        send one ``GET /metrics``; the head is read so that the answer never races the request.
+        """
+        try:
+            async with asyncio.timeout(SIBLING_TIMEOUT):
+                await reader.readuntil(b"\r\n\r\n")
+            body = generate_latest(self.registry)
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
+                b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+            )
+            await writer.drain()
+        except (OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            pass
+        finally:
+            writer.close()
 
     async def exposition(self) -> bytes:
         """Every worker's samples, labelled; a sibling that does not answer is left out."""

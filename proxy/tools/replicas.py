@@ -22,12 +22,12 @@ from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from types import TracebackType
 
-from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from proxy.app import PROXY_KEY, CachingProxy, create_app
+from proxy.cache.proxy import CachingProxy
+from proxy.front.server import FrontServer
 from proxy.ops.config import Settings
-from proxy.server import ProxyRunner
+from proxy.runtime import Runtime
 
 READY_LINE = b"Ready to accept connections"
 #: A sentinel logs no "ready" line; it is serving once it has its ID.
@@ -193,19 +193,24 @@ async def _drain(stream: asyncio.StreamReader) -> None:
 
 @dataclass
 class Replica:
-    """One proxy replica served on a loopback port, with its own metrics registry."""
+    """One proxy replica served on a loopback port (our front), with its own metrics registry."""
 
-    app: web.Application
-    runner: web.AppRunner
+    runtime: Runtime
+    server: FrontServer
     url: str
     registry: CollectorRegistry
 
     @property
     def proxy(self) -> CachingProxy:
-        return self.app[PROXY_KEY]
+        return self.runtime.cache
 
     def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
         return self.registry.get_sample_value(name, labels or {}) or 0.0
+
+    async def close(self, drain_seconds: float = 1.0) -> None:
+        """Drain and close the listener, then the runtime (as ``python -m proxy`` stops)."""
+        await self.server.close(drain_seconds)
+        await self.runtime.close()
 
 
 @asynccontextmanager
@@ -221,14 +226,14 @@ async def run_replicas(
     try:
         for _ in range(count):
             registry = CollectorRegistry()
-            app = create_app(settings, registry=registry, clock=clock)
-            runner = ProxyRunner(app, access_log=None)
-            await runner.setup()
-            site = web.TCPSite(runner, "127.0.0.1", 0)
-            await site.start()
-            host, port = runner.addresses[0][:2]
-            fleet.append(Replica(app, runner, f"http://{host}:{port}", registry))
+            runtime = Runtime(settings, registry=registry, clock=clock)
+            server = FrontServer(runtime, access=None)
+            replica = Replica(runtime, server, "", registry)
+            fleet.append(replica)
+            await runtime.start()
+            await server.start("127.0.0.1", 0)
+            replica.url = f"http://127.0.0.1:{server.port}"
         yield fleet
     finally:
         for replica in reversed(fleet):
-            await replica.runner.cleanup()
+            await replica.close()
