@@ -31,6 +31,7 @@ from proxy.front.connection import HttpConnection, Parsed
 from proxy.front.endpoints import Endpoints
 from proxy.front.prepared import FastPath
 from proxy.front.responder import ConnectionResponder
+from proxy.front.seams import Client
 from proxy.ops.admin import Purger
 from proxy.ops.config import Settings
 from proxy.ops.metrics import Metrics
@@ -108,14 +109,14 @@ class Front:
             else None
         )
         self.max_connections = settings.max_connections or default_max_connections(settings)
-        self.connections: set[HttpConnection] = set()
+        self.connections: set[Client] = set()
         self.tasks: set[asyncio.Task[None]] = set()
         self.draining = False
         metrics.client_connections.set_function(lambda: len(self.connections))
 
     # -- connections ------------------------------------------------------------------------
 
-    def admit(self, conn: HttpConnection) -> bool:
+    def admit(self, conn: Client) -> bool:
         if self.draining:
             conn.transport.close()
             return False
@@ -133,7 +134,7 @@ class Front:
         self.connections.add(conn)
         return True
 
-    def forget(self, conn: HttpConnection) -> None:
+    def forget(self, conn: Client) -> None:
         self.connections.discard(conn)
 
     def track(self, task: asyncio.Task[None]) -> None:
@@ -149,7 +150,7 @@ class Front:
 
     # -- requests ---------------------------------------------------------------------------
 
-    async def answer(self, conn: HttpConnection, parsed: Parsed) -> None:
+    async def answer(self, conn: Client, parsed: Parsed) -> None:
         """A request the fast path did not take: refused, a local endpoint, or the cache."""
         responder = ConnectionResponder(conn, parsed)
         path = parsed.target.split("?", 1)[0]
