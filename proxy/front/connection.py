@@ -1,9 +1,12 @@
 """One client connection: httptools parsing, limits, timeouts, pipelining and flow control.
 
-Modelled on uvicorn's httptools protocol. Requests are answered one at a time in the order they
-arrived (pipelining), each through the cache or the fast path. Reading pauses while requests
-queue or a body is not being read; writing follows the transport's flow control, and a client
-that leaves a response unread for ``--client-send-timeout`` is cut.
+Modelled on uvicorn's httptools protocol, with h11's idea of one named state per direction
+(``proxy.front.states``). Requests are answered one at a time in the order they arrived
+(pipelining), each through the cache or the fast path. Reading pauses while requests queue or a
+body is not being read; writing follows the transport's flow control (``proxy.front.flow``), and
+a client that leaves a response unread for ``--client-send-timeout`` is cut. The rules a head
+must pass are pure functions in ``proxy.front.head``; what the connection needs of its listener
+is ``proxy.front.seams.Host``, so nothing here imports the server.
 """
 
 from __future__ import annotations
@@ -12,12 +15,12 @@ import asyncio
 import logging
 import time
 from collections import deque
-from typing import TYPE_CHECKING
 
 import httptools
 
 from proxy.cache.exchange import RequestRejected
 from proxy.front.body import BodyStream
+from proxy.front.flow import FlowControl
 from proxy.front.head import (
     ACCEPT_ENCODING,
     CODING,
@@ -26,21 +29,25 @@ from proxy.front.head import (
     HOST,
     INM,
     LENGTH,
+    MAX_HEADER_FIELDS,
     METHODS,
     SINGLETONS,
     HeadFacts,
     Parsed,
     expectations,
     field_kinds,
+    has_body,
     headers_too_large,
+    http09,
     refusal,
     refused,
+    unfinished_head,
+    unfinished_refusal,
     uri_too_long,
 )
+from proxy.front.seams import Host
+from proxy.front.states import AnswerState, ReadState, WriteState
 from proxy.front.tls import Handshake, cut_handshake
-
-if TYPE_CHECKING:
-    from proxy.front.server import Front
 
 __all__ = ["HttpConnection", "Parsed"]  # Parsed: what the server and the fast path take
 
@@ -49,8 +56,14 @@ log = logging.getLogger("proxy.server")
 #: A body at most this large is written in one call; larger ones go out in slices of it, so a
 #: client that does not read never makes the proxy hold more than one slice of a shared body.
 SLICE = 2**16
-MAX_HEADER_FIELDS = 128
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+# The states as module globals: one lookup each on the hit path.
+R_IDLE, R_HEAD, R_BODY, R_DONE = ReadState.IDLE, ReadState.HEAD, ReadState.BODY, ReadState.DONE
+W_IDLE, W_WRITING, W_DRAINING, W_CLOSED = (
+    WriteState.IDLE, WriteState.WRITING, WriteState.DRAINING, WriteState.CLOSED,
+)  # fmt: skip
+A_IDLE, A_BUSY, A_HANDLING = AnswerState.IDLE, AnswerState.BUSY, AnswerState.HANDLING
 
 
 class _Halt(Exception):
@@ -60,7 +73,7 @@ class _Halt(Exception):
 class HttpConnection(asyncio.Protocol):
     """The server side of one HTTP/1.1 connection (RFC 9112)."""
 
-    def __init__(self, front: Front) -> None:
+    def __init__(self, front: Host) -> None:
         self.front = front
         self.settings = front.settings
         self.loop = front.loop
@@ -68,22 +81,20 @@ class HttpConnection(asyncio.Protocol):
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.peer = ""
         self.local = ""
-        self.lost = False
-        #: Waiting for a request head (idle keep-alive or a head under way): the first to go
-        #: past the connection cap, the longest-waiting first (``_head_deadline`` orders them).
-        self.waiting = False
+        self.read = R_IDLE
+        self.write = W_IDLE
+        self.answering = A_IDLE
+        self.flow = FlowControl(self.loop, self.settings.client_send_timeout, self._send_timeout)
         self._url = b""
         #: The fields as received; decoded into ``Parsed.headers`` only for a request that leaves
         #: the fast path.
         self._raw: list[tuple[bytes, bytes]] = []
         self._head_size = 0
         self._head_bytes = 0
-        self._in_head = True
-        self._partial = False
         self._hosts: list[str] = []
         #: What ``refusal`` needs of a head, made only for one with framing or odd fields.
         self._facts: HeadFacts | None = None
-        self._expect = False
+        #: No field takes this head off the fast path (a head fact, not a connection state).
         self._plain = True
         self._credentials: list[tuple[bytes, str]] = []
         self._inm: str | None = None
@@ -92,24 +103,38 @@ class HttpConnection(asyncio.Protocol):
         self._max_header_bytes = front.settings.max_header_bytes
         self._fast = front.fast
         self._current: Parsed | None = None
-        self._complete = True
         self._ready: list[Parsed] = []
         self._queue: deque[Parsed] = deque()
-        self._busy = False
-        self._handling = False
-        self._halted = False
-        #: The client half-closed its side: close once the answers due are written.
-        self._eof = False
-        self._reading = True
-        self._write_paused = False
-        self._drain_waiter: asyncio.Future[None] | None = None
         self._pending: memoryview | None = None
         self._offset = 0
-        self._send_timer: asyncio.TimerHandle | None = None
         self._head_timer: asyncio.TimerHandle | None = None
         self._head_deadline = 0.0
         self._disconnected: asyncio.Future[None] | None = None
         self._handshake: Handshake | None = None
+
+    # -- what the listener asks, derived from the states ----------------------------------------
+
+    @property
+    def lost(self) -> bool:
+        return self.write is W_CLOSED
+
+    @property
+    def idle(self) -> bool:
+        """No answer owed or still being written (an answer being written is busy)."""
+        return self.answering is A_IDLE
+
+    @property
+    def waiting(self) -> bool:
+        """Waiting for a request head (idle keep-alive or a head under way): the first to go
+        past the connection cap, the longest-waiting first (``head_deadline`` orders them)."""
+        read = self.read
+        return self.answering is A_IDLE and self.write is not W_CLOSED and (
+            read is R_IDLE or read is R_HEAD
+        )
+
+    @property
+    def head_deadline(self) -> float:
+        return self._head_deadline
 
     # -- connection lifecycle ---------------------------------------------------------------
 
@@ -120,7 +145,7 @@ class HttpConnection(asyncio.Protocol):
         local = transport.get_extra_info("sockname")
         self.local = f"{local[0]}:{local[1]}" if isinstance(local, tuple) else ""
         if not self.front.admit(self):
-            self.lost = True
+            self.write = W_CLOSED
             return
         if self.front.tls is not None:
             # Counted and waiting for a head from accept: the header timeout (or the cap)
@@ -130,24 +155,23 @@ class HttpConnection(asyncio.Protocol):
         self._idle()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = True
+        self.write = W_CLOSED
         self._gone()
         self.front.forget(self)
-        for timer in (self._send_timer, self._head_timer):
-            if timer is not None:
-                timer.cancel()
+        if self._head_timer is not None:
+            self._head_timer.cancel()
         current = self._current
         if current is not None and current.body is not None and not current.body.complete:
             current.body.fail(ConnectionResetError())
         self._pending = None
-        self._wake_drain(ConnectionResetError("the client closed the connection"))
+        self.flow.close(ConnectionResetError("the client closed the connection"))
 
     def eof_received(self) -> bool | None:
         # A half-closed client gets its answers, then the connection closes (RFC 9112 §9.6);
         # TLS cannot stay half-open. A held request (Prefer: wait) takes it as a goodbye.
         self._gone()
-        self._eof = True
-        return True if self._busy and self.front.scheme == "http" else None
+        self.read = R_DONE
+        return True if self.answering is not A_IDLE and self.front.scheme == "http" else None
 
     def disconnected(self) -> asyncio.Future[None]:
         """Done once the client has gone away (closed, reset, or half-closed its side)."""
@@ -163,10 +187,11 @@ class HttpConnection(asyncio.Protocol):
 
     def evict(self) -> None:
         """Make room past the cap: an idle keep-alive connection is closed, a slow head cut."""
-        self.waiting = False
+        partial = self.read is R_HEAD
+        self.read = R_DONE
         if cut_handshake(self._handshake):
             return
-        if self._partial:
+        if partial:
             self.abort()
         else:
             self.transport.close()
@@ -174,38 +199,33 @@ class HttpConnection(asyncio.Protocol):
     # -- reading ----------------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        if self._halted:
+        if self.read is R_DONE:
             return
         handshake = self._handshake
         if handshake is not None and not handshake.done:
             handshake.early.append(data)  # decrypted before the TLS transport is ours
             return
-        continued = self._partial
+        continued = self.read is R_HEAD
         try:
             self.parser.feed_data(data)
-            if self._partial:
-                # A head still incomplete after this read: count what the parser may hold of
-                # it (a field without its line end is kept there until it ends). When it began
-                # in this read, it began after the last blank line (an over-count only if a
-                # Content-Length body came just before it in the same read).
-                if continued:
-                    self._head_bytes += len(data)
-                else:
-                    end = data.rfind(b"\r\n\r\n")
-                    self._head_bytes = len(data) - (end + 4 if end >= 0 else 0)
+            if self.read is R_HEAD:
                 settings = self.settings
-                if self._head_bytes > settings.max_request_line + settings.max_header_bytes:
-                    self._refuse_head()
-            if self._in_head and self._url and not self._raw and self._url + b"\r\n" in data:
-                # HTTP/0.9 (no version): llhttp would wait for more; answer at once instead.
-                raise httptools.HttpParserError("HTTP/0.9")
+                self._head_bytes = unfinished_head(data, continued, self._head_bytes)
+                rejected = unfinished_refusal(
+                    self._url, bool(self._raw), self._head_bytes,
+                    settings.max_request_line, settings.max_header_bytes,
+                )  # fmt: skip
+                if rejected is not None:
+                    self._refuse(rejected)
+                elif http09(self._url, bool(self._raw), data):
+                    raise httptools.HttpParserError("HTTP/0.9")
         except httptools.HttpParserUpgrade:
             # Upgrades are not offered: the request is answered, then the connection closes.
             if self._current is not None:
                 self._current.keep_alive = False
             self._halt()
         except httptools.HttpParserCallbackError:
-            if not self._halted:
+            if self.read is not R_DONE:
                 log.exception("request parsing failed")
                 self._refuse(RequestRejected(400, "BAD_REQUEST", "The request is not valid."))
         except httptools.HttpParserError as error:
@@ -217,17 +237,11 @@ class HttpConnection(asyncio.Protocol):
             for parsed in ready:
                 self._dispatch(parsed)
 
-    def _refuse_head(self) -> None:
-        if self._raw or not self._url:
-            self._refuse(headers_too_large())
-        else:
-            self._refuse(uri_too_long())
-
     def _refuse_unparseable(self, error: Exception) -> None:
         log.info("rejected an unparseable request from %s: 400 %s", self.peer, type(error).__name__)
         rejected = RequestRejected(400, "BAD_REQUEST", "The request is not valid HTTP/1.1.")
         current = self._current
-        if current is not None and not self._complete:
+        if current is not None and (self.read is R_HEAD or self.read is R_BODY):
             if self._ready and self._ready[-1] is current:
                 self._ready.pop()  # not dispatched yet: answered by the refusal alone
             elif current.body is not None:
@@ -241,24 +255,19 @@ class HttpConnection(asyncio.Protocol):
     def _refuse(self, rejected: RequestRejected) -> None:
         """Answer with the envelope (after the answers already due) and read no further."""
         self._halt()
-        self._in_head = False
-        self.waiting = False
         self._ready.append(refused(rejected))
 
     def _halt(self) -> None:
-        self._halted = True
+        self.read = R_DONE
         self._set_reading(False)
 
     def _set_reading(self, on: bool) -> None:
-        if on and (self._halted or self._queue):
+        if self.write is W_CLOSED:
             return
-        if on == self._reading or self.lost:
-            return
-        self._reading = on
-        if on:
-            self.transport.resume_reading()
-        else:
-            self.transport.pause_reading()
+        if not on:
+            self.flow.pause_reading(self.transport)
+        elif self.read is not R_DONE and not self._queue:
+            self.flow.resume_reading(self.transport)
 
     # -- parser callbacks -------------------------------------------------------------------
 
@@ -268,14 +277,12 @@ class HttpConnection(asyncio.Protocol):
         self._head_size = 0
         self._hosts = []
         self._facts = None
-        self._expect = False
         self._plain = True
         self._credentials = []
         self._inm = None
         self._accept_encoding = None
-        self._in_head = True
-        self._partial = True
-        self._complete = False
+        if self.read is not R_DONE:
+            self.read = R_HEAD
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -284,6 +291,7 @@ class HttpConnection(asyncio.Protocol):
             raise _Halt
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        # head.fields_too_large, spelled out: this runs for every field of every request.
         size = self._head_size = self._head_size + len(name) + len(value) + 4
         raw = self._raw
         if size > self._max_header_bytes or len(raw) >= MAX_HEADER_FIELDS:
@@ -317,21 +325,21 @@ class HttpConnection(asyncio.Protocol):
             elif kind == LENGTH:
                 self._head_facts().length = text
             elif kind == EXPECT:
-                # The front answers 100 Continue itself (BodyStream); Expect is not forwarded.
-                self._expect = True
-                self._head_facts().expectations += expectations(text)
+                facts = self._head_facts()
+                facts.expects = True
+                facts.expectations += expectations(text)
 
     def on_headers_complete(self) -> None:
-        self._in_head = False
-        self._partial = False
         self._head_bytes = 0
-        self.waiting = False
+        if self.read is R_HEAD:
+            self.read = R_BODY
         parser = self.parser
         version = parser.get_http_version()
         target = self._url.decode("utf-8", "surrogateescape")
         hosts = self._hosts
         method = parser.get_method()
         facts = self._facts
+        # head.plain_head, spelled out: the hit path asks no more of a plain head.
         if self._plain and version == "1.1" and len(hosts) == 1 and target[:1] == "/":
             # What refusal finds of a plain request (no framing fields) but for its method.
             rejected = None
@@ -343,12 +351,12 @@ class HttpConnection(asyncio.Protocol):
             facts = facts or HeadFacts(hosts)
             rejected = refusal(facts, method, version, target, self.settings.max_body_bytes)
         body = None
-        framed = facts is not None and (facts.codings or (facts.length or "0") != "0")
-        if rejected is None and framed:
+        if rejected is None and has_body(facts):
+            assert facts is not None
             body = BodyStream(
                 limit=self.settings.max_body_bytes,
                 idle_timeout=self.settings.client_body_timeout,
-                continue_=self._send_continue if self._expect else None,
+                continue_=self._send_continue if facts.expects else None,
                 reading=self._set_reading,
             )
         parsed = Parsed(
@@ -386,11 +394,9 @@ class HttpConnection(asyncio.Protocol):
         fast = self._fast
         if (
             fast is None
-            or self._busy
+            or self.answering is not A_IDLE
             or self._ready
-            or self._write_paused
-            or self._pending is not None
-            or self.lost
+            or self.write is not W_IDLE  # also: lost
             or self.front.draining
             or not parser.should_keep_alive()
         ):
@@ -407,13 +413,13 @@ class HttpConnection(asyncio.Protocol):
         ):  # fmt: skip
             return False
         self._current = None
-        if self._pending is not None or self._write_paused:
+        if self.write is not W_IDLE:
             # The answer is still being written: busy (not idle, not evictable) until it is
             # out, when the end of the pump (or resume_writing) calls _next.
-            self._busy = True
+            self.answering = A_BUSY
             return True
         self._idle()  # as _next leaves a connection whose queue is empty
-        if not self._reading:
+        if self.flow.read_paused:
             self._set_reading(True)
         return True
 
@@ -427,8 +433,8 @@ class HttpConnection(asyncio.Protocol):
         current = self._current
         if current is not None and current.body is not None:
             current.body.finish()
-        self._in_head = True
-        self._complete = True
+        if self.read is R_BODY:
+            self.read = R_IDLE
 
     def _send_continue(self) -> None:
         if not self.lost:
@@ -438,36 +444,36 @@ class HttpConnection(asyncio.Protocol):
 
     def _dispatch(self, parsed: Parsed) -> None:
         self._queue.append(parsed)
-        if self._busy:
+        if self.answering is not A_IDLE:
             self._set_reading(False)
             return
-        self._busy = True
+        self.answering = A_BUSY
         self._next()
 
     def _next(self) -> None:
         """Answer queued requests while the previous answers are out (or buffered)."""
-        fast = self.front.fast
-        while self._queue and not self.lost:
-            if self._write_paused or self._pending is not None:
-                return  # resume_writing or the end of the pump calls again
+        fast = self._fast
+        while self._queue:
+            if self.write is not W_IDLE:
+                return  # resume_writing or the end of the pump calls again (or it is lost)
             parsed = self._queue.popleft()
             if parsed.plain and fast is not None and fast.serve(self, parsed):
                 if not parsed.keep_alive or self.front.draining:
                     self._close_when_written()
                     return
                 continue
-            self._handling = True
+            self.answering = A_HANDLING
             task = self.loop.create_task(self._handle(parsed))
             self.front.track(task)
             return
-        if self.lost or self._write_paused or self._pending is not None:
+        if self.write is not W_IDLE:
             return  # an answer is still being written: still busy
-        self._busy = False
-        if self._halted or self._eof:
+        self.answering = A_IDLE
+        if self.read is R_DONE:
             self.transport.close()
             return
         self._idle()
-        if not self._reading:
+        if self.flow.read_paused:
             self._set_reading(True)
 
     async def _handle(self, parsed: Parsed) -> None:
@@ -477,7 +483,8 @@ class HttpConnection(asyncio.Protocol):
             log.exception("the front failed to answer a request")
             self.abort()
         finally:
-            self._handling = False
+            if self.answering is A_HANDLING:
+                self.answering = A_BUSY
         if self.lost:
             return
         body = parsed.body
@@ -490,7 +497,7 @@ class HttpConnection(asyncio.Protocol):
 
     def _close_when_written(self) -> None:
         self._queue.clear()
-        self._halted = True
+        self.read = R_DONE
         if self._pending is None:
             self.transport.close()  # flushes what is buffered, then closes
 
@@ -499,11 +506,10 @@ class HttpConnection(asyncio.Protocol):
         self._head_deadline = self.loop.time() + self.settings.client_header_timeout
         if self._head_timer is None:
             self._head_timer = self.loop.call_at(self._head_deadline, self._head_timeout)
-        self.waiting = True
 
     def _head_timeout(self) -> None:
         self._head_timer = None
-        if self.lost or self._busy:
+        if self.lost or self.answering is not A_IDLE:
             return
         if self.loop.time() < self._head_deadline:
             self._head_timer = self.loop.call_at(self._head_deadline, self._head_timeout)
@@ -516,7 +522,7 @@ class HttpConnection(asyncio.Protocol):
 
     def write_response(self, head: bytes, body: bytes) -> None:
         """A whole response; a large body is written in slices as the client reads."""
-        if self.lost:
+        if self.write is W_CLOSED:
             return
         if len(body) <= SLICE:
             if body:
@@ -527,61 +533,49 @@ class HttpConnection(asyncio.Protocol):
         self.transport.write(head)
         self._pending = memoryview(body)
         self._offset = 0
+        if self.write is W_IDLE:
+            self.write = W_WRITING
         self._pump()
 
     def _pump(self) -> None:
         pending = self._pending
-        while pending is not None and not self._write_paused and not self.lost:
+        while pending is not None and self.write is W_WRITING:
             end = self._offset + SLICE
             self.transport.write(pending[self._offset : end])
             self._offset = end
             if end >= len(pending):
                 self._pending = pending = None
-                if not self._handling and self._busy:
-                    if self._halted:
-                        self.transport.close()
-                    else:
-                        self._next()
+                if self.write is W_WRITING:
+                    self.write = W_IDLE
+                if self.answering is A_BUSY:
+                    self._next()  # the next request; or closed, or idle, once it is out
 
     async def write_stream(self, *parts: bytes) -> None:
         """Part of a streamed response; waits (up to the send timeout) while the client lags."""
-        if self.lost:
+        if self.write is W_CLOSED:
             raise ConnectionResetError("the client closed the connection")
         self.transport.writelines(parts)
-        if self._write_paused:
-            waiter = self.loop.create_future()
-            self._drain_waiter = waiter
-            await waiter
-
-    def _wake_drain(self, error: Exception | None = None) -> None:
-        waiter = self._drain_waiter
-        self._drain_waiter = None
-        if waiter is not None and not waiter.done():
-            if error is None:
-                waiter.set_result(None)
-            else:
-                waiter.set_exception(error)
+        await self.flow.drain()
 
     def pause_writing(self) -> None:
-        self._write_paused = True
-        self._send_timer = self.loop.call_later(
-            self.settings.client_send_timeout, self._send_timeout
-        )
+        self.flow.pause_writing()
+        if self.write is not W_CLOSED:
+            self.write = W_DRAINING
 
     def resume_writing(self) -> None:
-        self._write_paused = False
-        if self._send_timer is not None:
-            self._send_timer.cancel()
-            self._send_timer = None
-        self._wake_drain()
+        self.flow.resume_writing()
+        if self.write is not W_DRAINING:
+            return
         if self._pending is not None:
+            self.write = W_WRITING
             self._pump()
-        elif self._busy and not self._handling:
-            self._next()  # the next request, or idle once the last answer is out
+        else:
+            self.write = W_IDLE
+            if self.answering is A_BUSY:
+                self._next()  # the next request, or idle once the last answer is out
 
     def _send_timeout(self) -> None:
         """The client read nothing for ``--client-send-timeout``: cut it (nginx send_timeout)."""
-        self._send_timer = None
         self.front.timed_out("send")
         self.abort()
 
@@ -590,11 +584,3 @@ class HttpConnection(asyncio.Protocol):
             return
         if self.transport is not None:
             self.transport.abort()
-
-    @property
-    def idle(self) -> bool:
-        return not self._busy
-
-    @property
-    def head_deadline(self) -> float:
-        return self._head_deadline

@@ -34,6 +34,9 @@ UNUSUAL = frozenset(
 #: What the proxy forwards; ``CONNECT`` is answered 405 with this list (RFC 9110 §15.5.6).
 ALLOW = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
 
+#: Field lines a head may have; one more is answered 431.
+MAX_HEADER_FIELDS = 128
+
 HOST, CREDENTIAL, INM, ACCEPT_ENCODING, LENGTH, CODING, EXPECT, OTHER = range(8)
 SINGLETONS = frozenset(name.encode() for name in SINGLETON_CREDENTIALS)
 
@@ -94,6 +97,21 @@ class HeadFacts:
     expectations: list[str] = field(default_factory=list)
     #: A singleton credential field sent on a second line (RFC 9110 §11.6.2, §11.7.2).
     repeated_credential: bool = False
+    #: An ``Expect`` field was sent: the front answers ``100 Continue`` itself on the body's
+    #: first read (``BodyStream``); ``Expect`` is not forwarded.
+    expects: bool = False
+
+
+def has_body(facts: HeadFacts | None) -> bool:
+    """Whether a head announces content (RFC 9112 §6.3): chunked, or a non-zero length."""
+    return facts is not None and bool(facts.codings or (facts.length or "0") != "0")
+
+
+def plain_head(plain: bool, version: str, hosts: list[str], target: str) -> bool:
+    """Whether a head ``refusal`` would pass whatever its method but ``CONNECT``, without asking
+    it: no framing or odd fields (``plain``), HTTP/1.1, one Host, an origin-form target.
+    (The connection spells this test out inline on the hit path; tests hold the two together.)"""
+    return plain and version == "1.1" and len(hosts) == 1 and target[:1] == "/"
 
 
 def refusal(
@@ -135,6 +153,39 @@ def refusal(
     if facts.length is not None and int(facts.length) > max_body_bytes:
         return too_large()
     return None
+
+
+def unfinished_head(data: bytes, continued: bool, counted: int) -> int:
+    """The bytes of a request head not whole after a read of ``data``, as the parser may hold
+    them (a field without its line end is kept there until it ends). ``continued``: the head
+    began in an earlier read, ``counted`` of it then. Else it began after the last blank line of
+    this read (an over-count only if a Content-Length body came just before it)."""
+    if continued:
+        return counted + len(data)
+    end = data.rfind(b"\r\n\r\n")
+    return len(data) - (end + 4 if end >= 0 else 0)
+
+
+def unfinished_refusal(
+    target: bytes, has_fields: bool, size: int, max_request_line: int, max_header_bytes: int
+) -> RequestRejected | None:
+    """A head still unfinished past what a whole one may take: 414 while the request line is
+    under way, else 431 (RFC 9110 §15.5.15, RFC 6585 §5)."""
+    if size <= max_request_line + max_header_bytes:
+        return None
+    return headers_too_large() if has_fields or not target else uri_too_long()
+
+
+def http09(target: bytes, has_fields: bool, data: bytes) -> bool:
+    """A request line without a version (HTTP/0.9): llhttp would wait for more, the proxy
+    answers 400 at once."""
+    return bool(target) and not has_fields and target + b"\r\n" in data
+
+
+def fields_too_large(size: int, count: int, max_header_bytes: int) -> bool:
+    """The head's fields past ``--max-header-bytes`` or ``MAX_HEADER_FIELDS`` lines (431).
+    (Checked inline per field on the hit path; tests hold the two together.)"""
+    return size > max_header_bytes or count > MAX_HEADER_FIELDS
 
 
 def expectations(value: str) -> list[str]:

@@ -32,7 +32,8 @@ from proxy.ops.metrics import LoopCounterChild, LoopHistogramChild
 if TYPE_CHECKING:
     from proxy.cache.proxy import CachingProxy
     from proxy.front.access import AccessLog
-    from proxy.front.connection import HttpConnection, Parsed
+    from proxy.front.head import Parsed
+    from proxy.front.seams import Writer
     from proxy.ops.metrics import Metrics
 
 #: Memoised hits kept at most; past it (or past its byte budget) the memo starts over.
@@ -159,7 +160,7 @@ class FastPath:
         self.memo_bytes = 0
         self.memo_budget = max(64 * 1024, proxy.settings.cache_max_bytes // MEMO_SHARE)
 
-    def serve(self, conn: HttpConnection, parsed: Parsed) -> bool:
+    def serve(self, conn: Writer, parsed: Parsed) -> bool:
         method = parsed.method
         if method != "GET" and method != "HEAD":
             return False
@@ -171,7 +172,7 @@ class FastPath:
 
     def answer(
         self,
-        conn: HttpConnection,
+        conn: Writer,
         method: str,
         target: str,
         host: str,
@@ -250,7 +251,7 @@ class FastPath:
 
     def _prepare(
         self,
-        conn: HttpConnection,
+        conn: Writer,
         parsed: Parsed,
         record: Record,
         now: float,

@@ -16,7 +16,8 @@ from proxy.front.wire import (
 )
 
 if TYPE_CHECKING:
-    from proxy.front.connection import HttpConnection, Parsed
+    from proxy.front.head import Parsed
+    from proxy.front.seams import Writer
 
 
 class ConnectionResponder:
@@ -24,7 +25,7 @@ class ConnectionResponder:
 
     __slots__ = ("_chunked", "_skip_body", "conn", "request", "sent", "started", "status")
 
-    def __init__(self, conn: HttpConnection, request: Parsed) -> None:
+    def __init__(self, conn: Writer, request: Parsed) -> None:
         self.conn = conn
         self.request = request
         self.status = 0

@@ -34,6 +34,7 @@ from proxy.front.connection import HttpConnection, Parsed
 from proxy.front.endpoints import ADMIN, PUBLIC, Endpoints
 from proxy.front.prepared import FastPath
 from proxy.front.responder import ConnectionResponder
+from proxy.front.seams import Client
 from proxy.ops.config import Settings
 from proxy.runtime import Runtime
 
@@ -102,7 +103,7 @@ class Front:
             else None
         )
         self.max_connections = settings.max_connections or default_max_connections(settings)
-        self.connections: set[HttpConnection] = set()
+        self.connections: set[Client] = set()
         self.tasks: set[asyncio.Task[None]] = set()
         self.draining = False
         if role == PUBLIC:
@@ -110,7 +111,7 @@ class Front:
 
     # -- connections ------------------------------------------------------------------------
 
-    def admit(self, conn: HttpConnection) -> bool:
+    def admit(self, conn: Client) -> bool:
         if self.draining:
             conn.transport.close()
             return False
@@ -128,7 +129,7 @@ class Front:
         self.connections.add(conn)
         return True
 
-    def forget(self, conn: HttpConnection) -> None:
+    def forget(self, conn: Client) -> None:
         self.connections.discard(conn)
 
     def track(self, task: asyncio.Task[None]) -> None:
@@ -144,7 +145,7 @@ class Front:
 
     # -- requests ---------------------------------------------------------------------------
 
-    async def answer(self, conn: HttpConnection, parsed: Parsed) -> None:
+    async def answer(self, conn: Client, parsed: Parsed) -> None:
         """A request the fast path did not take: refused, a local endpoint, or the cache."""
         responder = ConnectionResponder(conn, parsed)
         path = parsed.target.split("?", 1)[0]

@@ -22,8 +22,10 @@ class Securable(Protocol):
     """The connection a handshake runs for (``proxy.front.connection.HttpConnection``)."""
 
     transport: asyncio.Transport
-    lost: bool
     peer: str
+
+    @property
+    def lost(self) -> bool: ...
 
     def connection_lost(self, exc: Exception | None) -> None: ...
 

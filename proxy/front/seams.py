@@ -1,0 +1,111 @@
+"""The types the front's parts know each other by, so that imports flow one way.
+
+A connection needs a few things of the listener that owns it (``Host``), the fast path and the
+responders need a few things of a connection (``Client``); each side is typed by what it uses,
+not by the other's class. ``proxy.front.server`` builds the concrete objects and is the only
+module that imports them all: connection, prepared and responder import none of each other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from proxy.front.head import Parsed
+    from proxy.ops.config import Settings
+
+
+class Writer(Protocol):
+    """What an answer is written to: whole, or streamed with back-pressure."""
+
+    @property
+    def peer(self) -> str: ...
+
+    def write_response(self, head: bytes, body: bytes) -> None: ...
+
+    async def write_stream(self, *parts: bytes) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+class Client(Writer, Protocol):
+    """A client connection as the listener sees it: the cap, draining and held requests."""
+
+    @property
+    def transport(self) -> asyncio.Transport: ...
+
+    @property
+    def lost(self) -> bool: ...
+
+    @property
+    def waiting(self) -> bool:
+        """Waiting for a request head: the first to go past the connection cap."""
+
+    @property
+    def idle(self) -> bool:
+        """No answer owed or being written."""
+
+    @property
+    def head_deadline(self) -> float: ...
+
+    def evict(self) -> None: ...
+
+    def disconnected(self) -> asyncio.Future[None]: ...
+
+
+class FastAnswers(Protocol):
+    """The fast path of a common hit (``proxy.front.prepared.FastPath``)."""
+
+    def answer(
+        self,
+        conn: Writer,
+        method: str,
+        target: str,
+        host: str,
+        credentials: tuple[tuple[bytes, str], ...],
+        inm: str | None,
+        accept_encoding: str | None,
+        keep_alive: bool,
+        version: str,
+        started: float,
+        parsed: Parsed | None,
+    ) -> bool: ...
+
+    def serve(self, conn: Writer, parsed: Parsed) -> bool: ...
+
+
+class Host(Protocol):
+    """What a connection needs of the listener that accepted it (``proxy.front.server.Front``)."""
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
+
+    @property
+    def tls(self) -> ssl.SSLContext | None: ...
+
+    @property
+    def scheme(self) -> str: ...
+
+    @property
+    def credential_names(self) -> frozenset[bytes]: ...
+
+    @property
+    def fast(self) -> FastAnswers | None: ...
+
+    @property
+    def draining(self) -> bool: ...
+
+    def admit(self, conn: Client) -> bool: ...
+
+    def forget(self, conn: Client) -> None: ...
+
+    def track(self, task: asyncio.Task[None]) -> None: ...
+
+    def timed_out(self, phase: str) -> None: ...
+
+    async def answer(self, conn: Client, parsed: Parsed) -> None: ...
