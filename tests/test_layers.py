@@ -12,8 +12,6 @@ import ast
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "proxy"
 #: Lowest first: a module may import from its own layer and those before it.
@@ -145,11 +143,6 @@ def test_the_cache_layer_does_not_import_the_front() -> None:
     assert offending == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 18's upstream response type of our own is not in yet: proxy/cache/fetch.py "
-    "and forward.py still import aiohttp (remove this mark when it lands)",
-)
 def test_nothing_under_proxy_cache_imports_aiohttp() -> None:
     offending = [
         name
@@ -180,10 +173,5 @@ def test_no_front_file_over_600_lines() -> None:
     assert [entry for entry in long_files() if entry.startswith("proxy/front/")] == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="proxy/stores/redis.py is 754 lines until issue 18's stores split lands "
-    "(remove this mark when it does)",
-)
 def test_no_file_under_proxy_over_600_lines() -> None:
     assert long_files() == []
