@@ -31,6 +31,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.podman_storage import PodmanStorage, StorageUnusable, choose
 from tests.waiting import eventually_sync
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,8 +47,13 @@ PROXIES = ("proxy-1", "proxy-2")
 DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
+#: The storage podman uses for this session (``podman_storage`` below): the machine's default,
+#: or in a container a tests-owned one, whose environment (CONTAINERS_STORAGE_CONF) goes here.
+STORAGE_ENV: dict[str, str] = {}
+
+
 def podman_env() -> dict[str, str]:
-    return {**os.environ, "CONTAINERS_CONF": str(CI / "containers.conf")}
+    return {**os.environ, "CONTAINERS_CONF": str(CI / "containers.conf"), **STORAGE_ENV}
 
 
 def run(*command: str, timeout: float = 120, env: dict[str, str] | None = None) -> str:
@@ -162,12 +168,33 @@ def answers(url: str) -> bool:
 
 
 @pytest.fixture(scope="session")
-def base_image() -> Iterator[str]:
-    """The local Debian 12 base with Python 3.11 (no registry): built once, removed at the end."""
+def podman_storage() -> Iterator[PodmanStorage]:
+    """The storage podman can run containers with here, tried once: the machine's default, or
+    (inside a container, where overlay refuses overlayfs) a tests-owned fuse-overlayfs or vfs
+    storage, removed at the end. Where none works, the tests fail with one line saying why."""
     for tool in ("podman", "runc", "debootstrap"):
-        assert shutil.which(tool, path=os.environ["PATH"] + ":/usr/sbin:/sbin"), (
-            f"{tool} is missing: scripts/test installs it (Debian package {tool})"
-        )
+        if not shutil.which(tool, path=os.environ["PATH"] + ":/usr/sbin:/sbin"):
+            pytest.fail(
+                f"{tool} is missing: scripts/test installs it (Debian package {tool})",
+                pytrace=False,
+            )
+    try:
+        storage = choose(podman_env())
+    except StorageUnusable as error:
+        unusable = str(error)
+    else:
+        unusable = ""
+    if unusable:  # outside the except: the report shows this line, not a chain of exceptions
+        pytest.fail(unusable, pytrace=False)
+    STORAGE_ENV.update(storage.env)
+    yield storage
+    STORAGE_ENV.clear()
+    storage.release(podman_env())
+
+
+@pytest.fixture(scope="session")
+def base_image(podman_storage: PodmanStorage) -> Iterator[str]:
+    """The local Debian 12 base with Python 3.11 (no registry): built once, removed at the end."""
     tag = run(
         str(ROOT / "scripts" / "container-base"),
         f"localhost/cacheproxy-test-base:{RUN_ID}",
