@@ -177,10 +177,10 @@ def explain(failures: dict[str, str]) -> str:
             f"ranges for {os.environ.get('USER', 'this user')} in /etc/subuid and /etc/subgid, "
             "Debian package uidmap); or run the tests as root"
         )
-    elif "not permitted" in errors or "permission denied" in errors:
+    elif lacking := privileges_lacking(errors):
         need = (
-            "its mounts are not permitted in this container: run the container with "
-            "--privileged (docker run --privileged, podman run --privileged)"
+            f"{' and '.join(lacking)} in this container: run the container with --privileged "
+            "(docker run --privileged, podman run --privileged)"
         )
     elif "no space left" in errors:
         need = "no space left for its images: free about 2 GB under /var/tmp"
@@ -200,6 +200,16 @@ def explain(failures: dict[str, str]) -> str:
         f"podman cannot run a container here: {need} (see docs/containers.md; "
         f"podman's errors: {LOG})"
     )
+
+
+def privileges_lacking(errors: str) -> list[str]:
+    """What the probes' (lower-cased) errors say this container forbids podman."""
+    lacking = []
+    if "not permitted" in errors or "permission denied" in errors:
+        lacking.append("its mounts are not permitted")
+    if "cgroup" in errors and "read-only file system" in errors:
+        lacking.append("the cgroup file system is read-only")
+    return lacking
 
 
 def user_namespaces() -> bool:
