@@ -10,6 +10,7 @@ simulate``) on the host. podman runs with ``.ci/containers.conf`` (runc, permitt
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import queue
@@ -307,9 +308,11 @@ class Container:
         return podman("inspect", "--format", template, self.name).strip()
 
 
-def start_proxy(image: str, upstream: str) -> Container:
+def start_proxy(image: str, upstream: str, settings: dict[str, str] | None = None) -> Container:
+    """The image run as users run it, configured by PROXY_* variables (``settings`` adds some)."""
     port = free_port()
     name = f"cacheproxy-test-{RUN_ID}-{secrets.token_hex(3)}"
+    extra = [f"--env={key}={value}" for key, value in (settings or {}).items()]
     podman(
         "run",
         "--detach",
@@ -323,6 +326,7 @@ def start_proxy(image: str, upstream: str) -> Container:
         f"PROXY_PORT={port}",
         "-e",
         f"PROXY_UPSTREAM={upstream}",
+        *extra,
         image,
     )
     container = Container(name, f"http://127.0.0.1:{port}")
@@ -390,6 +394,51 @@ def test_the_proxy_process_does_not_run_as_root(container: Container) -> None:
     assert uids is not None
     assert set(uids.group(1).split()) == {"10001"}, uids.group(1)
     assert "-m proxy" in Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+
+
+def test_the_proxy_in_the_image_serves_on_uvloop(container: Container) -> None:
+    """The image carries uvloop (a default dependency, in the lock), so the default
+    ``--event-loop auto`` serves on it: the proxy imports uvloop only to make its loop, hence
+    uvloop's extension mapped into the process means the loop is uvloop's."""
+    pid = container.inspect("{{.State.Pid}}")
+    mapped = {line.split()[-1] for line in Path(f"/proc/{pid}/maps").read_text().splitlines()}
+
+    assert any("/uvloop/loop." in path for path in mapped), sorted(p for p in mapped if ".so" in p)
+
+
+def test_the_image_serves_br_and_zstd_when_configured_for_them(
+    proxy_image: str, simulator: Simulator
+) -> None:
+    """The image carries the compression codecs: with ``--compress-codings zstd,br,gzip`` a
+    stored JSON answer is served in each coding a client prefers, decoding to the same bytes."""
+    brotli = importlib.import_module("brotli")  # the dev extra has both codecs
+    zstandard = importlib.import_module("zstandard")
+    compressing = start_proxy(
+        proxy_image,
+        simulator.url,
+        # Any size: a transcription still processing is a short answer.
+        {"PROXY_COMPRESS_CODINGS": "zstd,br,gzip", "PROXY_COMPRESS_MIN_BYTES": "0"},
+    )
+    try:
+        path = f"/v1/audio/transcribe/{simulator.transcriptions[3]}"
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        identity = get(compressing.url + path, {**auth, "Accept-Encoding": "identity"})
+        served = {
+            coding: get(compressing.url + path, {**auth, "Accept-Encoding": coding})
+            for coding in ("br", "zstd")
+        }
+
+        assert identity.status == 200
+        assert identity.headers.get("Content-Encoding") is None
+        for coding, reply in served.items():
+            assert reply.status == 200, coding
+            assert reply.headers.get("Content-Encoding") == coding, (coding, reply.headers)
+            assert "Accept-Encoding" in reply.headers["Vary"]
+        assert brotli.decompress(served["br"].body) == identity.body
+        zstd_body = zstandard.ZstdDecompressor().decompressobj().decompress(served["zstd"].body)
+        assert zstd_body == identity.body
+    finally:
+        remove(compressing)
 
 
 def test_podman_stop_lets_a_slow_request_finish_and_the_container_exit_0(
