@@ -27,6 +27,8 @@ from aiohttp.streams import StreamReader
 from multidict import CIMultiDict
 
 from proxy.cache.exchange import Fields, ProxyRequest, RequestRejected, envelope
+from proxy.core.credentials import repeated_singleton
+from proxy.front.head import connect_refused
 from proxy.ops.config import Settings
 
 if TYPE_CHECKING:
@@ -44,6 +46,7 @@ def rejection(rejected: RequestRejected) -> web.Response:
         status=rejected.status,
         body=envelope(rejected.code, str(rejected)),
         content_type="application/json",
+        headers=dict(rejected.headers),
     )
     # The rest of the request may still be in flight: the connection cannot be reused.
     response.force_close()
@@ -94,6 +97,12 @@ def request_guard(settings: Settings) -> Callable[..., Awaitable[web.StreamRespo
 def check_request(request: web.BaseRequest, settings: Settings) -> None:
     if request.version not in (HttpVersion10, HttpVersion11):
         raise RequestRejected(505, "HTTP_VERSION_NOT_SUPPORTED", "Only HTTP/1.0 and 1.1.")
+    if request.method == "CONNECT":
+        raise connect_refused()
+    if repeated_singleton(name for name, _ in request.headers.items()) is not None:
+        raise RequestRejected(
+            400, "BAD_REQUEST", "Authorization and Proxy-Authorization take one field line."
+        )
     if not request.raw_path.startswith("/"):
         # Absolute-form, authority-form and asterisk-form targets would be glued onto the
         # upstream URL; a reverse proxy only serves origin-form (RFC 9112 §3.2.1).

@@ -40,10 +40,14 @@ def route_of(path: str) -> str:
 class RequestRejected(Exception):
     """A request the proxy refuses on the client's account (4xx), answered with the envelope."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, *, headers: Fields = ()
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
+        #: Fields the refusal needs besides the envelope's (``Allow`` on a 405).
+        self.headers = headers
 
 
 def envelope(code: str, message: str) -> bytes:
@@ -121,6 +125,6 @@ def send_error(
 
 def send_rejected(responder: Responder, rejected: RequestRejected) -> None:
     """A refused request: the rest of it may still be in flight, so the connection closes."""
-    headers = [("Content-Type", "application/json")]
+    headers = [("Content-Type", "application/json"), *rejected.headers]
     body = envelope(rejected.code, str(rejected))
     responder.send(rejected.status, "", headers, body, close=True)

@@ -80,8 +80,13 @@ class Forwarder:
     def upstream_headers(
         self, request: ProxyRequest, *, strip_validators: bool
     ) -> list[tuple[str, str]]:
-        """The request's end-to-end fields for the origin, with Via and X-Forwarded-* (§7.6.3)."""
-        drop = {"host", "via"} | (CLIENT_VALIDATORS if strip_validators else set())
+        """The request's end-to-end fields for the origin, with Via and X-Forwarded-* (§7.6.3).
+
+        ``Expect`` is not forwarded: the front answers ``100 Continue`` itself when the body is
+        first read (RFC 9110 §10.1.1), and an origin that never sends one (an HTTP/1.0 origin)
+        would otherwise hold the request and its pooled connection until the upstream bound.
+        """
+        drop = {"host", "via", "expect"} | (CLIENT_VALIDATORS if strip_validators else set())
         forwarded = [
             (k, v)
             for k, v in end_to_end(request.headers.items())

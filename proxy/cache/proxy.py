@@ -29,6 +29,7 @@ from proxy.cache.invalidate import Invalidator
 from proxy.cache.longpoll import HELD, LongPolls
 from proxy.cache.serve import StoredServing, Unacceptable
 from proxy.core.coding import accepts, readable, upstream_accept_encoding
+from proxy.core.credentials import credential_lines
 from proxy.core.headers import NO_DIRECTIVES
 from proxy.core.models import Answer, Fetch, Forward, Refuse, Relay, Serve, Settlement
 from proxy.core.policy import (
@@ -142,7 +143,7 @@ class CachingProxy:
         """The request as the policy sees it, within its credential scope."""
         headers = request.headers
         scope = credential_scope(
-            [headers.get(name) for name in self._credential_headers],
+            credential_lines(headers, self._credential_headers),
             shared=self.settings.shared_scope,
             secret=self._scope_secret,
         )

@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 
 from proxy.core.coding import Representation, normalise_accept_encoding
+from proxy.core.credentials import credential_scope as credential_scope
 from proxy.core.headers import (
     HOP_BY_HOP,
     CacheControl,
@@ -87,25 +88,7 @@ class RequestFacts:
 
 # -- keys and scope -------------------------------------------------------------------------------
 
-
-def credential_scope(values: Iterable[str | None], *, shared: bool, secret: bytes = b"") -> str:
-    """The credential scope of a request: a keyed hash of its credential headers.
-
-    Stored responses are only reused within their scope, so one caller never receives another
-    caller's response; ``shared`` turns that off for single-tenant deployments. The hash is
-    stable across replicas (they share entries) and never the credential itself.
-    """
-    if shared:
-        return ""
-    present = [value or "" for value in values]
-    if not any(present):
-        return "anonymous"
-    # Length-prefixed, so no two different credential tuples share the material.
-    material = "".join(f"{len(value)}:{value}" for value in present)
-    digest = hashlib.blake2b(
-        material.encode("utf-8", "surrogateescape"), digest_size=16, key=secret
-    )
-    return digest.hexdigest()
+# The credential scope lives in proxy.core.credentials (re-exported here).
 
 
 def request_facts(

@@ -9,20 +9,40 @@ that leaves a response unread for ``--client-send-timeout`` is cut.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import httptools
 
 from proxy.cache.exchange import RequestRejected
-from proxy.front.body import BodyStream, too_large
+from proxy.front.body import BodyStream
+from proxy.front.head import (
+    ACCEPT_ENCODING,
+    CODING,
+    CREDENTIAL,
+    EXPECT,
+    HOST,
+    INM,
+    LENGTH,
+    METHODS,
+    SINGLETONS,
+    HeadFacts,
+    Parsed,
+    expectations,
+    field_kinds,
+    headers_too_large,
+    refusal,
+    refused,
+    uri_too_long,
+)
+from proxy.front.tls import Handshake, cut_handshake
 
 if TYPE_CHECKING:
     from proxy.front.server import Front
+
+__all__ = ["HttpConnection", "Parsed"]  # Parsed: what the server and the fast path take
 
 log = logging.getLogger("proxy.server")
 
@@ -31,73 +51,10 @@ log = logging.getLogger("proxy.server")
 SLICE = 2**16
 MAX_HEADER_FIELDS = 128
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-#: Request fields after which only the full RFC 9111 policy may answer (not the fast path).
-UNUSUAL = frozenset(
-    {
-        b"cache-control",
-        b"pragma",
-        b"if-modified-since",
-        b"if-match",
-        b"if-unmodified-since",
-        b"if-range",
-        b"range",
-        b"content-length",
-        b"transfer-encoding",
-        b"expect",
-        b"upgrade",
-        b"prefer",  # Prefer: wait holds the request (proxy.cache.longpoll)
-    }
-)
-
-
-_HOST, _CREDENTIAL, _INM, _ACCEPT_ENCODING, _LENGTH, _CODING, _EXPECT, _OTHER = range(8)
-
-
-@functools.lru_cache(maxsize=16)
-def _field_kinds(credential_names: frozenset[bytes]) -> dict[bytes, int]:
-    """What a lower-cased request field name means to the parser callbacks, in one lookup
-    (a framing or precondition field first, as it takes the request off the fast path)."""
-    kinds = {b"accept-encoding": _ACCEPT_ENCODING, b"if-none-match": _INM}
-    kinds.update(dict.fromkeys(credential_names, _CREDENTIAL))
-    kinds[b"host"] = _HOST
-    kinds.update(dict.fromkeys(UNUSUAL, _OTHER))
-    kinds.update({b"content-length": _LENGTH, b"transfer-encoding": _CODING, b"expect": _EXPECT})
-    return kinds
-
-
-#: The usual methods' names as text, to spare a decode per request.
-METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")}
 
 
 class _Halt(Exception):
     """Raised from a parser callback: the request was refused, parse no further."""
-
-
-@dataclass(slots=True)
-class Parsed:
-    """A request head as parsed, with its body stream (``None`` when it has no body)."""
-
-    method: str
-    target: str
-    headers: list[tuple[str, str]]
-    version: str
-    keep_alive: bool
-    body: BodyStream | None
-    rejected: RequestRejected | None
-    plain: bool
-    started: float
-    host: str = ""
-    credentials: tuple[tuple[bytes, str], ...] = ()
-    if_none_match: str | None = None
-    accept_encoding: str | None = None
-
-    @property
-    def http10(self) -> bool:
-        return self.version == "1.0"
-
-
-def _refused(rejected: RequestRejected) -> Parsed:
-    return Parsed("GET", "/", [], "1.1", False, None, rejected, False, time.perf_counter())
 
 
 class HttpConnection(asyncio.Protocol):
@@ -124,14 +81,14 @@ class HttpConnection(asyncio.Protocol):
         self._in_head = True
         self._partial = False
         self._hosts: list[str] = []
-        self._codings: list[str] = []
-        self._length: str | None = None
+        #: What ``refusal`` needs of a head, made only for one with framing or odd fields.
+        self._facts: HeadFacts | None = None
         self._expect = False
         self._plain = True
         self._credentials: list[tuple[bytes, str]] = []
         self._inm: str | None = None
         self._accept_encoding: str | None = None
-        self._kinds = _field_kinds(front.credential_names)
+        self._kinds = field_kinds(front.credential_names)
         self._max_header_bytes = front.settings.max_header_bytes
         self._fast = front.fast
         self._current: Parsed | None = None
@@ -141,6 +98,8 @@ class HttpConnection(asyncio.Protocol):
         self._busy = False
         self._handling = False
         self._halted = False
+        #: The client half-closed its side: close once the answers due are written.
+        self._eof = False
         self._reading = True
         self._write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
@@ -150,6 +109,7 @@ class HttpConnection(asyncio.Protocol):
         self._head_timer: asyncio.TimerHandle | None = None
         self._head_deadline = 0.0
         self._disconnected: asyncio.Future[None] | None = None
+        self._handshake: Handshake | None = None
 
     # -- connection lifecycle ---------------------------------------------------------------
 
@@ -162,6 +122,11 @@ class HttpConnection(asyncio.Protocol):
         if not self.front.admit(self):
             self.lost = True
             return
+        if self.front.tls is not None:
+            # Counted and waiting for a head from accept: the header timeout (or the cap)
+            # ends a handshake that does not finish, as it ends a head that does not arrive.
+            timeout = self.settings.client_header_timeout
+            self._handshake = Handshake(self, self, self.front.tls, timeout, self.loop)
         self._idle()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -181,6 +146,7 @@ class HttpConnection(asyncio.Protocol):
         # A half-closed client gets its answers, then the connection closes (RFC 9112 §9.6);
         # TLS cannot stay half-open. A held request (Prefer: wait) takes it as a goodbye.
         self._gone()
+        self._eof = True
         return True if self._busy and self.front.scheme == "http" else None
 
     def disconnected(self) -> asyncio.Future[None]:
@@ -198,6 +164,8 @@ class HttpConnection(asyncio.Protocol):
     def evict(self) -> None:
         """Make room past the cap: an idle keep-alive connection is closed, a slow head cut."""
         self.waiting = False
+        if cut_handshake(self._handshake):
+            return
         if self._partial:
             self.abort()
         else:
@@ -207,6 +175,10 @@ class HttpConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self._halted:
+            return
+        handshake = self._handshake
+        if handshake is not None and not handshake.done:
+            handshake.early.append(data)  # decrypted before the TLS transport is ours
             return
         continued = self._partial
         try:
@@ -247,9 +219,9 @@ class HttpConnection(asyncio.Protocol):
 
     def _refuse_head(self) -> None:
         if self._raw or not self._url:
-            self._refuse(_headers_too_large())
+            self._refuse(headers_too_large())
         else:
-            self._refuse(_uri_too_long())
+            self._refuse(uri_too_long())
 
     def _refuse_unparseable(self, error: Exception) -> None:
         log.info("rejected an unparseable request from %s: 400 %s", self.peer, type(error).__name__)
@@ -271,7 +243,7 @@ class HttpConnection(asyncio.Protocol):
         self._halt()
         self._in_head = False
         self.waiting = False
-        self._ready.append(_refused(rejected))
+        self._ready.append(refused(rejected))
 
     def _halt(self) -> None:
         self._halted = True
@@ -295,8 +267,7 @@ class HttpConnection(asyncio.Protocol):
         self._raw = []
         self._head_size = 0
         self._hosts = []
-        self._codings = []
-        self._length = None
+        self._facts = None
         self._expect = False
         self._plain = True
         self._credentials = []
@@ -309,14 +280,14 @@ class HttpConnection(asyncio.Protocol):
     def on_url(self, url: bytes) -> None:
         self._url += url
         if len(self._url) > self.settings.max_request_line:
-            self._refuse(_uri_too_long())
+            self._refuse(uri_too_long())
             raise _Halt
 
     def on_header(self, name: bytes, value: bytes) -> None:
         size = self._head_size = self._head_size + len(name) + len(value) + 4
         raw = self._raw
         if size > self._max_header_bytes or len(raw) >= MAX_HEADER_FIELDS:
-            self._refuse(_headers_too_large())
+            self._refuse(headers_too_large())
             raise _Halt
         raw.append((name, value))
         lowered = name.lower()
@@ -324,26 +295,31 @@ class HttpConnection(asyncio.Protocol):
         if kind is None:
             return
         text = value.decode("utf-8", "surrogateescape")
-        if kind == _HOST:
+        if kind == HOST:
             self._hosts.append(text)
-        elif kind == _CREDENTIAL:
+        elif kind == CREDENTIAL:
+            if lowered in SINGLETONS and any(n == lowered for n, _ in self._credentials):
+                self._head_facts().repeated_credential = True
+                self._plain = False
             self._credentials.append((lowered, text))
-        elif kind == _INM:
+        elif kind == INM:
             if self._inm is not None:
                 self._plain = False  # several fields: the full policy combines them
             self._inm = text
-        elif kind == _ACCEPT_ENCODING:
+        elif kind == ACCEPT_ENCODING:
             if self._accept_encoding is not None:
                 self._plain = False  # several fields: the full policy combines them
             self._accept_encoding = text
         else:
             self._plain = False
-            if kind == _CODING:
-                self._codings.extend(c.strip().lower() for c in text.split(","))
-            elif kind == _LENGTH:
-                self._length = text
-            elif kind == _EXPECT:
-                self._expect = text.strip().lower() == "100-continue"
+            if kind == CODING:
+                self._head_facts().codings.extend(c.strip().lower() for c in text.split(","))
+            elif kind == LENGTH:
+                self._head_facts().length = text
+            elif kind == EXPECT:
+                # The front answers 100 Continue itself (BodyStream); Expect is not forwarded.
+                self._expect = True
+                self._head_facts().expectations += expectations(text)
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -353,21 +329,28 @@ class HttpConnection(asyncio.Protocol):
         parser = self.parser
         version = parser.get_http_version()
         target = self._url.decode("utf-8", "surrogateescape")
-        if self._plain and version == "1.1" and len(self._hosts) == 1 and target[:1] == "/":
-            rejected = None  # what _check finds of a plain request (no framing fields)
-            if self._answer_inline(parser, target):
+        hosts = self._hosts
+        method = parser.get_method()
+        facts = self._facts
+        if self._plain and version == "1.1" and len(hosts) == 1 and target[:1] == "/":
+            # What refusal finds of a plain request (no framing fields) but for its method.
+            rejected = None
+            if self._answer_inline(parser, target, method):
                 return
+            if method == b"CONNECT":
+                rejected = refusal(HeadFacts(hosts), method, version, target, 0)
         else:
-            rejected = self._check(version, target)
+            facts = facts or HeadFacts(hosts)
+            rejected = refusal(facts, method, version, target, self.settings.max_body_bytes)
         body = None
-        if rejected is None and (self._codings or (self._length or "0") != "0"):
+        framed = facts is not None and (facts.codings or (facts.length or "0") != "0")
+        if rejected is None and framed:
             body = BodyStream(
                 limit=self.settings.max_body_bytes,
                 idle_timeout=self.settings.client_body_timeout,
                 continue_=self._send_continue if self._expect else None,
                 reading=self._set_reading,
             )
-        method = parser.get_method()
         parsed = Parsed(
             METHODS.get(method) or method.decode("ascii", "replace"),
             target,
@@ -378,7 +361,7 @@ class HttpConnection(asyncio.Protocol):
             rejected,
             self._plain and rejected is None,
             time.perf_counter(),
-            self._hosts[0] if self._hosts else self.local,
+            hosts[0] if hosts else self.local,
             tuple(self._credentials),
             self._inm,
             self._accept_encoding,
@@ -389,7 +372,15 @@ class HttpConnection(asyncio.Protocol):
             self._halt()
             raise _Halt
 
-    def _answer_inline(self, parser: httptools.HttpRequestParser, target: str) -> bool:
+    def _head_facts(self) -> HeadFacts:
+        facts = self._facts
+        if facts is None:
+            facts = self._facts = HeadFacts(self._hosts)
+        return facts
+
+    def _answer_inline(
+        self, parser: httptools.HttpRequestParser, target: str, method: bytes
+    ) -> bool:
         """A plain keep-alive GET or HEAD with nothing before it on the connection, answered
         from the fast path's memo during parsing, without building a ``Parsed``."""
         fast = self._fast
@@ -404,7 +395,6 @@ class HttpConnection(asyncio.Protocol):
             or not parser.should_keep_alive()
         ):
             return False
-        method = parser.get_method()
         if method == b"GET":
             name = "GET"
         elif method == b"HEAD":
@@ -417,37 +407,15 @@ class HttpConnection(asyncio.Protocol):
         ):  # fmt: skip
             return False
         self._current = None
+        if self._pending is not None or self._write_paused:
+            # The answer is still being written: busy (not idle, not evictable) until it is
+            # out, when the end of the pump (or resume_writing) calls _next.
+            self._busy = True
+            return True
         self._idle()  # as _next leaves a connection whose queue is empty
         if not self._reading:
             self._set_reading(True)
         return True
-
-    def _check(self, version: str, target: str) -> RequestRejected | None:
-        """What the parser lets through but the proxy must not forward (RFC 9112)."""
-        if version not in ("1.1", "1.0"):
-            return RequestRejected(505, "HTTP_VERSION_NOT_SUPPORTED", "Only HTTP/1.0 and 1.1.")
-        if not target.startswith("/"):
-            # Absolute-, authority- and asterisk-form targets would be glued onto the upstream
-            # URL; a reverse proxy only serves origin-form (§3.2.1).
-            return RequestRejected(400, "BAD_REQUEST", "The request-target must start with '/'.")
-        if len(self._hosts) > 1 or (version == "1.1" and not self._hosts):
-            return RequestRejected(400, "BAD_REQUEST", "Exactly one Host field is required.")
-        if self._codings:
-            if version == "1.0":
-                # §6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing.
-                return RequestRejected(
-                    400, "BAD_REQUEST", "Transfer-Encoding is not allowed in HTTP/1.0."
-                )
-            if self._codings[-1] != "chunked":
-                return RequestRejected(400, "BAD_REQUEST", "The body framing is not chunked.")
-            if len(self._codings) > 1:
-                # §6.1: a transfer coding the server does not implement is answered 501.
-                return RequestRejected(
-                    501, "NOT_IMPLEMENTED", "Only the chunked transfer coding is supported."
-                )
-        if self._length is not None and int(self._length) > self.settings.max_body_bytes:
-            return too_large()
-        return None
 
     def on_body(self, body: bytes) -> None:
         current = self._current
@@ -492,10 +460,10 @@ class HttpConnection(asyncio.Protocol):
             task = self.loop.create_task(self._handle(parsed))
             self.front.track(task)
             return
-        if self.lost:
-            return
+        if self.lost or self._write_paused or self._pending is not None:
+            return  # an answer is still being written: still busy
         self._busy = False
-        if self._halted:
+        if self._halted or self._eof:
             self.transport.close()
             return
         self._idle()
@@ -541,7 +509,8 @@ class HttpConnection(asyncio.Protocol):
             self._head_timer = self.loop.call_at(self._head_deadline, self._head_timeout)
             return
         self.front.timed_out("head")
-        self.transport.close()
+        if not cut_handshake(self._handshake):
+            self.transport.close()
 
     # -- writing ----------------------------------------------------------------------------
 
@@ -607,8 +576,8 @@ class HttpConnection(asyncio.Protocol):
         self._wake_drain()
         if self._pending is not None:
             self._pump()
-        elif self._busy and not self._handling and self._queue:
-            self._next()
+        elif self._busy and not self._handling:
+            self._next()  # the next request, or idle once the last answer is out
 
     def _send_timeout(self) -> None:
         """The client read nothing for ``--client-send-timeout``: cut it (nginx send_timeout)."""
@@ -617,6 +586,8 @@ class HttpConnection(asyncio.Protocol):
         self.abort()
 
     def abort(self) -> None:
+        if cut_handshake(self._handshake):
+            return
         if self.transport is not None:
             self.transport.abort()
 
@@ -627,11 +598,3 @@ class HttpConnection(asyncio.Protocol):
     @property
     def head_deadline(self) -> float:
         return self._head_deadline
-
-
-def _uri_too_long() -> RequestRejected:
-    return RequestRejected(414, "URI_TOO_LONG", "The request-target is too long.")
-
-
-def _headers_too_large() -> RequestRejected:
-    return RequestRejected(431, "HEADERS_TOO_LARGE", "The request header fields are too large.")

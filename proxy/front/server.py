@@ -1,11 +1,14 @@
 """Our HTTP/1.1 front: the listener, the connection cap, TLS, draining and the dispatch of a
 parsed request to the fast path, a local endpoint or the cache.
 
-Past ``--max-connections`` the connection that has waited longest for a request head (an idle
-keep-alive connection or a slow head) is closed to make room; when none is waiting the new
-connection is refused with a canned 503. The cap keeps descriptors for the upstream pool, Redis,
-the admin port and logs, so ``accept`` never fails for want of one; if it does all the same,
-asyncio's report of it is logged once a minute, not once per attempt.
+A connection counts from accept, a TLS one during its handshake too: asyncio's ``ssl=``
+listener would hand it over only once the handshake is done, invisible to the cap and the
+timeouts, so each admitted connection starts TLS itself. Past ``--max-connections`` the
+connection that has waited longest for a request head (an idle keep-alive connection, a slow
+head or handshake) is closed to make room; when none is waiting the new connection is refused
+with a canned 503. The cap keeps descriptors for the upstream pool, Redis, the admin port and
+logs, so ``accept`` never fails for want of one; if it does all the same, asyncio's report of it
+is logged once a minute, not once per attempt.
 """
 
 from __future__ import annotations
@@ -79,13 +82,17 @@ class Front:
         loop: asyncio.AbstractEventLoop,
         fast: bool = True,
         exposition: Callable[[], Awaitable[bytes]] | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.proxy = proxy
+        #: TLS is started by each connection after it is admitted (``HttpConnection``), so a
+        #: handshake counts against the cap and is bounded by the header timeout.
+        self.tls = tls
         self.metrics = metrics
         self.settings = settings
         self.loop = loop
         self.scheme = scheme
-        self.credential_names = frozenset(n.encode() for n in settings.credential_headers)
+        self.credential_names = frozenset(n.lower().encode() for n in settings.credential_headers)
         self.access = AccessLog(access, loop) if access is not None else None
         self.endpoints = Endpoints(
             proxy,
@@ -119,7 +126,8 @@ class Front:
                 # A scan only at the cap: on the hit path a connection just flips a flag.
                 min(waiting, key=lambda c: c.head_deadline).evict()
             else:
-                conn.transport.write(REFUSED)
+                if self.tls is None:  # before its handshake a TLS client can read no answer
+                    conn.transport.write(REFUSED)
                 conn.transport.close()
                 return False
         self.connections.add(conn)
@@ -222,13 +230,13 @@ class FrontServer:
             loop=loop,
             fast=self._fast,
             exposition=self.app.get(self._exposition_key),
+            tls=context,
         )
         _quiet_accept_errors(loop)
         self.server = await loop.create_server(
             lambda: HttpConnection(front),
             host,
             port,
-            ssl=context,
             backlog=1024,
             reuse_port=reuse_port or None,
         )
