@@ -13,7 +13,8 @@ ENV PIP_NO_CACHE_DIR=1 \
 WORKDIR /src
 COPY requirements.lock pyproject.toml README.md ./
 COPY proxy ./proxy
-# Dependencies exactly as locked (versions and hashes), then the project itself without resolving.
+# Dependencies exactly as locked (versions and hashes: uvloop, which the proxy serves on, and the
+# br/zstd codecs for --compress-codings among them), then the project itself without resolving.
 RUN pip wheel --wheel-dir /wheels --require-hashes -r requirements.lock \
     && pip wheel --wheel-dir /wheels --no-deps .
 

@@ -10,6 +10,7 @@ simulate``) on the host. podman runs with ``.ci/containers.conf`` (runc, permitt
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import queue
@@ -31,6 +32,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.podman_storage import PodmanStorage, StorageUnusable, choose
 from tests.waiting import eventually_sync
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,8 +48,13 @@ PROXIES = ("proxy-1", "proxy-2")
 DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
+#: The storage podman uses for this session (``podman_storage`` below): the machine's default,
+#: or in a container a tests-owned one, whose environment (CONTAINERS_STORAGE_CONF) goes here.
+STORAGE_ENV: dict[str, str] = {}
+
+
 def podman_env() -> dict[str, str]:
-    return {**os.environ, "CONTAINERS_CONF": str(CI / "containers.conf")}
+    return {**os.environ, "CONTAINERS_CONF": str(CI / "containers.conf"), **STORAGE_ENV}
 
 
 def run(*command: str, timeout: float = 120, env: dict[str, str] | None = None) -> str:
@@ -162,12 +169,33 @@ def answers(url: str) -> bool:
 
 
 @pytest.fixture(scope="session")
-def base_image() -> Iterator[str]:
-    """The local Debian 12 base with Python 3.11 (no registry): built once, removed at the end."""
+def podman_storage() -> Iterator[PodmanStorage]:
+    """The storage podman can run containers with here, tried once: the machine's default, or
+    (inside a container, where overlay refuses overlayfs) a tests-owned fuse-overlayfs or vfs
+    storage, removed at the end. Where none works, the tests fail with one line saying why."""
     for tool in ("podman", "runc", "debootstrap"):
-        assert shutil.which(tool, path=os.environ["PATH"] + ":/usr/sbin:/sbin"), (
-            f"{tool} is missing: scripts/test installs it (Debian package {tool})"
-        )
+        if not shutil.which(tool, path=os.environ["PATH"] + ":/usr/sbin:/sbin"):
+            pytest.fail(
+                f"{tool} is missing: scripts/test installs it (Debian package {tool})",
+                pytrace=False,
+            )
+    try:
+        storage = choose(podman_env())
+    except StorageUnusable as error:
+        unusable = str(error)
+    else:
+        unusable = ""
+    if unusable:  # outside the except: the report shows this line, not a chain of exceptions
+        pytest.fail(unusable, pytrace=False)
+    STORAGE_ENV.update(storage.env)
+    yield storage
+    STORAGE_ENV.clear()
+    storage.release(podman_env())
+
+
+@pytest.fixture(scope="session")
+def base_image(podman_storage: PodmanStorage) -> Iterator[str]:
+    """The local Debian 12 base with Python 3.11 (no registry): built once, removed at the end."""
     tag = run(
         str(ROOT / "scripts" / "container-base"),
         f"localhost/cacheproxy-test-base:{RUN_ID}",
@@ -280,9 +308,11 @@ class Container:
         return podman("inspect", "--format", template, self.name).strip()
 
 
-def start_proxy(image: str, upstream: str) -> Container:
+def start_proxy(image: str, upstream: str, settings: dict[str, str] | None = None) -> Container:
+    """The image run as users run it, configured by PROXY_* variables (``settings`` adds some)."""
     port = free_port()
     name = f"cacheproxy-test-{RUN_ID}-{secrets.token_hex(3)}"
+    extra = [f"--env={key}={value}" for key, value in (settings or {}).items()]
     podman(
         "run",
         "--detach",
@@ -296,6 +326,7 @@ def start_proxy(image: str, upstream: str) -> Container:
         f"PROXY_PORT={port}",
         "-e",
         f"PROXY_UPSTREAM={upstream}",
+        *extra,
         image,
     )
     container = Container(name, f"http://127.0.0.1:{port}")
@@ -363,6 +394,51 @@ def test_the_proxy_process_does_not_run_as_root(container: Container) -> None:
     assert uids is not None
     assert set(uids.group(1).split()) == {"10001"}, uids.group(1)
     assert "-m proxy" in Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+
+
+def test_the_proxy_in_the_image_serves_on_uvloop(container: Container) -> None:
+    """The image carries uvloop (a default dependency, in the lock), so the default
+    ``--event-loop auto`` serves on it: the proxy imports uvloop only to make its loop, hence
+    uvloop's extension mapped into the process means the loop is uvloop's."""
+    pid = container.inspect("{{.State.Pid}}")
+    mapped = {line.split()[-1] for line in Path(f"/proc/{pid}/maps").read_text().splitlines()}
+
+    assert any("/uvloop/loop." in path for path in mapped), sorted(p for p in mapped if ".so" in p)
+
+
+def test_the_image_serves_br_and_zstd_when_configured_for_them(
+    proxy_image: str, simulator: Simulator
+) -> None:
+    """The image carries the compression codecs: with ``--compress-codings zstd,br,gzip`` a
+    stored JSON answer is served in each coding a client prefers, decoding to the same bytes."""
+    brotli = importlib.import_module("brotli")  # the dev extra has both codecs
+    zstandard = importlib.import_module("zstandard")
+    compressing = start_proxy(
+        proxy_image,
+        simulator.url,
+        # Any size: a transcription still processing is a short answer.
+        {"PROXY_COMPRESS_CODINGS": "zstd,br,gzip", "PROXY_COMPRESS_MIN_BYTES": "0"},
+    )
+    try:
+        path = f"/v1/audio/transcribe/{simulator.transcriptions[3]}"
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        identity = get(compressing.url + path, {**auth, "Accept-Encoding": "identity"})
+        served = {
+            coding: get(compressing.url + path, {**auth, "Accept-Encoding": coding})
+            for coding in ("br", "zstd")
+        }
+
+        assert identity.status == 200
+        assert identity.headers.get("Content-Encoding") is None
+        for coding, reply in served.items():
+            assert reply.status == 200, coding
+            assert reply.headers.get("Content-Encoding") == coding, (coding, reply.headers)
+            assert "Accept-Encoding" in reply.headers["Vary"]
+        assert brotli.decompress(served["br"].body) == identity.body
+        zstd_body = zstandard.ZstdDecompressor().decompressobj().decompress(served["zstd"].body)
+        assert zstd_body == identity.body
+    finally:
+        remove(compressing)
 
 
 def test_podman_stop_lets_a_slow_request_finish_and_the_container_exit_0(
