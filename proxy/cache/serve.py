@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from proxy.cache.bodies import Bodies
 from proxy.cache.exchange import Fields, ProxyRequest, Responder
-from proxy.core.coding import choose
+from proxy.core.coding import CodingError, choose
 from proxy.core.conditional import not_modified, not_modified_headers
 from proxy.core.headers import parse_cache_control
 from proxy.core.models import Serve
@@ -12,14 +13,16 @@ from proxy.ops.metrics import Metrics
 
 class Unacceptable(Exception):
     """The stored response has no representation in a coding the client accepts (it is only
-    stored coded, under ``no-transform``): the request must go to the origin instead."""
+    stored coded, under ``no-transform``), or its stored body does not decode here: the
+    request must go to the origin instead."""
 
 
 class StoredServing:
     """Writes a ``Serve`` decision: ``Age`` and ``Cache-Status`` on the stored fields (§4)."""
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: Metrics, bodies: Bodies) -> None:
         self.metrics = metrics
+        self.bodies = bodies
 
     def serve(
         self, request: ProxyRequest, responder: Responder, decision: Serve, extra: Fields = ()
@@ -35,7 +38,8 @@ class StoredServing:
         index = choose(codings, request.headers.get("accept-encoding"))
         if index is None:
             raise Unacceptable
-        rep = entry.representations[index]
+        reps = entry.representations
+        rep = reps[index]
         age = str(int(decision.age))
         if 200 <= entry.status < 300:
             held = not_modified(entry, request.headers, rep)
@@ -46,14 +50,18 @@ class StoredServing:
                 headers.extend(extra)
                 responder.send(304, "", headers, b"")
                 return
-        size = len(rep.body)
+        try:
+            body = self.bodies.body(entry, rep)
+        except CodingError as error:
+            raise Unacceptable from error
+        size = len(body)
         if request.method != "HEAD":
             self.metrics.response_bytes.inc(size)
             if decision.saved:
                 self.metrics.bytes_saved.inc(size)
-        served = entry.represented[index]
+        served = entry.fields_of(rep, reps)
         headers = [*served, ("Age", age), ("Cache-Status", decision.cache_status), *extra]
-        responder.send(entry.status, entry.reason, headers, rep.body)
+        responder.send(entry.status, entry.reason, headers, body)
 
 
 def _no_transform(request: ProxyRequest) -> bool:

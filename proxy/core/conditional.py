@@ -12,7 +12,6 @@ decisions (``proxy.core.policy``) build on these; range requests and other preco
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import replace
 
 from proxy.core.coding import Representation
 from proxy.core.headers import (
@@ -67,8 +66,8 @@ def freshen(
         names = {name: None for name in split_list(stored_vary + new_vary)}
         if names and parse_vary(list(names)) != ("*",):
             fresh = (*fresh, ("Vary", ", ".join(names)))
-    return replace(
-        entry, headers=kept + fresh, request_time=request_time, response_time=response_time
+    return entry.replace(
+        headers=kept + fresh, request_time=request_time, response_time=response_time
     )
 
 
@@ -115,7 +114,8 @@ def not_modified(
     ``If-None-Match`` is compared with every representation of the stored response (its own
     coding first), so a client holding any of them is told it is current, under that one's tag.
     """
-    chosen = chosen or entry.representations[0]
+    reps = entry.representations
+    chosen = chosen or reps[0]
     if_none_match = headers.get("if-none-match")
     if if_none_match is not None:
         tags = parse_entity_tag_list(if_none_match)
@@ -123,7 +123,7 @@ def not_modified(
             return None
         if tags == ("*",):
             return chosen
-        for rep in (chosen, *entry.representations):
+        for rep in (chosen, *reps):
             if rep.etag is not None and any(weak_match(tag, rep.etag) for tag in tags):
                 return rep
         return None
@@ -140,6 +140,6 @@ def not_modified_headers(
     entry: StoredResponse, rep: Representation | None = None
 ) -> list[tuple[str, str]]:
     """RFC 9110 §15.4.5: the 200's fields a 304 repeats, for the representation it validates."""
-    index = entry.representations.index(rep) if rep is not None else 0
-    fields = entry.represented[index]
+    reps = entry.representations
+    fields = entry.fields_of(rep if rep is not None else reps[0], reps)
     return [(key, value) for key, value in fields if key.lower() in NOT_MODIFIED_FIELDS]

@@ -5,9 +5,10 @@ from __future__ import annotations
 import functools
 import math
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any
 
-from proxy.core.coding import IDENTITY, Representation
+from proxy.core.coding import IDENTITY, Representation, coded_etag
 from proxy.core.headers import (
     HOP_BY_HOP,
     CacheControl,
@@ -39,14 +40,35 @@ def header_value(headers: Headers, name: str) -> str | None:
     return None
 
 
-def _shared_fields(headers: Headers) -> Headers:
-    """The fields as plain interned strings: one copy of each name and repeated value.
+@functools.lru_cache(maxsize=4096)
+def _shared_pair(name: str, value: str) -> tuple[str, str]:
+    """One field tuple for every stored response that repeats it (``Content-Type``,
+    ``Cache-Control``, ``Server``, ``Via``, the ``Date`` of a busy second): plain ``str`` names
+    and values (not the client's ``istr``), written out without conversion."""
+    return (sys.intern(name), value)
 
-    Stored responses of one API repeat the same names and most values (``Content-Type``,
-    ``Cache-Control``, ``Server``, ``Via``); interning keeps one string for all of them, and
-    plain ``str`` names (not the client's ``istr``) are written out without conversion.
-    """
-    return tuple((sys.intern(str(name)), sys.intern(str(value))) for name, value in headers)
+
+@functools.lru_cache(maxsize=1024)
+def _shared_fields(fields: Headers) -> Headers:
+    """One tuple for every stored response whose fields are the same (apart from ``ETag``)."""
+    return fields
+
+
+@functools.lru_cache(maxsize=4096)
+def _parsed_date(value: str) -> float | None:
+    return parse_http_date(value)
+
+
+def _date_of(value: str | None, now: float) -> float | None:
+    """An HTTP-date field as epoch seconds; only the RFC 850 form (with ``-``) depends on now."""
+    if value is None or "-" in value:
+        return parse_http_date(value, now)
+    return _parsed_date(value)
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed_vary(values: tuple[str, ...]) -> tuple[str, ...]:
+    return parse_vary(values)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -72,101 +94,274 @@ def response_cache_control(headers: Headers, *, targeted: bool) -> CacheControl:
     return _parsed_cache_control(tuple(header_values(headers, "cache-control")))
 
 
-@dataclass(frozen=True, slots=True)
 class StoredResponse:
     """One stored response (RFC 9111 §3) and the request facts needed to reuse it.
 
     ``scope`` is the credential scope the response belongs to and ``selecting`` the values of the
     request fields its ``Vary`` names (§4.1), so a variant is only reused for matching requests.
-    The derived fields are computed once here, never on the hot path of a hit.
 
-    ``derived`` holds the representations in other content codings computed from the body
-    (``proxy.core.coding``); ``representations`` puts the origin's own first, ``represented``
-    holds each one's served fields (its ``Content-Encoding``, ``ETag`` and ``Vary``).
+    ``body`` is the one body kept, in content coding ``coding`` (``proxy.core.coding
+    .stored_form``): None means as the origin sent it, served only so; otherwise identity is
+    servable too (decoded on the way out when ``coding`` is not identity) and ``derived`` holds
+    the bodies of other configured codings. ``representations`` lists what is served, the
+    origin's own first, each with its validator (RFC 9110 §8.8.3).
+
+    Memory is the point of this shape (issue 19): slots only; the fields tuple and its pairs are
+    shared between responses that repeat them, the ``ETag`` kept apart so that the rest can be;
+    dates, sizes, representations and their fields are computed when asked, not stored. The
+    facts a hit needs (``cache_control``, ``etag``, ``vary``, ``corrected_initial_age``) are
+    computed once here.
     """
+
+    __slots__ = (
+        "status",
+        "reason",
+        "_fields",
+        "_etag_at",
+        "etag",
+        "body",
+        "coding",
+        "derived",
+        "request_time",
+        "response_time",
+        "corrected_initial_age",
+        "scope",
+        "selecting",
+        "targeted",
+        "cache_control",
+        "vary",
+        "selection_vary",
+    )
 
     status: int
     reason: str
-    headers: Headers
+    _fields: Headers
+    _etag_at: int
+    etag: str | None
     body: bytes
+    coding: str | None
+    derived: tuple[Representation, ...]
     request_time: float
     response_time: float
-    scope: str = ""
-    selecting: tuple[tuple[str, str], ...] = ()
-    targeted: bool = field(default=False)
-    derived: tuple[Representation, ...] = ()
+    corrected_initial_age: float
+    scope: str
+    selecting: tuple[tuple[str, str], ...]
+    targeted: bool
+    cache_control: CacheControl
+    vary: tuple[str, ...]
+    selection_vary: tuple[str, ...]
 
-    representations: tuple[Representation, ...] = field(init=False, compare=False, repr=False)
-    codings: tuple[str, ...] = field(init=False, compare=False, repr=False)
-    represented: tuple[Headers, ...] = field(init=False, compare=False, repr=False)
-    selection_vary: tuple[str, ...] = field(init=False, compare=False, repr=False)
-
-    cache_control: CacheControl = field(init=False, compare=False, repr=False)
-    date: float | None = field(init=False, compare=False, repr=False)
-    etag: str | None = field(init=False, compare=False, repr=False)
-    last_modified: float | None = field(init=False, compare=False, repr=False)
-    vary: tuple[str, ...] = field(init=False, compare=False, repr=False)
-    corrected_initial_age: float = field(init=False, compare=False, repr=False)
-    size: int = field(init=False, compare=False, repr=False)
-
-    def __post_init__(self) -> None:
-        headers = _shared_fields(self.headers)
-        cache_control = response_cache_control(headers, targeted=self.targeted)
-        date = parse_http_date(header_value(headers, "date"), self.response_time)
-        age = parse_age(header_values(headers, "age")) or 0
+    def __init__(
+        self,
+        status: int,
+        reason: str,
+        headers: Headers,
+        body: bytes,
+        request_time: float,
+        response_time: float,
+        scope: str = "",
+        selecting: tuple[tuple[str, str], ...] = (),
+        targeted: bool = False,
+        derived: tuple[Representation, ...] = (),
+        coding: str | None = None,
+    ) -> None:
+        pairs = tuple(_shared_pair(str(name), str(value)) for name, value in headers)
+        at, etag = -1, parse_entity_tag(header_value(pairs, "etag"))
+        tags = [index for index, (name, _) in enumerate(pairs) if name.lower() == "etag"]
+        if len(tags) == 1 and pairs[tags[0]] == ("ETag", etag):
+            at = tags[0]
+            pairs = pairs[:at] + pairs[at + 1 :]
+        fields = _shared_fields(pairs)
+        cache_control = response_cache_control(fields, targeted=targeted)
+        date = _date_of(header_value(fields, "date"), response_time)
+        age = parse_age(header_values(fields, "age")) or 0
         # §4.2.3 apparent_age, with the receipt time at the one-second resolution of the Date it
         # is compared with: a response dated in the second it arrives is not up to 1 s old.
-        apparent_age = max(0.0, math.floor(self.response_time) - date) if date is not None else 0.0
-        corrected_age_value = age + (self.response_time - self.request_time)
-        setter = object.__setattr__
-        setter(self, "headers", headers)
-        setter(self, "cache_control", cache_control)
-        setter(self, "date", date)
-        setter(self, "etag", parse_entity_tag(header_value(headers, "etag")))
-        last_modified = parse_http_date(header_value(headers, "last-modified"), self.response_time)
-        setter(self, "last_modified", last_modified)
-        setter(self, "vary", parse_vary(header_values(headers, "vary")))
-        setter(self, "corrected_initial_age", max(apparent_age, corrected_age_value))
-        served = tuple(item for item in headers if item[0].lower() not in NOT_SERVED)
-        original = Representation(
-            _coding_token(header_values(headers, "content-encoding")),
-            self.body,
-            self.etag,
-            derived=False,
-        )
-        reps = (original, *self.derived)
-        setter(self, "representations", reps)
-        setter(self, "codings", tuple(rep.coding for rep in reps))
-        setter(self, "represented", tuple(_represented(served, rep, reps) for rep in reps))
-        vary = self.vary
-        if "accept-encoding" in vary and any(rep.coding == IDENTITY for rep in reps):
+        apparent_age = max(0.0, math.floor(response_time) - date) if date is not None else 0.0
+        corrected_age_value = age + (response_time - request_time)
+        vary = _parsed_vary(tuple(header_values(fields, "vary")))
+        if "accept-encoding" in vary and (coding is not None or IDENTITY in (
+            _coding_token(header_values(fields, "content-encoding")),
+            *(rep.coding for rep in derived),
+        )):
             # Every client can be served from this one stored response (§12.5.3): the request's
             # Accept-Encoding picks a representation, not a stored response.
-            vary = tuple(name for name in vary if name != "accept-encoding")
-        setter(self, "selection_vary", vary)
-        fields = sum(len(k) + len(v) + FIELD_OVERHEAD for k, v in headers)
-        selecting = sum(len(n) + len(v) + FIELD_OVERHEAD for n, v in self.selecting)
-        derived = sum(
-            len(rep.body) + len(rep.etag or "") + REPRESENTATION_OVERHEAD + 8 * len(served)
-            for rep in self.derived
+            selection_vary = tuple(name for name in vary if name != "accept-encoding")
+        else:
+            selection_vary = vary
+        setter = object.__setattr__
+        setter(self, "status", status)
+        setter(self, "reason", sys.intern(reason))
+        setter(self, "_fields", fields)
+        setter(self, "_etag_at", at)
+        setter(self, "etag", etag)
+        setter(self, "body", body)
+        setter(self, "coding", coding)
+        setter(self, "derived", derived)
+        setter(self, "request_time", request_time)
+        setter(self, "response_time", response_time)
+        setter(self, "corrected_initial_age", max(apparent_age, corrected_age_value))
+        # One string per credential scope, however many responses it holds.
+        setter(self, "scope", sys.intern(scope))
+        setter(self, "selecting", selecting)
+        setter(self, "targeted", targeted)
+        setter(self, "cache_control", cache_control)
+        setter(self, "vary", vary)
+        setter(self, "selection_vary", selection_vary)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"StoredResponse is immutable: {name}")
+
+    def _init_args(self) -> tuple[object, ...]:
+        return (
+            self.status, self.reason, self.headers, self.body, self.request_time,
+            self.response_time, self.scope, self.selecting, self.targeted, self.derived,
+            self.coding,
+        )  # fmt: skip
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, StoredResponse):
+            return NotImplemented
+        return self is other or self._init_args() == other._init_args()
+
+    def __hash__(self) -> int:
+        return hash(self._init_args())
+
+    def __repr__(self) -> str:
+        return (
+            f"StoredResponse({self.status}, {self.reason!r}, {len(self.body)} bytes"
+            f" {self.coding or 'as sent'}, response_time={self.response_time!r})"
         )
-        # The scope carries the caller's Host when --public-host is unset: count it, so a
-        # flood of long Host values is paid for out of the budget.
-        size = len(self.body) + fields + selecting + derived + len(self.scope) + ENTRY_OVERHEAD
-        setter(self, "size", size)
+
+    def replace(self, **changes: Any) -> StoredResponse:
+        """A copy with some constructor arguments changed (as ``dataclasses.replace``)."""
+        args = dict(zip(_INIT_NAMES, self._init_args(), strict=True))
+        args.update(changes)
+        return StoredResponse(**args)  # type: ignore[arg-type]
+
+    # -- fields ---------------------------------------------------------------------------------
+
+    @property
+    def headers(self) -> Headers:
+        """The stored fields, in the order received."""
+        at = self._etag_at
+        if at < 0:
+            return self._fields
+        fields = self._fields
+        return (*fields[:at], ("ETag", self.etag or ""), *fields[at:])
+
+    def header(self, name: str) -> str | None:
+        """The first value of a stored field (``name`` lower-case)."""
+        if name == "etag" and self._etag_at >= 0:
+            return self.etag
+        return header_value(self._fields, name)
+
+    def header_values(self, name: str) -> list[str]:
+        """Every value of a stored field (``name`` lower-case)."""
+        if name == "etag":
+            return header_values(self.headers, name)
+        return header_values(self._fields, name)
 
     @property
     def served(self) -> Headers:
-        """The stored fields a response built from this one carries (not kept: a hit on the
-        front is written from its prepared head, and 100k entries would pay ~14 MB for it)."""
+        """The stored fields a response built from this one carries."""
         return tuple(item for item in self.headers if item[0].lower() not in NOT_SERVED)
+
+    @property
+    def date(self) -> float | None:
+        return _date_of(header_value(self._fields, "date"), self.response_time)
+
+    @property
+    def last_modified(self) -> float | None:
+        return _date_of(header_value(self._fields, "last-modified"), self.response_time)
 
     @property
     def has_validator(self) -> bool:
         return self.etag is not None or self.last_modified is not None
 
-    def header(self, name: str) -> str | None:
-        return header_value(self.headers, name)
+    # -- representations ------------------------------------------------------------------------
+
+    @property
+    def origin_coding(self) -> str:
+        """The coding the origin sent the body in, as one lower-case token."""
+        return _coding_token(header_values(self._fields, "content-encoding"))
+
+    @property
+    def representations(self) -> tuple[Representation, ...]:
+        """What this stored response is served as, the origin's representation first.
+
+        Each derived one has its own weak validator (``coded_etag``); a representation not
+        stored (identity, when the body is kept coded) has no ``body`` here.
+        """
+        origin = self.origin_coding
+        stored = self.coding
+        if stored is None:
+            return (Representation(origin, self.body, self.etag, False), *self.derived)
+        bodies: dict[str, bytes | None] = {IDENTITY: None, stored: self.body}
+        for rep in self.derived:
+            bodies.setdefault(rep.coding, rep.body)
+        first = Representation(origin, bodies.pop(origin, None), self.etag, False)
+        derived = {rep.coding: rep for rep in self.derived}
+        rest = []
+        for coding, body in bodies.items():
+            rep = derived.get(coding)
+            if rep is None or rep.body is not body:
+                rep = Representation(coding, body, coded_etag(self.etag, coding), True)
+            rest.append(rep)
+        return (first, *rest)
+
+    @property
+    def codings(self) -> tuple[str, ...]:
+        """The coding of each representation, in ``representations`` order."""
+        return _codings(self.origin_coding, self.coding, tuple(r.coding for r in self.derived))
+
+    def fields_of(self, rep: Representation, reps: tuple[Representation, ...]) -> Headers:
+        """The served fields of one representation: its coding, its validator, and ``Vary``.
+
+        ``Vary: Accept-Encoding`` whenever the stored response has several codings (RFC 9110
+        §12.5.5), so no cache downstream hands one client's coding to another.
+        """
+        return _represented(self.served, rep, reps)
+
+    @property
+    def represented(self) -> tuple[Headers, ...]:
+        """The served fields of each representation, in ``representations`` order."""
+        reps = self.representations
+        served = self.served
+        return tuple(_represented(served, rep, reps) for rep in reps)
+
+    @property
+    def size(self) -> int:
+        """Bytes this response is accounted in the cache budget: its bodies and fields, and
+        Python's own memory per response (``ENTRY_OVERHEAD``, measured)."""
+        fields = sum(len(k) + len(v) + FIELD_OVERHEAD for k, v in self._fields)
+        selecting = sum(len(n) + len(v) + FIELD_OVERHEAD for n, v in self.selecting)
+        derived = sum(
+            len(rep.body or b"") + len(rep.etag or "") + REPRESENTATION_OVERHEAD
+            for rep in self.derived
+        )
+        # The scope carries the caller's Host when --public-host is unset: count it, so a
+        # flood of long Host values is paid for out of the budget.
+        etag = len(self.etag or "")
+        return len(self.body) + fields + selecting + derived + etag + len(self.scope) + (
+            ENTRY_OVERHEAD
+        )
+
+
+_INIT_NAMES = (
+    "status", "reason", "headers", "body", "request_time", "response_time", "scope",
+    "selecting", "targeted", "derived", "coding",
+)  # fmt: skip
+
+
+@functools.lru_cache(maxsize=256)
+def _codings(origin: str, stored: str | None, derived: tuple[str, ...]) -> tuple[str, ...]:
+    """``representations``' codings: the origin's, identity, the stored one, the derived ones."""
+    if stored is None:
+        return (origin, *derived)
+    rest = dict.fromkeys((IDENTITY, stored, *derived))
+    rest.pop(origin, None)
+    return (origin, *rest)
 
 
 def _coding_token(values: list[str]) -> str:
@@ -176,11 +371,6 @@ def _coding_token(values: list[str]) -> str:
 
 
 def _represented(served: Headers, rep: Representation, reps: tuple[Representation, ...]) -> Headers:
-    """The served fields of one representation: its coding, its validator, and ``Vary``.
-
-    ``Vary: Accept-Encoding`` whenever the stored response has several codings (RFC 9110
-    §12.5.5), so no cache downstream hands one client's coding to another.
-    """
     if len(reps) == 1:
         return served
     drop = {"content-encoding", "etag", "vary"}
@@ -197,20 +387,15 @@ def _represented(served: Headers, rep: Representation, reps: tuple[Representatio
     return tuple(fields)
 
 
-@functools.lru_cache(maxsize=512)
-def _shared_pair(name: str, value: str) -> tuple[str, str]:
-    """One field tuple for all stored responses that repeat it (a few codings, a few Varys)."""
-    return (name, sys.intern(value))
-
-
-#: Python's own memory per stored response beyond its bytes (the object, its derived fields, the
-#: served-headers tuple) and per field line (two tuples, a string object): measured with
-#: tracemalloc on CPython 3.11 (tests/test_memory_budget.py), so the budget bounds real memory.
-ENTRY_OVERHEAD = 1024
-FIELD_OVERHEAD = 160
-#: Per derived coding beyond its bytes (its object, its served-fields tuple, its ETag pair,
-#: allocator slack), plus 8 bytes per served field: measured with 10,000 stored responses.
-REPRESENTATION_OVERHEAD = 640
+#: Python's own memory per stored response beyond its bytes and fields: the object and its
+#: slots, its times, its share of the record tuple; measured with tracemalloc on CPython 3.11
+#: (tests/test_memory_budget.py), so the budget bounds real memory.
+ENTRY_OVERHEAD = 320
+#: Per field line beyond its characters: the pair tuple. Responses that repeat a field share one
+#: pair (and the fields tuple), so this overstates what most of them cost.
+FIELD_OVERHEAD = 64
+#: Per derived coding beyond its bytes (its object, its ETag string, allocator slack).
+REPRESENTATION_OVERHEAD = 160
 
 #: All stored variants of one URI, most recent first (RFC 9111 §4.1).
 Record = tuple[StoredResponse, ...]
