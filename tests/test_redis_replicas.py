@@ -245,8 +245,8 @@ async def test_a_replica_that_wins_the_lock_late_serves_what_redis_already_holds
         assert status == 200
         store = second.runtime.store
         (entry,) = await store.get(JOB) or ()
-        old = replace(
-            entry, request_time=entry.request_time - 120, response_time=entry.response_time - 120
+        old = entry.replace(
+            request_time=entry.request_time - 120, response_time=entry.response_time - 120
         )
         store.front.set_nowait(digest(JOB), (old,), 3600)  # type: ignore[attr-defined]
         status, cache_status, body = await get(http, second)
