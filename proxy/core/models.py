@@ -40,7 +40,7 @@ def header_value(headers: Headers, name: str) -> str | None:
     return None
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=1024)
 def _shared_pair(name: str, value: str) -> tuple[str, str]:
     """One field tuple for every stored response that repeats it (``Content-Type``,
     ``Cache-Control``, ``Server``, ``Via``, the ``Date`` of a busy second): plain ``str`` names
@@ -48,7 +48,7 @@ def _shared_pair(name: str, value: str) -> tuple[str, str]:
     return (sys.intern(name), value)
 
 
-@functools.lru_cache(maxsize=1024)
+@functools.lru_cache(maxsize=256)
 def _shared_fields(fields: Headers) -> Headers:
     """One tuple for every stored response whose fields are the same (apart from ``ETag``)."""
     return fields
@@ -165,13 +165,17 @@ class StoredResponse:
         derived: tuple[Representation, ...] = (),
         coding: str | None = None,
     ) -> None:
-        pairs = tuple(_shared_pair(str(name), str(value)) for name, value in headers)
-        at, etag = -1, parse_entity_tag(header_value(pairs, "etag"))
-        tags = [index for index, (name, _) in enumerate(pairs) if name.lower() == "etag"]
-        if len(tags) == 1 and pairs[tags[0]] == ("ETag", etag):
+        # Content-Length is not kept: it is never served from here (the length is the body's,
+        # in the coding sent), and dropping it lets responses of one shape share their fields.
+        kept = [(str(k), str(v)) for k, v in headers if k.lower() != "content-length"]
+        at, etag = -1, parse_entity_tag(header_value(kept, "etag"))
+        tags = [index for index, (name, _) in enumerate(kept) if name.lower() == "etag"]
+        if len(tags) == 1 and kept[tags[0]][1] == etag:
+            # The one field unique to each response is kept apart (served as ``ETag``), so the
+            # rest can be shared.
             at = tags[0]
-            pairs = pairs[:at] + pairs[at + 1 :]
-        fields = _shared_fields(pairs)
+            del kept[at]
+        fields = _shared_fields(tuple(_shared_pair(name, value) for name, value in kept))
         cache_control = response_cache_control(fields, targeted=targeted)
         date = _date_of(header_value(fields, "date"), response_time)
         age = parse_age(header_values(fields, "age")) or 0
