@@ -110,7 +110,7 @@ class Runtime:
         )
         bodies = cache.bodies
         # The decoded-body memo is part of the cache's budget, and of what it reports.
-        metrics.track_store(lambda: store.entries, lambda: store.bytes + bodies.bytes)
+        metrics.track_store(lambda: store.entries, lambda: store.bytes + bodies.memo_bytes)
         metrics.track_tables(
             lambda: cache.fetcher.held_back_bytes, lambda: cache.entries.invalidation_bytes
         )

@@ -140,7 +140,11 @@ def reps(body: bytes = JSON, **overrides: object) -> tuple[Representation, ...]:
     entry = StoredResponse(
         200,
         "OK",
-        (("Content-Type", str(arguments["content_type"])), ("ETag", str(arguments["etag"])), *encoding),
+        (
+            ("Content-Type", str(arguments["content_type"])),
+            ("ETag", str(arguments["etag"])),
+            *encoding,
+        ),
         form.body,
         0.0,
         0.0,

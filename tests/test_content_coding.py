@@ -133,7 +133,7 @@ async def test_derived_codings_are_computed_when_stored_and_counted_in_the_budge
     counted = harness.metric("cacheproxy_cache_bytes")
     stored = len(entry.body) + sum(len(rep.body or b"") for rep in entry.derived)
     assert stored < len(JSON)
-    assert counted >= stored + harness.proxy.bodies.bytes
+    assert counted >= stored + harness.proxy.bodies.memo_bytes
     await fetch(raw, harness, "gzip")
     (again,) = await harness.proxy.store.get(PATH) or ()
     assert again is entry  # a hit in another coding changed nothing stored

@@ -238,7 +238,6 @@ async def test_a_replica_that_wins_the_lock_late_serves_what_redis_already_holds
     another replica has already revalidated and released it, and the invalidation message has
     not arrived yet. Winning the lock must not mean fetching again: Redis already has it.
     """
-    from dataclasses import replace
 
     async with fleet(2, redis_local_ttl=3600) as (first, second):
         status, _, fresh = await get(http, first)

@@ -35,7 +35,7 @@ class Bodies:
         self.decodes = 0
 
     @property
-    def bytes(self) -> int:
+    def memo_bytes(self) -> int:
         """Bytes accounted to the memo (within ``budget``)."""
         return self._bytes
 

@@ -43,9 +43,7 @@ def route_of(path: str) -> str:
 class RequestRejected(Exception):
     """A request the proxy refuses on the client's account (4xx), answered with the envelope."""
 
-    def __init__(
-        self, status: int, code: str, message: str, *, headers: Fields = ()
-    ) -> None:
+    def __init__(self, status: int, code: str, message: str, *, headers: Fields = ()) -> None:
         super().__init__(message)
         self.status = status
         self.code = code

@@ -4,9 +4,9 @@ Layout: ``MAGIC`` (3 bytes), a version byte, the length of the metadata (4 bytes
 the metadata as JSON, then the raw bodies one after another: each variant's stored body (in its
 ``coding``) followed by the bodies of its derived representations (other content codings, listed
 in its ``derived``), so a replica reading the record never recompresses. Version 2 added
-``derived``; version 3 ``coding``, the coding the one stored body is kept in (issue 19). A reader trusts
-nothing in it: anything it cannot read exactly raises ``CodecError``, which the store turns into
-a miss, so an upgrade or a corrupt entry costs one upstream fetch, never an error.
+``derived``; version 3 ``coding``, the coding the one stored body is kept in (issue 19). A
+reader trusts nothing in it: anything it cannot read exactly raises ``CodecError``, which the
+store turns into a miss, so an upgrade or a corrupt entry costs one upstream fetch, never an error.
 """
 
 from __future__ import annotations

@@ -9,89 +9,28 @@ from dataclasses import dataclass
 from typing import Any
 
 from proxy.core.coding import IDENTITY, Representation, coded_etag
-from proxy.core.headers import (
-    HOP_BY_HOP,
-    CacheControl,
-    parse_age,
-    parse_cache_control,
-    parse_cdn_cache_control,
-    parse_entity_tag,
-    parse_http_date,
-    parse_vary,
+from proxy.core.fields import (
+    NOT_SERVED,
+    Headers,
+    coding_token,
+    date_of,
+    header_value,
+    header_values,
+    parsed_vary,
+    represented,
+    response_cache_control,
+    shared_fields,
+    shared_pair,
 )
+from proxy.core.headers import CacheControl, parse_age, parse_entity_tag
 
-Headers = tuple[tuple[str, str], ...]
-
-#: Fields not copied from a stored response onto a response built from it: recomputed per
-#: response (``Age``, ``Cache-Status``, ``Content-Length``) or connection-specific.
-NOT_SERVED = frozenset({"age", "content-length", "cache-status"}) | HOP_BY_HOP
-
-
-def header_values(headers: Headers, name: str) -> list[str]:
-    """All values of a field in a stored header tuple (``name`` lower-case)."""
-    return [value for key, value in headers if key.lower() == name]
-
-
-def header_value(headers: Headers, name: str) -> str | None:
-    """The first value of a field in a stored header tuple (``name`` lower-case)."""
-    for key, value in headers:
-        if key.lower() == name:
-            return value
-    return None
-
-
-@functools.lru_cache(maxsize=1024)
-def _shared_pair(name: str, value: str) -> tuple[str, str]:
-    """One field tuple for every stored response that repeats it (``Content-Type``,
-    ``Cache-Control``, ``Server``, ``Via``, the ``Date`` of a busy second): plain ``str`` names
-    and values (not the client's ``istr``), written out without conversion."""
-    return (sys.intern(name), value)
-
-
-@functools.lru_cache(maxsize=256)
-def _shared_fields(fields: Headers) -> Headers:
-    """One tuple for every stored response whose fields are the same (apart from ``ETag``)."""
-    return fields
-
-
-@functools.lru_cache(maxsize=4096)
-def _parsed_date(value: str) -> float | None:
-    return parse_http_date(value)
-
-
-def _date_of(value: str | None, now: float) -> float | None:
-    """An HTTP-date field as epoch seconds; only the RFC 850 form (with ``-``) depends on now."""
-    if value is None or "-" in value:
-        return parse_http_date(value, now)
-    return _parsed_date(value)
-
-
-@functools.lru_cache(maxsize=256)
-def _parsed_vary(values: tuple[str, ...]) -> tuple[str, ...]:
-    return parse_vary(values)
-
-
-@functools.lru_cache(maxsize=1024)
-def _parsed_cache_control(values: tuple[str, ...]) -> CacheControl:
-    """One shared (frozen) ``CacheControl`` per distinct field value, as most entries repeat it."""
-    return parse_cache_control(values)
-
-
-@functools.lru_cache(maxsize=256)
-def _parsed_cdn_cache_control(values: tuple[str, ...]) -> CacheControl | None:
-    return parse_cdn_cache_control(values)
-
-
-def response_cache_control(headers: Headers, *, targeted: bool) -> CacheControl:
-    """The directives a response gives this cache: ``CDN-Cache-Control`` (RFC 9213) when it is
-    present and valid, else ``Cache-Control``."""
-    if targeted:
-        cdn = tuple(header_values(headers, "cdn-cache-control"))
-        if cdn:
-            parsed = _parsed_cdn_cache_control(cdn)
-            if parsed is not None:
-                return parsed
-    return _parsed_cache_control(tuple(header_values(headers, "cache-control")))
+__all__ = [
+    "NOT_SERVED",
+    "Headers",
+    "header_value",
+    "header_values",
+    "response_cache_control",
+]
 
 
 class StoredResponse:
@@ -114,24 +53,24 @@ class StoredResponse:
     """
 
     __slots__ = (
-        "status",
-        "reason",
-        "_fields",
         "_etag_at",
-        "etag",
+        "_fields",
         "body",
+        "cache_control",
         "coding",
+        "corrected_initial_age",
         "derived",
+        "etag",
+        "reason",
         "request_time",
         "response_time",
-        "corrected_initial_age",
         "scope",
         "selecting",
-        "targeted",
-        "cache_control",
-        "vary",
         "selection_vary",
-    )
+        "status",
+        "targeted",
+        "vary",
+    )  # fmt: skip
 
     status: int
     reason: str
@@ -168,26 +107,30 @@ class StoredResponse:
         # Content-Length is not kept: it is never served from here (the length is the body's,
         # in the coding sent), and dropping it lets responses of one shape share their fields.
         kept = [(str(k), str(v)) for k, v in headers if k.lower() != "content-length"]
-        at, etag = -1, parse_entity_tag(header_value(kept, "etag"))
+        at, etag = -1, parse_entity_tag(header_value(tuple(kept), "etag"))
         tags = [index for index, (name, _) in enumerate(kept) if name.lower() == "etag"]
         if len(tags) == 1 and kept[tags[0]][1] == etag:
             # The one field unique to each response is kept apart (served as ``ETag``), so the
             # rest can be shared.
             at = tags[0]
             del kept[at]
-        fields = _shared_fields(tuple(_shared_pair(name, value) for name, value in kept))
+        fields = shared_fields(tuple(shared_pair(name, value) for name, value in kept))
         cache_control = response_cache_control(fields, targeted=targeted)
-        date = _date_of(header_value(fields, "date"), response_time)
+        date = date_of(header_value(fields, "date"), response_time)
         age = parse_age(header_values(fields, "age")) or 0
         # §4.2.3 apparent_age, with the receipt time at the one-second resolution of the Date it
         # is compared with: a response dated in the second it arrives is not up to 1 s old.
         apparent_age = max(0.0, math.floor(response_time) - date) if date is not None else 0.0
         corrected_age_value = age + (response_time - request_time)
-        vary = _parsed_vary(tuple(header_values(fields, "vary")))
-        if "accept-encoding" in vary and (coding is not None or IDENTITY in (
-            _coding_token(header_values(fields, "content-encoding")),
-            *(rep.coding for rep in derived),
-        )):
+        vary = parsed_vary(tuple(header_values(fields, "vary")))
+        if "accept-encoding" in vary and (
+            coding is not None
+            or IDENTITY
+            in (
+                coding_token(header_values(fields, "content-encoding")),
+                *(rep.coding for rep in derived),
+            )
+        ):
             # Every client can be served from this one stored response (§12.5.3): the request's
             # Accept-Encoding picks a representation, not a stored response.
             selection_vary = tuple(name for name in vary if name != "accept-encoding")
@@ -273,11 +216,11 @@ class StoredResponse:
 
     @property
     def date(self) -> float | None:
-        return _date_of(header_value(self._fields, "date"), self.response_time)
+        return date_of(header_value(self._fields, "date"), self.response_time)
 
     @property
     def last_modified(self) -> float | None:
-        return _date_of(header_value(self._fields, "last-modified"), self.response_time)
+        return date_of(header_value(self._fields, "last-modified"), self.response_time)
 
     @property
     def has_validator(self) -> bool:
@@ -288,7 +231,7 @@ class StoredResponse:
     @property
     def origin_coding(self) -> str:
         """The coding the origin sent the body in, as one lower-case token."""
-        return _coding_token(header_values(self._fields, "content-encoding"))
+        return coding_token(header_values(self._fields, "content-encoding"))
 
     @property
     def representations(self) -> tuple[Representation, ...]:
@@ -308,10 +251,10 @@ class StoredResponse:
         derived = {rep.coding: rep for rep in self.derived}
         rest = []
         for coding, body in bodies.items():
-            rep = derived.get(coding)
-            if rep is None or rep.body is not body:
-                rep = Representation(coding, body, coded_etag(self.etag, coding), True)
-            rest.append(rep)
+            found = derived.get(coding)
+            if found is None or found.body is not body:
+                found = Representation(coding, body, coded_etag(self.etag, coding), True)
+            rest.append(found)
         return (first, *rest)
 
     @property
@@ -325,14 +268,14 @@ class StoredResponse:
         ``Vary: Accept-Encoding`` whenever the stored response has several codings (RFC 9110
         §12.5.5), so no cache downstream hands one client's coding to another.
         """
-        return _represented(self.served, rep, reps)
+        return represented(self.served, rep, reps)
 
     @property
     def represented(self) -> tuple[Headers, ...]:
         """The served fields of each representation, in ``representations`` order."""
         reps = self.representations
         served = self.served
-        return tuple(_represented(served, rep, reps) for rep in reps)
+        return tuple(represented(served, rep, reps) for rep in reps)
 
     @property
     def size(self) -> int:
@@ -347,8 +290,14 @@ class StoredResponse:
         # The scope carries the caller's Host when --public-host is unset: count it, so a
         # flood of long Host values is paid for out of the budget.
         etag = len(self.etag or "")
-        return len(self.body) + fields + selecting + derived + etag + len(self.scope) + (
-            ENTRY_OVERHEAD
+        return (
+            len(self.body)
+            + fields
+            + selecting
+            + derived
+            + etag
+            + len(self.scope)
+            + (ENTRY_OVERHEAD)
         )
 
 
@@ -366,29 +315,6 @@ def _codings(origin: str, stored: str | None, derived: tuple[str, ...]) -> tuple
     rest = dict.fromkeys((IDENTITY, stored, *derived))
     rest.pop(origin, None)
     return (origin, *rest)
-
-
-def _coding_token(values: list[str]) -> str:
-    """The body's coding as one lower-case token (``identity`` when it has none)."""
-    joined = ", ".join(value.strip().lower() for value in values if value.strip())
-    return {"": IDENTITY, "x-gzip": "gzip"}.get(joined, joined)
-
-
-def _represented(served: Headers, rep: Representation, reps: tuple[Representation, ...]) -> Headers:
-    if len(reps) == 1:
-        return served
-    drop = {"content-encoding", "etag", "vary"}
-    fields = [item for item in served if item[0].lower() not in drop]
-    if rep.coding != IDENTITY:
-        fields.append(_shared_pair("Content-Encoding", rep.coding))
-    if rep.etag is not None:
-        fields.append(("ETag", rep.etag))
-    vary = parse_vary(header_values(served, "vary"))
-    names = [value for key, value in served if key.lower() == "vary"]
-    if "accept-encoding" not in vary:
-        names.append("Accept-Encoding")
-    fields.append(_shared_pair("Vary", ", ".join(names)))
-    return tuple(fields)
 
 
 #: Python's own memory per stored response beyond its bytes and fields: the object and its

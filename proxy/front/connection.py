@@ -128,8 +128,10 @@ class HttpConnection(asyncio.Protocol):
         """Waiting for a request head (idle keep-alive or a head under way): the first to go
         past the connection cap, the longest-waiting first (``head_deadline`` orders them)."""
         read = self.read
-        return self.answering is A_IDLE and self.write is not W_CLOSED and (
-            read is R_IDLE or read is R_HEAD
+        return (
+            self.answering is A_IDLE
+            and self.write is not W_CLOSED
+            and (read is R_IDLE or read is R_HEAD)
         )
 
     @property

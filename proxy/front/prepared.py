@@ -286,9 +286,7 @@ class FastPath:
         if any(variant.selection_vary for variant in record):
             return None  # the variant depends on more than the scope: the full policy selects
         lifetime = freshness_lifetime(entry, proxy.policy)
-        prepared = prepare(
-            entry, record, decision, lifetime, now, request.path, self.metrics
-        )
+        prepared = prepare(entry, record, decision, lifetime, now, request.path, self.metrics)
         if key in self.memo:
             self._forget(key)
         if len(self.memo) >= MAX_PREPARED or self.memo_bytes + entry.size > self.memo_budget:

@@ -230,7 +230,7 @@ def parse_optional_port(text: str) -> int | None:
     return int(_bounded(int, 0, 65535)(text))
 
 
-#: The decoded-body memo's largest share of ``--cache-max-bytes`` (``Settings.decoded_bodies_bytes``).
+#: The most of ``--cache-max-bytes`` for decoded bodies (``Settings.decoded_bodies_bytes``).
 DECODED_BODIES_MAX = 8 * 1024 * 1024
 
 
