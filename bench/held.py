@@ -20,6 +20,7 @@ with ``prlimit``), so the raising of the soft limit at start is part of what is 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -133,10 +134,8 @@ def open_held(port: int, count: int, sources: int, payload: bytes) -> dict[int, 
                 sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
                 sock.setblocking(False)
                 sock.bind((f"127.0.0.{2 + made % sources}", 0))
-                try:
+                with contextlib.suppress(BlockingIOError):
                     sock.connect(("127.0.0.1", port))
-                except BlockingIOError:
-                    pass
                 pending[sock.fileno()] = sock
                 ep.register(sock.fileno(), select.EPOLLOUT)
                 made += 1

@@ -146,6 +146,8 @@ class CachingProxy:
             message = "the proxy failed to handle the request"
             send_error(responder, 500, "PROXY_ERROR", message, cache_status())
             handled = Handled("error")
+        if handled.deferred:
+            return handled.result  # a parked long poll: observed once it is answered
         # A long poll's wait is the client's choice, not the time it took to answer.
         elapsed = time.perf_counter() - started - handled.held
         self.metrics.observe_request(route, handled.result, elapsed)
@@ -250,7 +252,22 @@ class CachingProxy:
             """The response became one this cache cannot serve (too large): ask as usual."""
             return await self._cacheable(request, responder, route)
 
-        return await self.long_polls.hold(request, responder, flight, job, serve, hold, fallback)
+        defer = getattr(responder, "defer", None)
+        finish = defer() if defer is not None else None
+        if finish is None:
+            return await self.long_polls.hold(
+                request, responder, flight, job, serve, hold, fallback
+            )
+        started = time.perf_counter()
+        observe_request = self.metrics.observe_request
+
+        def done(handled: Handled) -> None:
+            elapsed = time.perf_counter() - started - handled.held
+            observe_request(route, handled.result, elapsed)
+            finish(handled.result)
+
+        self.long_polls.park(request, responder, flight, job, serve, hold, fallback, done)
+        return Handled("held", deferred=True)
 
     def _job(
         self, request: ProxyRequest, route: str, facts: RequestFacts, fetch: Fetch

@@ -55,6 +55,16 @@ class StoredServing:
         headers = [*served, ("Age", age), ("Cache-Status", decision.cache_status), *extra]
         responder.send(entry.status, entry.reason, headers, rep.body)
 
+    def count(self, status: int, method: str, size: int, saved: bool = True) -> None:
+        """The metrics ``serve`` counts for an answer it wrote, for a copy of that answer
+        written to another request of the same kind (a shared long-poll answer)."""
+        if status == 304:
+            self.metrics.not_modified.inc()
+        elif method != "HEAD":
+            self.metrics.response_bytes.inc(size)
+            if saved:
+                self.metrics.bytes_saved.inc(size)
+
 
 def _no_transform(request: ProxyRequest) -> bool:
     return parse_cache_control(request.headers.getall("cache-control", ())).no_transform

@@ -91,7 +91,7 @@ class Waiter:
 class Watch(Generic[A]):
     """The waiters of one flight and the task that refreshes the flight for them."""
 
-    __slots__ = ("digest", "flight", "key", "loop", "observe", "poked", "task", "waiters")
+    __slots__ = ("digest", "flight", "key", "loop", "observe", "poked", "seen", "task", "waiters")
 
     def __init__(
         self, flight: str, key: str, observe: Callable[[], Awaitable[Observation[A]]]
@@ -105,6 +105,8 @@ class Watch(Generic[A]):
         self.waiters: set[Waiter] = set()
         self.loop = asyncio.get_running_loop()
         self.poked = asyncio.Event()
+        #: The stored response last observed: what a wait that times out is answered from.
+        self.seen: StoredResponse | None = None
         self.task: asyncio.Task[None] | None = None
 
 
@@ -147,6 +149,7 @@ class WaitRoom(Generic[A]):
         """Wait until the flight's response no longer matches ``headers``, ``seconds`` pass,
         the client goes away (``lost``) or the replica drains (``park``, awaited)."""
         future: asyncio.Future[Wake[A]] = asyncio.get_running_loop().create_future()
+
         def notify(wake: Wake[A]) -> None:
             if not future.done():
                 future.set_result(wake)
@@ -234,8 +237,15 @@ class WaitRoom(Generic[A]):
         heap = self._heap
         while heap and heap[0] * TICK <= now:
             waiters = self._slots.pop(heapq.heappop(heap), None)
+            timeouts: dict[int, Wake[A]] = {}  # by watch: its latest stored response
             for waiter in list(waiters or ()):
-                self.settle(waiter, TIMEOUT)
+                watch = waiter.watch
+                if watch is None:
+                    continue
+                wake = timeouts.get(id(watch))
+                if wake is None:
+                    wake = timeouts[id(watch)] = _timeout(watch)
+                self.settle(waiter, wake)
         while heap and heap[0] not in self._slots:
             heapq.heappop(heap)  # ticks whose waiters all ended before them
         if heap and self._timer is None:
@@ -256,7 +266,7 @@ class WaitRoom(Generic[A]):
         """Draining: answer every held request at once (with 304) and hold no new ones."""
         self.closing = True
         for watch in list(self._watches.values()):
-            self._wake_all(watch, Wake("timeout"))
+            self._wake_all(watch, _timeout(watch))
 
     async def close(self) -> None:
         self.release_all()
@@ -309,12 +319,12 @@ class WaitRoom(Generic[A]):
                     outcome = "error" if seen.failed else "changed"
                     self._wake_all(watch, Wake(outcome, answer=seen.answer))
                     continue
-                entry = seen.entry
+                entry = watch.seen = seen.entry
                 changed: Wake[A] = Wake("changed", entry=entry)
                 matches: dict[tuple[object, ...], bool] = {}  # by validators: once each
                 for waiter in list(watch.waiters):
                     headers = waiter.headers
-                    validators = _validators(headers)
+                    validators = validators_of(headers)
                     match = matches.get(validators)
                     if match is None:
                         match = matches[validators] = still_matches(entry, headers)
@@ -340,7 +350,11 @@ TIMEOUT: Wake[Any] = Wake("timeout")
 DISCONNECTED: Wake[Any] = Wake("disconnected")
 
 
-def _validators(headers: Mapping[str, str]) -> tuple[object, ...]:
+def _timeout(watch: Watch[Any]) -> Wake[Any]:
+    return TIMEOUT if watch.seen is None else Wake("timeout", entry=watch.seen)
+
+
+def validators_of(headers: Mapping[str, str]) -> tuple[object, ...]:
     """What ``still_matches`` reads of a request: its conditional fields."""
     getall = getattr(headers, "getall", None)
     if getall is not None:

@@ -128,8 +128,10 @@ class HttpConnection(asyncio.Protocol):
         """Waiting for a request head (idle keep-alive or a head under way): the first to go
         past the connection cap, the longest-waiting first (``head_deadline`` orders them)."""
         read = self.read
-        return self.answering is A_IDLE and self.write is not W_CLOSED and (
-            read is R_IDLE or read is R_HEAD
+        return (
+            self.answering is A_IDLE
+            and self.write is not W_CLOSED
+            and (read is R_IDLE or read is R_HEAD)
         )
 
     @property
@@ -478,13 +480,22 @@ class HttpConnection(asyncio.Protocol):
 
     async def _handle(self, parsed: Parsed) -> None:
         try:
-            await self.front.answer(self, parsed)
+            deferred = await self.front.answer(self, parsed)
         except Exception:
             log.exception("the front failed to answer a request")
             self.abort()
-        finally:
+            deferred = False
+        except BaseException:
             if self.answering is A_HANDLING:
                 self.answering = A_BUSY
+            raise
+        if not deferred:
+            self.finished(parsed)
+
+    def finished(self, parsed: Parsed) -> None:
+        """``parsed`` is answered (its answer written or buffered): on to the next request."""
+        if self.answering is A_HANDLING:
+            self.answering = A_BUSY
         if self.lost:
             return
         body = parsed.body

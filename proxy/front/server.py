@@ -145,9 +145,10 @@ class Front:
 
     # -- requests ---------------------------------------------------------------------------
 
-    async def answer(self, conn: Client, parsed: Parsed) -> None:
-        """A request the fast path did not take: refused, a local endpoint, or the cache."""
-        responder = ConnectionResponder(conn, parsed)
+    async def answer(self, conn: Client, parsed: Parsed) -> bool:
+        """A request the fast path did not take: refused, a local endpoint, or the cache.
+        True when its answer is deferred (a parked long poll): ``finish`` ends it."""
+        responder = ConnectionResponder(conn, parsed, self.finish)
         path = parsed.target.split("?", 1)[0]
         result = "-"
         if parsed.rejected is not None:
@@ -173,6 +174,8 @@ class Front:
                     conn,
                 )
                 result = await self.proxy.handle(request, responder)
+                if responder.deferred and result == "held":
+                    return True
                 body = parsed.body
                 if body is not None and body.rejected is not None:
                     parsed.keep_alive = False
@@ -183,6 +186,20 @@ class Front:
             self.access.record(
                 parsed.method, path, responder.status, result, elapsed, responder.sent
             )
+        return False
+
+    def finish(self, responder: ConnectionResponder, result: str) -> None:
+        """A deferred answer was written: log it, and let its connection go on."""
+        parsed = responder.request
+        if self.access is not None:
+            elapsed = time.perf_counter() - parsed.started
+            path = parsed.target.split("?", 1)[0]
+            self.access.record(
+                parsed.method, path, responder.status, result, elapsed, responder.sent
+            )
+        conn = responder.conn
+        assert isinstance(conn, HttpConnection)
+        conn.finished(parsed)
 
 
 class FrontServer:
