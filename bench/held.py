@@ -26,7 +26,9 @@ import os
 import resource
 import select
 import shlex
+import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -94,6 +96,9 @@ class Result:
     correct: int = 0
     first_to_last_ms: float = 0.0
     change_to_last_ms: float = 0.0
+    #: The proxy's CPU time from the change to the last answer (what load elsewhere inflates
+    #: least).
+    wake_cpu_ms: float = 0.0
     p50_ms: float = 0.0
     p99_ms: float = 0.0
     proxy_log: str = ""
@@ -200,6 +205,7 @@ def run(
     max_wait: int,
     loop: str,
     soft_limit: int = 1024,
+    profile: Path | None = None,
 ) -> Result:
     result = Result(clients, sources)
     raise_own_limit(clients + 1024)
@@ -227,7 +233,7 @@ def run(
             env=processes.python_env(),
         )  # fmt: skip
         try:
-            _measure(result, proxy, origin, clients, sources, max_wait)
+            _measure(result, proxy, clients, sources, max_wait, profile)
         finally:
             proxy.stop()
             result.proxy_log = "\n".join(
@@ -239,7 +245,12 @@ def run(
 
 
 def _measure(
-    result: Result, proxy: Service, origin: Service, clients: int, sources: int, max_wait: int
+    result: Result,
+    proxy: Service,
+    clients: int,
+    sources: int,
+    max_wait: int,
+    profile: Path | None,
 ) -> None:
     url = proxy.url + PATH
     auth = {"Authorization": f"Bearer {TOKEN}", "Accept-Encoding": "gzip"}
@@ -261,6 +272,15 @@ def _measure(
     result.held = held
     time.sleep(1.0)  # let allocations settle
     result.rss_held = processes.rss_bytes(proxy.pid)
+    profiler = None
+    if profile is not None:
+        profiler = subprocess.Popen(
+            [str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(proxy.pid),
+             "--rate", "500", "--format", "raw", "--output", str(profile), "--nonblocking"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        time.sleep(1.0)
+    cpu_before = processes.cpu_seconds(proxy.pid)
     changed = time.perf_counter()
     poster = socket.create_connection(("127.0.0.1", proxy.port))
     poster.sendall(
@@ -268,6 +288,10 @@ def _measure(
         "Content-Length: 0\r\nConnection: close\r\n\r\n".encode()
     )
     answers = collect(socks, time.monotonic() + 60)
+    result.wake_cpu_ms = 1000 * (processes.cpu_seconds(proxy.pid) - cpu_before)
+    if profiler is not None:
+        profiler.send_signal(signal.SIGINT)
+        profiler.wait(30)
     poster.close()
     for sock in socks.values():
         sock.close()
@@ -297,15 +321,16 @@ def markdown(results: list[Result], meta: dict[str, Any]) -> str:
         f"after {meta['load_after']}; {meta['pinning']}; event loop {meta['loop']}.",
         "",
         "| held requests | RSS per held request (connection included) | first to last answer "
-        "| answers: p50 / p99 after the first | change to last answer | correct 200s "
-        "| opened in |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "| answers: p50 / p99 after the first | change to last answer | proxy CPU for the wake "
+        "| correct 200s | opened in |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         lines.append(
             f"| {r.held:,.0f} of {r.clients:,} | {r.per_held / 1024:.2f} KiB "
             f"| {r.first_to_last_ms:.0f} ms | {r.p50_ms:.0f} / {r.p99_ms:.0f} ms "
-            f"| {r.change_to_last_ms:.0f} ms | {r.correct:,} of {r.answered:,} "
+            f"| {r.change_to_last_ms:.0f} ms | {r.wake_cpu_ms:.0f} ms "
+            f"| {r.correct:,} of {r.answered:,} "
             f"| {r.connect_seconds:.1f} s |"
         )
     lines += ["", "The proxy's last log lines (its descriptor limit at start):", ""]
@@ -327,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--soft-limit", type=int, default=1024, help="the proxy's soft RLIMIT_NOFILE at start"
     )
+    parser.add_argument("--profile", type=Path, default=None, help="py-spy raw output of the wake")
     parser.add_argument("--origin", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.origin is not None:
@@ -348,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="aitronos-held-") as workdir:
             result = run(
                 Path(workdir), clients, sources, pinning, args.max_wait, args.event_loop,
-                args.soft_limit,
+                args.soft_limit, args.profile,
             )  # fmt: skip
         print(
             f"held: {result.held:.0f} held, {result.per_held / 1024:.2f} KiB each, "

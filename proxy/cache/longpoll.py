@@ -54,6 +54,11 @@ from proxy.upstream import UpstreamError
 log = logging.getLogger("proxy")
 
 
+#: The ordinary way to answer a request (``CachingProxy._cacheable``), for a wait that ends in
+#: a response the store cannot answer.
+Fallback = Callable[[ProxyRequest, Responder, str], Awaitable["Handled"]]
+
+
 @dataclass(frozen=True, slots=True)
 class Handled:
     """A GET or HEAD answered: its cache result label and the seconds it spent held (RFC 7240
@@ -122,15 +127,16 @@ class LongPolls:
         request: ProxyRequest,
         responder: Responder,
         flight: str,
-        job: Callable[[], FetchJob],
+        job: Callable[[], FetchJob] | None,
         serve: Serve,
         hold: Hold,
-        fallback: Callable[[], Awaitable[Handled]],
+        route: str,
+        fallback: Fallback,
     ) -> Handled:
         """Hold the request, then answer it; returns the result label and the time held
         (``park``, awaited: for a responder that cannot defer its answer)."""
         future: asyncio.Future[Handled] = asyncio.get_running_loop().create_future()
-        waiter = self.park(request, responder, flight, job, serve, hold, fallback, future)
+        waiter = self.park(request, responder, flight, job, serve, hold, route, fallback, future)
         try:
             return await future
         except asyncio.CancelledError:
@@ -142,28 +148,30 @@ class LongPolls:
         request: ProxyRequest,
         responder: Responder,
         flight: str,
-        job: Callable[[], FetchJob],
+        job: Callable[[], FetchJob] | None,
         serve: Serve,
         hold: Hold,
-        fallback: Callable[[], Awaitable[Handled]],
-        done: Callable[[Handled], None] | asyncio.Future[Handled],
+        route: str,
+        fallback: Fallback,
+        done: Callable[[str], None] | asyncio.Future[Handled],
     ) -> Waiter:
         """Hold the request without a task; once it ends its answer is written and ``done``
-        called (or set) with the result label and the time held.
+        called with the result label (its duration observed, the wait left out), or, a
+        future, set to the ``Handled``.
 
-        ``job`` makes the flight's refresh; it is called only if this request opens the watch.
-        ``fallback`` answers the request the ordinary way, when the wait ends in a response
-        this cache cannot serve from the store.
+        ``job`` makes the flight's refresh, needed only if this request opens the watch
+        (``WaitRoom.watching``). ``fallback`` answers the request the ordinary way, when the
+        wait ends in a response this cache cannot serve from the store.
         """
         connection = request.connection
-        made: list[FetchJob] = []
+        observe = None
+        if job is not None:
+            made = job
 
-        def observe() -> Awaitable[Observation[Fetched]]:
-            if not made:
-                made.append(job())
-            return self.observe(made[0])
+            def observe() -> Awaitable[Observation[Fetched]]:
+                return self.observe(made())
 
-        held = Held(self, request, responder, serve, hold, fallback, done)
+        held = Held(self, request, responder, serve, hold, route, fallback, done)
         return self.waits.park(
             flight,
             request.target,
@@ -254,7 +262,8 @@ class LongPolls:
 class Held:
     """One parked long poll: what its answer needs once the wait ends (``wake``)."""
 
-    __slots__ = ("done", "fallback", "hold", "polls", "request", "responder", "serve", "started")
+    __slots__ = ("done", "fallback", "hold", "polls", "request", "responder", "route", "serve",
+                 "started")  # fmt: skip
 
     def __init__(
         self,
@@ -263,14 +272,16 @@ class Held:
         responder: Responder,
         serve: Serve,
         hold: Hold,
-        fallback: Callable[[], Awaitable[Handled]],
-        done: Callable[[Handled], None] | asyncio.Future[Handled],
+        route: str,
+        fallback: Fallback,
+        done: Callable[[str], None] | asyncio.Future[Handled],
     ) -> None:
         self.polls = polls
         self.request = request
         self.responder = responder
         self.serve = serve
         self.hold = hold
+        self.route = route
         self.fallback = fallback
         self.done = done
         self.started = time.perf_counter()
@@ -327,7 +338,7 @@ class Held:
     def _fall_back(self, held: float) -> None:
         async def answer() -> None:
             try:
-                handled = await self.fallback()
+                handled = await self.fallback(self.request, self.responder, self.route)
             except Exception:
                 log.exception("unexpected error while answering a held request")
                 handled = Handled("error")
@@ -342,8 +353,11 @@ class Held:
         if isinstance(done, asyncio.Future):
             if not done.done():
                 done.set_result(handled)
-        else:
-            done(handled)
+            return
+        # A long poll's wait is the client's choice, not the time it took to answer.
+        elapsed = time.perf_counter() - self.started - handled.held
+        self.polls.metrics.observe_request(self.route, handled.result, elapsed)
+        done(handled.result)
 
 
 #: Fallbacks of woken long polls still under way (kept so that none is collected early).

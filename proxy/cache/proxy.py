@@ -244,29 +244,22 @@ class CachingProxy:
         key = request.target
         flight = flight_key(key, plain, serve.entry.selection_vary)
 
-        def job() -> FetchJob:
-            """Built only when this request opens its flight's watch (the upstream fields)."""
-            return self._job(request, route, plain, Fetch(serve.entry, "stale"))
+        job = None
+        if not self.waits.watching(flight):
 
-        async def fallback() -> Handled:
-            """The response became one this cache cannot serve (too large): ask as usual."""
-            return await self._cacheable(request, responder, route)
+            def job() -> FetchJob:
+                """Made only when this request opens its flight's watch (the upstream fields)."""
+                return self._job(request, route, plain, Fetch(serve.entry, "stale"))
 
         defer = getattr(responder, "defer", None)
         finish = defer() if defer is not None else None
+        # ``_cacheable`` is the fallback: the response became one this cache cannot serve
+        # from the store (too large), so the request is asked as usual.
+        polls = self.long_polls
         if finish is None:
-            return await self.long_polls.hold(
-                request, responder, flight, job, serve, hold, fallback
-            )
-        started = time.perf_counter()
-        observe_request = self.metrics.observe_request
-
-        def done(handled: Handled) -> None:
-            elapsed = time.perf_counter() - started - handled.held
-            observe_request(route, handled.result, elapsed)
-            finish(handled.result)
-
-        self.long_polls.park(request, responder, flight, job, serve, hold, fallback, done)
+            return await polls.hold(request, responder, flight, job, serve, hold, route,
+                                    self._cacheable)  # fmt: skip
+        polls.park(request, responder, flight, job, serve, hold, route, self._cacheable, finish)
         return Handled("held", deferred=True)
 
     def _job(

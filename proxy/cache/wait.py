@@ -161,11 +161,15 @@ class WaitRoom(Generic[A]):
             self.settle(waiter, DISCONNECTED)
             raise
 
+    def watching(self, flight: str) -> bool:
+        """Whether the flight has a watch already (a new waiter needs no ``observe``)."""
+        return flight in self._watches
+
     def park(
         self,
         flight: str,
         key: str,
-        observe: Callable[[], Awaitable[Observation[A]]],
+        observe: Callable[[], Awaitable[Observation[A]]] | None,
         headers: Mapping[str, str],
         seconds: float,
         lost: asyncio.Future[None] | None,
@@ -176,6 +180,8 @@ class WaitRoom(Generic[A]):
         wheel or the disconnect; a ``notify`` must not raise."""
         watch = self._watches.get(flight)
         if watch is None:
+            if observe is None:
+                raise ValueError(f"flight {flight!r} has no watch: park needs its observe")
             watch = self._open(flight, key, observe)
         waiter = Waiter(self, watch, headers, notify)
         watch.waiters.add(waiter)

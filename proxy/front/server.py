@@ -162,10 +162,12 @@ class Front:
                 )
                 await endpoint(parsed.method, parsed.target, authorization, responder)
             else:
+                headers = CIMultiDict(parsed.headers)
+                parsed.headers = []  # the request's fields live on in ``headers`` alone
                 request = ProxyRequest(
                     parsed.method,
                     parsed.target,
-                    CIMultiDict(parsed.headers),
+                    headers,
                     parsed.body,
                     conn.peer,
                     self.scheme,
