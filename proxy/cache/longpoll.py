@@ -94,7 +94,7 @@ class LongPolls:
         self.clock = clock
         self.metrics = metrics
         self.waits: WaitRoom[Fetched] = WaitRoom(
-            on_outcome=lambda outcome: metrics.long_polls.labels(outcome).inc()
+            on_outcome=metrics.count_long_poll
         )
         metrics.waiting_requests.set_function(lambda: self.waits.waiting)
         entries.on_change = self.waits.changed
@@ -118,7 +118,7 @@ class LongPolls:
             max_wait=0.0 if waits.closing else self.settings.max_wait,
         )
         if isinstance(decision, Shed):
-            self.metrics.long_polls.labels("shed").inc()
+            self.metrics.count_long_poll("shed")
             return None
         return decision
 

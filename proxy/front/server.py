@@ -35,6 +35,7 @@ from proxy.front.endpoints import ADMIN, PUBLIC, Endpoints
 from proxy.front.prepared import FastPath
 from proxy.front.responder import ConnectionResponder
 from proxy.front.seams import Client
+from proxy.front.timers import DeadlineWheel
 from proxy.ops.config import Settings
 from proxy.runtime import Runtime
 
@@ -104,6 +105,7 @@ class Front:
         )
         self.max_connections = settings.max_connections or default_max_connections(settings)
         self.connections: set[Client] = set()
+        self.heads = DeadlineWheel(loop)
         self.tasks: set[asyncio.Task[None]] = set()
         self.draining = False
         if role == PUBLIC:
@@ -272,6 +274,7 @@ class FrontServer:
                 await asyncio.sleep(0.02)
             for conn in list(front.connections):
                 conn.abort()
+            front.heads.close()
             if front.access is not None:
                 front.access.flush()
 
