@@ -274,6 +274,7 @@ def _measure(
     result.rss_held = processes.rss_bytes(proxy.pid)
     profiler = None
     if profile is not None:
+        profile.parent.mkdir(parents=True, exist_ok=True)
         profiler = subprocess.Popen(
             [str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(proxy.pid),
              "--rate", "500", "--format", "raw", "--output", str(profile), "--nonblocking"],

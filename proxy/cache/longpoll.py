@@ -48,6 +48,7 @@ from proxy.core.policy import (
 )
 from proxy.core.prefer import Hold, Shed, hold_decision, requested_wait
 from proxy.ops.config import Settings
+from proxy.ops.limits import max_waiters
 from proxy.ops.metrics import Metrics
 from proxy.upstream import UpstreamError
 
@@ -93,6 +94,8 @@ class LongPolls:
         self.policy = policy
         self.clock = clock
         self.metrics = metrics
+        #: ``--max-waiters``, or the connection cap the descriptor limit allows (``limits``).
+        self.max_waiters = max_waiters(settings)
         self.waits: WaitRoom[Fetched] = WaitRoom(
             on_outcome=metrics.count_long_poll
         )
@@ -114,7 +117,7 @@ class LongPolls:
         decision = hold_decision(
             requested_wait(request.headers.getall("prefer", ())),
             waiting=waits.waiting,
-            max_waiters=self.settings.max_waiters,
+            max_waiters=self.max_waiters,
             max_wait=0.0 if waits.closing else self.settings.max_wait,
         )
         if isinstance(decision, Shed):

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import resource
 import ssl
 import time
 from typing import Any
@@ -37,29 +36,17 @@ from proxy.front.responder import ConnectionResponder
 from proxy.front.seams import Client
 from proxy.front.timers import DeadlineWheel
 from proxy.ops.config import Settings
+from proxy.ops.limits import max_connections
 from proxy.runtime import Runtime
 
 log = logging.getLogger("proxy.server")
 
-#: Descriptors kept besides client connections: listeners, admin connections, logs, Redis.
-RESERVE = 64
 _REFUSED_BODY = envelope("OVERLOADED", "Too many connections; retry.")
 REFUSED = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
     b"Content-Length: %d\r\nConnection: close\r\nRetry-After: 1\r\n\r\n%s"
     % (len(_REFUSED_BODY), _REFUSED_BODY)
 )
-
-
-def default_max_connections(settings: Settings) -> int:
-    """RLIMIT_NOFILE less the upstream pool, Redis's pool and a fixed reserve."""
-    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY:
-        soft = 65536
-    reserve = RESERVE + settings.upstream_max_connections
-    if settings.redis_url:
-        reserve += settings.redis_max_connections + 2
-    return max(16, soft - reserve)
 
 
 def tls_context(settings: Settings) -> ssl.SSLContext | None:
@@ -103,7 +90,7 @@ class Front:
             if fast and role == PUBLIC and store_get is not None
             else None
         )
-        self.max_connections = settings.max_connections or default_max_connections(settings)
+        self.max_connections = max_connections(settings)
         self.connections: set[Client] = set()
         self.heads = DeadlineWheel(loop)
         self.tasks: set[asyncio.Task[None]] = set()
