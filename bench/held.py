@@ -117,6 +117,10 @@ def raise_own_limit(needed: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (needed, max(hard, needed)))
     except (ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < needed:
+        print(f"held: only {soft} descriptors here (hard limit {hard}; raising it needs "
+              "CAP_SYS_RESOURCE): the run may hold fewer", file=sys.stderr)  # fmt: skip
 
 
 def request_bytes(etag: str, wait: int) -> bytes:
@@ -219,7 +223,9 @@ def run(
         pinning=pinning,
         env=processes.python_env(),
     )
-    hard = max(clients + 4096, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
+    # As high as the run needs, where this process may give it (raising a hard limit needs
+    # CAP_SYS_RESOURCE): the proxy's own limit line says what it got.
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     soft = min(soft_limit, hard)
     try:
         port = processes.free_port()
