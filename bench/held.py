@@ -242,9 +242,12 @@ def run(
             _measure(result, proxy, clients, sources, max_wait, profile)
         finally:
             proxy.stop()
+            text = proxy.log_path.read_text(errors="replace")
             result.proxy_log = "\n".join(
-                line for line in proxy.log_tail(400).splitlines() if "proxy.access" not in line
-            )[-2000:]
+                line
+                for line in text.splitlines()
+                if "descriptor limit" in line or "--max-connections" in line
+            )
     finally:
         origin.stop()
     return result
