@@ -272,7 +272,10 @@ async def test_a_gzip_client_gets_ranges_of_the_gzip_representation(harness: Har
         async with raw.get(url, headers={**identity, "Range": "bytes=-20"}) as plain:
             assert plain.status == 206
             assert "Content-Encoding" not in plain.headers
-            assert plain.headers["Content-Range"] == f"bytes {len(text) - 20}-{len(text) - 1}/{len(text)}"
+            assert (
+                plain.headers["Content-Range"]
+                == f"bytes {len(text) - 20}-{len(text) - 1}/{len(text)}"
+            )
             assert await plain.read() == text.encode()[-20:]
     assert harness.origin.count(path) == 1
 

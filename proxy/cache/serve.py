@@ -58,7 +58,7 @@ class StoredServing:
                 headers.extend(extra)
                 responder.send(304, "", headers, b"")
                 return
-        served: Headers | list[tuple[str, str]] = entry.represented[index]
+        served: Headers = entry.represented[index]
         status, reason, body = entry.status, entry.reason, rep.body
         if "range" in request.headers:
             match ranges_for(request, entry, rep):
@@ -67,11 +67,11 @@ class StoredServing:
                     served, body = partial_content(served, body, partial)
                 case NotSatisfiable() as unsatisfiable:
                     status, reason = 416, "Range Not Satisfiable"
-                    served = [
+                    served = (
                         ("Content-Type", "application/json"),
                         ("Content-Range", unsatisfiable.content_range),
                         ACCEPT_RANGES,
-                    ]
+                    )
                     body = envelope(
                         "RANGE_NOT_SATISFIABLE",
                         f"No range is within the {unsatisfiable.length} bytes of the response.",
@@ -104,19 +104,17 @@ def ranges_for(request: ProxyRequest, entry: StoredResponse, rep: Representation
     )
 
 
-def partial_content(
-    served: Headers, body: bytes, partial: Partial
-) -> tuple[list[tuple[str, str]], bytes]:
+def partial_content(served: Headers, body: bytes, partial: Partial) -> tuple[Headers, bytes]:
     """A 206's fields and body (RFC 9110 §15.3.7): the 200's fields with ``Content-Range`` for
     one part, or a ``multipart/byteranges`` body whose parts carry the ``Content-Type``."""
     if len(partial.ranges) == 1:
         part = partial.ranges[0]
-        fields = [*served, ("Content-Range", part.content_range(partial.length))]
+        fields = (*served, ("Content-Range", part.content_range(partial.length)))
         return fields, body[part.first : part.last + 1]
     boundary = secrets.token_hex(16)
     content_type = header_value(served, "content-type")
-    fields = [item for item in served if item[0].lower() != "content-type"]
-    fields.append(("Content-Type", multipart_type(boundary)))
+    kept = tuple(item for item in served if item[0].lower() != "content-type")
+    fields = (*kept, ("Content-Type", multipart_type(boundary)))
     return fields, multipart(body, partial, content_type, boundary)
 
 

@@ -28,6 +28,7 @@ MAX_RANGES = 16
 COALESCE_GAP = 80
 #: A position of more digits than this cannot be within any stored body: unsatisfiable.
 _MAX_DIGITS = 18
+_PAST_ANY_BODY = 1_000_000_000_000_000_000  # 10**_MAX_DIGITS
 _RANGE_UNIT = re.compile(r"([!#$%&'*+.^_`|~0-9A-Za-z-]+)=(.*)", re.DOTALL)
 _INT_RANGE = re.compile(r"([0-9]+)-([0-9]*)")
 _SUFFIX_RANGE = re.compile(r"-([0-9]+)")
@@ -110,7 +111,7 @@ def parse_range(value: str) -> tuple[RangeSpec, ...] | None:
 def _position(digits: str) -> int:
     """A position; one too long to be in any body is clamped (it stays past the end)."""
     if len(digits.lstrip("0")) > _MAX_DIGITS:
-        return 10**_MAX_DIGITS
+        return _PAST_ANY_BODY
     return int(digits)
 
 
@@ -220,9 +221,7 @@ def range_decision(
     return Partial(parts, length)
 
 
-def multipart(
-    body: bytes, decision: Partial, content_type: str | None, boundary: str
-) -> bytes:
+def multipart(body: bytes, decision: Partial, content_type: str | None, boundary: str) -> bytes:
     """§14.6 ``multipart/byteranges``: each part with its ``Content-Type`` and ``Content-Range``
     (RFC 2046 §5.1.1 delimiters); ``boundary`` must not occur in ``body`` (a random token)."""
     delimiter = b"--" + boundary.encode("ascii")
