@@ -78,6 +78,20 @@ async def test_a_first_range_fills_the_cache_and_later_ranges_cost_the_origin_no
     assert harness.origin.count(AUDIO) == 1
 
 
+async def test_the_origins_accept_ranges_and_a_stray_content_range_are_not_repeated(
+    harness: Harness,
+) -> None:
+    extra = {"Content-Type": "audio/mpeg", "Accept-Ranges": "none", "Content-Range": "bytes 0-1/2"}
+    harness.origin.put_audio(AUDIO, SIZE, extra=extra, ranges=False)
+    for value in ("bytes=0-9", None):
+        headers = {"Range": value} if value else {}
+        response, got = await fetch(harness, **headers)
+        assert response.headers.getall("Accept-Ranges") == ["bytes"]
+        ranges = response.headers.getall("Content-Range", [])
+        assert ranges == (["bytes 0-9/10000"] if value else [])
+    assert harness.origin.count(AUDIO) == 1
+
+
 async def test_several_ranges_are_one_multipart_byteranges_answer(harness: Harness) -> None:
     harness.origin.put_audio(AUDIO, SIZE)
     body = audio_bytes(harness)

@@ -27,7 +27,8 @@ NOT_SERVED = frozenset({"age", "content-length", "cache-status"}) | HOP_BY_HOP
 #: RFC 9110 §14.3: this cache serves byte ranges of every stored 200 (``proxy.core.ranges``),
 #: whatever the origin said, since it holds the whole body.
 ACCEPT_RANGES = ("Accept-Ranges", "bytes")
-NOT_SERVED_WITH_RANGES = NOT_SERVED | {"accept-ranges"}
+#: ``Content-Range`` means nothing on a 200 (RFC 9110 §14.4) and would contradict a 206's own.
+NOT_SERVED_WITH_RANGES = NOT_SERVED | {"accept-ranges", "content-range"}
 
 
 def header_values(headers: Headers, name: str) -> list[str]:
