@@ -85,7 +85,7 @@ async def test_the_origins_accept_ranges_and_a_stray_content_range_are_not_repea
     harness.origin.put_audio(AUDIO, SIZE, extra=extra, ranges=False)
     for value in ("bytes=0-9", None):
         headers = {"Range": value} if value else {}
-        response, got = await fetch(harness, **headers)
+        response, _ = await fetch(harness, **headers)
         assert response.headers.getall("Accept-Ranges") == ["bytes"]
         ranges = response.headers.getall("Content-Range", [])
         assert ranges == (["bytes 0-9/10000"] if value else [])
