@@ -14,10 +14,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 from proxy.ops.config import Settings
-from tests.conftest import ServeFront
+from tests.conftest import ServeFront, ServeOrigin
 from tests.support.waiting import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -97,15 +96,12 @@ class SlowUpstream:
 
 
 @pytest.fixture
-async def slow_upstream() -> AsyncIterator[tuple[SlowUpstream, str]]:
+async def slow_upstream(serve_origin: ServeOrigin) -> AsyncIterator[tuple[SlowUpstream, str]]:
     upstream = SlowUpstream(expected=SLOW_REQUESTS)
     app = web.Application()
     app.router.add_get("/v1/audio/transcribe/{name}", upstream.handle)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    yield upstream, str(server.make_url("")).rstrip("/")
+    yield upstream, await serve_origin(app)
     upstream.release.set()
-    await server.close()
 
 
 Proxy = tuple[asyncio.subprocess.Process, ProcessLog, str]
@@ -238,20 +234,15 @@ async def test_closing_the_public_listener_drains_the_runtime_and_closing_it_clo
 
 
 async def test_sigterm_answers_held_long_polls_with_304_before_the_drain(
-    start_proxy: Callable[..., Awaitable[Proxy]],
+    start_proxy: Callable[..., Awaitable[Proxy]], serve_origin: ServeOrigin
 ) -> None:
     async def document(request: web.Request) -> web.Response:
         return web.json_response(
             {"status": "processing"}, headers={"Cache-Control": "max-age=600", "ETag": '"p"'}
         )
 
-    app = web.Application()
-    app.router.add_get("/v1/audio/transcribe/{name}", document)
-    origin = TestServer(app, host="127.0.0.1")
-    await origin.start_server()
-    process, _log, proxy_url = await start_proxy(
-        str(origin.make_url("")).rstrip("/"), "--drain-seconds", "25"
-    )
+    origin = await serve_origin(document)
+    process, _log, proxy_url = await start_proxy(origin, "--drain-seconds", "25")
     url = f"{proxy_url}/v1/audio/transcribe/job-1"
     held_headers = {"If-None-Match": '"p"', "Prefer": "wait=30"}
 
@@ -263,17 +254,14 @@ async def test_sigterm_answers_held_long_polls_with_304_before_the_drain(
         async with session.get(f"{proxy_url}/metrics") as response:
             return "cacheproxy_waiting_requests 3.0" in await response.text()
 
-    try:
-        async with aiohttp.ClientSession() as session:
-            assert (await fetch(session, url))[0] == 200
-            polls = [asyncio.create_task(held(session)) for _ in range(3)]
-            await eventually(lambda: waiting(session), within=DEADLINE, what="3 held")
-            process.send_signal(signal.SIGTERM)
-            # Answered at once, not when the 30 s wait or the 25 s drain runs out.
-            async with asyncio.timeout(DEADLINE):
-                answers = await asyncio.gather(*polls)
-                returncode = await process.wait()
-    finally:
-        await origin.close()
+    async with aiohttp.ClientSession() as session:
+        assert (await fetch(session, url))[0] == 200
+        polls = [asyncio.create_task(held(session)) for _ in range(3)]
+        await eventually(lambda: waiting(session), within=DEADLINE, what="3 held")
+        process.send_signal(signal.SIGTERM)
+        # Answered at once, not when the 30 s wait or the 25 s drain runs out.
+        async with asyncio.timeout(DEADLINE):
+            answers = await asyncio.gather(*polls)
+            returncode = await process.wait()
     assert answers == [(304, "wait=30")] * 3
     assert returncode == 0

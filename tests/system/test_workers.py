@@ -30,6 +30,7 @@ from proxy.ops.config import ConfigError, parse_settings
 from proxy.ops.worker_metrics import merge_expositions
 from proxy.tools.replicas import LocalRedis
 from proxy.tools.simulator import SimulatorConfig, create_simulator_app
+from tests.conftest import ServeOrigin
 from tests.support.waiting import eventually
 from tests.system.test_lifecycle import DEADLINE, ProcessLog
 
@@ -267,17 +268,12 @@ def owner_of_local_port(port: int, pids: dict[int, int]) -> int | None:
 
 
 async def test_sigterm_drains_every_worker_and_the_supervisor_exits_zero(
-    start_fleet: Callable[..., Awaitable[Fleet]],
+    start_fleet: Callable[..., Awaitable[Fleet]], serve_origin: ServeOrigin
 ) -> None:
     origin = HeldOrigin()
-    app = web.Application()
-    app.router.add_get("/slow/{name}", origin.handle)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
+    upstream = await serve_origin(origin.handle)
     try:
-        fleet = await start_fleet(
-            str(server.make_url("")).rstrip("/"), "--workers", "2", "--drain-seconds", "10"
-        )
+        fleet = await start_fleet(upstream, "--workers", "2", "--drain-seconds", "10")
         pids = await fleet.pids()
         holders: list[int | None] = []
         requests: list[asyncio.Task[str]] = []
@@ -305,7 +301,6 @@ async def test_sigterm_drains_every_worker_and_the_supervisor_exits_zero(
             returncode = await fleet.process.wait()
     finally:
         origin.release.set()
-        await server.close()
     assert results == [f"200 done /slow/{i}" for i in range(len(requests))]
     assert returncode == 0
     await fleet.log.wait_for("all workers stopped")
