@@ -15,6 +15,7 @@ from aiohttp import web
 
 from proxy.ops.config import ConfigError, Settings, parse_settings
 from tests.conftest import Harness, MakeHarness
+from tests.support.process import spawn_proxy
 from tests.support.rawkit import RawUpstream, answer, response_bytes, serve_proxy
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -113,28 +114,10 @@ async def test_api_key_callers_do_not_share_entries(make_harness: MakeHarness) -
 
 async def _startup_log(*flags: str) -> list[str]:
     """The proxy's log lines up to the moment it serves (Redis on a port nobody listens on)."""
-    from tests.system.test_lifecycle import ProcessLog
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PROXY_")}
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "proxy",
-        "--port",
-        "0",
-        "--upstream",
-        "http://127.0.0.1:9",
-        "--redis-url",
-        "redis://127.0.0.1:9/0",
+    process, log = await spawn_proxy(
+        "--port", "0", "--upstream", "http://127.0.0.1:9", "--redis-url", "redis://127.0.0.1:9/0",
         *flags,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-        cwd=ROOT,
-        env={**env, "PYTHONPATH": str(ROOT)},
-    )
-    assert process.stderr is not None
-    log = ProcessLog(process.stderr)
+    )  # fmt: skip
     try:
         await log.wait_for(r"Running on http://")
         return list(log.lines)

@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import re
 import signal
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import aiohttp
 import pytest
@@ -17,10 +13,9 @@ from aiohttp import web
 
 from proxy.ops.config import Settings
 from tests.conftest import ServeFront, ServeOrigin
+from tests.support.process import DEADLINE, ProcessLog, spawn_proxy
 from tests.support.waiting import eventually
 
-ROOT = Path(__file__).resolve().parents[2]
-DEADLINE = 15.0
 SLOW_REQUESTS = 6
 CHUNK = b"x" * 65536
 CHUNKS = 4
@@ -28,43 +23,6 @@ CHUNKS = 4
 
 def body_of(name: str) -> bytes:
     return name.encode() + CHUNK * CHUNKS
-
-
-class ProcessLog:
-    """A subprocess's stderr lines as they arrive, waitable by pattern."""
-
-    def __init__(self, stream: asyncio.StreamReader) -> None:
-        self.lines: list[str] = []
-        self._changed = asyncio.Condition()
-        self._task = asyncio.create_task(self._read(stream))
-
-    async def _read(self, stream: asyncio.StreamReader) -> None:
-        while line := await stream.readline():
-            async with self._changed:
-                self.lines.append(line.decode(errors="replace").rstrip())
-                self._changed.notify_all()
-        async with self._changed:
-            self.lines.append("<eof>")
-            self._changed.notify_all()
-
-    async def wait_for(self, pattern: str) -> re.Match[str]:
-        compiled = re.compile(pattern)
-
-        def found() -> re.Match[str] | None:
-            for line in self.lines:
-                if match := compiled.search(line):
-                    return match
-            return None
-
-        async with asyncio.timeout(DEADLINE), self._changed:
-            while (match := found()) is None:
-                if self.lines and self.lines[-1] == "<eof>":
-                    raise AssertionError(f"{pattern!r} never logged:\n" + "\n".join(self.lines))
-                await self._changed.wait()
-        return match
-
-    async def close(self) -> None:
-        await self._task
 
 
 @dataclass
@@ -112,26 +70,9 @@ async def start_proxy() -> AsyncIterator[Callable[..., Awaitable[Proxy]]]:
     started: list[tuple[asyncio.subprocess.Process, ProcessLog]] = []
 
     async def start(upstream_url: str, *flags: str) -> Proxy:
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        env = {k: v for k, v in env.items() if not k.startswith("PROXY_")}
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "proxy",
-            "--upstream",
-            upstream_url,
-            "--port",
-            "0",
-            "--access-log",
-            "false",
-            *flags,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-            env=env,
+        process, log = await spawn_proxy(
+            "--upstream", upstream_url, "--port", "0", "--access-log", "false", *flags
         )
-        assert process.stderr is not None
-        log = ProcessLog(process.stderr)
         started.append((process, log))
         match = await log.wait_for(r"Running on (http://\S+)")
         return process, log, match.group(1)

@@ -31,22 +31,16 @@ from proxy.ops.worker_metrics import merge_expositions
 from proxy.tools.replicas import LocalRedis
 from proxy.tools.simulator import SimulatorConfig, create_simulator_app
 from tests.conftest import ServeOrigin
+from tests.support.process import DEADLINE, ProcessLog, proxy_env, spawn_proxy
 from tests.support.waiting import eventually
-from tests.system.test_lifecycle import DEADLINE, ProcessLog
 
 pytest_plugins = ["tests.support.redis_fixtures"]
 
-ROOT = Path(__file__).resolve().parents[2]
 TOKEN = {"Authorization": "Bearer alice"}
 
 pytestmark = pytest.mark.skipif(
     sys.platform != "linux", reason="SO_REUSEPORT balancing and /proc are Linux's"
 )
-
-
-def proxy_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PROXY_")}
-    return {**env, "PYTHONPATH": str(ROOT), **extra}
 
 
 @dataclass
@@ -70,22 +64,7 @@ async def start_fleet() -> AsyncIterator[Callable[..., Awaitable[Fleet]]]:
     started: list[Fleet] = []
 
     async def start(upstream_url: str, *flags: str) -> Fleet:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "proxy",
-            "--upstream",
-            upstream_url,
-            "--port",
-            "0",
-            *flags,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-            env=proxy_env(),
-        )
-        assert process.stderr is not None
-        log = ProcessLog(process.stderr)
+        process, log = await spawn_proxy("--upstream", upstream_url, "--port", "0", *flags)
         fleet = Fleet(process, log, "")
         started.append(fleet)
         match = await log.wait_for(r"Running on (http://\S+) \(proxy, \d+ workers\)")
