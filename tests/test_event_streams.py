@@ -142,9 +142,10 @@ async def test_subscribers_with_two_credentials_never_see_each_others_events(
     h = await make_harness(sse_heartbeat=0.2)
     a = h.origin.put(PATH, doc("processing", owner="a"), token="tok-a")
     h.origin.put(PATH, doc("processing", owner="b"), token="tok-b")
-    async with subscribe(h, token="tok-a") as (_, reader_a), subscribe(
-        h, token="tok-b"
-    ) as (_, reader_b):
+    async with (
+        subscribe(h, token="tok-a") as (_, reader_a),
+        subscribe(h, token="tok-b") as (_, reader_b),
+    ):
         first_a, first_b = await reader_a.next_event(), await reader_b.next_event()
         assert first_a is not None and '"owner": "a"' in first_a.text
         assert first_b is not None and '"owner": "b"' in first_b.text
