@@ -9,6 +9,7 @@ window; every wait is on state (events read, gauges, the origin's counts), never
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
@@ -18,11 +19,13 @@ import aiohttp
 import pytest
 
 from tests.conftest import FakeClock, Harness, MakeHarness
+from tests.redis_support import JOB, CountingUpstream, Fleet
 from tests.sse_client import EventReader
 from tests.waiting import eventually
 
 PATH = "/v1/audio/transcribe/trans_1"
 SSE = {"Accept": "text/event-stream"}
+pytest_plugins = ("tests.redis_fixtures",)
 
 
 class LiveClock(FakeClock):
@@ -274,3 +277,26 @@ async def test_what_is_no_representation_is_answered_as_json(make_harness: MakeH
     assert json_poll.status == 200 and json_poll.headers.get("Cache-Status", "").find("hit") > 0
     refused = await h.get(PATH, Accept="text/event-stream;q=0, application/json")
     assert refused.headers["Content-Type"] != "text/event-stream"
+
+
+async def test_streams_on_two_replicas_with_redis_share_one_fetch_per_change(
+    fleet: Fleet, upstream: CountingUpstream, http: aiohttp.ClientSession
+) -> None:
+    async with fleet(2, public_host="proxy.test") as replicas:
+        async with contextlib.AsyncExitStack() as stack:
+            readers = []
+            for replica in replicas:
+                response = await stack.enter_async_context(http.get(replica.url + JOB, headers=SSE))
+                readers.append(EventReader(response))
+            for reader in readers:
+                event = await reader.next_event()
+                assert event is not None and event.id == '"v0"'
+            before = upstream.count(JOB)
+            async with http.post(replicas[0].url + JOB) as posted:
+                assert posted.status == 204
+            for reader in readers:
+                async with asyncio.timeout(10):  # max-age=60: only the notice wakes the other
+                    event = await reader.next_event()
+                assert event is not None and event.id == '"v1"'
+            # One fetch of the change for both replicas: the lock and the notice.
+            assert upstream.count(JOB) - before == 1
