@@ -282,21 +282,20 @@ async def test_what_is_no_representation_is_answered_as_json(make_harness: MakeH
 async def test_streams_on_two_replicas_with_redis_share_one_fetch_per_change(
     fleet: Fleet, upstream: CountingUpstream, http: aiohttp.ClientSession
 ) -> None:
-    async with fleet(2, public_host="proxy.test") as replicas:
-        async with contextlib.AsyncExitStack() as stack:
-            readers = []
-            for replica in replicas:
-                response = await stack.enter_async_context(http.get(replica.url + JOB, headers=SSE))
-                readers.append(EventReader(response))
-            for reader in readers:
+    async with fleet(2, public_host="proxy.test") as replicas, contextlib.AsyncExitStack() as stack:
+        readers = []
+        for replica in replicas:
+            response = await stack.enter_async_context(http.get(replica.url + JOB, headers=SSE))
+            readers.append(EventReader(response))
+        for reader in readers:
+            event = await reader.next_event()
+            assert event is not None and event.id == '"v0"'
+        before = upstream.count(JOB)
+        async with http.post(replicas[0].url + JOB) as posted:
+            assert posted.status == 204
+        for reader in readers:
+            async with asyncio.timeout(10):  # max-age=60: only the notice wakes the other
                 event = await reader.next_event()
-                assert event is not None and event.id == '"v0"'
-            before = upstream.count(JOB)
-            async with http.post(replicas[0].url + JOB) as posted:
-                assert posted.status == 204
-            for reader in readers:
-                async with asyncio.timeout(10):  # max-age=60: only the notice wakes the other
-                    event = await reader.next_event()
-                assert event is not None and event.id == '"v1"'
-            # One fetch of the change for both replicas: the lock and the notice.
-            assert upstream.count(JOB) - before == 1
+            assert event is not None and event.id == '"v1"'
+        # One fetch of the change for both replicas: the lock and the notice.
+        assert upstream.count(JOB) - before == 1
