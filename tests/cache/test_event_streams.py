@@ -19,13 +19,13 @@ import aiohttp
 import pytest
 
 from tests.conftest import FakeClock, Harness, MakeHarness
-from tests.redis_support import JOB, CountingUpstream, Fleet
-from tests.sse_client import EventReader
-from tests.waiting import eventually
+from tests.support.redis_support import JOB, CountingUpstream, Fleet
+from tests.support.sse_client import EventReader
+from tests.support.waiting import eventually
 
 PATH = "/v1/audio/transcribe/trans_1"
 SSE = {"Accept": "text/event-stream"}
-pytest_plugins = ("tests.redis_fixtures",)
+pytest_plugins = ("tests.support.redis_fixtures",)
 
 
 class LiveClock(FakeClock):
