@@ -27,6 +27,8 @@ UPSTREAM_STATUSES = ("2xx", "3xx", "4xx", "5xx", "error")
 LONG_POLL_OUTCOMES = ("changed", "timeout", "shed", "error")
 #: How an event stream (``Accept: text/event-stream``) ended.
 EVENT_STREAM_OUTCOMES = ("final", "seen", "disconnected", "shed", "drained", "error")
+#: What an event stream writes: an event (a change) or a heartbeat comment.
+EVENT_KINDS = ("event", "heartbeat")
 UPSTREAM_ERROR_KINDS = ("refused", "timeout", "invalid", "5xx", "429")
 CLIENT_PHASES = ("head", "body", "send")
 TABLES = ("held_back", "invalidation")
@@ -318,7 +320,7 @@ class Metrics:
             ("kind",),
             registry=registry,
         )
-        for kind in ("event", "heartbeat"):
+        for kind in EVENT_KINDS:
             self.events_sent.labels(kind)
         self.open_event_streams = Gauge(
             "cacheproxy_open_event_streams",
