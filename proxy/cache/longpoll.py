@@ -96,9 +96,7 @@ class LongPolls:
         self.metrics = metrics
         #: ``--max-waiters``, or the connection cap the descriptor limit allows (``limits``).
         self.max_waiters = max_waiters(settings)
-        self.waits: WaitRoom[Fetched] = WaitRoom(
-            on_outcome=metrics.count_long_poll
-        )
+        self.waits: WaitRoom[Fetched] = WaitRoom(on_outcome=metrics.count_long_poll)
         metrics.waiting_requests.set_function(lambda: self.waits.waiting)
         entries.on_change = self.waits.changed
         # The answer to the waiters one change woke, by kind of request (``_changed``).
@@ -190,7 +188,7 @@ class LongPolls:
         second, written as is to every waiter of that kind (``SharedAnswer``)."""
         request, responder = held.request, held.responder
         send_shared = getattr(responder, "send_shared", None)
-        if send_shared is None:
+        if send_shared is None or "range" in request.headers:  # a range: a part of its own
             self.serving.serve(request, responder, self._waited(entry), applied)
             return
         headers = request.headers

@@ -67,7 +67,7 @@ class Waiter:
     room settles a waiter by calling ``notify`` once, from its watch, its wheel or a disconnect.
     """
 
-    __slots__ = ("headers", "lost", "notify", "room", "slot", "watch")
+    __slots__ = ("counted", "headers", "lost", "notify", "room", "slot", "still", "watch")
 
     def __init__(
         self,
@@ -75,11 +75,17 @@ class Waiter:
         watch: Watch[Any],
         headers: Mapping[str, str],
         notify: Callable[[Wake[Any]], None],
+        still: Callable[[StoredResponse], bool] | None = None,
+        counted: bool = True,
     ) -> None:
         self.room = room
         self.watch: Watch[Any] | None = watch
         self.headers = headers
         self.notify = notify
+        #: Whether a stored response still matches what it holds; ``None``: its fields'
+        #: validators do (compared once per distinct value, ``still_matches``).
+        self.still = still
+        self.counted = counted
         self.slot = 0
         self.lost: asyncio.Future[None] | None = None
 
@@ -145,16 +151,26 @@ class WaitRoom(Generic[A]):
         headers: Mapping[str, str],
         seconds: float,
         lost: asyncio.Future[None] | None = None,
+        *,
+        still: Callable[[StoredResponse], bool] | None = None,
+        counted: bool = True,
     ) -> Wake[A]:
-        """Wait until the flight's response no longer matches ``headers``, ``seconds`` pass,
-        the client goes away (``lost``) or the replica drains (``park``, awaited)."""
+        """Wait until the flight's response no longer matches ``headers`` (or ``still`` says
+        it changed), ``seconds`` pass, the client goes away (``lost``) or the replica drains
+        (``park``, awaited).
+
+        ``counted=False``: a hold of an event stream, which is counted (``enter``) for as long
+        as it is open rather than per hold, and whose outcomes are not long polls'.
+        """
         future: asyncio.Future[Wake[A]] = asyncio.get_running_loop().create_future()
 
         def notify(wake: Wake[A]) -> None:
             if not future.done():
                 future.set_result(wake)
 
-        waiter = self.park(flight, key, observe, headers, seconds, lost, notify)
+        waiter = self.park(
+            flight, key, observe, headers, seconds, lost, notify, still=still, counted=counted
+        )
         try:
             return await future
         except asyncio.CancelledError:
@@ -174,6 +190,9 @@ class WaitRoom(Generic[A]):
         seconds: float,
         lost: asyncio.Future[None] | None,
         notify: Callable[[Wake[A]], None],
+        *,
+        still: Callable[[StoredResponse], bool] | None = None,
+        counted: bool = True,
     ) -> Waiter:
         """Hold a request without a task: ``notify`` is called once with why it ended (a
         change, the ``seconds`` passing, ``lost`` done, the drain), from the watch, the timer
@@ -183,9 +202,10 @@ class WaitRoom(Generic[A]):
             if observe is None:
                 raise ValueError(f"flight {flight!r} has no watch: park needs its observe")
             watch = self._open(flight, key, observe)
-        waiter = Waiter(self, watch, headers, notify)
+        waiter = Waiter(self, watch, headers, notify, still, counted)
         watch.waiters.add(waiter)
-        self.waiting += 1
+        if counted:
+            self.waiting += 1
         self._arm(waiter, watch.loop.time() + seconds)
         if lost is not None:
             waiter.lost = lost
@@ -199,7 +219,8 @@ class WaitRoom(Generic[A]):
             return
         waiter.watch = None
         watch.waiters.discard(waiter)
-        self.waiting -= 1
+        if waiter.counted:
+            self.waiting -= 1
         slot = self._slots.get(waiter.slot)
         if slot is not None:
             slot.discard(waiter)
@@ -212,7 +233,7 @@ class WaitRoom(Generic[A]):
             lost.remove_done_callback(waiter.gone)
         if not watch.waiters:
             self._close(watch)
-        if wake.outcome != "disconnected":
+        if waiter.counted and wake.outcome != "disconnected":
             self.on_outcome(wake.outcome)
         try:
             waiter.notify(wake)
@@ -256,6 +277,13 @@ class WaitRoom(Generic[A]):
             heapq.heappop(heap)  # ticks whose waiters all ended before them
         if heap and self._timer is None:
             self._rearm(heap[0])
+
+    def enter(self) -> None:
+        """An event stream opened: it counts against ``--max-waiters`` until it ``leave``s."""
+        self.waiting += 1
+
+    def leave(self) -> None:
+        self.waiting -= 1
 
     def changed(self, key: str) -> None:
         """A response for ``key`` was stored or invalidated here: look again now."""
@@ -329,11 +357,14 @@ class WaitRoom(Generic[A]):
                 changed: Wake[A] = Wake("changed", entry=entry)
                 matches: dict[tuple[object, ...], bool] = {}  # by validators: once each
                 for waiter in list(watch.waiters):
-                    headers = waiter.headers
-                    validators = validators_of(headers)
-                    match = matches.get(validators)
-                    if match is None:
-                        match = matches[validators] = still_matches(entry, headers)
+                    if waiter.still is not None:
+                        match = waiter.still(entry)
+                    else:
+                        headers = waiter.headers
+                        validators = validators_of(headers)
+                        match = matches.get(validators)  # type: ignore[assignment]
+                        if match is None:
+                            match = matches[validators] = still_matches(entry, headers)
                     if not match:
                         self.settle(waiter, changed)
                 if not watch.waiters:
