@@ -347,8 +347,8 @@ def write(
             "",
             "## Memory",
             "",
-            "Completed transcriptions fetched once each by gzip-accepting clients through one proxy "
-            "process (memory store, default coding settings, budget large enough for no "
+            "Completed transcriptions fetched once each by gzip-accepting clients through one "
+            "proxy process (memory store, default coding settings, budget large enough for no "
             "evictions); RSS is `VmRSS` from `/proc/PID/status`, body bytes are the identity "
             "bytes of the response bodies the clients received (decoded).",
             "",

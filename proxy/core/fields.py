@@ -27,6 +27,11 @@ Headers = tuple[tuple[str, str], ...]
 #: Fields not copied from a stored response onto a response built from it: recomputed per
 #: response (``Age``, ``Cache-Status``, ``Content-Length``) or connection-specific.
 NOT_SERVED = frozenset({"age", "content-length", "cache-status"}) | HOP_BY_HOP
+#: RFC 9110 §14.3: this cache serves byte ranges of every stored 200 (``proxy.core.ranges``),
+#: whatever the origin said, since it holds the whole body.
+ACCEPT_RANGES = ("Accept-Ranges", "bytes")
+#: ``Content-Range`` means nothing on a 200 (RFC 9110 §14.4) and would contradict a 206's own.
+NOT_SERVED_WITH_RANGES = NOT_SERVED | {"accept-ranges", "content-range"}
 
 
 def header_values(headers: Headers, name: str) -> list[str]:
@@ -118,3 +123,12 @@ def represented(served: Headers, rep: Representation, reps: tuple[Representation
         names.append("Accept-Encoding")
     fields.append(shared_pair("Vary", ", ".join(names)))
     return tuple(fields)
+
+
+def served_fields(headers: Headers, status: int) -> Headers:
+    """The stored fields a response built from a stored one carries, with ``Accept-Ranges:
+    bytes`` on a 200 (the ranges this cache serves of it)."""
+    if status != 200:
+        return tuple(item for item in headers if item[0].lower() not in NOT_SERVED)
+    kept = (item for item in headers if item[0].lower() not in NOT_SERVED_WITH_RANGES)
+    return (*kept, ACCEPT_RANGES)

@@ -10,7 +10,9 @@ from typing import Any
 
 from proxy.core.coding import IDENTITY, Representation, coded_etag
 from proxy.core.fields import (
+    ACCEPT_RANGES,
     NOT_SERVED,
+    NOT_SERVED_WITH_RANGES,
     Headers,
     coding_token,
     date_of,
@@ -19,13 +21,16 @@ from proxy.core.fields import (
     parsed_vary,
     represented,
     response_cache_control,
+    served_fields,
     shared_fields,
     shared_pair,
 )
 from proxy.core.headers import CacheControl, parse_age, parse_entity_tag
 
 __all__ = [
+    "ACCEPT_RANGES",
     "NOT_SERVED",
+    "NOT_SERVED_WITH_RANGES",
     "Headers",
     "header_value",
     "header_values",
@@ -212,7 +217,7 @@ class StoredResponse:
     @property
     def served(self) -> Headers:
         """The stored fields a response built from this one carries."""
-        return tuple(item for item in self.headers if item[0].lower() not in NOT_SERVED)
+        return served_fields(self.headers, self.status)
 
     @property
     def date(self) -> float | None:
@@ -319,7 +324,7 @@ def _codings(origin: str, stored: str | None, derived: tuple[str, ...]) -> tuple
 
 #: Python's own memory per stored response beyond its bytes and fields: the object and its
 #: slots, its times, its share of the record tuple; measured with tracemalloc on CPython 3.11
-#: (tests/test_memory_budget.py), so the budget bounds real memory.
+#: (tests/cache/test_memory_budget.py), so the budget bounds real memory.
 ENTRY_OVERHEAD = 320
 #: Per field line beyond its characters: the pair tuple. Responses that repeat a field share one
 #: pair (and the fields tuple), so this overstates what most of them cost.
