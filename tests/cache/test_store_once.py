@@ -243,3 +243,19 @@ async def test_a_stored_transcription_costs_less_than_six_tenths_of_its_identity
 
 def test_codings_are_available() -> None:
     assert "gzip" in available_codings()
+
+
+async def test_an_identity_clients_range_is_cut_from_the_decoded_body(
+    harness: Harness, raw: aiohttp.ClientSession
+) -> None:
+    """Ranges apply to the representation sent (RFC 9110 §14): identity bytes for an identity
+    client even though only gzip is stored, the gzip bytes for a gzip client."""
+    harness.origin.put(PATH, JSON, extra=TYPE)
+    await fetch(raw, harness, "gzip")
+    response, body = await fetch(raw, harness, "", Range="bytes=5-24")
+    assert response.status == 206 and body == JSON[5:25]
+    assert response.headers["Content-Range"] == f"bytes 5-24/{len(JSON)}"
+    (entry,) = await harness.proxy.store.get(PATH) or ()
+    response, body = await fetch(raw, harness, "gzip", Range="bytes=0-9")
+    assert response.status == 206 and body == entry.body[:10]
+    assert harness.origin.count(PATH) == 1
