@@ -57,6 +57,7 @@ log = logging.getLogger("proxy.server")
 #: client that does not read never makes the proxy hold more than one slice of a shared body.
 SLICE = 2**16
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+PRI = b"PRI * HTTP/2.0\r\n"
 
 # The states as module globals: one lookup each on the hit path.
 R_IDLE, R_HEAD, R_BODY, R_DONE = ReadState.IDLE, ReadState.HEAD, ReadState.BODY, ReadState.DONE
@@ -185,6 +186,15 @@ class HttpConnection(asyncio.Protocol):
         if self._disconnected is not None and not self._disconnected.done():
             self._disconnected.set_result(None)
 
+    def hand_over(self, data: bytes) -> None:
+        """The connection speaks HTTP/2 from here on (``Front.http2``); this object is done."""
+        self.read, self.write = R_DONE, W_CLOSED  # lost: the head timer ends with nothing
+        self.front.http2(self, data)
+
+    def drain(self) -> None:
+        if self.idle:
+            self.transport.close()
+
     def evict(self) -> None:
         """Make room past the cap: an idle keep-alive connection is closed, a slow head cut."""
         partial = self.read is R_HEAD
@@ -220,7 +230,7 @@ class HttpConnection(asyncio.Protocol):
                 elif http09(self._url, bool(self._raw), data):
                     raise httptools.HttpParserError("HTTP/0.9")
         except httptools.HttpParserUpgrade:
-            # Upgrades are not offered: the request is answered, then the connection closes.
+            # Upgrades (h2c too) are not taken: the request is answered, then the connection closes.
             if self._current is not None:
                 self._current.keep_alive = False
             self._halt()
@@ -229,6 +239,9 @@ class HttpConnection(asyncio.Protocol):
                 log.exception("request parsing failed")
                 self._refuse(RequestRejected(400, "BAD_REQUEST", "The request is not valid."))
         except httptools.HttpParserError as error:
+            if data.startswith(PRI) and self.settings.http2 and self.answering is A_IDLE:
+                self.hand_over(data)  # the HTTP/2 preface: prior knowledge (RFC 9113 §3.3)
+                return
             self._refuse_unparseable(error)
         # Requests are dispatched once the whole chunk parsed, so that a request whose body
         # turns out malformed in the same chunk never reaches the origin.

@@ -440,10 +440,23 @@ class Settings:
         "", str, "PEM certificate chain: serve HTTPS on --port (needs --tls-key)", "PATH"
     )
     tls_key: str = _option("", str, "PEM private key of --tls-cert", "PATH")
+    http2: bool = _option(
+        True,
+        parse_bool,
+        "serve HTTP/2 besides HTTP/1.1: ALPN h2 with TLS, prior-knowledge h2c without",
+        "BOOL",
+    )
+    http2_max_streams: int = _option(
+        100,
+        _bounded(int, 1, 2**31 - 1),
+        "streams an HTTP/2 connection may have open or still being answered at once "
+        "(SETTINGS_MAX_CONCURRENT_STREAMS)",
+        "N",
+    )
     front: str = _option(
         "own",
         parse_front,
-        "client-facing HTTP/1.1 server: own (httptools, prepared responses), the only one",
+        "client-facing server: own (HTTP/1.1 on httptools, HTTP/2 on h2), the only one",
         "FRONT",
     )
     admin_token: str = _option(
@@ -528,6 +541,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             default=None,
             help=f"{spec.metadata['help']} (env {env_name(spec.name)}, default {shown})",
         )
+        if spec.metadata["parse"] is parse_bool:
+            parser.add_argument(
+                "--no-" + option_name(spec.name)[2:], dest=spec.name, action="store_const",
+                const="false", help=f"the same as {option_name(spec.name)} false",
+            )  # fmt: skip
 
 
 def build_settings(values: Mapping[str, str | None], environ: Mapping[str, str]) -> Settings:
