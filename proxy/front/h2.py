@@ -357,7 +357,7 @@ class Http2Connection(asyncio.Protocol):
             if pending:
                 self._blocked(stream)
                 continue
-            del self.sending[stream]
+            self.sending.pop(stream, None)
             if stream.blocked_timer is not None:
                 stream.blocked_timer.cancel()
                 stream.blocked_timer = None
