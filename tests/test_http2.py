@@ -18,9 +18,11 @@ from typing import Any
 
 import httpx
 import pytest
+from aiohttp import web
 
 from proxy.ops.config import Settings
 from tests.conftest import Harness, MakeHarness
+from tests.h2kit import H2Client
 from tests.rawkit import serve_app, serve_proxy
 from tests.test_front import BIG, Origin, self_signed
 from tests.waiting import eventually
@@ -38,9 +40,8 @@ async def origin() -> AsyncIterator[tuple[Origin, str]]:
 
 def h2c(port: int, **kwargs: Any) -> httpx.AsyncClient:
     """An httpx client speaking HTTP/2 with prior knowledge (no HTTP/1.1 at all)."""
-    return httpx.AsyncClient(
-        base_url=f"http://127.0.0.1:{port}", http1=False, http2=True, timeout=20, **kwargs
-    )
+    kwargs.setdefault("timeout", 20)
+    return httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", http1=False, http2=True, **kwargs)
 
 
 async def test_a_miss_then_a_hit_over_one_http2_connection(harness: Harness) -> None:
@@ -56,9 +57,7 @@ async def test_a_miss_then_a_hit_over_one_http2_connection(harness: Harness) -> 
     assert "; hit" in second.headers["cache-status"] and "age" in second.headers
     assert "connection" not in second.headers and "transfer-encoding" not in second.headers
     assert harness.origin.count("/v1/audio/transcribe/a") == 1
-    requests = harness.metric(
-        "cacheproxy_requests_total", route="transcription", result="hit"
-    )
+    requests = harness.metric("cacheproxy_requests_total", route="transcription", result="hit")
     assert requests == 1
     forwarded = harness.origin.requests[0]
     assert forwarded.headers["Via"] == "2 aitronos-cache-proxy"
@@ -144,9 +143,7 @@ async def _curl(*args: str) -> subprocess.CompletedProcess[str]:
     argv = ["curl", "-sS", "-w", "%{http_code} %{http_version};"]
     for arg in args:
         argv += ["-o", "/dev/null", arg] if arg.startswith(("http://", "https://")) else [arg]
-    return await asyncio.to_thread(
-        subprocess.run, argv, capture_output=True, text=True, timeout=30
-    )
+    return await asyncio.to_thread(subprocess.run, argv, capture_output=True, text=True, timeout=30)
 
 
 @curl
@@ -204,3 +201,58 @@ async def test_without_http2_the_preface_is_refused_as_http11(origin: tuple[Orig
         status = await asyncio.wait_for(reader.readline(), 10)
         writer.close()
     assert status.startswith(b"HTTP/1.1 400")
+
+
+# -- item 2: long polls beyond the six-connection limit ------------------------------------------
+
+
+async def test_fifty_long_polls_on_one_connection_are_each_woken_by_their_own_change() -> None:
+    """A browser's six HTTP/1.1 connections would hold six polls; one HTTP/2 connection holds
+    fifty, and each answers when (and only when) its own transcription changes. (The client is
+    h2 on a socket: httpx's HTTP/2 reads one stream at a time and would delay the answers.)"""
+    from tests.test_long_poll import ScopedOrigin
+
+    origin = ScopedOrigin()
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", origin.handle)
+    paths = [f"/v1/audio/transcribe/job-{i}" for i in range(50)]
+    for i, path in enumerate(paths):
+        origin.set("a", b'{"status":"processing","n":%d}' % i, path)
+    auth = ("authorization", "Bearer a")
+    async with serve_app(app) as upstream, serve_proxy(Settings(upstream=upstream)) as running:
+        client = await H2Client.connect(running.port)
+        firsts = [client.request(path, auth) for path in paths]
+        await client.flush()
+        await client.until(lambda c: all(c.response(sid)[2] for sid in firsts))
+        tags = [client.response(sid)[0][b"etag"].decode() for sid in firsts]
+        polls = [
+            client.request(path, auth, ("if-none-match", tag), ("prefer", "wait=30"))
+            for path, tag in zip(paths, tags, strict=True)
+        ]
+        await client.flush()
+
+        def waiting() -> float:
+            return running.registry.get_sample_value("cacheproxy_waiting_requests") or 0
+
+        await eventually(lambda: waiting() == 50, within=20, what="fifty held polls")
+        assert running.connections == 1
+        changed, unchanged = range(0, 50, 2), range(1, 50, 2)
+        for i in changed:
+            origin.set("a", b'{"status":"completed","n":%d}' % i, paths[i])
+        await client.until(lambda c: all(c.response(polls[i])[2] for i in changed), timeout=20)
+        for i in changed:
+            head, body, _ = client.response(polls[i])
+            assert head[b":status"] == b"200" and head[b"preference-applied"] == b"wait=30"
+            assert json.loads(body) == {"status": "completed", "n": i}
+        assert not any(client.response(polls[i])[0] for i in unchanged)
+        assert waiting() == 25
+        for i in unchanged:
+            origin.set("a", b'{"status":"failed","n":%d}' % i, paths[i])
+        await client.until(lambda c: all(c.response(polls[i])[2] for i in unchanged), timeout=20)
+        for i in unchanged:
+            assert json.loads(client.response(polls[i])[1]) == {"status": "failed", "n": i}
+        await client.close()
+        assert (
+            running.registry.get_sample_value("cacheproxy_long_poll_total", {"outcome": "changed"})
+            == 50
+        )
