@@ -57,8 +57,11 @@ class H2Client:
 
     async def read(self, timeout: float = 10.0) -> list[h2.events.Event]:
         """One read's worth of events; ``closed`` once the server closed the connection."""
-        async with asyncio.timeout(timeout):
-            data = await self.reader.read(65536)
+        try:
+            async with asyncio.timeout(timeout):
+                data = await self.reader.read(65536)
+        except ConnectionResetError:
+            data = b""
         if not data:
             self.closed = True
             return []

@@ -51,6 +51,8 @@ PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 #: Control frames (SETTINGS, PING, PRIORITY, empty DATA) a connection may send in a burst, and
 #: how many a second it earns back.
 CONTROL_BURST, CONTROL_RATE = 200, 20.0
+#: Seconds a connection ended by an error still drains what the client sends.
+LINGER = 1.0
 NO_ERROR, CANCEL, REFUSED = ErrorCodes.NO_ERROR, ErrorCodes.CANCEL, ErrorCodes.REFUSED_STREAM
 
 
@@ -82,6 +84,8 @@ class Http2Connection(asyncio.Protocol):
         self.local = local
         self.lost = False
         self.closing = False
+        #: A GOAWAY for an error went out: what the client still sends is dropped.
+        self.failed = False
         self.max_streams = settings.http2_max_streams
         self.streams: dict[int, Http2Stream] = {}
         #: Streams whose answer is still being made (reset ones too, until their handler ends).
@@ -168,9 +172,7 @@ class Http2Connection(asyncio.Protocol):
         if code != NO_ERROR:
             self.front.http2_error(ErrorCodes(code).name.lower())
             self.h2.close_connection(code, additional_data=debug or None)
-            self._flush()
-            self.closing = True
-            self.transport.close()
+            self._fail()
             return
         if not self.closing:
             self.closing = True
@@ -180,10 +182,22 @@ class Http2Connection(asyncio.Protocol):
         if self.idle:
             self.transport.close()
 
+    def _fail(self) -> None:
+        """After an error's GOAWAY: read nothing more, and let the GOAWAY reach the client
+        before closing (closing with unread bytes would reset the connection and lose it)."""
+        self.failed = self.closing = True
+        self._flush()
+        transport = self.transport
+        if transport.can_write_eof():
+            transport.write_eof()
+            self.loop.call_later(LINGER, transport.abort)  # lingering close, as nginx's
+        else:
+            transport.close()
+
     # -- reading --------------------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        if self.lost:
+        if self.lost or self.failed:
             return
         try:
             events = self.h2.receive_data(data)
@@ -191,9 +205,7 @@ class Http2Connection(asyncio.Protocol):
             # h2 queued a GOAWAY with the error's code (ENHANCE_YOUR_CALM for an HPACK bomb).
             log.info("HTTP/2 protocol error from %s: %s", self.peer, type(error).__name__)
             self.front.http2_error(ErrorCodes(error.error_code).name.lower())
-            self._flush()
-            self.closing = True
-            self.transport.close()
+            self._fail()
             return
         for event in events:
             if self.lost or self.h2.state_machine.state == h2.connection.ConnectionState.CLOSED:
@@ -245,7 +257,8 @@ class Http2Connection(asyncio.Protocol):
         assert sid is not None and event.headers is not None
         self._last_stream = max(self._last_stream, sid)
         if self.closing or self.front.draining or len(self.answering) >= self.max_streams:
-            self.h2.reset_stream(sid, REFUSED)
+            with contextlib.suppress(h2.exceptions.ProtocolError):  # the client reset it already
+                self.h2.reset_stream(sid, REFUSED)
             if not self.resets.spend():
                 self.goaway(ErrorCodes.ENHANCE_YOUR_CALM, b"too many streams refused")
             return
