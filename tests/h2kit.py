@@ -26,7 +26,7 @@ class H2Client:
         self.closed = False
 
     @classmethod
-    async def connect(cls, port: int, **settings: int) -> H2Client:
+    async def connect(cls, port: int, settings: dict[int, int] | None = None) -> H2Client:
         reader, writer = await asyncio.open_connection(HOST, port)
         client = cls(reader, writer)
         client.h2.initiate_connection()

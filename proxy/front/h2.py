@@ -51,6 +51,9 @@ PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 #: Control frames (SETTINGS, PING, PRIORITY, empty DATA) a connection may send in a burst, and
 #: how many a second it earns back.
 CONTROL_BURST, CONTROL_RATE = 200, 20.0
+#: Unparsed bytes a connection may leave in h2's buffer: one frame of the default
+#: SETTINGS_MAX_FRAME_SIZE (we advertise no larger) and its header, less one byte.
+MAX_PARTIAL = 2**14 + 9
 #: Seconds a connection ended by an error still drains what the client sends.
 LINGER = 1.0
 NO_ERROR, CANCEL, REFUSED = ErrorCodes.NO_ERROR, ErrorCodes.CANCEL, ErrorCodes.REFUSED_STREAM
@@ -206,6 +209,11 @@ class Http2Connection(asyncio.Protocol):
             log.info("HTTP/2 protocol error from %s: %s", self.peer, type(error).__name__)
             self.front.http2_error(ErrorCodes(error.error_code).name.lower())
             self._fail()
+            return
+        if len(getattr(self.h2.incoming_buffer, "_data", b"")) > MAX_PARTIAL:
+            # h2 waits for a whole frame before checking its length: a header announcing 16 MiB
+            # would be buffered whole. What is left unparsed is at most one partial frame.
+            self.goaway(ErrorCodes.FRAME_SIZE_ERROR, b"frame larger than SETTINGS_MAX_FRAME_SIZE")
             return
         for event in events:
             if self.lost or self.h2.state_machine.state == h2.connection.ConnectionState.CLOSED:
