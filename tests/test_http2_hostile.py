@@ -223,5 +223,7 @@ async def test_connections_count_against_max_connections(origin_url: str) -> Non
 
 @pytest.fixture
 async def origin_url() -> AsyncIterator[str]:
-    async with serve_app(Origin().app()) as url:
+    origin = Origin()
+    async with serve_app(origin.app()) as url:
         yield url
+        origin.gate.set()  # /slow answers, so the origin closes at once
