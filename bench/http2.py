@@ -52,26 +52,27 @@ class Run:
         return self.requests / self.seconds if self.seconds else 0.0
 
 
-def start_nginx_h2c(workdir: Path, upstream_port: int, pinning: Pinning) -> Service:
-    """``bench.processes``' nginx (the same proxy_cache) with ``listen ... http2``: h2c with
-    prior knowledge and HTTP/1.1 on one port."""
+def start_nginx_h2c(workdir: Path, upstream_port: int, pinning: Pinning) -> tuple[Service, int]:
+    """``bench.processes``' nginx (the same proxy_cache) on its HTTP/1.1 port and a second one,
+    ``listen ... http2``: h2c with prior knowledge (nginx speaks only HTTP/2 there)."""
     binary = processes.ensure_binary("nginx", install=True)
     home = workdir / "nginx"
     home.mkdir(parents=True, exist_ok=True)
     port = processes.free_port()
     conf = home / "nginx.conf"
-    text = NGINX_CONF.replace(
-        "listen 127.0.0.1:{port} reuseport", "listen 127.0.0.1:{port} http2 reuseport"
-    )
+    h2_port = processes.free_port()
+    listen = "listen 127.0.0.1:{port} reuseport backlog=4096;"
+    text = NGINX_CONF.replace(listen, f"{listen}\n        listen 127.0.0.1:{h2_port} http2;")
     user = "user root root;\n" if os.geteuid() == 0 else ""
     conf.write_text(
         text.format(user=user, dir=home, port=port, upstream_port=upstream_port, gzip="")
     )
     command = [binary, "-p", str(home), "-c", str(conf), "-e", str(home / "error.log"),
                "-g", "daemon off;"]  # fmt: skip
-    return processes.launch(
+    service = processes.launch(
         "nginx", command, workdir, port=port, ready_path="/_sim/stats", pinning=pinning
     )
+    return service, h2_port
 
 
 def h2load(url: str, seconds: float, *, h1: bool, pinning: Pinning) -> tuple[int, int, float]:
@@ -102,31 +103,29 @@ def measure(workdir: Path, scale: str, rounds: int | None, pinning: Pinning) -> 
         (transcription,) = client.seed(simulator.url, [TOKEN], 1)
         path = f"/v1/audio/transcribe/{transcription}"
         options = ["--event-loop", "uvloop", "--access-log", "false"]
-        systems = {
-            "aitronos-cache-proxy": processes.start_proxy(
-                workdir, simulator.url, pinning, options=options
-            ),
-            "nginx": start_nginx_h2c(workdir, simulator.port, pinning),
-        }
+        proxy = processes.start_proxy(workdir, simulator.url, pinning, options=options)
+        systems = {"aitronos-cache-proxy": (proxy, proxy.port)}
         try:
-            for service in systems.values():
+            systems["nginx"] = start_nginx_h2c(workdir, simulator.port, pinning)
+            for service, _ in systems.values():
                 client.http_get(service.url + path, {"Authorization": f"Bearer {TOKEN}"})
             for _ in range(rounds or default_rounds):
-                for name, service in systems.items():
+                for name, (service, h2_port) in systems.items():
                     for h1 in (False, True):
+                        port = service.port if h1 else h2_port
+                        url = f"http://127.0.0.1:{port}{path}"
                         if warmup:
-                            h2load(service.url + path, warmup, h1=h1, pinning=pinning)
+                            h2load(url, warmup, h1=h1, pinning=pinning)
                         upstream = client.stats(simulator.url)["requests"]
                         cpu = processes.cpu_seconds(service.pid)
-                        ok, failed, took = h2load(service.url + path, seconds, h1=h1,
-                                                  pinning=pinning)  # fmt: skip
+                        ok, failed, took = h2load(url, seconds, h1=h1, pinning=pinning)
                         runs.append(Run(
                             name, "HTTP/1.1" if h1 else "HTTP/2", ok, failed, took,
                             processes.cpu_seconds(service.pid) - cpu,
                             client.stats(simulator.url)["requests"] - upstream,
                         ))  # fmt: skip
         finally:
-            for service in systems.values():
+            for service, _ in systems.values():
                 service.stop()
     finally:
         simulator.stop()

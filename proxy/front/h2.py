@@ -54,6 +54,8 @@ CONTROL_BURST, CONTROL_RATE = 200, 20.0
 #: Unparsed bytes a connection may leave in h2's buffer: one frame of the default
 #: SETTINGS_MAX_FRAME_SIZE (we advertise no larger) and its header, less one byte.
 MAX_PARTIAL = 2**14 + 9
+#: DATA bytes gathered before a write, so the transport's pause_writing can stop the pump.
+FLUSH_BYTES = 2**16
 #: Seconds a connection ended by an error still drains what the client sends.
 LINGER = 1.0
 NO_ERROR, CANCEL, REFUSED = ErrorCodes.NO_ERROR, ErrorCodes.CANCEL, ErrorCodes.REFUSED_STREAM
@@ -101,7 +103,17 @@ class Http2Connection(asyncio.Protocol):
         self._idle_timer: asyncio.TimerHandle | None = None
         self._disconnected: asyncio.Future[None] | None = None
         self._last_stream = 0
-        config = h2.config.H2Configuration(client_side=False, header_encoding=None)
+        self._flush_due = False
+        #: DATA bytes handed to h2 since the last write (written every ``FLUSH_BYTES``).
+        self.unflushed = 0
+        # Inbound fields are checked (RFC 9113 §8.2); outbound ones are ours, built lower-case
+        # without connection-specific fields (h2_stream), so h2 need not check them again.
+        config = h2.config.H2Configuration(
+            client_side=False,
+            header_encoding=None,
+            validate_outbound_headers=False,
+            normalize_outbound_headers=False,
+        )
         self.h2 = h2.connection.H2Connection(config)
         codes = h2.settings.SettingCodes
         self.h2.local_settings = h2.settings.Settings(
@@ -319,7 +331,7 @@ class Http2Connection(asyncio.Protocol):
             return
         if end:
             self._done(stream)
-        self._flush()
+        self._flush_soon()  # with the DATA that follows, or other streams' answers: one write
 
     def queue(self, stream: Http2Stream) -> None:
         if stream.closed or self.lost:
@@ -341,7 +353,7 @@ class Http2Connection(asyncio.Protocol):
                 self.h2.acknowledge_received_data(size, stream.stream_id)
             except h2.exceptions.ProtocolError:
                 return
-            self._flush()
+            self._flush_soon()
 
     # -- writing ---------------------------------------------------------------------------------
 
@@ -360,17 +372,22 @@ class Http2Connection(asyncio.Protocol):
                     if window <= 0:
                         break
                     chunk = pending[0]
-                    h2c.send_data(sid, chunk[:window].tobytes())
                     if len(chunk) > window:
+                        h2c.send_data(sid, chunk[:window].tobytes())
                         pending[0] = chunk[window:]
                     else:
                         pending.popleft()
-                    self._flush()
-                    if self.flow.write_paused:
-                        break
+                        last = not pending and stream.end_after
+                        h2c.send_data(sid, chunk.tobytes(), end_stream=last)
+                        if last:
+                            self._done(stream)
+                    self.unflushed += min(window, len(chunk))
+                    if self.unflushed >= FLUSH_BYTES:
+                        self._flush()  # pause_writing may stop us here
+                        if self.flow.write_paused:
+                            break
                 if not pending and stream.end_after:
                     h2c.end_stream(sid)
-                    self._flush()
                     self._done(stream)
             except (h2.exceptions.ProtocolError, KeyError):
                 self._forget(stream)  # reset meanwhile
@@ -383,6 +400,7 @@ class Http2Connection(asyncio.Protocol):
                 stream.blocked_timer.cancel()
                 stream.blocked_timer = None
             stream.drained()
+        self._flush()
 
     def _blocked(self, stream: Http2Stream) -> None:
         if stream.blocked_timer is None and not self.flow.write_paused:
@@ -415,9 +433,21 @@ class Http2Connection(asyncio.Protocol):
         self._settle(stream)
 
     def _flush(self) -> None:
+        self.unflushed = 0
         data = self.h2.data_to_send()
         if data and not self.lost:
             self.transport.write(data)
+
+    def _flush_soon(self) -> None:
+        """Write what h2 has queued at the end of this loop iteration: the answers of every
+        stream handled meanwhile go out in one write."""
+        if not self._flush_due:
+            self._flush_due = True
+            self.loop.call_soon(self._flush_now)
+
+    def _flush_now(self) -> None:
+        self._flush_due = False
+        self._flush()
 
     def pause_writing(self) -> None:
         # Nothing is read while nothing can be written: a flood's answers cannot pile up.
