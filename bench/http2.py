@@ -62,7 +62,10 @@ def start_nginx_h2c(workdir: Path, upstream_port: int, pinning: Pinning) -> tupl
     conf = home / "nginx.conf"
     h2_port = processes.free_port()
     listen = "listen 127.0.0.1:{port} reuseport backlog=4096;"
-    text = NGINX_CONF.replace(listen, f"{listen}\n        listen 127.0.0.1:{h2_port} http2;")
+    # keepalive_requests: nginx ends a connection (GOAWAY) after 1,000 requests by default,
+    # and h2load does not reconnect.
+    extra = f"\n        listen 127.0.0.1:{h2_port} http2;\n        keepalive_requests 100000000;"
+    text = NGINX_CONF.replace(listen, listen + extra)
     user = "user root root;\n" if os.geteuid() == 0 else ""
     conf.write_text(
         text.format(user=user, dir=home, port=port, upstream_port=upstream_port, gzip="")
