@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -20,7 +21,8 @@ from proxy.core.headers import format_http_date, parse_entity_tag_list, weak_mat
 from proxy.front.server import FrontServer
 from proxy.ops.config import Settings
 from proxy.runtime import Runtime
-from tests.waiting import eventually
+from tests.support.origin import Handler, catch_all, serving
+from tests.support.waiting import eventually
 
 START = 1_800_000_000.0
 
@@ -46,6 +48,10 @@ class Resource:
     extra: dict[str, str] = field(default_factory=dict)
     etag: bool = True
     last_modified: float | None = None
+    #: The origin answers a single ``Range`` itself with a 206 (as a file server does).
+    ranges: bool = False
+    #: The body is sent chunked, without ``Content-Length``.
+    chunked: bool = False
 
     @property
     def tag(self) -> str:
@@ -61,6 +67,8 @@ class Origin:
     def __init__(self, clock: FakeClock) -> None:
         self.clock = clock
         self.resources: dict[str, Resource] = {}
+        #: What one ``Authorization`` value sees instead of ``resources`` (``put(..., token=)``).
+        self.scoped: dict[tuple[str, str], Resource] = {}
         self.requests: list[web.Request] = []
         self.received = asyncio.Event()
         self.gate: asyncio.Event | None = None
@@ -68,10 +76,24 @@ class Origin:
         self.fail_status: int | None = None
         self.hang = False
 
-    def put(self, path: str, body: bytes | str, **kwargs: Any) -> Resource:
+    def put(
+        self, path: str, body: bytes | str, *, token: str | None = None, **kwargs: Any
+    ) -> Resource:
+        """Serve ``body`` at ``path``; with ``token``, only to ``Authorization: Bearer token``."""
         resource = Resource(body.encode() if isinstance(body, str) else body, **kwargs)
-        self.resources[path] = resource
+        if token is None:
+            self.resources[path] = resource
+        else:
+            self.scoped[f"Bearer {token}", path] = resource
         return resource
+
+    def put_audio(self, path: str, size: int, **kwargs: Any) -> Resource:
+        """An audio-like binary resource (not compressible) served with byte ranges, as the
+        redacted audio a completed transcription links to."""
+        body = bytes((i * 7 + i // 251) % 256 for i in range(size))
+        kwargs.setdefault("extra", {"Content-Type": "audio/mpeg"})
+        kwargs.setdefault("ranges", True)
+        return self.put(path, body, **kwargs)
 
     def count(self, path: str | None = None, method: str | None = None) -> int:
         return sum(
@@ -84,7 +106,9 @@ class Origin:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         self.requests.append(request)
         self.received.set()
-        resource = self.resources.get(request.raw_path)
+        resource = self.scoped.get(
+            (request.headers.get("Authorization", ""), request.raw_path)
+        ) or self.resources.get(request.raw_path)
         if self.hang:
             await asyncio.Event().wait()
         if self.gate is not None and self.gated_method in (None, request.method):
@@ -115,7 +139,35 @@ class Origin:
             tags = parse_entity_tag_list(request.headers.get("If-None-Match"))
             if tags and any(weak_match(tag, resource.tag) for tag in tags):
                 return web.Response(status=304, headers=headers)
-        return web.Response(status=resource.status, body=resource.body, headers=headers)
+        body, status = resource.body, resource.status
+        if resource.ranges and status == 200:
+            headers["Accept-Ranges"] = "bytes"
+            part = _origin_range(request.headers.get("Range"), len(body))
+            if part is not None:
+                first, last = part
+                headers["Content-Range"] = f"bytes {first}-{last}/{len(body)}"
+                body, status = body[first : last + 1], 206
+        if resource.chunked:
+            response = web.StreamResponse(status=status, headers=headers)
+            response.enable_chunked_encoding()
+            await response.prepare(request)
+            for start in range(0, len(body), 65536):
+                await response.write(body[start : start + 65536])
+            await response.write_eof()
+            return response
+        return web.Response(status=status, body=body, headers=headers)
+
+
+def _origin_range(value: str | None, length: int) -> tuple[int, int] | None:
+    """The one range a simple file server honours (``a-b``, ``a-``, ``-n``); else the 200."""
+    if not value or not value.startswith("bytes=") or "," in value:
+        return None
+    first, _, last = value[6:].strip().partition("-")
+    if not first:
+        return (max(0, length - int(last)), length - 1) if last.isdigit() else None
+    if not first.isdigit() or (last and not last.isdigit()) or int(first) >= length:
+        return None
+    return int(first), min(int(last), length - 1) if last else length - 1
 
 
 class FrontClient:
@@ -215,17 +267,32 @@ async def serve_front() -> AsyncIterator[ServeFront]:
         await server.runtime.close()
 
 
+ServeOrigin = Callable[[Handler | web.Application], Awaitable[str]]
+
+
+@pytest.fixture
+async def serve_origin() -> AsyncIterator[ServeOrigin]:
+    """``url = await serve_origin(handler_or_app)``: a test's own origin on a free port, one
+    handler for every method and path (or an application with routes of its own); closed at
+    the test's end, after the proxies in front of it."""
+    async with contextlib.AsyncExitStack() as running:
+
+        async def serve(origin: Handler | web.Application) -> str:
+            return await running.enter_async_context(serving(origin))
+
+        yield serve
+
+
 @pytest.fixture
 async def make_harness(
     aiohttp_server: Any, clock: FakeClock, serve_front: ServeFront
 ) -> MakeHarness:
-    """Proxies on our own front (as ``python -m proxy`` serves) before controllable origins."""
+    """Proxies on our own front (as ``python -m proxy`` serves) before controllable origins:
+    the recording ``Origin``, or ``handler=`` (then ``Harness.origin`` records nothing)."""
 
-    async def make(**settings: Any) -> Harness:
+    async def make(handler: Handler | None = None, **settings: Any) -> Harness:
         origin = Origin(clock)
-        origin_app = web.Application()
-        origin_app.router.add_route("*", "/{tail:.*}", origin.handle)
-        origin_server = await aiohttp_server(origin_app)
+        origin_server = await aiohttp_server(catch_all(handler or origin.handle))
         registry = CollectorRegistry()
         upstream = settings.pop("upstream", str(origin_server.make_url("")))
         client = await serve_front(

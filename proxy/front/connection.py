@@ -22,6 +22,7 @@ from proxy.cache.exchange import RequestRejected
 from proxy.front.body import BodyStream
 from proxy.front.flow import FlowControl
 from proxy.front.head import (
+    ACCEPT,
     ACCEPT_ENCODING,
     CODING,
     CREDENTIAL,
@@ -34,6 +35,7 @@ from proxy.front.head import (
     SINGLETONS,
     HeadFacts,
     Parsed,
+    asks_event_stream,
     expectations,
     field_kinds,
     has_body,
@@ -126,8 +128,7 @@ class HttpConnection(asyncio.Protocol):
 
     @property
     def waiting(self) -> bool:
-        """Waiting for a request head (idle keep-alive or a head under way): the first to go
-        past the connection cap, the longest-waiting first (``head_deadline`` orders them)."""
+        """Waiting for a head (idle keep-alive or one under way): first past the cap."""
         read = self.read
         return self.answering is A_IDLE and self.write is not W_CLOSED and (
             read is R_IDLE or read is R_HEAD
@@ -192,7 +193,7 @@ class HttpConnection(asyncio.Protocol):
         self.front.http2(self, data)
 
     def drain(self) -> None:
-        if self.idle:
+        if self.idle:  # else it closes once its answers are out (the front is draining)
             self.transport.close()
 
     def evict(self) -> None:
@@ -313,7 +314,7 @@ class HttpConnection(asyncio.Protocol):
         raw.append((name, value))
         lowered = name.lower()
         kind = self._kinds.get(lowered)
-        if kind is None:
+        if kind is None or (kind == ACCEPT and not asks_event_stream(value)):
             return
         text = value.decode("utf-8", "surrogateescape")
         if kind == HOST:
