@@ -217,7 +217,10 @@ def markdown(runs: list[Run], meta: dict[str, Any]) -> str:
     rows = [
         ("pollers / transcriptions", lambda r: f"{r.pollers} / {r.transcriptions}"),
         ("client requests", lambda r: f"{r.client_requests:,}"),
-        ("client statuses", lambda r: ", ".join(f"{k}: {v}" for k, v in sorted(r.statuses.items()))),
+        (
+            "client statuses",
+            lambda r: ", ".join(f"{k}: {v}" for k, v in sorted(r.statuses.items())),
+        ),
         ("client errors", lambda r: str(r.client_errors)),
         ("pollers that saw completion", lambda r: f"{r.pollers_done}/{r.pollers}"),
         ("completion noticed after (p50)", lambda r: _s(r.completion_lag_p50_s)),

@@ -74,8 +74,14 @@ class LongPolls:
         metrics.waiting_requests.set_function(lambda: self.waits.waiting)
         entries.on_change = self.waits.changed
 
-    def may_hold(self, request: ProxyRequest, serve: Serve) -> Hold | None:
-        """Whether this request, about to be answered 304 from ``serve.entry``, is held."""
+    def may_hold(
+        self, request: ProxyRequest, serve: Serve, *, count_shed: bool = True
+    ) -> Hold | None:
+        """Whether this request, about to be answered 304 from ``serve.entry``, is held.
+
+        ``count_shed=False`` when a refusal is not final (the request then revalidates and
+        asks again, counted then).
+        """
         if "prefer" not in request.headers:
             return None
         entry = serve.entry
@@ -89,7 +95,8 @@ class LongPolls:
             max_wait=0.0 if waits.closing else self.settings.max_wait,
         )
         if isinstance(decision, Shed):
-            self.metrics.long_polls.labels("shed").inc()
+            if count_shed:
+                self.metrics.long_polls.labels("shed").inc()
             return None
         return decision
 

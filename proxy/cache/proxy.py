@@ -84,6 +84,8 @@ class CachingProxy:
             stale_grace=settings.stale_grace,
             max_entry_bytes=settings.max_entry_bytes,
             shared_scope=settings.shared_scope,
+            revalidate_window=settings.revalidate_window,
+            max_wait=settings.max_wait,
         )
         self._credential_headers = settings.credential_headers
         self._scope_secret = settings.scope_secret.encode()
@@ -164,7 +166,10 @@ class CachingProxy:
             # key: a forged Host can only ever shape its own variant, never another caller's.
             scope = f"{scope}@{request.host.lower()}"
         return request_facts(
-            headers, scope=scope, cache_control=headers.getall("cache-control", ())
+            headers,
+            scope=scope,
+            cache_control=headers.getall("cache-control", ()),
+            prefer=headers.getall("prefer", ()),
         )
 
     async def _cacheable(self, request: ProxyRequest, responder: Responder, route: str) -> Handled:
@@ -189,6 +194,14 @@ class CachingProxy:
             match decision:
                 case Fetch():
                     assert facts is not None, "a fetch is only decided after the store was read"
+                    if decision.held is not None:
+                        # A long poll answered from its flight's revalidations, if it can be
+                        # held; otherwise it revalidates as any other request.
+                        held = self.long_polls.may_hold(request, decision.held, count_shed=False)
+                        if held is not None:
+                            return await self._long_poll(
+                                request, responder, route, facts, decision.held, held
+                            )
                     decision, outcome = await self._fetch(request, route, facts, decision)
                     failed = outcome is None
                 case Serve():

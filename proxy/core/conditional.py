@@ -101,6 +101,41 @@ def conditional_headers(entry: StoredResponse) -> dict[str, str]:
     return headers
 
 
+def recently_validated(entry: StoredResponse, now: float, window: float) -> bool:
+    """Does the origin's answer for this stored response satisfy a request's demand to
+    revalidate (``max-age=0``, ``no-cache``, ``Pragma: no-cache``; RFC 9111 §5.2.1.1, §5.2.1.4)?
+
+    Yes within ``window`` (``--revalidate-window``) seconds of its receipt (``response_time``:
+    the fetch that stored it or the 304 that last freshened it), as if the request had joined
+    that revalidation: browsers add ``max-age=0`` to every scripted conditional ``fetch()``,
+    and each one asking the origin again would learn nothing new. ``entry`` is the request's own
+    variant (its credential scope and ``Vary`` selection), so a revalidation only ever
+    satisfies requests of that same scope and selection. A window of 0 never does.
+    """
+    return window > 0 and 0.0 <= now - entry.response_time <= window
+
+
+def may_hold_instead(
+    entry: StoredResponse,
+    ttl: float,
+    wait: int | None,
+    headers: Mapping[str, str],
+    window: float,
+    max_wait: float,
+) -> bool:
+    """Is a long poll that its own directives alone send upstream held instead, to be answered
+    from the revalidations its flight's watch makes while holding it (RFC 7240 ``Prefer``)?
+
+    Only while the stored response is fresh by the origin's terms (``ttl``: the watch
+    revalidates when that ends), if the client's ``If-None-Match`` matches it (it would be held
+    after its own revalidation too), it asks to wait, and both ``--revalidate-window`` and
+    ``--max-wait`` are on.
+    """
+    if window <= 0 or max_wait <= 0 or wait is None or wait <= 0 or ttl <= 0:
+        return False
+    return 200 <= entry.status < 300 and not_modified(entry, headers) is not None
+
+
 # -- conditional requests -------------------------------------------------------------------------
 
 #: Preconditions this cache does not evaluate itself; such requests are forwarded (§4.3.2).

@@ -222,12 +222,17 @@ def record_size(record: Record) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Fresh:
-    """The stored response may be served as it is (§4.2)."""
+    """The stored response may be served as it is (§4.2).
+
+    ``validated``: the request's ``max-age=0`` / ``no-cache`` is satisfied by the origin's answer
+    for this very stored response within ``--revalidate-window`` (``recently_validated``).
+    """
 
     entry: StoredResponse
     age: float
     ttl: float
     stale: bool = False
+    validated: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,11 +287,17 @@ class Serve:
 @dataclass(frozen=True, slots=True)
 class Fetch:
     """Ask the origin (shared by concurrent callers): ``stale`` is the entry it would validate
-    (§4.3.1), ``fwd`` the RFC 9211 reason, ``vary`` the selecting fields the flight is keyed on."""
+    (§4.3.1), ``fwd`` the RFC 9211 reason, ``vary`` the selecting fields the flight is keyed on.
+
+    ``held``: a long poll (RFC 7240 ``Prefer: wait``) that only its own directives send upstream
+    is held instead, if the driver can hold it, and answered from the revalidations made while
+    it is held (the flight's watch), not from one of its own.
+    """
 
     stale: StoredResponse | None
     fwd: str
     vary: tuple[str, ...] = ()
+    held: Serve | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,7 +26,13 @@ from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 
 from proxy.core.coding import Representation, normalise_accept_encoding
-from proxy.core.conditional import UNHANDLED_PRECONDITIONS, freshen, validator_matches
+from proxy.core.conditional import (
+    UNHANDLED_PRECONDITIONS,
+    freshen,
+    may_hold_instead,
+    recently_validated,
+    validator_matches,
+)
 from proxy.core.credentials import credential_scope as credential_scope
 from proxy.core.headers import (
     HOP_BY_HOP,
@@ -37,6 +43,7 @@ from proxy.core.headers import (
     parse_http_date,
     split_list,
 )
+from proxy.core.prefer import requested_wait
 from proxy.core.models import (
     Answer,
     Decision,
@@ -88,6 +95,12 @@ class CachePolicy:
     max_entry_bytes: int = 8 * 1024**2
     #: ``--cache-scope shared``: callers with other credentials share the stored responses.
     shared_scope: bool = False
+    #: ``--revalidate-window``: seconds within which the origin's answer for a stored response
+    #: (its fetch or its last validation) satisfies a request's ``max-age=0`` / ``no-cache``;
+    #: 0 (the default of the pure policy) revalidates for every such request.
+    revalidate_window: float = 0.0
+    #: ``--max-wait``: 0 means no request is ever held (RFC 7240 ``Prefer: wait``).
+    max_wait: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +111,8 @@ class RequestFacts:
     cache_control: CacheControl
     pragma_no_cache: bool
     headers: Mapping[str, str]
+    #: RFC 7240 ``Prefer: wait`` in seconds, if the request asks to be held.
+    wait: int | None = None
 
 
 # -- keys and scope -------------------------------------------------------------------------------
@@ -106,14 +121,20 @@ class RequestFacts:
 
 
 def request_facts(
-    headers: Mapping[str, str], *, scope: str, cache_control: Iterable[str] = ()
+    headers: Mapping[str, str],
+    *,
+    scope: str,
+    cache_control: Iterable[str] = (),
+    prefer: Iterable[str] = (),
 ) -> RequestFacts:
     pragma = headers.get("pragma", "")
+    cache_control = list(cache_control)
     return RequestFacts(
         scope=scope,
-        cache_control=parse_cache_control(list(cache_control)),
+        cache_control=parse_cache_control(cache_control),
         pragma_no_cache="no-cache" in pragma.lower() and not cache_control,
         headers=headers,
+        wait=requested_wait(prefer),
     )
 
 
@@ -216,12 +237,16 @@ def decide(
             return Fresh(entry, age, ttl)
         allowed = req.max_stale is not None and -ttl <= req.max_stale and may_serve_stale(entry)
         return Fresh(entry, age, ttl, stale=True) if allowed else Unsatisfiable()
-    if req.no_cache or request.pragma_no_cache:
-        return Revalidate(entry, age, "request")
     if entry.cache_control.no_cache:
         return Revalidate(entry, age, "stale")
+    if req.no_cache or request.pragma_no_cache:
+        if ttl > 0 and recently_validated(entry, now, policy.revalidate_window):
+            return Fresh(entry, age, ttl, validated=True)
+        return Revalidate(entry, age, "request")
     if ttl > 0:
         if req.max_age is not None and age > req.max_age:
+            if recently_validated(entry, now, policy.revalidate_window):
+                return Fresh(entry, age, ttl, validated=True)
             return Revalidate(entry, age, "request")
         if req.min_fresh is not None and ttl < req.min_fresh:
             return Revalidate(entry, age, "request")
@@ -415,15 +440,22 @@ def admit(headers: Mapping[str, str], *, has_body: bool) -> Forward | None:
 def lookup(record: Record | None, request: RequestFacts, now: float, policy: CachePolicy) -> Lookup:
     """§4 as one decision: serve (fresh, stale allowed, or while revalidating), fetch, or refuse."""
     match decide(record, request, now, policy):
-        case Fresh(entry, age, ttl, stale):
-            status = cache_status(hit=True, ttl=ttl)
+        case Fresh(entry, age, ttl, stale, validated):
+            detail = "recently-validated" if validated else None
+            status = cache_status(hit=True, ttl=ttl, detail=detail)
             return Serve(entry, age, status, "stale" if stale else "hit")
         case Revalidate(entry, age, fwd, background=True):
             ttl = freshness_lifetime(entry, policy) - age
             status = cache_status(hit=True, ttl=ttl, detail="stale-while-revalidate")
             return Serve(entry, age, status, "stale", refresh=True)
-        case Revalidate(entry, _age, fwd):
-            return Fetch(entry, fwd)
+        case Revalidate(entry, age, fwd):
+            ttl = freshness_lifetime(entry, policy) - age
+            held = None
+            if fwd == "request" and may_hold_instead(
+                entry, ttl, request.wait, request.headers, policy.revalidate_window, policy.max_wait
+            ):
+                held = Serve(entry, age, cache_status(hit=True, ttl=ttl), "hit")
+            return Fetch(entry, fwd, held=held)
         case Miss(fwd):
             return Fetch(None, fwd)
     return Refuse(
