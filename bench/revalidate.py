@@ -23,6 +23,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -214,7 +215,7 @@ def markdown(runs: list[Run], meta: dict[str, Any]) -> str:
         "| | " + " | ".join(run.fleet for run in runs) + " |",
         "|---|" + "---:|" * len(runs),
     ]
-    rows = [
+    rows: list[tuple[str, Callable[[Run], str]]] = [
         ("pollers / transcriptions", lambda r: f"{r.pollers} / {r.transcriptions}"),
         ("client requests", lambda r: f"{r.client_requests:,}"),
         (

@@ -38,12 +38,11 @@ from proxy.core.headers import (
     HOP_BY_HOP,
     CacheControl,
     format_http_date,
-    normalize_field_value,
+    normalise_selecting,
     parse_cache_control,
     parse_http_date,
     split_list,
 )
-from proxy.core.prefer import requested_wait
 from proxy.core.models import (
     Answer,
     Decision,
@@ -72,6 +71,7 @@ from proxy.core.models import (
     header_value,
     response_cache_control,
 )
+from proxy.core.prefer import requested_wait
 
 #: RFC 9110 §15.1: status codes a cache may store with heuristic freshness.
 HEURISTICALLY_CACHEABLE = frozenset({200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501})
@@ -146,7 +146,8 @@ def selecting_values(
     Only equality matters for selecting a variant, and a response may vary on a credential
     (``Vary: Authorization``), so stored entries keep a digest, never the value itself.
     ``Accept-Encoding`` is normalised to the coding this cache would serve, so every spelling
-    of one preference selects the same variant.
+    of one preference selects the same variant; other list fields as their grammar allows
+    (``headers.normalise_selecting``: list whitespace, and case where it is insignificant).
     """
     getall = getattr(headers, "getall", None)
     values = []
@@ -162,7 +163,7 @@ def selecting_values(
         if not found:
             values.append((name, ""))
             continue
-        normalized = normalize_field_value(found).encode("utf-8", "surrogateescape")
+        normalized = normalise_selecting(name, found).encode("utf-8", "surrogateescape")
         values.append((name, hashlib.blake2b(normalized, digest_size=16).hexdigest()))
     return tuple(values)
 
