@@ -20,7 +20,7 @@ from proxy.core.headers import format_http_date, parse_entity_tag_list, weak_mat
 from proxy.front.server import FrontServer
 from proxy.ops.config import Settings
 from proxy.runtime import Runtime
-from tests.waiting import eventually
+from tests.support.waiting import eventually
 
 START = 1_800_000_000.0
 

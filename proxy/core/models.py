@@ -205,7 +205,8 @@ def _shared_pair(name: str, value: str) -> tuple[str, str]:
 
 #: Python's own memory per stored response beyond its bytes (the object, its derived fields, the
 #: served-headers tuple) and per field line (two tuples, a string object): measured with
-#: tracemalloc on CPython 3.11 (tests/test_memory_budget.py), so the budget bounds real memory.
+#: tracemalloc on CPython 3.11 (tests/cache/test_memory_budget.py), so the budget bounds real
+#: memory.
 ENTRY_OVERHEAD = 1024
 FIELD_OVERHEAD = 160
 #: Per derived coding beyond its bytes (its object, its served-fields tuple, its ETag pair,
