@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import shlex
 import shutil
@@ -122,15 +121,9 @@ async def _poll(
 
 
 async def run_one(name: str, proxy: Service, simulator_url: str, scale: Scale, forced: bool) -> Run:
-    # Each poller is a client of its own with its own connection, as each browser is (one
-    # httpx pool shared by a hundred concurrent requests queues them, which browsers do not),
-    # made before the transcriptions are, so that making them delays no first poll.
-    async with contextlib.AsyncExitStack() as stack:
-        clients = [
-            await stack.enter_async_context(httpx.AsyncClient(timeout=WAIT + 10.0))
-            for _ in range(scale.pollers)
-        ]
-        seeded = await clients[0].post(
+    limits = httpx.Limits(max_connections=scale.pollers + 16, max_keepalive_connections=None)
+    async with httpx.AsyncClient(limits=limits, timeout=WAIT + 10.0) as session:
+        seeded = await session.post(
             f"{simulator_url}/_sim/seed",
             json={"tokens": ["revalidate"], "count": scale.transcriptions},
         )
@@ -155,9 +148,7 @@ async def run_one(name: str, proxy: Service, simulator_url: str, scale: Scale, f
                     started + duration,
                     tally,
                 )
-                for session, (token, transcription_id) in zip(
-                    clients, assign_pollers(created, scale.pollers), strict=True
-                )
+                for token, transcription_id in assign_pollers(created, scale.pollers)
             )
         )
         elapsed = loop.time() - started

@@ -194,14 +194,12 @@ class CachingProxy:
             match decision:
                 case Fetch():
                     assert facts is not None, "a fetch is only decided after the store was read"
-                    if decision.held is not None:
-                        # A long poll answered from its flight's revalidations, if it can be
-                        # held; otherwise it revalidates as any other request.
-                        held = self.long_polls.may_hold(request, decision.held, count_shed=False)
-                        if held is not None:
-                            return await self._long_poll(
-                                request, responder, route, facts, decision.held, held
-                            )
+                    if decision.long_poll is not None:
+                        handled = await self._watched(
+                            request, responder, route, facts, decision.long_poll
+                        )
+                        if handled is not None:
+                            return handled
                     decision, outcome = await self._fetch(request, route, facts, decision)
                     failed = outcome is None
                 case Serve():
@@ -239,6 +237,24 @@ class CachingProxy:
             await self.forwarder.forward(request, responder, route, status)
             return "miss"
         return decision.result
+
+    async def _watched(
+        self,
+        request: ProxyRequest,
+        responder: Responder,
+        route: str,
+        facts: RequestFacts,
+        serve: Serve,
+    ) -> Handled | None:
+        """A long poll answered from its flight's watch instead of a revalidation of its own
+        (``Fetch.long_poll``): held if it can be, served at once if its flight is watched
+        (the watch keeps revalidating it), else ``None``: it revalidates as usual."""
+        hold = self.long_polls.may_hold(request, serve, count_shed=False)
+        if hold is not None:
+            return await self._long_poll(request, responder, route, facts, serve, hold)
+        if self.waits.watching(flight_key(request.target, facts, serve.entry.selection_vary)):
+            return Handled(await self._serve(request, responder, route, serve))
+        return None
 
     async def _long_poll(
         self,

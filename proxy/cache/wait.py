@@ -150,6 +150,10 @@ class WaitRoom(Generic[A]):
             self.on_outcome(wake.outcome)
         return wake
 
+    def watching(self, flight: str) -> bool:
+        """Are requests held on this flight, so that its watch keeps revalidating it?"""
+        return flight in self._watches
+
     def changed(self, key: str) -> None:
         """A response for ``key`` was stored or invalidated here: look again now."""
         for flight in self._by_key.get(key, ()):

@@ -126,25 +126,22 @@ def recently_validated(entry: StoredResponse, now: float, window: float) -> bool
     return window > 0 and 0.0 <= now - entry.response_time <= window
 
 
-def may_hold_instead(
-    entry: StoredResponse,
-    ttl: float,
-    wait: int | None,
-    headers: Mapping[str, str],
-    window: float,
-    max_wait: float,
+def answered_by_watch(
+    entry: StoredResponse, ttl: float, wait: int | None, window: float, max_wait: float
 ) -> bool:
-    """Is a long poll that its own directives alone send upstream held instead, to be answered
-    from the revalidations its flight's watch makes while holding it (RFC 7240 ``Prefer``)?
+    """May a long poll (RFC 7240 ``Prefer: wait``) that its own directives alone send upstream
+    (``max-age=0``, ``no-cache``) be answered from its flight's watch instead?
 
-    Only while the stored response is fresh by the origin's terms (``ttl``: the watch
-    revalidates when that ends), if the client's ``If-None-Match`` matches it (it would be held
-    after its own revalidation too), it asks to wait, and both ``--revalidate-window`` and
-    ``--max-wait`` are on.
+    The watch revalidates the stored response each time its freshness ends while anyone waits
+    on it, and wakes every waiter on a change: a long poll is answered from those
+    revalidations, not from one of its own. Held if its ``If-None-Match`` matches; served at
+    once if not and the flight is being watched (the driver knows which). Only while the
+    stored response is fresh by the origin's terms (``ttl``), with a successful status, and
+    with both ``--revalidate-window`` and ``--max-wait`` on.
     """
     if window <= 0 or max_wait <= 0 or wait is None or wait <= 0 or ttl <= 0:
         return False
-    return 200 <= entry.status < 300 and not_modified(entry, headers) is not None
+    return 200 <= entry.status < 300
 
 
 # -- conditional requests -------------------------------------------------------------------------

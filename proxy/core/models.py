@@ -290,15 +290,16 @@ class Fetch:
     """Ask the origin (shared by concurrent callers): ``stale`` is the entry it would validate
     (§4.3.1), ``fwd`` the RFC 9211 reason, ``vary`` the selecting fields the flight is keyed on.
 
-    ``held``: a long poll (RFC 7240 ``Prefer: wait``) that only its own directives send upstream
-    is held instead, if the driver can hold it, and answered from the revalidations made while
-    it is held (the flight's watch), not from one of its own.
+    ``long_poll``: a long poll (RFC 7240 ``Prefer: wait``) that only its own directives send
+    upstream is answered from its flight's watch instead, where the driver can: held on this
+    ``Serve`` when its ``If-None-Match`` matches, served it at once when its flight is already
+    watched; otherwise it revalidates as any other request.
     """
 
     stale: StoredResponse | None
     fwd: str
     vary: tuple[str, ...] = ()
-    held: Serve | None = None
+    long_poll: Serve | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,8 +28,8 @@ from urllib.parse import urlsplit
 from proxy.core.coding import Representation, normalise_accept_encoding
 from proxy.core.conditional import (
     UNHANDLED_PRECONDITIONS,
+    answered_by_watch,
     freshen,
-    may_hold_instead,
     recently_validated,
     validator_matches,
 )
@@ -451,12 +451,12 @@ def lookup(record: Record | None, request: RequestFacts, now: float, policy: Cac
             return Serve(entry, age, status, "stale", refresh=True)
         case Revalidate(entry, age, fwd):
             ttl = freshness_lifetime(entry, policy) - age
-            held = None
-            if fwd == "request" and may_hold_instead(
-                entry, ttl, request.wait, request.headers, policy.revalidate_window, policy.max_wait
-            ):
-                held = Serve(entry, age, cache_status(hit=True, ttl=ttl), "hit")
-            return Fetch(entry, fwd, held=held)
+            watched = None
+            window, max_wait = policy.revalidate_window, policy.max_wait
+            if fwd == "request" and answered_by_watch(entry, ttl, request.wait, window, max_wait):
+                status = cache_status(hit=True, ttl=ttl, detail="watched")
+                watched = Serve(entry, age, status, "hit")
+            return Fetch(entry, fwd, long_poll=watched)
         case Miss(fwd):
             return Fetch(None, fwd)
     return Refuse(
