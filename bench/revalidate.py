@@ -52,7 +52,7 @@ class Scale:
 
 SCALES = {
     "tiny": Scale(10, 2, 0.0, 1.0, 0.5, 1),
-    "full": Scale(100, 5, 1.0, 12.0, 4.0, 5),
+    "full": Scale(100, 5, 1.0, 6.0, 4.0, 5),
 }
 
 
