@@ -49,6 +49,10 @@ class Resource:
     last_modified: float | None = None
     #: Fields a 304 carries instead of the 200's (a 304 contradicting the stored validators).
     not_modified_extra: dict[str, str] = field(default_factory=dict)
+    #: The origin answers a single ``Range`` itself with a 206 (as a file server does).
+    ranges: bool = False
+    #: The body is sent chunked, without ``Content-Length``.
+    chunked: bool = False
 
     @property
     def tag(self) -> str:
@@ -80,6 +84,14 @@ class Origin:
         resource = Resource(body.encode() if isinstance(body, str) else body, **kwargs)
         self.resources[path] = resource
         return resource
+
+    def put_audio(self, path: str, size: int, **kwargs: Any) -> Resource:
+        """An audio-like binary resource (not compressible) served with byte ranges, as the
+        redacted audio a completed transcription links to."""
+        body = bytes((i * 7 + i // 251) % 256 for i in range(size))
+        kwargs.setdefault("extra", {"Content-Type": "audio/mpeg"})
+        kwargs.setdefault("ranges", True)
+        return self.put(path, body, **kwargs)
 
     def count(self, path: str | None = None, method: str | None = None) -> int:
         return sum(
@@ -124,20 +136,47 @@ class Origin:
             if tags and any(weak_match(tag, resource.tag) for tag in tags):
                 self.sent.append(304)
                 return web.Response(status=304, headers=headers | resource.not_modified_extra)
-        body = resource.body
-        if self.nginx_gzip and resource.status == 200 and accepts_gzip(request):
+        body, status = resource.body, resource.status
+        if self.nginx_gzip and status == 200 and accepts_gzip(request):
             body = gzip.compress(body, mtime=0)
             headers["Content-Encoding"] = "gzip"
             headers["Vary"] = "Accept-Encoding"
             if "ETag" in headers:
                 headers["ETag"] = "W/" + headers["ETag"]
-        self.sent.append(resource.status)
-        return web.Response(status=resource.status, body=body, headers=headers)
+        if resource.ranges and status == 200:
+            headers["Accept-Ranges"] = "bytes"
+            part = _origin_range(request.headers.get("Range"), len(body))
+            if part is not None:
+                first, last = part
+                headers["Content-Range"] = f"bytes {first}-{last}/{len(body)}"
+                body, status = body[first : last + 1], 206
+        self.sent.append(status)
+        if resource.chunked:
+            response = web.StreamResponse(status=status, headers=headers)
+            response.enable_chunked_encoding()
+            await response.prepare(request)
+            for start in range(0, len(body), 65536):
+                await response.write(body[start : start + 65536])
+            await response.write_eof()
+            return response
+        return web.Response(status=status, body=body, headers=headers)
 
 
 def accepts_gzip(request: web.Request) -> bool:
     codings = request.headers.get("Accept-Encoding", "").lower()
     return any(item.split(";")[0].strip() == "gzip" for item in codings.split(","))
+
+
+def _origin_range(value: str | None, length: int) -> tuple[int, int] | None:
+    """The one range a simple file server honours (``a-b``, ``a-``, ``-n``); else the 200."""
+    if not value or not value.startswith("bytes=") or "," in value:
+        return None
+    first, _, last = value[6:].strip().partition("-")
+    if not first:
+        return (max(0, length - int(last)), length - 1) if last.isdigit() else None
+    if not first.isdigit() or (last and not last.isdigit()) or int(first) >= length:
+        return None
+    return int(first), min(int(last), length - 1) if last else length - 1
 
 
 class FrontClient:

@@ -95,11 +95,9 @@ class CachePolicy:
     max_entry_bytes: int = 8 * 1024**2
     #: ``--cache-scope shared``: callers with other credentials share the stored responses.
     shared_scope: bool = False
-    #: ``--revalidate-window``: seconds within which the origin's answer for a stored response
-    #: (its fetch or its last validation) satisfies a request's ``max-age=0`` / ``no-cache``;
-    #: 0 (the default of the pure policy) revalidates for every such request.
+    #: ``--revalidate-window`` (``conditional.recently_validated``); 0: none, as RFC 9111 reads.
     revalidate_window: float = 0.0
-    #: ``--max-wait``: 0 means no request is ever held (RFC 7240 ``Prefer: wait``).
+    #: ``--max-wait``; 0: no request is held (RFC 7240 ``Prefer: wait``).
     max_wait: float = 0.0
 
 
@@ -128,10 +126,9 @@ def request_facts(
     prefer: Iterable[str] = (),
 ) -> RequestFacts:
     pragma = headers.get("pragma", "")
-    cache_control = list(cache_control)
     return RequestFacts(
         scope=scope,
-        cache_control=parse_cache_control(cache_control),
+        cache_control=parse_cache_control(list(cache_control)),
         pragma_no_cache="no-cache" in pragma.lower() and not cache_control,
         headers=headers,
         wait=requested_wait(prefer),
@@ -451,12 +448,11 @@ def lookup(record: Record | None, request: RequestFacts, now: float, policy: Cac
             return Serve(entry, age, status, "stale", refresh=True)
         case Revalidate(entry, age, fwd):
             ttl = freshness_lifetime(entry, policy) - age
-            watched = None
             window, max_wait = policy.revalidate_window, policy.max_wait
             if fwd == "request" and answered_by_watch(entry, ttl, request.wait, window, max_wait):
                 status = cache_status(hit=True, ttl=ttl, detail="watched")
-                watched = Serve(entry, age, status, "hit")
-            return Fetch(entry, fwd, long_poll=watched)
+                return Fetch(entry, fwd, long_poll=Serve(entry, age, status, "hit"))
+            return Fetch(entry, fwd)
         case Miss(fwd):
             return Fetch(None, fwd)
     return Refuse(
@@ -494,7 +490,9 @@ def settle(
         return Forward(cache_status(fwd=fetch.fwd), "miss")
     if answer.streamed:
         # Only the caller that led the fetch may read a streamed body; the others ask again.
-        if answer.led:
+        # So does a range request (RFC 9110 §14.2): the whole body was asked for to fill the
+        # cache, but it is not stored (too large, not storable), so the origin sends the range.
+        if answer.led and "range" not in request.headers:
             return Relay(cache_status(fwd=fetch.fwd), "miss")
         return Forward(cache_status(fwd=fetch.fwd), "miss")
     entry = answer.entry

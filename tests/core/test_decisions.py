@@ -23,9 +23,11 @@ def answer(status: int = 200, **fields: object) -> Answer:
 
 
 def test_preconditions_and_bodies_bypass_the_store() -> None:
-    assert admit(CIMultiDict({"Range": "bytes=0-1"}), has_body=False) == Forward(
+    assert admit(CIMultiDict({"If-Match": '"a"'}), has_body=False) == Forward(
         "aitronos-cache-proxy; fwd=request", "bypass"
     )
+    # Byte ranges are answered from the stored response (proxy.core.ranges), not forwarded.
+    assert admit(CIMultiDict({"Range": "bytes=0-1", "If-Range": '"a"'}), has_body=False) is None
     assert admit(CIMultiDict(), has_body=True) is not None
     assert admit(CIMultiDict({"If-None-Match": '"a"'}), has_body=False) is None
 
