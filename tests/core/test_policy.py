@@ -555,3 +555,65 @@ def test_a_client_that_cannot_read_a_coding_never_holds_its_validator() -> None:
     no_gzip = {"if-none-match": 'W/"v1-gzip"', "accept-encoding": "identity, gzip;q=0"}
     assert not_modified(entry, no_gzip) is None
     assert not_modified(entry, {"if-none-match": '"v1"'}) is entry.representations[0]
+
+
+# --revalidate-window: a request's demand to revalidate, satisfied by a recent one (issue 19)
+
+WINDOW = CachePolicy(keep_stale=600, revalidate_window=1.0, max_wait=30.0)
+
+
+def forced(**headers: str) -> RequestFacts:
+    multi = CIMultiDict({k.replace("_", "-"): v for k, v in headers.items()})
+    return request_facts(
+        multi,
+        scope="s",
+        cache_control=multi.getall("cache-control", []),
+        prefer=multi.getall("prefer", []),
+    )
+
+
+def test_max_age_0_is_satisfied_by_the_origins_answer_within_the_window() -> None:
+    entry = stored(("Cache-Control", "max-age=60"), ("ETag", '"v1"'))
+    request = forced(cache_control="max-age=0")
+    assert decide((entry,), request, NOW + 0.5, WINDOW) == Fresh(
+        entry, 0.5, 59.5, validated=True
+    )
+    assert isinstance(decide((entry,), request, NOW + 1.5, WINDOW), Revalidate)
+    assert isinstance(decide((entry,), request, NOW + 0.5, POLICY), Revalidate)  # window 0
+
+
+def test_no_cache_and_pragma_are_satisfied_within_the_window_but_not_an_origins_no_cache() -> None:
+    entry = stored(("Cache-Control", "max-age=60"))
+    for request in (forced(cache_control="no-cache"), forced(pragma="no-cache")):
+        assert decide((entry,), request, NOW + 0.5, WINDOW) == Fresh(
+            entry, 0.5, 59.5, validated=True
+        )
+    must = stored(("Cache-Control", "no-cache"), ("ETag", '"v1"'))
+    assert decide((must,), forced(cache_control="no-cache"), NOW + 0.5, WINDOW) == Revalidate(
+        must, 0.5, "stale"
+    )
+
+
+def test_a_recent_validation_does_not_satisfy_min_fresh_nor_make_a_stale_entry_fresh() -> None:
+    entry = stored(("Cache-Control", "max-age=1"), ("ETag", '"v1"'))
+    assert isinstance(
+        decide((entry,), forced(cache_control="min-fresh=5"), NOW + 0.5, WINDOW), Revalidate
+    )
+    stale = stored(("Cache-Control", "max-age=0"), ("ETag", '"v1"'))
+    decision = decide((stale,), forced(cache_control="no-cache"), NOW + 0.5, WINDOW)
+    assert isinstance(decision, Revalidate)
+
+
+def test_a_forced_long_poll_is_answered_from_the_watch_rather_than_its_own_revalidation() -> None:
+    from proxy.core.policy import lookup
+
+    entry = stored(("Cache-Control", "max-age=60"), ("ETag", '"v1"'))
+    poll = forced(cache_control="max-age=0", if_none_match='"v1"', prefer="wait=25")
+    decision = lookup((entry,), poll, NOW + 5, WINDOW)
+    assert decision.long_poll is not None  # type: ignore[union-attr]
+    assert 'detail="watched"' in decision.long_poll.cache_status  # type: ignore[union-attr]
+    plain = forced(cache_control="max-age=0", if_none_match='"v1"')
+    assert lookup((entry,), plain, NOW + 5, WINDOW).long_poll is None  # type: ignore[union-attr]
+    assert lookup((entry,), poll, NOW + 5, POLICY).long_poll is None  # type: ignore[union-attr]
+    expired = stored(("Cache-Control", "max-age=1"), ("ETag", '"v1"'))
+    assert lookup((expired,), poll, NOW + 5, WINDOW).long_poll is None  # type: ignore[union-attr]
