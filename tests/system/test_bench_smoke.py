@@ -197,7 +197,7 @@ def test_revalidate_bench_counts_the_upstream_requests_of_both_fleets(tmp_path: 
     results = json.loads((tmp_path / "results.json").read_text())
     plain, forced = results["runs"]
     assert plain["pollers_done"] == plain["pollers"] == forced["pollers_done"]
-    assert 0 < plain["upstream_requests"] and 0 < forced["upstream_requests"]
+    assert plain["upstream_requests"] > 0 and forced["upstream_requests"] > 0
     # Forced revalidations collapsed: at most one more upstream request per transcription.
     assert forced["upstream_requests"] <= plain["upstream_requests"] + forced["transcriptions"]
     assert "Goal (issue 19)" in (tmp_path / "results.md").read_text()
