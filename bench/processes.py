@@ -225,6 +225,20 @@ def start_redis(workdir: Path, pinning: Pinning) -> Service:
     raise Unavailable(f"redis did not answer PING within {READY_TIMEOUT:.0f}s")
 
 
+def staggered_jobs(
+    *, queued: float, processing: float, max_age: float, stagger: float, transcriptions: int
+) -> list[str]:
+    """The simulator's flags for jobs that start ``stagger`` seconds apart in all, seed 7."""
+    offsets = ",".join(f"{stagger * i / transcriptions:.3f}" for i in range(transcriptions))
+    return [
+        "--queued-seconds", str(queued),
+        "--processing-seconds", str(processing),
+        "--pending-max-age", str(max_age),
+        "--start-offsets", offsets,
+        "--seed", "7",
+    ]  # fmt: skip
+
+
 def start_simulator(workdir: Path, options: Sequence[str], pinning: Pinning) -> Service:
     port = free_port()
     command = [sys.executable, "-m", "proxy", "simulate", "--port", str(port), *options]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -21,6 +22,7 @@ from proxy.core.headers import format_http_date, parse_entity_tag_list, weak_mat
 from proxy.front.server import FrontServer
 from proxy.ops.config import Settings
 from proxy.runtime import Runtime
+from tests.support.origin import Handler, catch_all, serving
 from tests.support.waiting import eventually
 
 START = 1_800_000_000.0
@@ -68,6 +70,8 @@ class Origin:
     def __init__(self, clock: FakeClock) -> None:
         self.clock = clock
         self.resources: dict[str, Resource] = {}
+        #: What one ``Authorization`` value sees instead of ``resources`` (``put(..., token=)``).
+        self.scoped: dict[tuple[str, str], Resource] = {}
         self.requests: list[web.Request] = []
         self.received = asyncio.Event()
         self.gate: asyncio.Event | None = None
@@ -80,9 +84,15 @@ class Origin:
         #: The status of every answer sent, in order (200s are full downloads).
         self.sent: list[int] = []
 
-    def put(self, path: str, body: bytes | str, **kwargs: Any) -> Resource:
+    def put(
+        self, path: str, body: bytes | str, *, token: str | None = None, **kwargs: Any
+    ) -> Resource:
+        """Serve ``body`` at ``path``; with ``token``, only to ``Authorization: Bearer token``."""
         resource = Resource(body.encode() if isinstance(body, str) else body, **kwargs)
-        self.resources[path] = resource
+        if token is None:
+            self.resources[path] = resource
+        else:
+            self.scoped[f"Bearer {token}", path] = resource
         return resource
 
     def put_audio(self, path: str, size: int, **kwargs: Any) -> Resource:
@@ -104,7 +114,9 @@ class Origin:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         self.requests.append(request)
         self.received.set()
-        resource = self.resources.get(request.raw_path)
+        resource = self.scoped.get(
+            (request.headers.get("Authorization", ""), request.raw_path)
+        ) or self.resources.get(request.raw_path)
         if self.hang:
             await asyncio.Event().wait()
         if self.gate is not None and self.gated_method in (None, request.method):
@@ -276,17 +288,32 @@ async def serve_front() -> AsyncIterator[ServeFront]:
         await server.runtime.close()
 
 
+ServeOrigin = Callable[[Handler | web.Application], Awaitable[str]]
+
+
+@pytest.fixture
+async def serve_origin() -> AsyncIterator[ServeOrigin]:
+    """``url = await serve_origin(handler_or_app)``: a test's own origin on a free port, one
+    handler for every method and path (or an application with routes of its own); closed at
+    the test's end, after the proxies in front of it."""
+    async with contextlib.AsyncExitStack() as running:
+
+        async def serve(origin: Handler | web.Application) -> str:
+            return await running.enter_async_context(serving(origin))
+
+        yield serve
+
+
 @pytest.fixture
 async def make_harness(
     aiohttp_server: Any, clock: FakeClock, serve_front: ServeFront
 ) -> MakeHarness:
-    """Proxies on our own front (as ``python -m proxy`` serves) before controllable origins."""
+    """Proxies on our own front (as ``python -m proxy`` serves) before controllable origins:
+    the recording ``Origin``, or ``handler=`` (then ``Harness.origin`` records nothing)."""
 
-    async def make(**settings: Any) -> Harness:
+    async def make(handler: Handler | None = None, **settings: Any) -> Harness:
         origin = Origin(clock)
-        origin_app = web.Application()
-        origin_app.router.add_route("*", "/{tail:.*}", origin.handle)
-        origin_server = await aiohttp_server(origin_app)
+        origin_server = await aiohttp_server(catch_all(handler or origin.handle))
         registry = CollectorRegistry()
         upstream = settings.pop("upstream", str(origin_server.make_url("")))
         client = await serve_front(

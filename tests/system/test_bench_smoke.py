@@ -16,15 +16,11 @@ from typing import Any
 
 import pytest
 
+from bench.fleet import SYSTEMS
+
 ROOT = Path(__file__).resolve().parents[2]
-CACHES = (
-    "nginx proxy_cache",
-    "Varnish",
-    "aitronos-cache-proxy",
-    "3 replicas, no Redis",
-    "3 replicas + Redis",
-    "2 workers",
-)
+#: Every system the fleet mode measures, less the bare origin.
+CACHES = tuple(system for system in SYSTEMS if system != "no cache")
 BINARIES = {
     "nginx proxy_cache": "nginx",
     "Varnish": "varnishd",
