@@ -149,6 +149,15 @@ class Settings:
         "seconds an expired entry with a validator is kept for conditional revalidation",
         "SECONDS",
     )
+    revalidate_window: float = _option(
+        1.0,
+        _bounded(float, 0),
+        "seconds within which the origin's answer for a stored response (its fetch or last "
+        "revalidation) satisfies a request's Cache-Control: max-age=0 / no-cache, and a long "
+        "poll asking that is held and answered from the proxy's own revalidations; 0: every "
+        "such request revalidates upstream",
+        "SECONDS",
+    )
     heuristic_max: float = _option(
         3600.0, _bounded(float, 0), "cap on heuristic freshness (RFC 9111 §4.2.2)", "SECONDS"
     )
