@@ -576,10 +576,8 @@ def new_entry(
     coding: str | None = None,
 ) -> StoredResponse:
     """The stored response for a ``StoreAndUse`` answer (§3.1: its storable fields, a ``Date``
-    if it had none), in the request's scope and selected by the fields its ``Vary`` names.
-
-    ``body`` in ``coding`` and ``derived`` are how it is kept (``proxy.core.coding.stored_form``).
-    """
+    if it had none), in the request's scope and selected by the fields its ``Vary`` names;
+    ``body`` in ``coding`` and ``derived`` are how it is kept (``coding.stored_form``)."""
     cache_control = parse_cache_control(
         [value for key, value in head.headers if key.lower() == "cache-control"]
     )

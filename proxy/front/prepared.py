@@ -113,9 +113,7 @@ class Prepared:
             if accept_encoding is not None:
                 fields["accept-encoding"] = accept_encoding
             self.held = (
-                not_modified(entry, fields, self.reps[index])
-                if 200 <= entry.status < 300
-                else None
+                not_modified(entry, fields, self.reps[index]) if 200 <= entry.status < 300 else None
             )
         return self.held
 
