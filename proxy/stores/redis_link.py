@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
+from dataclasses import KW_ONLY, dataclass, field
 from typing import TypeVar
 
 from redis.exceptions import (
@@ -112,21 +113,15 @@ class CircuitBreaker:
         self._probing = False
 
 
+@dataclass(eq=False)
 class RedisLink:
     """Runs Redis operations within the timeout, behind the circuit breaker, counting failures."""
 
-    def __init__(
-        self,
-        client: RedisClient,
-        *,
-        timeout: float,
-        on_error: Callable[[], None],
-        breaker: CircuitBreaker | None = None,
-    ) -> None:
-        self.client = client
-        self.timeout = timeout
-        self.on_error = on_error
-        self.breaker = breaker if breaker is not None else CircuitBreaker()
+    client: RedisClient
+    _: KW_ONLY
+    timeout: float
+    on_error: Callable[[], None]
+    breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
 
     async def run(self, operation: Callable[[RedisClient], Awaitable[T]]) -> T:
         """The operation's result, or ``StoreError`` (counted) when Redis cannot give it."""
