@@ -18,8 +18,6 @@ from proxy.core.conditional import (
 from proxy.core.headers import format_http_date
 from proxy.core.models import Fresh, Miss, Revalidate, StoredResponse, Unsatisfiable
 from proxy.core.policy import (
-    CachePolicy,
-    RequestFacts,
     cache_status,
     credential_scope,
     current_age,
@@ -27,7 +25,6 @@ from proxy.core.policy import (
     freshness_lifetime,
     invalidates,
     invalidation_targets,
-    request_facts,
     retention,
     select_variant,
     selecting_values,
@@ -35,36 +32,7 @@ from proxy.core.policy import (
     storable,
     stored_headers,
 )
-
-NOW = 1_800_000_000.0
-POLICY = CachePolicy(heuristic_max=3600, keep_stale=600, stale_grace=60)
-
-
-def stored(
-    *headers: tuple[str, str],
-    status: int = 200,
-    at: float = NOW,
-    scope: str = "s",
-    selecting: tuple[tuple[str, str], ...] = (),
-    request_time: float | None = None,
-) -> StoredResponse:
-    return StoredResponse(
-        status=status,
-        reason="OK",
-        headers=(("Date", format_http_date(at)), *headers),
-        body=b"body",
-        request_time=at if request_time is None else request_time,
-        response_time=at,
-        scope=scope,
-        selecting=selecting,
-        targeted=True,
-    )
-
-
-def facts(scope: str = "s", **headers: str) -> RequestFacts:
-    multi = CIMultiDict({k.replace("_", "-"): v for k, v in headers.items()})
-    return request_facts(multi, scope=scope, cache_control=multi.getall("cache-control", []))
-
+from tests.support.policy_facts import NOW, POLICY, facts, stored
 
 # §4.2.1 calculating freshness lifetime
 

@@ -29,6 +29,7 @@ from tests.support.rawkit import (
     response_bytes,
     serve_proxy,
 )
+from tests.support.tls import self_signed
 
 BIG = 8 * 1024**2 - 4096  # under --max-entry-bytes, far over what socket buffers hold
 LOOPS = ["asyncio", "uvloop"]
@@ -254,8 +255,6 @@ async def get_ok(url: str) -> int:
 
 
 def tls_settings(tmp_path: Path, origin: str, **overrides: Any) -> Settings:
-    from tests.front.test_front import self_signed
-
     cert, key = self_signed(tmp_path)
     return replace(Settings(upstream=origin, tls_cert=str(cert), tls_key=str(key)), **overrides)
 
@@ -310,7 +309,6 @@ async def test_silent_tls_connections_under_a_descriptor_limit_keep_no_client_ou
     import subprocess
     import sys
 
-    from tests.front.test_front import self_signed
     from tests.support.waiting import eventually
 
     cert, key = self_signed(tmp_path)
