@@ -21,7 +21,7 @@ import pytest
 from aiohttp import web
 
 from proxy.ops.config import Settings
-from tests.conftest import ServeOrigin
+from tests.conftest import origin_fixture
 from tests.support.rawkit import (
     HOST,
     RawRequest,
@@ -59,10 +59,7 @@ class Origin:
         return web.json_response(payload, headers={"Cache-Control": "max-age=600"})
 
 
-@pytest.fixture
-async def origin(serve_origin: ServeOrigin) -> tuple[Origin, str]:
-    o = Origin()
-    return o, await serve_origin(o.handle)
+origin = origin_fixture(Origin)
 
 
 @pytest.fixture
