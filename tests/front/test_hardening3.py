@@ -55,13 +55,18 @@ def get(path: str, fields: bytes = b"") -> bytes:
     return b"GET " + path.encode() + b" HTTP/1.1\r\nHost: proxy.test\r\n" + fields + b"\r\n"
 
 
-async def slow_client() -> tuple[socket.socket, asyncio.AbstractEventLoop]:
-    """A raw client socket with a small receive buffer, so the proxy cannot hand the whole
-    body to the kernel at once."""
+async def slow_download(
+    port: int, fields: bytes = b""
+) -> tuple[socket.socket, asyncio.AbstractEventLoop]:
+    """A GET of the big entry (stored and memoised first, by ``prime``) on a raw client socket
+    with a small receive buffer, so the proxy cannot hand the whole body to the kernel at once."""
+    await prime(port)
     loop = asyncio.get_running_loop()
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
     sock.setblocking(False)
+    await loop.sock_connect(sock, (HOST, port))
+    await loop.sock_sendall(sock, get("/big", fields))
     return sock, loop
 
 
@@ -121,10 +126,7 @@ FULL_PATH = b"Accept-Encoding: identity\r\nAccept-Encoding: identity\r\n"
 def test_a_half_closed_client_gets_the_whole_stored_body(loop: str, fields: bytes) -> None:
     async def scenario() -> None:
         async with await big_origin() as origin, serve_proxy(Settings(upstream=origin.url)) as p:
-            await prime(p.port)
-            sock, ev = await slow_client()
-            await ev.sock_connect(sock, (HOST, p.port))
-            await ev.sock_sendall(sock, get("/big", fields))
+            sock, _ = await slow_download(p.port, fields)
             sock.shutdown(socket.SHUT_WR)  # RFC 9112 §9.6: the answer is still due
             async with asyncio.timeout(30):
                 length, body, closed = await read_answer(sock, until_eof=True)
@@ -142,10 +144,7 @@ def test_a_download_outlasting_the_header_timeout_is_not_cut(loop: str) -> None:
         async with await big_origin() as origin:
             settings = Settings(upstream=origin.url, client_header_timeout=0.3)
             async with serve_proxy(settings) as p:
-                await prime(p.port)
-                sock, ev = await slow_client()
-                await ev.sock_connect(sock, (HOST, p.port))
-                await ev.sock_sendall(sock, get("/big"))
+                sock, _ = await slow_download(p.port)
                 async with asyncio.timeout(60):
                     length, body, closed = await read_answer(sock, pause=0.002)
                 sock.close()
@@ -161,10 +160,7 @@ def test_a_download_in_progress_is_not_evicted_at_the_connection_cap(loop: str) 
         async with await big_origin() as origin:
             settings = Settings(upstream=origin.url, max_connections=1)
             async with serve_proxy(settings) as p:
-                await prime(p.port)
-                sock, ev = await slow_client()
-                await ev.sock_connect(sock, (HOST, p.port))
-                await ev.sock_sendall(sock, get("/big"))
+                sock, ev = await slow_download(p.port)
                 # The head arrived: the answer is being written.
                 first = await ev.sock_recv(sock, 1024)
                 assert first.startswith(b"HTTP/1.1 200")
