@@ -79,27 +79,15 @@ async def test_connection_refused_is_a_502() -> None:
         assert (await fetch(proxy.url + "/healthz"))[0] == 200
 
 
+#: A cacheable response announcing 1000 bytes of body and carrying 100.
+CUT_SHORT = response_bytes(200, b"x" * 100, {"Cache-Control": "public, max-age=60"}, length=1000)
+
+
 @pytest.mark.parametrize(
     "fault",
     [
-        pytest.param(
-            answer(
-                response_bytes(
-                    200, b"x" * 100, {"Cache-Control": "public, max-age=60"}, length=1000
-                ),
-                reset=True,
-            ),
-            id="reset mid-body",
-        ),
-        pytest.param(
-            answer(
-                response_bytes(
-                    200, b"x" * 100, {"Cache-Control": "public, max-age=60"}, length=1000
-                ),
-                close=True,
-            ),
-            id="closed mid-body",
-        ),
+        pytest.param(answer(CUT_SHORT, reset=True), id="reset mid-body"),
+        pytest.param(answer(CUT_SHORT, close=True), id="closed mid-body"),
     ],
 )
 async def test_a_body_cut_short_is_a_502_and_never_stored(

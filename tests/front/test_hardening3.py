@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from tests.support.rawkit import (
     HOST,
     RawRequest,
     RawUpstream,
+    RunningProxy,
     answer,
     exchange,
     read_response,
@@ -104,9 +105,16 @@ async def read_answer(
     return length, b"x" * received, closed
 
 
-async def big_origin() -> RawUpstream:
+@contextlib.asynccontextmanager
+async def big_proxy(**settings: Any) -> AsyncIterator[RunningProxy]:
+    """A proxy (``Settings(**settings)``) in front of an origin of one big cacheable body."""
     body = b"b" * BIG
-    return RawUpstream(answer(response_bytes(200, body, {"Cache-Control": "public, max-age=600"})))
+    fixed = answer(response_bytes(200, body, {"Cache-Control": "public, max-age=600"}))
+    async with (
+        RawUpstream(fixed) as origin,
+        serve_proxy(Settings(upstream=origin.url, **settings)) as proxy,
+    ):
+        yield proxy
 
 
 async def prime(port: int) -> None:
@@ -125,7 +133,7 @@ FULL_PATH = b"Accept-Encoding: identity\r\nAccept-Encoding: identity\r\n"
 @pytest.mark.parametrize("loop", LOOPS)
 def test_a_half_closed_client_gets_the_whole_stored_body(loop: str, fields: bytes) -> None:
     async def scenario() -> None:
-        async with await big_origin() as origin, serve_proxy(Settings(upstream=origin.url)) as p:
+        async with big_proxy() as p:
             sock, _ = await slow_download(p.port, fields)
             sock.shutdown(socket.SHUT_WR)  # RFC 9112 §9.6: the answer is still due
             async with asyncio.timeout(30):
@@ -141,15 +149,13 @@ def test_a_half_closed_client_gets_the_whole_stored_body(loop: str, fields: byte
 @pytest.mark.parametrize("loop", LOOPS)
 def test_a_download_outlasting_the_header_timeout_is_not_cut(loop: str) -> None:
     async def scenario() -> None:
-        async with await big_origin() as origin:
-            settings = Settings(upstream=origin.url, client_header_timeout=0.3)
-            async with serve_proxy(settings) as p:
-                sock, _ = await slow_download(p.port)
-                async with asyncio.timeout(60):
-                    length, body, closed = await read_answer(sock, pause=0.002)
-                sock.close()
-                assert length == BIG
-                assert len(body) == BIG and not closed
+        async with big_proxy(client_header_timeout=0.3) as p:
+            sock, _ = await slow_download(p.port)
+            async with asyncio.timeout(60):
+                length, body, closed = await read_answer(sock, pause=0.002)
+            sock.close()
+            assert length == BIG
+            assert len(body) == BIG and not closed
 
     run_on(loop, scenario)
 
@@ -157,23 +163,21 @@ def test_a_download_outlasting_the_header_timeout_is_not_cut(loop: str) -> None:
 @pytest.mark.parametrize("loop", LOOPS)
 def test_a_download_in_progress_is_not_evicted_at_the_connection_cap(loop: str) -> None:
     async def scenario() -> None:
-        async with await big_origin() as origin:
-            settings = Settings(upstream=origin.url, max_connections=1)
-            async with serve_proxy(settings) as p:
-                sock, ev = await slow_download(p.port)
-                # The head arrived: the answer is being written.
-                first = await ev.sock_recv(sock, 1024)
-                assert first.startswith(b"HTTP/1.1 200")
-                # A newcomer past the cap is refused rather than cutting the download.
-                refused = await exchange(p.port, get("/big"), timeout=10)
-                assert refused.status == 503
-                async with asyncio.timeout(30):
-                    received = len(first.partition(b"\r\n\r\n")[2])
-                    while received < BIG:
-                        chunk = await ev.sock_recv(sock, 65536)
-                        assert chunk, f"cut after {received} of {BIG} bytes"
-                        received += len(chunk)
-                sock.close()
+        async with big_proxy(max_connections=1) as p:
+            sock, ev = await slow_download(p.port)
+            # The head arrived: the answer is being written.
+            first = await ev.sock_recv(sock, 1024)
+            assert first.startswith(b"HTTP/1.1 200")
+            # A newcomer past the cap is refused rather than cutting the download.
+            refused = await exchange(p.port, get("/big"), timeout=10)
+            assert refused.status == 503
+            async with asyncio.timeout(30):
+                received = len(first.partition(b"\r\n\r\n")[2])
+                while received < BIG:
+                    chunk = await ev.sock_recv(sock, 65536)
+                    assert chunk, f"cut after {received} of {BIG} bytes"
+                    received += len(chunk)
+            sock.close()
 
     run_on(loop, scenario)
 
