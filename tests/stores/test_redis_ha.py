@@ -13,18 +13,17 @@ import itertools
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 from redis.asyncio import Redis
 
-from proxy.ops.config import Settings
 from proxy.stores.keys import RedisKeys
 from proxy.stores.keys import key_digest as digest
 from proxy.tools.redis_ha import LocalCluster, LocalSentinelGroup
-from proxy.tools.replicas import Replica, run_replicas
+from proxy.tools.replicas import Replica
+from tests.support.redis_fixtures import fleet_at
 from tests.support.redis_support import JOB, CountingUpstream, eventually, get, readiness
 
 pytest_plugins = ("tests.support.redis_fixtures",)
@@ -44,24 +43,10 @@ async def cluster() -> AsyncIterator[LocalCluster]:
         yield nodes
 
 
-def ha_fleet(origin: TestServer, redis_prefix: str) -> HaFleet:
-    """``fleet(url, n, **settings)``: n replicas in front of ``origin`` sharing Redis at ``url``."""
-
-    def start(url: str, count: int, **overrides: Any) -> AbstractAsyncContextManager[list[Replica]]:
-        options: dict[str, Any] = {
-            "upstream": str(origin.make_url("")).rstrip("/"),
-            "redis_url": url,
-            "redis_prefix": redis_prefix,
-            "redis_timeout_ms": 1000,  # a busy CI machine must not make Redis look slow
-        }
-        return run_replicas(Settings(**(options | overrides)), count)
-
-    return start
-
-
 @pytest.fixture
 def fleet(origin: TestServer, redis_prefix: str) -> HaFleet:
-    return ha_fleet(origin, redis_prefix)
+    """``fleet(url, n, **settings)``: replicas sharing the Sentinel group or cluster at ``url``."""
+    return fleet_at(origin, redis_prefix)
 
 
 def degraded(replica: Replica) -> float:

@@ -8,6 +8,7 @@ writes touches anything else), otherwise a ``redis-server`` this fixture starts 
 
 from __future__ import annotations
 
+import functools
 import os
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -68,20 +69,26 @@ async def origin(
     return await aiohttp_server(catch_all(upstream.handle))
 
 
-@pytest.fixture
-def fleet(origin: TestServer, redis_url: str, redis_prefix: str, redis_admin: Redis) -> Fleet:
-    """``fleet(n, **settings)``: n replicas in front of ``origin`` sharing the test's Redis."""
+def fleet_at(origin: TestServer, redis_prefix: str) -> Fleet:
+    """``fleet(url, n, **settings)``: n replicas in front of ``origin`` sharing Redis at ``url``
+    under the test's prefix."""
 
-    def start(count: int, **overrides: Any) -> AbstractAsyncContextManager[list[Replica]]:
+    def start(url: str, count: int, **overrides: Any) -> AbstractAsyncContextManager[list[Replica]]:
         options: dict[str, Any] = {
             "upstream": str(origin.make_url("")).rstrip("/"),
-            "redis_url": redis_url,
+            "redis_url": url,
             "redis_prefix": redis_prefix,
             "redis_timeout_ms": 1000,  # a busy CI machine must not make Redis look slow
         }
         return run_replicas(Settings(**(options | overrides)), count)
 
     return start
+
+
+@pytest.fixture
+def fleet(origin: TestServer, redis_url: str, redis_prefix: str, redis_admin: Redis) -> Fleet:
+    """``fleet(n, **settings)``: n replicas in front of ``origin`` sharing the test's Redis."""
+    return functools.partial(fleet_at(origin, redis_prefix), redis_url)
 
 
 @pytest.fixture
