@@ -131,11 +131,11 @@ def percentile(sorted_values: Sequence[float], q: float) -> float | None:
 @dataclass
 class _Tally:
     pollers: int
+    statuses: Counter[int] = field(default_factory=Counter)
     requests: int = 0
     errors: int = 0
     done: int = 0
     bytes_received: int = 0
-    statuses: Counter[int] = field(default_factory=Counter)
     latencies: list[float] = field(default_factory=list)
     held: list[float] = field(default_factory=list)
     completion_lags: list[float] = field(default_factory=list)
