@@ -13,7 +13,7 @@ import os
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import pytest
@@ -25,11 +25,21 @@ from proxy.tools.replicas import LocalRedis, Replica, run_replicas
 from tests.support.origin import catch_all
 from tests.support.redis_support import CountingUpstream, Fleet
 
+ServerT = TypeVar("ServerT")
 
-@pytest.fixture
-async def local_redis() -> AsyncIterator[LocalRedis]:
-    async with LocalRedis() as server:
-        yield server
+
+def server_fixture(start: Callable[[], AbstractAsyncContextManager[ServerT]], name: str) -> Any:
+    """A fixture ``name``: servers of the test's own (``start()``), stopped at its end."""
+
+    @pytest.fixture(name=name)
+    async def running() -> AsyncIterator[ServerT]:
+        async with start() as server:
+            yield server
+
+    return running
+
+
+local_redis = server_fixture(LocalRedis, "local_redis")
 
 
 @pytest.fixture
