@@ -67,6 +67,8 @@ class Origin:
     def __init__(self, clock: FakeClock) -> None:
         self.clock = clock
         self.resources: dict[str, Resource] = {}
+        #: What one ``Authorization`` value sees instead of ``resources`` (``put(..., token=)``).
+        self.scoped: dict[tuple[str, str], Resource] = {}
         self.requests: list[web.Request] = []
         self.received = asyncio.Event()
         self.gate: asyncio.Event | None = None
@@ -74,9 +76,15 @@ class Origin:
         self.fail_status: int | None = None
         self.hang = False
 
-    def put(self, path: str, body: bytes | str, **kwargs: Any) -> Resource:
+    def put(
+        self, path: str, body: bytes | str, *, token: str | None = None, **kwargs: Any
+    ) -> Resource:
+        """Serve ``body`` at ``path``; with ``token``, only to ``Authorization: Bearer token``."""
         resource = Resource(body.encode() if isinstance(body, str) else body, **kwargs)
-        self.resources[path] = resource
+        if token is None:
+            self.resources[path] = resource
+        else:
+            self.scoped[f"Bearer {token}", path] = resource
         return resource
 
     def put_audio(self, path: str, size: int, **kwargs: Any) -> Resource:
@@ -98,7 +106,9 @@ class Origin:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         self.requests.append(request)
         self.received.set()
-        resource = self.resources.get(request.raw_path)
+        resource = self.scoped.get(
+            (request.headers.get("Authorization", ""), request.raw_path)
+        ) or self.resources.get(request.raw_path)
         if self.hang:
             await asyncio.Event().wait()
         if self.gate is not None and self.gated_method in (None, request.method):

@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -138,3 +139,22 @@ def send_upstream_error(responder: Responder, error: UpstreamError) -> None:
     §15.6.3, §15.6.5) with the envelope, the failure's kind in ``Cache-Status``."""
     status = cache_status(fwd="uri-miss", detail=error.kind)
     send_error(responder, error.status, error.code, str(error), status)
+
+
+async def send_stream(
+    responder: Responder,
+    status: int,
+    reason: str,
+    headers: Fields,
+    body: AsyncGenerator[bytes, None],
+) -> None:
+    """A response whose body is made as it goes (server-sent events): each chunk is written as
+    soon as it is made, and a client that goes away ends the body (``aclose``)."""
+    try:
+        await responder.start(status, reason, headers)
+        async with aclosing(body) as chunks:
+            async for chunk in chunks:
+                await responder.write(chunk)
+        await responder.finish()
+    except ConnectionError:
+        pass  # the client left: nothing is owed to it

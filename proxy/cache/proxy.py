@@ -14,11 +14,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import assert_never
 
 from proxy.cache.entries import Entries
+from proxy.cache.events import EventStreams, Subscription
 from proxy.cache.exchange import (
     ProxyRequest,
     RequestRejected,
@@ -33,6 +34,7 @@ from proxy.cache.forward import Forwarder, Streamed
 from proxy.cache.invalidate import Invalidator
 from proxy.cache.longpoll import Handled, LongPolls
 from proxy.cache.serve import StoredServing, Unacceptable
+from proxy.cache.wait import Observation
 from proxy.core.coding import accepts, readable, upstream_accept_encoding
 from proxy.core.credentials import credential_lines
 from proxy.core.headers import NO_DIRECTIVES
@@ -106,6 +108,7 @@ class CachingProxy:
             metrics,
         )
         self.waits = self.long_polls.waits
+        self.events = EventStreams(settings, self.waits, metrics)
         self.flights = self.fetcher.flights
 
     def release_waiters(self) -> None:
@@ -128,7 +131,13 @@ class CachingProxy:
         started = time.perf_counter()
         route = route_of(request.path)
         try:
-            if request.method in ("GET", "HEAD"):
+            subscription = EventStreams.subscription(request, route)
+            if subscription is not None:
+                # Accept: text/event-stream: the GET of the JSON, then its changes as events.
+                handled = await self._cacheable(
+                    subscription.request, responder, route, subscription
+                )
+            elif request.method in ("GET", "HEAD"):
                 handled = await self._cacheable(request, responder, route)
             else:
                 handled = Handled(await self.invalidator.unsafe(request, responder, route))
@@ -167,12 +176,19 @@ class CachingProxy:
             headers, scope=scope, cache_control=headers.getall("cache-control", ())
         )
 
-    async def _cacheable(self, request: ProxyRequest, responder: Responder, route: str) -> Handled:
+    async def _cacheable(
+        self,
+        request: ProxyRequest,
+        responder: Responder,
+        route: str,
+        subscription: Subscription | None = None,
+    ) -> Handled:
         """A GET or HEAD: a flat loop over the policy's whole decisions until one answers.
 
         ``admit`` and ``lookup`` give the first decision; a ``Fetch`` is settled into the next
         one (``settle``), which may be another ``Fetch`` (a variant of its own) but answers the
-        request on the round after that at the latest.
+        request on the round after that at the latest. A ``subscription`` (server-sent events)
+        turns a ``Serve`` of a successful representation into an event stream.
         """
         decision: Serve | Fetch | Forward | Refuse | Relay
         facts: RequestFacts | None = None
@@ -194,6 +210,12 @@ class CachingProxy:
                 case Serve():
                     if facts is not None and decision.refresh:
                         self._refresh(request, route, facts, decision)
+                    streams = subscription is not None and EventStreams.streams(decision)
+                    if subscription is not None and facts is not None and streams:
+                        flight, observe = self._watch(request, route, facts, decision)
+                        return await self.events.stream(
+                            subscription, responder, flight, observe, decision
+                        )
                     # A stale response standing in for an upstream error is answered at once:
                     # the origin just failed, and a wait would only ask it again.
                     hold = None if failed else self.long_polls.may_hold(request, decision)
@@ -237,20 +259,42 @@ class CachingProxy:
         hold: Hold,
     ) -> Handled:
         """RFC 7240 ``Prefer: wait``: instead of a 304 now, the change or a 304 later."""
-        # The refresh is the same for every waiter of the flight: no request directives.
-        plain = replace(facts, cache_control=NO_DIRECTIVES, pragma_no_cache=False)
-        key = request.target
-        flight = flight_key(key, plain, serve.entry.selection_vary)
-
-        def job() -> FetchJob:
-            """Built only when this request opens its flight's watch (the upstream fields)."""
-            return self._job(request, route, plain, Fetch(serve.entry, "stale"))
+        flight, job = self._flight(request, route, facts, serve)
 
         async def fallback() -> Handled:
             """The response became one this cache cannot serve (too large): ask as usual."""
             return await self._cacheable(request, responder, route)
 
         return await self.long_polls.hold(request, responder, flight, job, serve, hold, fallback)
+
+    def _flight(
+        self, request: ProxyRequest, route: str, facts: RequestFacts, serve: Serve
+    ) -> tuple[str, Callable[[], FetchJob]]:
+        """The flight a held request or an event stream waits on, and the refresh job its
+        watch makes if this request opens it."""
+        # The refresh is the same for every waiter of the flight: no request directives.
+        plain = replace(facts, cache_control=NO_DIRECTIVES, pragma_no_cache=False)
+        flight = flight_key(request.target, plain, serve.entry.selection_vary)
+
+        def job() -> FetchJob:
+            """Built only when this request opens its flight's watch (the upstream fields)."""
+            return self._job(request, route, plain, Fetch(serve.entry, "stale"))
+
+        return flight, job
+
+    def _watch(
+        self, request: ProxyRequest, route: str, facts: RequestFacts, serve: Serve
+    ) -> tuple[str, Callable[[], Awaitable[Observation[Fetched]]]]:
+        """An event stream's flight and its observation (made once, on first use)."""
+        flight, job = self._flight(request, route, facts, serve)
+        made: list[FetchJob] = []
+
+        def observe() -> Awaitable[Observation[Fetched]]:
+            if not made:
+                made.append(job())
+            return self.long_polls.observe(made[0])
+
+        return flight, observe
 
     def _job(
         self, request: ProxyRequest, route: str, facts: RequestFacts, fetch: Fetch

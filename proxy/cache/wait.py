@@ -12,6 +12,7 @@ the primitives.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import suppress
@@ -58,12 +59,15 @@ class Wake(Generic[A]):
 
 
 class Waiter:
-    """One held request: its validators (the request's fields) and the future that wakes it."""
+    """One held request: whether a stored response still matches what it holds (its
+    validators, by default the request's fields) and the future that wakes it."""
 
-    __slots__ = ("future", "headers")
+    __slots__ = ("future", "matches")
 
-    def __init__(self, headers: Mapping[str, str], future: asyncio.Future[Any]) -> None:
-        self.headers = headers
+    def __init__(
+        self, matches: Callable[[StoredResponse], bool], future: asyncio.Future[Any]
+    ) -> None:
+        self.matches = matches
         self.future = future
 
 
@@ -116,17 +120,25 @@ class WaitRoom(Generic[A]):
         headers: Mapping[str, str],
         seconds: float,
         lost: asyncio.Future[None] | None = None,
+        *,
+        still: Callable[[StoredResponse], bool] | None = None,
+        counted: bool = True,
     ) -> Wake[A]:
-        """Wait until the flight's response no longer matches ``headers``, ``seconds`` pass,
-        the client goes away (``lost``) or the replica drains."""
+        """Wait until the flight's response no longer matches ``headers`` (or ``still`` says
+        it changed), ``seconds`` pass, the client goes away (``lost``) or the replica drains.
+
+        ``counted=False``: a hold of an event stream, which is counted (``enter``) for as long
+        as it is open rather than per hold, and whose outcomes are not long polls'.
+        """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Wake[A]] = loop.create_future()
-        waiter = Waiter(headers, future)
+        waiter = Waiter(still or functools.partial(still_matches, headers=headers), future)
         watch = self._watches.get(flight)
         if watch is None:
             watch = self._open(flight, key, observe)
         watch.waiters.add(waiter)
-        self.waiting += 1
+        if counted:
+            self.waiting += 1
         # One future, settled by whichever comes first: a wake-up, the timer, the disconnect.
         timer = loop.call_later(seconds, _settle, future, TIMEOUT)
 
@@ -142,13 +154,21 @@ class WaitRoom(Generic[A]):
             if lost is not None:
                 # The connection outlives this request (keep-alive): leave no callback behind.
                 lost.remove_done_callback(gone)
-            self.waiting -= 1
+            if counted:
+                self.waiting -= 1
             watch.waiters.discard(waiter)
             if not watch.waiters:
                 self._close(watch)
-        if wake.outcome != "disconnected":
+        if counted and wake.outcome != "disconnected":
             self.on_outcome(wake.outcome)
         return wake
+
+    def enter(self) -> None:
+        """An event stream opened: it counts against ``--max-waiters`` until it ``leave``s."""
+        self.waiting += 1
+
+    def leave(self) -> None:
+        self.waiting -= 1
 
     def changed(self, key: str) -> None:
         """A response for ``key`` was stored or invalidated here: look again now."""
@@ -217,7 +237,7 @@ class WaitRoom(Generic[A]):
                     continue
                 entry = seen.entry
                 for waiter in list(watch.waiters):
-                    if not still_matches(entry, waiter.headers):
+                    if not waiter.matches(entry):
                         _wake(watch, waiter, Wake("changed", entry=entry))
                 if not watch.waiters:
                     break

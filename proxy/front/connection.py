@@ -22,6 +22,7 @@ from proxy.cache.exchange import RequestRejected
 from proxy.front.body import BodyStream
 from proxy.front.flow import FlowControl
 from proxy.front.head import (
+    ACCEPT,
     ACCEPT_ENCODING,
     CODING,
     CREDENTIAL,
@@ -34,6 +35,7 @@ from proxy.front.head import (
     SINGLETONS,
     HeadFacts,
     Parsed,
+    asks_event_stream,
     expectations,
     field_kinds,
     has_body,
@@ -300,7 +302,7 @@ class HttpConnection(asyncio.Protocol):
         raw.append((name, value))
         lowered = name.lower()
         kind = self._kinds.get(lowered)
-        if kind is None:
+        if kind is None or (kind == ACCEPT and not asks_event_stream(value)):
             return
         text = value.decode("utf-8", "surrogateescape")
         if kind == HOST:

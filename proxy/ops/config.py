@@ -358,6 +358,12 @@ class Settings:
         "held long-poll requests per replica; past it, requests are answered at once",
         "N",
     )
+    sse_heartbeat: float = _option(
+        15.0,
+        _bounded(float, 0.01),
+        "seconds between heartbeat comments on an idle event stream (Accept: text/event-stream)",
+        "SECONDS",
+    )
     redis_url: str = _option(
         "",
         parse_redis_url,

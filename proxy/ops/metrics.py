@@ -25,6 +25,10 @@ RESULTS = ("hit", "miss", "revalidated", "stale", "bypass", "error")
 #: response arrived (the kind is then in ``cacheproxy_upstream_errors_total``).
 UPSTREAM_STATUSES = ("2xx", "3xx", "4xx", "5xx", "error")
 LONG_POLL_OUTCOMES = ("changed", "timeout", "shed", "error")
+#: How an event stream (``Accept: text/event-stream``) ended.
+EVENT_STREAM_OUTCOMES = ("final", "seen", "disconnected", "shed", "drained", "error")
+#: What an event stream writes: an event (a change) or a heartbeat comment.
+EVENT_KINDS = ("event", "heartbeat")
 UPSTREAM_ERROR_KINDS = ("refused", "timeout", "invalid", "5xx", "429")
 CLIENT_PHASES = ("head", "body", "send")
 TABLES = ("held_back", "invalidation")
@@ -300,6 +304,29 @@ class Metrics:
         )
         for outcome in LONG_POLL_OUTCOMES:
             self.long_polls.labels(outcome)
+        self.event_streams = Counter(
+            "cacheproxy_event_streams",
+            "Event streams (Accept: text/event-stream) by how they ended: final (completed or "
+            "failed sent), seen (204: the final event was already seen), disconnected, shed "
+            "(--max-waiters reached), drained (shutdown) or error.",
+            ("outcome",),
+            registry=registry,
+        )
+        for outcome in EVENT_STREAM_OUTCOMES:
+            self.event_streams.labels(outcome)
+        self.events_sent = Counter(
+            "cacheproxy_events_sent",
+            "Server-sent events written, by kind: event (a change) or heartbeat (a comment).",
+            ("kind",),
+            registry=registry,
+        )
+        for kind in EVENT_KINDS:
+            self.events_sent.labels(kind)
+        self.open_event_streams = Gauge(
+            "cacheproxy_open_event_streams",
+            "Event streams open right now (each also counts in cacheproxy_waiting_requests).",
+            registry=registry,
+        )
         self.build_info = Info(
             "cacheproxy_build",
             "The version of aitronos-cache-proxy.",

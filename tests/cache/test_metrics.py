@@ -22,6 +22,8 @@ from proxy.core.models import Record
 from proxy.ops.config import Settings
 from proxy.ops.metrics import (
     CLIENT_PHASES,
+    EVENT_KINDS,
+    EVENT_STREAM_OUTCOMES,
     LONG_POLL_OUTCOMES,
     RESULTS,
     ROUTES,
@@ -381,6 +383,8 @@ async def test_labels_never_carry_ids_paths_or_credentials(make_proxy: MakeProxy
         *UPSTREAM_ERROR_KINDS,
         *TABLES,
         *LONG_POLL_OUTCOMES,
+        *EVENT_STREAM_OUTCOMES,
+        *EVENT_KINDS,
         *CLIENT_PHASES,
         "memory",
         __version__,
