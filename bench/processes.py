@@ -164,14 +164,9 @@ def spawn(
 ) -> subprocess.Popen[bytes]:
     """``command`` (pinned) in a session of its own, reading nothing, writing to ``log``."""
     return subprocess.Popen(
-        pinning.wrap(command),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        cwd=cwd,
-        env=env,
-        start_new_session=True,
-    )
+        pinning.wrap(command), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+        cwd=cwd, env=env, start_new_session=True,
+    )  # fmt: skip
 
 
 def launch(
