@@ -21,6 +21,7 @@ from aiohttp.test_utils import TestServer
 from redis.asyncio import Redis
 
 from proxy.ops.config import Settings
+from proxy.stores.keys import RedisKeys
 from proxy.tools.replicas import LocalRedis, Replica, run_replicas
 from tests.support.origin import catch_all
 from tests.support.redis_support import CountingUpstream, Fleet
@@ -65,6 +66,17 @@ async def redis_admin(redis_url: str, redis_prefix: str) -> AsyncIterator[Redis]
     async for name in client.scan_iter(match=f"{redis_prefix}:*"):
         await client.delete(name)
     await client.aclose()
+
+
+@pytest.fixture
+def redis_holds(redis_admin: Redis, redis_prefix: str) -> Callable[[str], Awaitable[bool]]:
+    """``await redis_holds(path)``: whether the test's Redis holds a record for ``path``."""
+    keys = RedisKeys(redis_prefix)
+
+    async def holds(path: str) -> bool:
+        return bool(await redis_admin.exists(keys.record(path)))
+
+    return holds
 
 
 @pytest.fixture
