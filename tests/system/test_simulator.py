@@ -77,6 +77,20 @@ async def client(
     return await make_sim()
 
 
+#: ``await make_job(**config)``: a simulator of that config, its test client and the URL of a
+#: transcription the owner just created.
+MakeJob = Callable[..., Awaitable[tuple[Client, str]]]
+
+
+@pytest.fixture
+def make_job(make_sim: Callable[..., Awaitable[tuple[Simulator, Client]]]) -> MakeJob:
+    async def make(**overrides: Any) -> tuple[Client, str]:
+        _, c = await make_sim(**overrides)
+        return c, f"{API}/{await create(c)}"
+
+    return make
+
+
 @pytest.fixture
 async def job(client: tuple[Simulator, Client]) -> tuple[Client, str]:
     """The test client and the URL of a transcription the owner just created."""
@@ -221,12 +235,11 @@ async def test_old_etag_is_not_modified_only_until_the_status_changes(
 
 
 async def test_completed_transcription_has_long_max_age_text_and_actions(
-    make_sim: Callable[..., Awaitable[tuple[Simulator, Client]]], clock: FakeClock
+    make_job: MakeJob, clock: FakeClock
 ) -> None:
-    _, c = await make_sim(transcript_words=500)
-    tid = await create(c)
+    c, url = await make_job(transcript_words=500)
     clock.advance(8.0)
-    resp = await c.get(f"{API}/{tid}", headers=OWNER)
+    resp = await c.get(url, headers=OWNER)
     assert resp.headers["Cache-Control"] == "public, max-age=86400"
     body = await resp.json()
     data = body["data"]
@@ -244,33 +257,30 @@ async def test_completed_transcription_has_long_max_age_text_and_actions(
         "get_subtitles_txt",
         "search",
     }
-    assert body["actions"]["get_paragraphs"] == f"{API}/{tid}/paragraphs"
+    assert body["actions"]["get_paragraphs"] == f"{url}/paragraphs"
 
 
 async def test_failed_transcription_is_final_refunded_and_has_no_text(
-    make_sim: Callable[..., Awaitable[tuple[Simulator, Client]]], clock: FakeClock
+    make_job: MakeJob, clock: FakeClock
 ) -> None:
-    _, c = await make_sim(failure_ratio=1.0)
-    tid = await create(c)
+    c, url = await make_job(failure_ratio=1.0)
     clock.advance(9.0)
-    resp = await c.get(f"{API}/{tid}", headers=OWNER)
+    resp = await c.get(url, headers=OWNER)
     body = await resp.json()
     assert body["data"]["status"] == "failed"
     assert "text" not in body["data"]
     assert body["actions"] == {}
     assert body["billing"]["synapses_refunded"] == body["billing"]["synapses_consumed"]
     assert resp.headers["Cache-Control"] == "public, max-age=86400"
-    sub = await c.get(f"{API}/{tid}/sentences", headers=OWNER)
+    sub = await c.get(f"{url}/sentences", headers=OWNER)
     assert sub.status == 409
     assert (await sub.json())["error"]["code"] == "TRANSCRIPTION_FAILED"
 
 
 async def test_upstream_refreshed_when_the_last_status_check_is_over_ten_seconds_old(
-    make_sim: Callable[..., Awaitable[tuple[Simulator, Client]]], clock: FakeClock
+    make_job: MakeJob, clock: FakeClock
 ) -> None:
-    _, c = await make_sim(processing_seconds=60.0)
-    tid = await create(c)
-    url = f"{API}/{tid}"
+    c, url = await make_job(processing_seconds=60.0)
     clock.advance(11.0)
     assert (await (await c.get(url, headers=OWNER)).json())["metadata"]["upstream_refreshed"]
     assert not (await (await c.get(url, headers=OWNER)).json())["metadata"]["upstream_refreshed"]
