@@ -40,6 +40,7 @@ from proxy.core.events import (
 from proxy.core.headers import parse_vary
 from proxy.core.models import Serve, StoredResponse
 from proxy.ops.config import Settings
+from proxy.ops.limits import max_waiters
 from proxy.ops.metrics import Metrics
 
 #: Request fields a subscription does not pass to its GET: the stream's own (``Accept``,
@@ -135,7 +136,7 @@ class EventStreams:
             responder.send(204, "", self._fields(first, serve), b"")
             return Handled(serve.result)
         waits = self.waits
-        shed = waits.closing or waits.waiting >= self.settings.max_waiters
+        shed = waits.closing or waits.waiting >= max_waiters(self.settings)
         headers = [("Content-Type", MEDIA_TYPE), *self._fields(first, serve)]
         if shed:
             self.metrics.event_streams.labels("shed").inc()

@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -44,9 +44,7 @@ def route_of(path: str) -> str:
 class RequestRejected(Exception):
     """A request the proxy refuses on the client's account (4xx), answered with the envelope."""
 
-    def __init__(
-        self, status: int, code: str, message: str, *, headers: Fields = ()
-    ) -> None:
+    def __init__(self, status: int, code: str, message: str, *, headers: Fields = ()) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
@@ -115,6 +113,31 @@ class Responder(Protocol):
 
     def abort(self) -> None:
         """Cut the connection: the only honest signal once a head was sent and the body fails."""
+
+
+@dataclass(slots=True)
+class SharedAnswer:
+    """One response written to many requests as they are (the waiters one change wakes): the
+    front serialises its head once per framing (keep-alive, HTTP/1.0, HEAD) and keeps it in
+    ``wire``, so each further request costs one write, never another serialisation."""
+
+    status: int
+    reason: str
+    headers: Fields
+    body: bytes
+    wire: dict[object, bytes] = field(default_factory=dict)
+
+
+class Deferring(Protocol):
+    """What a front's responder may offer besides ``Responder``: an answer written after the
+    handler returned (a held long poll, parked without a task), and shared answers."""
+
+    def defer(self) -> Callable[[str], None] | None:
+        """The request will be answered later, outside the handler: returns what to call with
+        the cache result label once it is (``None``: this front cannot; await instead)."""
+
+    def send_shared(self, answer: SharedAnswer) -> None:
+        """``send`` of a response shared with other requests."""
 
 
 def send_error(

@@ -155,6 +155,8 @@ class CachingProxy:
             message = "the proxy failed to handle the request"
             send_error(responder, 500, "PROXY_ERROR", message, cache_status())
             handled = Handled("error")
+        if handled.deferred:
+            return handled.result  # a parked long poll: observed once it is answered
         # A long poll's wait is the client's choice, not the time it took to answer.
         elapsed = time.perf_counter() - started - handled.held
         self.metrics.observe_request(route, handled.result, elapsed)
@@ -260,12 +262,18 @@ class CachingProxy:
     ) -> Handled:
         """RFC 7240 ``Prefer: wait``: instead of a 304 now, the change or a 304 later."""
         flight, job = self._flight(request, route, facts, serve)
-
-        async def fallback() -> Handled:
-            """The response became one this cache cannot serve (too large): ask as usual."""
-            return await self._cacheable(request, responder, route)
-
-        return await self.long_polls.hold(request, responder, flight, job, serve, hold, fallback)
+        opener = None if self.waits.watching(flight) else job  # kept only to open the watch
+        defer = getattr(responder, "defer", None)
+        finish = defer() if defer is not None else None
+        # ``_cacheable`` is the fallback: the response became one this cache cannot serve
+        # from the store (too large), so the request is asked as usual.
+        polls = self.long_polls
+        if finish is None:
+            return await polls.hold(request, responder, flight, opener, serve, hold, route,
+                                    self._cacheable)  # fmt: skip
+        polls.park(request, responder, flight, opener, serve, hold, route, self._cacheable,
+                   finish)  # fmt: skip
+        return Handled("held", deferred=True)
 
     def _flight(
         self, request: ProxyRequest, route: str, facts: RequestFacts, serve: Serve

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from proxy.front.head import Parsed
+    from proxy.front.timers import DeadlineWheel
     from proxy.ops.config import Settings
 
 
@@ -99,6 +100,10 @@ class Host(Protocol):
     @property
     def draining(self) -> bool: ...
 
+    @property
+    def heads(self) -> DeadlineWheel:
+        """The header timeouts of the listener's connections."""
+
     def admit(self, conn: Client) -> bool: ...
 
     def forget(self, conn: Client) -> None: ...
@@ -107,4 +112,4 @@ class Host(Protocol):
 
     def timed_out(self, phase: str) -> None: ...
 
-    async def answer(self, conn: Client, parsed: Parsed) -> None: ...
+    async def answer(self, conn: Client, parsed: Parsed) -> bool: ...

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import resource
 import ssl
 import time
 from typing import Any
@@ -35,30 +34,19 @@ from proxy.front.endpoints import ADMIN, PUBLIC, Endpoints
 from proxy.front.prepared import FastPath
 from proxy.front.responder import ConnectionResponder
 from proxy.front.seams import Client
+from proxy.front.timers import DeadlineWheel
 from proxy.ops.config import Settings
+from proxy.ops.limits import max_connections
 from proxy.runtime import Runtime
 
 log = logging.getLogger("proxy.server")
 
-#: Descriptors kept besides client connections: listeners, admin connections, logs, Redis.
-RESERVE = 64
 _REFUSED_BODY = envelope("OVERLOADED", "Too many connections; retry.")
 REFUSED = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
     b"Content-Length: %d\r\nConnection: close\r\nRetry-After: 1\r\n\r\n%s"
     % (len(_REFUSED_BODY), _REFUSED_BODY)
 )
-
-
-def default_max_connections(settings: Settings) -> int:
-    """RLIMIT_NOFILE less the upstream pool, Redis's pool and a fixed reserve."""
-    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY:
-        soft = 65536
-    reserve = RESERVE + settings.upstream_max_connections
-    if settings.redis_url:
-        reserve += settings.redis_max_connections + 2
-    return max(16, soft - reserve)
 
 
 def tls_context(settings: Settings) -> ssl.SSLContext | None:
@@ -102,8 +90,9 @@ class Front:
             if fast and role == PUBLIC and store_get is not None
             else None
         )
-        self.max_connections = settings.max_connections or default_max_connections(settings)
+        self.max_connections = max_connections(settings)
         self.connections: set[Client] = set()
+        self.heads = DeadlineWheel(loop)
         self.tasks: set[asyncio.Task[None]] = set()
         self.draining = False
         if role == PUBLIC:
@@ -145,9 +134,10 @@ class Front:
 
     # -- requests ---------------------------------------------------------------------------
 
-    async def answer(self, conn: Client, parsed: Parsed) -> None:
-        """A request the fast path did not take: refused, a local endpoint, or the cache."""
-        responder = ConnectionResponder(conn, parsed)
+    async def answer(self, conn: Client, parsed: Parsed) -> bool:
+        """A request the fast path did not take: refused, a local endpoint, or the cache.
+        True when its answer is deferred (a parked long poll): ``finish`` ends it."""
+        responder = ConnectionResponder(conn, parsed, self.finish)
         path = parsed.target.split("?", 1)[0]
         result = "-"
         if parsed.rejected is not None:
@@ -161,10 +151,12 @@ class Front:
                 )
                 await endpoint(parsed.method, parsed.target, authorization, responder)
             else:
+                headers = CIMultiDict(parsed.headers)
+                parsed.headers = []  # the request's fields live on in ``headers`` alone
                 request = ProxyRequest(
                     parsed.method,
                     parsed.target,
-                    CIMultiDict(parsed.headers),
+                    headers,
                     parsed.body,
                     conn.peer,
                     self.scheme,
@@ -173,6 +165,8 @@ class Front:
                     conn,
                 )
                 result = await self.proxy.handle(request, responder)
+                if responder.deferred and result == "held":
+                    return True
                 body = parsed.body
                 if body is not None and body.rejected is not None:
                     parsed.keep_alive = False
@@ -183,6 +177,20 @@ class Front:
             self.access.record(
                 parsed.method, path, responder.status, result, elapsed, responder.sent
             )
+        return False
+
+    def finish(self, responder: ConnectionResponder, result: str) -> None:
+        """A deferred answer was written: log it, and let its connection go on."""
+        parsed = responder.request
+        if self.access is not None:
+            elapsed = time.perf_counter() - parsed.started
+            path = parsed.target.split("?", 1)[0]
+            self.access.record(
+                parsed.method, path, responder.status, result, elapsed, responder.sent
+            )
+        conn = responder.conn
+        assert isinstance(conn, HttpConnection)
+        conn.finished(parsed)
 
 
 class FrontServer:
@@ -253,6 +261,7 @@ class FrontServer:
                 await asyncio.sleep(0.02)
             for conn in list(front.connections):
                 conn.abort()
+            front.heads.close()
             if front.access is not None:
                 front.access.flush()
 

@@ -203,6 +203,13 @@ def parse_optional_count(text: str) -> int | None:
     return int(_bounded(int, 1)(text))
 
 
+def parse_optional_limit(text: str) -> int | None:
+    """A count from 0, or empty for "work it out"."""
+    if not text.strip():
+        return None
+    return int(_bounded(int, 0)(text))
+
+
 #: Most worker processes ``--workers`` starts; more would only add context switches.
 MAX_WORKERS = 256
 
@@ -352,10 +359,11 @@ class Settings:
         "long polling",
         "SECONDS",
     )
-    max_waiters: int = _option(
-        10_000,
-        _bounded(int, 0),
-        "held long-poll requests per replica; past it, requests are answered at once",
+    max_waiters: int | None = _option(
+        None,
+        parse_optional_limit,
+        "held long-poll requests per replica; past it, requests are answered at once "
+        "(default: the connection cap, --max-connections)",
         "N",
     )
     sse_heartbeat: float = _option(

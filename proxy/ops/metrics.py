@@ -302,8 +302,9 @@ class Metrics:
             ("outcome",),
             registry=registry,
         )
-        for outcome in LONG_POLL_OUTCOMES:
-            self.long_polls.labels(outcome)
+        self._long_polls = {
+            outcome: self.long_polls.labels(outcome) for outcome in LONG_POLL_OUTCOMES
+        }
         self.event_streams = Counter(
             "cacheproxy_event_streams",
             "Event streams (Accept: text/event-stream) by how they ended: final (completed or "
@@ -365,6 +366,13 @@ class Metrics:
         """The request counter and duration histogram of a hit on ``route``, for the fast path
         to update with plain additions."""
         return self._requests[route, "hit"], self._durations["hit"]
+
+    def count_long_poll(self, outcome: str) -> None:
+        """A held request ended (``LONG_POLL_OUTCOMES``), without a ``labels`` look-up."""
+        child = self._long_polls.get(outcome)
+        if child is None:
+            child = self._long_polls[outcome] = self.long_polls.labels(outcome)
+        child.inc()
 
     def observe_request(self, route: str, result: str, seconds: float) -> None:
         self._requests[route, result].inc()
