@@ -104,8 +104,14 @@ class LongPolls:
         self._shared_entry: StoredResponse | None = None
         self._shared_second = 0
 
-    def may_hold(self, request: ProxyRequest, serve: Serve) -> Hold | None:
-        """Whether this request, about to be answered 304 from ``serve.entry``, is held."""
+    def may_hold(
+        self, request: ProxyRequest, serve: Serve, *, count_shed: bool = True
+    ) -> Hold | None:
+        """Whether this request, about to be answered 304 from ``serve.entry``, is held.
+
+        ``count_shed=False`` when a refusal is not final (the request then revalidates and
+        asks again, counted then).
+        """
         if "prefer" not in request.headers:
             return None
         entry = serve.entry
@@ -119,7 +125,8 @@ class LongPolls:
             max_wait=0.0 if waits.closing else self.settings.max_wait,
         )
         if isinstance(decision, Shed):
-            self.metrics.count_long_poll("shed")
+            if count_shed:
+                self.metrics.count_long_poll("shed")
             return None
         return decision
 

@@ -86,6 +86,8 @@ class CachingProxy:
             stale_grace=settings.stale_grace,
             max_entry_bytes=settings.max_entry_bytes,
             shared_scope=settings.shared_scope,
+            revalidate_window=settings.revalidate_window,
+            max_wait=settings.max_wait,
         )
         self._credential_headers = settings.credential_headers
         self._scope_secret = settings.scope_secret.encode()
@@ -175,7 +177,10 @@ class CachingProxy:
             # key: a forged Host can only ever shape its own variant, never another caller's.
             scope = f"{scope}@{request.host.lower()}"
         return request_facts(
-            headers, scope=scope, cache_control=headers.getall("cache-control", ())
+            headers,
+            scope=scope,
+            cache_control=headers.getall("cache-control", ()),
+            prefer=headers.getall("prefer", ()),
         )
 
     async def _cacheable(
@@ -207,6 +212,12 @@ class CachingProxy:
             match decision:
                 case Fetch():
                     assert facts is not None, "a fetch is only decided after the store was read"
+                    if decision.long_poll is not None and subscription is None:
+                        handled = await self._watched(
+                            request, responder, route, facts, decision.long_poll
+                        )
+                        if handled is not None:
+                            return handled
                     decision, outcome = await self._fetch(request, route, facts, decision)
                     failed = outcome is None
                 case Serve():
@@ -250,6 +261,24 @@ class CachingProxy:
             await self.forwarder.forward(request, responder, route, status)
             return "miss"
         return decision.result
+
+    async def _watched(
+        self,
+        request: ProxyRequest,
+        responder: Responder,
+        route: str,
+        facts: RequestFacts,
+        serve: Serve,
+    ) -> Handled | None:
+        """A long poll answered from its flight's watch instead of a revalidation of its own
+        (``Fetch.long_poll``): held if it can be, served at once if its flight is watched
+        (the watch keeps revalidating it), else ``None``: it revalidates as usual."""
+        hold = self.long_polls.may_hold(request, serve, count_shed=False)
+        if hold is not None:
+            return await self._long_poll(request, responder, route, facts, serve, hold)
+        if self.waits.watching(flight_key(request.target, facts, serve.entry.selection_vary)):
+            return Handled(await self._serve(request, responder, route, serve))
+        return None
 
     async def _long_poll(
         self,

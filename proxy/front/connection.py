@@ -48,15 +48,14 @@ from proxy.front.head import (
 from proxy.front.seams import Host
 from proxy.front.states import AnswerState, ReadState, WriteState
 from proxy.front.tls import Handshake, cut_handshake
+from proxy.front.writing import ResponseWriting
 
 __all__ = ["HttpConnection", "Parsed"]  # Parsed: what the server and the fast path take
 
 log = logging.getLogger("proxy.server")
 
-#: A body at most this large is written in one call; larger ones go out in slices of it, so a
-#: client that does not read never makes the proxy hold more than one slice of a shared body.
-SLICE = 2**16
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+PRI = b"PRI * HTTP/2.0\r\n"
 
 # The states as module globals: one lookup each on the hit path.
 R_IDLE, R_HEAD, R_BODY, R_DONE = ReadState.IDLE, ReadState.HEAD, ReadState.BODY, ReadState.DONE
@@ -70,15 +69,15 @@ class _Halt(Exception):
     """Raised from a parser callback: the request was refused, parse no further."""
 
 
-class HttpConnection(asyncio.Protocol):
+class HttpConnection(ResponseWriting):
     """The server side of one HTTP/1.1 connection (RFC 9112); slotted, as a held long poll
     keeps its connection for minutes, 100,000 of them per replica."""
 
     __slots__ = ("_accept_encoding", "_credentials", "_current", "_disconnected", "_facts",
         "_fast", "_handshake", "_head_bytes", "_head_deadline", "_head_size", "_head_slot",
-        "_hosts", "_inm", "_kinds", "_max_header_bytes", "_offset", "_pending", "_plain",
+        "_hosts", "_inm", "_kinds", "_max_header_bytes", "_plain",
         "_queue", "_raw", "_ready", "_url", "answering", "flow", "front", "local", "loop",
-        "parser", "peer", "read", "settings", "transport", "write")  # fmt: skip
+        "parser", "peer", "read", "settings", "transport")  # fmt: skip
 
     def __init__(self, front: Host) -> None:
         self.front = front
@@ -130,8 +129,7 @@ class HttpConnection(asyncio.Protocol):
 
     @property
     def waiting(self) -> bool:
-        """Waiting for a request head (idle keep-alive or a head under way): the first to go
-        past the connection cap, the longest-waiting first (``head_deadline`` orders them)."""
+        """Waiting for a head (idle keep-alive or one under way): first past the cap."""
         read = self.read
         return self.answering is A_IDLE and self.write is not W_CLOSED and (
             read is R_IDLE or read is R_HEAD
@@ -189,6 +187,15 @@ class HttpConnection(asyncio.Protocol):
         if self._disconnected is not None and not self._disconnected.done():
             self._disconnected.set_result(None)
 
+    def hand_over(self, data: bytes) -> None:
+        """The connection speaks HTTP/2 from here on (``Front.http2``); this object is done."""
+        self.read, self.write = R_DONE, W_CLOSED  # lost: the head timer ends with nothing
+        self.front.http2(self, data)
+
+    def drain(self) -> None:
+        if self.idle:  # else it closes once its answers are out (the front is draining)
+            self.transport.close()
+
     def evict(self) -> None:
         """Make room past the cap: an idle keep-alive connection is closed, a slow head cut."""
         partial = self.read is R_HEAD
@@ -224,7 +231,7 @@ class HttpConnection(asyncio.Protocol):
                 elif http09(self._url, bool(self._raw), data):
                     raise httptools.HttpParserError("HTTP/0.9")
         except httptools.HttpParserUpgrade:
-            # Upgrades are not offered: the request is answered, then the connection closes.
+            # Upgrades (h2c too) are not taken: the request is answered, then the connection closes.
             if self._current is not None:
                 self._current.keep_alive = False
             self._halt()
@@ -233,6 +240,9 @@ class HttpConnection(asyncio.Protocol):
                 log.exception("request parsing failed")
                 self._refuse(RequestRejected(400, "BAD_REQUEST", "The request is not valid."))
         except httptools.HttpParserError as error:
+            if data.startswith(PRI) and self.settings.http2 and self.answering is A_IDLE:
+                self.hand_over(data)  # the HTTP/2 preface: prior knowledge (RFC 9113 §3.3)
+                return
             self._refuse_unparseable(error)
         # Dispatched once the whole chunk parsed: a request whose body turns out malformed in
         # the same chunk never reaches the origin.
@@ -533,62 +543,6 @@ class HttpConnection(asyncio.Protocol):
         self.front.timed_out("head")
         if not cut_handshake(self._handshake):
             self.transport.close()
-
-    # -- writing ----------------------------------------------------------------------------
-
-    def write_response(self, head: bytes, body: bytes) -> None:
-        """A whole response; a large body is written in slices as the client reads."""
-        if self.write is W_CLOSED:
-            return
-        if len(body) <= SLICE:
-            if body:
-                self.transport.writelines((head, body))
-            else:
-                self.transport.write(head)
-            return
-        self.transport.write(head)
-        self._pending = memoryview(body)
-        self._offset = 0
-        if self.write is W_IDLE:
-            self.write = W_WRITING
-        self._pump()
-
-    def _pump(self) -> None:
-        pending = self._pending
-        while pending is not None and self.write is W_WRITING:
-            end = self._offset + SLICE
-            self.transport.write(pending[self._offset : end])
-            self._offset = end
-            if end >= len(pending):
-                self._pending = pending = None
-                if self.write is W_WRITING:
-                    self.write = W_IDLE
-                if self.answering is A_BUSY:
-                    self._next()  # the next request; or closed, or idle, once it is out
-
-    async def write_stream(self, *parts: bytes) -> None:
-        """Part of a streamed response; waits (up to the send timeout) while the client lags."""
-        if self.write is W_CLOSED:
-            raise ConnectionResetError("the client closed the connection")
-        self.transport.writelines(parts)
-        await self.flow.drain()
-
-    def pause_writing(self) -> None:
-        self.flow.pause_writing()
-        if self.write is not W_CLOSED:
-            self.write = W_DRAINING
-
-    def resume_writing(self) -> None:
-        self.flow.resume_writing()
-        if self.write is not W_DRAINING:
-            return
-        if self._pending is not None:
-            self.write = W_WRITING
-            self._pump()
-        else:
-            self.write = W_IDLE
-            if self.answering is A_BUSY:
-                self._next()  # the next request, or idle once the last answer is out
 
     def _send_timeout(self) -> None:
         """The client read nothing for ``--client-send-timeout``: cut it (nginx send_timeout)."""

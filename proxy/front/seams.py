@@ -13,6 +13,8 @@ import ssl
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
+from proxy.cache.exchange import Responder
+
 if TYPE_CHECKING:
     from proxy.front.head import Parsed
     from proxy.front.timers import DeadlineWheel
@@ -32,8 +34,27 @@ class Writer(Protocol):
     def abort(self) -> None: ...
 
 
-class Client(Writer, Protocol):
-    """A client connection as the listener sees it: the cap, draining and held requests."""
+class Requester(Protocol):
+    """Where a request came from, as the cache needs it: the peer, and when it went away."""
+
+    @property
+    def peer(self) -> str: ...
+
+    def disconnected(self) -> asyncio.Future[None]: ...
+
+
+class Reply(Responder, Protocol):
+    """A ``Responder`` that tells the access log what it sent."""
+
+    status: int
+    sent: int
+
+
+class Client(Protocol):
+    """A client connection as the listener sees it (HTTP/1.1 or HTTP/2): the cap, draining."""
+
+    @property
+    def peer(self) -> str: ...
 
     @property
     def transport(self) -> asyncio.Transport: ...
@@ -54,7 +75,16 @@ class Client(Writer, Protocol):
 
     def evict(self) -> None: ...
 
+    def drain(self) -> None:
+        """The listener is closing: take no new request, close once idle."""
+
     def disconnected(self) -> asyncio.Future[None]: ...
+
+    def abort(self) -> None: ...
+
+
+class HttpClient(Client, Writer, Protocol):
+    """An HTTP/1.1 connection: a ``Client`` its answers are written to."""
 
 
 #: ``FastAnswers.answer``: conn, method, target, host, credentials, If-None-Match,
@@ -112,4 +142,11 @@ class Host(Protocol):
 
     def timed_out(self, phase: str) -> None: ...
 
-    async def answer(self, conn: Client, parsed: Parsed) -> bool: ...
+    async def answer(self, conn: HttpClient, parsed: Parsed) -> bool: ...
+
+    async def respond(self, requester: Requester, parsed: Parsed, responder: Reply) -> bool: ...
+
+    def http2(self, conn: Client, data: bytes) -> None:
+        """Hand ``conn`` over to HTTP/2 (ALPN h2, or the preface in ``data``)."""
+
+    def http2_error(self, reason: str) -> None: ...

@@ -31,9 +31,10 @@ from proxy.cache.exchange import ProxyRequest, envelope, send_rejected
 from proxy.front.access import AccessLog
 from proxy.front.connection import HttpConnection, Parsed
 from proxy.front.endpoints import ADMIN, PUBLIC, Endpoints
+from proxy.front.h2 import Http2Connection
 from proxy.front.prepared import FastPath
 from proxy.front.responder import ConnectionResponder
-from proxy.front.seams import Client
+from proxy.front.seams import Client, HttpClient, Reply, Requester
 from proxy.front.timers import DeadlineWheel
 from proxy.ops.config import Settings
 from proxy.ops.limits import max_connections
@@ -54,7 +55,7 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
         return None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(settings.tls_cert, settings.tls_key)
-    context.set_alpn_protocols(["http/1.1"])
+    context.set_alpn_protocols(["h2", "http/1.1"] if settings.http2 else ["http/1.1"])
     return context
 
 
@@ -134,10 +135,26 @@ class Front:
 
     # -- requests ---------------------------------------------------------------------------
 
-    async def answer(self, conn: Client, parsed: Parsed) -> bool:
-        """A request the fast path did not take: refused, a local endpoint, or the cache.
-        True when its answer is deferred (a parked long poll): ``finish`` ends it."""
-        responder = ConnectionResponder(conn, parsed, self.finish)
+    def http2(self, conn: Client, data: bytes) -> None:
+        """``conn`` speaks HTTP/2 from now on: the same transport and place under the cap."""
+        transport = conn.transport
+        h2 = Http2Connection(self, transport, conn.peer, getattr(conn, "local", ""))
+        self.connections.discard(conn)
+        self.connections.add(h2)
+        transport.set_protocol(h2)
+        h2.start(data)
+
+    def http2_error(self, reason: str) -> None:
+        self.metrics.http2_errors.labels(reason).inc()
+
+    async def answer(self, conn: HttpClient, parsed: Parsed) -> bool:
+        """A request the fast path did not take, on HTTP/1.1. True when its answer is deferred
+        (a parked long poll): ``finish`` ends it."""
+        return await self.respond(conn, parsed, ConnectionResponder(conn, parsed, self.finish))
+
+    async def respond(self, conn: Requester, parsed: Parsed, responder: Reply) -> bool:
+        """Refused, a local endpoint, or the cache: the same for HTTP/1.1 and each HTTP/2
+        stream (``conn`` is the stream there, whose responder cannot defer: it is awaited)."""
         path = parsed.target.split("?", 1)[0]
         result = "-"
         if parsed.rejected is not None:
@@ -165,7 +182,7 @@ class Front:
                     conn,
                 )
                 result = await self.proxy.handle(request, responder)
-                if responder.deferred and result == "held":
+                if getattr(responder, "deferred", False) and result == "held":
                     return True
                 body = parsed.body
                 if body is not None and body.rejected is not None:
@@ -253,8 +270,7 @@ class FrontServer:
         if front is not None:
             front.draining = True
             for conn in list(front.connections):
-                if conn.idle:
-                    conn.transport.close()
+                conn.drain()
             seconds = self.settings.drain_seconds if drain_seconds is None else drain_seconds
             deadline = front.loop.time() + seconds
             while front.busy() and front.loop.time() < deadline:

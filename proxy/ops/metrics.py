@@ -290,6 +290,13 @@ class Metrics:
         )
         for phase in CLIENT_PHASES:
             self.client_timeouts.labels(phase)
+        self.http2_errors = Counter(
+            "cacheproxy_http2_errors",
+            "HTTP/2 connections ended by a GOAWAY for an error, by its code (protocol_error, "
+            "enhance_your_calm for floods, rapid resets and HPACK bombs, ...).",
+            ("code",),
+            registry=registry,
+        )
         self.waiting_requests = Gauge(
             "cacheproxy_waiting_requests",
             "Requests held for a change with 'Prefer: wait' (long polls) right now.",

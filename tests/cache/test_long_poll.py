@@ -235,6 +235,7 @@ async def test_a_change_stored_by_one_replica_wakes_the_waiters_on_another(
         redis_prefix=redis_prefix,
         redis_timeout_ms=1000,
         public_host="proxy.test",
+        revalidate_window=0,  # the no-cache below must reach the origin, however soon
     )
     async with run_replicas(settings, 2) as (first, second):
         _, headers, _ = await get(http, first)
