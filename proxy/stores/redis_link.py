@@ -39,6 +39,7 @@ UNAVAILABLE_REPLIES = (ClusterDownError, TryAgainError, ReadOnlyError)
 UNREACHABLE = (RedisError, RedisClusterException, OSError, TimeoutError)
 
 
+@dataclass(eq=False)
 class CircuitBreaker:
     """Stops calling a Redis that keeps failing, so an outage costs one timeout per backoff
     period instead of one per request.
@@ -47,22 +48,17 @@ class CircuitBreaker:
     doubles up to ``maximum``; after it, one call is let through as a probe (half-open).
     """
 
-    def __init__(
-        self,
-        *,
-        threshold: int = 3,
-        initial: float = 0.1,
-        maximum: float = MAX_BACKOFF,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.threshold = threshold
-        self.initial = initial
-        self.maximum = maximum
-        self.clock = clock
-        self._failures = 0
-        self._open_until: float | None = None
-        self._delay = initial
-        self._probing = False
+    _: KW_ONLY
+    threshold: int = 3
+    initial: float = 0.1
+    maximum: float = MAX_BACKOFF
+    clock: Callable[[], float] = time.monotonic
+    _failures: int = field(default=0, init=False)
+    _open_until: float | None = field(default=None, init=False)
+    _probing: bool = field(default=False, init=False)
+
+    def __post_init__(self) -> None:
+        self._delay = self.initial
 
     @property
     def closed(self) -> bool:
