@@ -18,6 +18,8 @@ from proxy.core.conditional import (
 from proxy.core.headers import format_http_date
 from proxy.core.models import Fresh, Miss, Revalidate, StoredResponse, Unsatisfiable
 from proxy.core.policy import (
+    CachePolicy,
+    RequestFacts,
     cache_status,
     credential_scope,
     current_age,
@@ -25,6 +27,7 @@ from proxy.core.policy import (
     freshness_lifetime,
     invalidates,
     invalidation_targets,
+    request_facts,
     retention,
     select_variant,
     selecting_values,
@@ -523,9 +526,7 @@ def forced(**headers: str) -> RequestFacts:
 def test_max_age_0_is_satisfied_by_the_origins_answer_within_the_window() -> None:
     entry = stored(("Cache-Control", "max-age=60"), ("ETag", '"v1"'))
     request = forced(cache_control="max-age=0")
-    assert decide((entry,), request, NOW + 0.5, WINDOW) == Fresh(
-        entry, 0.5, 59.5, validated=True
-    )
+    assert decide((entry,), request, NOW + 0.5, WINDOW) == Fresh(entry, 0.5, 59.5, validated=True)
     assert isinstance(decide((entry,), request, NOW + 1.5, WINDOW), Revalidate)
     assert isinstance(decide((entry,), request, NOW + 0.5, POLICY), Revalidate)  # window 0
 
