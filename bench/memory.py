@@ -29,7 +29,9 @@ class MemoryScale:
     steps: tuple[int, ...]
 
 
-SCALES = {"tiny": MemoryScale(steps=(100, 500)), "full": MemoryScale(steps=(10_000, 100_000))}
+SCALES = {"tiny": MemoryScale(steps=(100, 500)), "full": MemoryScale(steps=(50_000, 100_000))}
+#: What the filling clients accept: gzip, as every common client does (issue 19's setting).
+ACCEPT_ENCODING = "gzip"
 
 
 @dataclass
@@ -63,7 +65,7 @@ async def fill(proxy_url: str, ids: list[str]) -> tuple[int, int]:
     for transcription_id in ids:
         queue.put_nowait(transcription_id)
     totals = {"bytes": 0, "errors": 0}
-    headers = {"Authorization": f"Bearer {TOKEN}"}
+    headers = {"Authorization": f"Bearer {TOKEN}", "Accept-Encoding": ACCEPT_ENCODING}
 
     async def worker(session: aiohttp.ClientSession) -> None:
         while not queue.empty():
@@ -72,7 +74,7 @@ async def fill(proxy_url: str, ids: list[str]) -> tuple[int, int]:
                 async with session.get(
                     f"{proxy_url}{API_PREFIX}/{transcription_id}", headers=headers
                 ) as response:
-                    body = await response.read()
+                    body = await response.read()  # decoded: the identity bytes
                     stored = "stored" in response.headers.get("Cache-Status", "")
                     if response.status == 200 and stored:
                         totals["bytes"] += len(body)

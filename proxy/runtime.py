@@ -92,10 +92,9 @@ class Runtime(StartsAndCloses):
             store, coordinator = self.share.store, self.share.coordinator
         if store is None:
             store = MemoryStore(
-                settings.cache_max_bytes, clock=clock, on_evict=metrics.cache_evictions.inc
+                settings.store_max_bytes, clock=clock, on_evict=metrics.cache_evictions.inc
             )
         self.store: Store = store
-        metrics.track_store(lambda: store.entries, lambda: store.bytes)
         metrics.track_backend(store.backend, settings.cache_max_bytes)
         self.upstream = Upstream(
             UpstreamConfig(
@@ -109,6 +108,9 @@ class Runtime(StartsAndCloses):
         self.cache = cache = CachingProxy(
             settings, store, self.upstream, metrics, clock, coordinator
         )
+        bodies = cache.bodies
+        # The decoded-body memo is part of the cache's budget, and of what it reports.
+        metrics.track_store(lambda: store.entries, lambda: store.bytes + bodies.memo_bytes)
         metrics.track_tables(
             lambda: cache.fetcher.held_back_bytes, lambda: cache.entries.invalidation_bytes
         )

@@ -15,7 +15,7 @@ from typing import assert_never
 
 from proxy.cache.entries import Entries
 from proxy.cache.forward import Forwarder, Streamed
-from proxy.core.coding import CodingPolicy, Representation, representations
+from proxy.core.coding import CodingPolicy, StoredForm, stored_form
 from proxy.core.conditional import conditional_headers
 from proxy.core.headers import parse_cache_control, parse_retry_after
 from proxy.core.models import (
@@ -286,8 +286,8 @@ class Fetcher:
             return Fetched(
                 head.status, head.reason, head.headers, body, shareable=decision.shareable
             )
-        derived = self._derived(head.status, head.headers, body)
-        entry = new_entry(head, body, job.facts, derived)
+        form = self._stored_form(head.status, head.headers, body)
+        entry = new_entry(head, form.body, job.facts, form.derived, form.coding)
         stored = await self.entries.save(job.key, entry)
         return Fetched(
             head.status,
@@ -299,11 +299,11 @@ class Fetcher:
             shareable=decision.shareable,
         )
 
-    def _derived(self, status: int, received: Headers, body: bytes) -> tuple[Representation, ...]:
-        """The other codings of a response about to be stored: computed once, here, not per hit."""
+    def _stored_form(self, status: int, received: Headers, body: bytes) -> StoredForm:
+        """How a response about to be stored is kept: one coding, computed once, here."""
         if status == 204:
-            return ()
-        reps = representations(
+            return StoredForm(None, body)
+        return stored_form(
             body=body,
             etag=header_value(received, "etag"),
             content_type=header_value(received, "content-type"),
@@ -311,7 +311,6 @@ class Fetcher:
             no_transform=parse_cache_control(header_values(received, "cache-control")).no_transform,
             policy=self.codings,
         )
-        return reps[1:]
 
     def _note_backoff(self, flight: str, head: UpstreamHead, body: bytes = b"") -> None:
         """Honour ``Retry-After`` on 429/503: no request for this key goes upstream meanwhile.

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import assert_never
 
+from proxy.cache.bodies import Bodies
 from proxy.cache.entries import Entries
 from proxy.cache.events import EventStreams, Subscription
 from proxy.cache.exchange import (
@@ -96,7 +97,8 @@ class CachingProxy:
         self.fetcher = Fetcher(
             settings, self.entries, self.forwarder, clock, self.policy, coordinator
         )
-        self.serving = StoredServing(metrics)
+        self.bodies = Bodies(settings.decoded_bodies_bytes, settings.max_entry_bytes)
+        self.serving = StoredServing(metrics, self.bodies)
         self.upstream_accept_encoding = upstream_accept_encoding()
         self.invalidator = Invalidator(self.entries, self.forwarder)
         self.long_polls = LongPolls(

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import secrets
 
+from proxy.cache.bodies import Bodies
 from proxy.cache.exchange import Fields, ProxyRequest, Responder, envelope
-from proxy.core.coding import IDENTITY, Representation, choose
+from proxy.core.coding import IDENTITY, CodingError, Representation, choose
 from proxy.core.conditional import not_modified, not_modified_headers
 from proxy.core.headers import parse_cache_control
 from proxy.core.models import ACCEPT_RANGES, Headers, Serve, StoredResponse, header_value
@@ -24,14 +25,16 @@ from proxy.ops.metrics import Metrics
 
 class Unacceptable(Exception):
     """The stored response has no representation in a coding the client accepts (it is only
-    stored coded, under ``no-transform``): the request must go to the origin instead."""
+    stored coded, under ``no-transform``), or its stored body does not decode here: the
+    request must go to the origin instead."""
 
 
 class StoredServing:
     """Writes a ``Serve`` decision: ``Age`` and ``Cache-Status`` on the stored fields (§4)."""
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: Metrics, bodies: Bodies) -> None:
         self.metrics = metrics
+        self.bodies = bodies
 
     def serve(
         self, request: ProxyRequest, responder: Responder, decision: Serve, extra: Fields = ()
@@ -47,7 +50,8 @@ class StoredServing:
         index = choose(codings, request.headers.get("accept-encoding"))
         if index is None:
             raise Unacceptable
-        rep = entry.representations[index]
+        reps = entry.representations
+        rep = reps[index]
         age = str(int(decision.age))
         if 200 <= entry.status < 300:
             held = not_modified(entry, request.headers, rep)
@@ -58,10 +62,14 @@ class StoredServing:
                 headers.extend(extra)
                 responder.send(304, "", headers, b"")
                 return
-        served: Headers = entry.represented[index]
-        status, reason, body = entry.status, entry.reason, rep.body
+        try:
+            body = self.bodies.body(entry, rep)
+        except CodingError as error:
+            raise Unacceptable from error
+        served: Headers = entry.fields_of(rep, reps)
+        status, reason = entry.status, entry.reason
         if "range" in request.headers:
-            match ranges_for(request, entry, rep):
+            match ranges_for(request, entry, rep, len(body)):
                 case Partial() as partial:
                     status, reason = 206, "Partial Content"
                     served, body = partial_content(served, body, partial)
@@ -97,15 +105,18 @@ class StoredServing:
                 self.metrics.bytes_saved.inc(size)
 
 
-def ranges_for(request: ProxyRequest, entry: StoredResponse, rep: Representation) -> RangeDecision:
-    """The request's ``Range`` and ``If-Range`` against the representation chosen for it."""
+def ranges_for(
+    request: ProxyRequest, entry: StoredResponse, rep: Representation, length: int
+) -> RangeDecision:
+    """The request's ``Range`` and ``If-Range`` against the representation chosen for it, whose
+    body (as sent: ``Bodies.body``) is ``length`` bytes."""
     headers = request.headers
     return range_decision(
         method=request.method,
         status=entry.status,
         ranges=headers.getall("range", ()),
         if_range=headers.get("if-range"),
-        length=len(rep.body),
+        length=length,
         etag=rep.etag,
         last_modified=entry.last_modified,
         date=entry.date,
@@ -126,6 +137,7 @@ def partial_content(served: Headers, body: bytes, partial: Partial) -> tuple[Hea
     kept = tuple(item for item in served if item[0].lower() != "content-type")
     fields = (*kept, ("Content-Type", multipart_type(boundary)))
     return fields, multipart(body, partial, content_type, boundary)
+
 
 def _no_transform(request: ProxyRequest) -> bool:
     return parse_cache_control(request.headers.getall("cache-control", ())).no_transform

@@ -1,11 +1,12 @@
 """A versioned byte format for records kept outside the process (Redis), never pickle.
 
 Layout: ``MAGIC`` (3 bytes), a version byte, the length of the metadata (4 bytes, big-endian),
-the metadata as JSON, then the raw bodies one after another: each variant's body followed by the
-bodies of its derived representations (other content codings, listed in its ``derived``), so a
-replica reading the record never recompresses. Version 2 added ``derived``. A reader trusts
-nothing in it: anything it cannot read exactly raises ``CodecError``, which the store turns into
-a miss, so an upgrade or a corrupt entry costs one upstream fetch, never an error.
+the metadata as JSON, then the raw bodies one after another: each variant's stored body (in its
+``coding``) followed by the bodies of its derived representations (other content codings, listed
+in its ``derived``), so a replica reading the record never recompresses. Version 2 added
+``derived``; version 3 ``coding``, the coding the one stored body is kept in (issue 19). A
+reader trusts nothing in it: anything it cannot read exactly raises ``CodecError``, which the
+store turns into a miss, so an upgrade or a corrupt entry costs one upstream fetch, never an error.
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ import math
 import struct
 from typing import Any
 
-from proxy.core.coding import Representation
+from proxy.core.coding import IDENTITY, PREFERENCE, Representation
 from proxy.core.models import Record, StoredResponse
 
 MAGIC = b"acp"
-VERSION = 2
+VERSION = 3
 _HEAD = struct.Struct(">3sBI")
 
 
@@ -39,12 +40,15 @@ def encode_record(record: Record) -> bytes:
             "selecting": entry.selecting,
             "targeted": entry.targeted,
             "body": len(entry.body),
-            "derived": [[rep.coding, rep.etag, len(rep.body)] for rep in entry.derived],
+            "coding": entry.coding,
+            "derived": [[rep.coding, rep.etag, len(rep.body or b"")] for rep in entry.derived],
         }
         for entry in record
     ]
     meta = json.dumps({"variants": variants}, separators=(",", ":"), allow_nan=False).encode()
-    bodies = [body for entry in record for body in (entry.body, *(r.body for r in entry.derived))]
+    bodies = [
+        body for entry in record for body in (entry.body, *(r.body or b"" for r in entry.derived))
+    ]
     return b"".join((_HEAD.pack(MAGIC, VERSION, len(meta)), meta, *bodies))
 
 
@@ -102,6 +106,9 @@ def _variant(fields: Any, data: bytes, offset: int) -> tuple[StoredResponse, int
             raise CodecError("bad derived representation")
         derived.append(Representation(item[0], data[offset : offset + item[2]], item[1], True))
         offset += item[2]
+    coding = fields.get("coding")
+    if coding is not None and coding not in (IDENTITY, *PREFERENCE):
+        raise CodecError("coding is not one this cache stores")
     try:
         entry = StoredResponse(
             status=status,
@@ -114,6 +121,7 @@ def _variant(fields: Any, data: bytes, offset: int) -> tuple[StoredResponse, int
             selecting=_pairs(fields, "selecting"),
             targeted=_typed(fields, "targeted", bool),
             derived=tuple(derived),
+            coding=coding,
         )
     except CodecError:
         raise

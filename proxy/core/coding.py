@@ -2,8 +2,9 @@
 
 Pure code: no I/O, no clock. Negotiation turns every spelling of ``Accept-Encoding`` into the one
 coding this cache would serve, so ``gzip``, ``gzip, deflate`` and ``GZIP,DEFLATE`` are the same
-preference. A stored response is kept once; the other codings are representations derived from it
-once (when stored), each with its own body and validator (§8.8.3), never recomputed per hit.
+preference. A stored response is kept once, in one coding (``stored_form``); identity is decoded
+from it on the way out, and other configured codings are derived once when it is stored, each
+representation with its own validator (§8.8.3).
 gzip is the standard library's; brotli and zstandard are optional packages (``[compression]``),
 used only when installed. Hand-written: the ``Accept-Encoding`` grammar (no library parses it
 with q-values and ``*`` the way §12.5.3 asks).
@@ -206,13 +207,15 @@ def coded_etag(etag: str | None, coding: str) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class Representation:
-    """One content coding of a stored response: its bytes and its validator.
+    """One content coding of a stored response as it is served: its coding and its validator.
 
-    ``derived`` is False for the body as the origin sent it, True for one this cache computed.
+    ``derived`` is False for the representation the origin sent, True for one this cache made.
+    ``body`` is the stored bytes, or None for the identity representation of a body stored
+    coded, which is decoded on the way out (``proxy.cache.bodies``) rather than kept.
     """
 
     coding: str
-    body: bytes
+    body: bytes | None
     etag: str | None
     derived: bool
 
@@ -257,7 +260,22 @@ def content_coding(content_encoding: Iterable[str]) -> str | None:
     return None
 
 
-def representations(
+@dataclass(frozen=True, slots=True)
+class StoredForm:
+    """How a response is kept: one body in ``coding`` and the bodies of other configured codings.
+
+    ``coding`` is None when the cache may not or cannot transform the body (``no-transform``,
+    a stacked or unknown coding, a body that does not decode): it is then the one
+    representation served. Otherwise identity is always servable: stored, or decoded from
+    ``body`` for the client that accepts no coding (as Varnish gunzips for such clients).
+    """
+
+    coding: str | None
+    body: bytes
+    derived: tuple[Representation, ...] = ()
+
+
+def stored_form(
     *,
     body: bytes,
     etag: str | None,
@@ -265,29 +283,30 @@ def representations(
     content_encoding: Iterable[str],
     no_transform: bool,
     policy: CodingPolicy,
-) -> tuple[Representation, ...]:
-    """Every representation of a stored response this cache serves, the origin's first.
+) -> StoredForm:
+    """The one coding to store a response in, and any other codings to derive once (§8.4).
 
-    No transform at all under ``no-transform`` (RFC 9110 §7.7) or for an unknown or stacked
-    coding; a coded body is decoded for clients that accept none; an identity body of a
-    compressible type and size is compressed once per offered coding.
+    A coded origin body is stored as it came (validated by decoding it once, within the size
+    limit); an identity body of a compressible type and size is stored in the first of the
+    offered codings that makes it smaller (the identity bytes are not kept), and compressed
+    once into each other offered coding. Nothing is transformed under ``no-transform``
+    (RFC 9110 §7.7) or for an unknown or stacked coding.
     """
     coding = content_coding(content_encoding)
-    original = Representation(coding or "unknown", body, etag, derived=False)
     if no_transform or coding is None or not body:
-        return (original,)
-    result = [original]
+        return StoredForm(None, body)
     identity = body
     if coding != IDENTITY:
         try:
             identity = decode(coding, body, policy.max_bytes)
         except CodingError:
-            return (original,)
-        result.append(Representation(IDENTITY, identity, coded_etag(etag, IDENTITY), True))
+            return StoredForm(None, body)
     if len(identity) < policy.min_bytes or not compressible_type(
         content_type, policy.compress_types
     ):
-        return tuple(result)
+        return StoredForm(coding, body)
+    stored_coding, stored = coding, body
+    derived = []
     for wanted in policy.offered():
         if wanted == coding:
             continue
@@ -295,9 +314,13 @@ def representations(
             encoded = encode(wanted, identity)
         except CodingError:
             continue
-        if len(encoded) < len(identity):
-            result.append(Representation(wanted, encoded, coded_etag(etag, wanted), True))
-    return tuple(result)
+        if len(encoded) >= len(identity):
+            continue
+        if stored_coding == IDENTITY:
+            stored_coding, stored = wanted, encoded
+        else:
+            derived.append(Representation(wanted, encoded, coded_etag(etag, wanted), True))
+    return StoredForm(stored_coding, stored, tuple(derived))
 
 
 def choose(codings: tuple[str, ...], accept_encoding: str | None) -> int | None:

@@ -13,7 +13,6 @@ the stored response by ``proxy.core.ranges``; the other preconditions
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import replace
 
 from proxy.core.coding import Representation, choose, could_hold
 from proxy.core.headers import (
@@ -73,8 +72,8 @@ def freshen(
         names = {name: None for name in split_list(stored_vary + new_vary)}
         if names and parse_vary(list(names)) != ("*",):
             fresh = (*fresh, ("Vary", ", ".join(names)))
-    return replace(
-        entry, headers=kept + fresh, request_time=request_time, response_time=response_time
+    return entry.replace(
+        headers=kept + fresh, request_time=request_time, response_time=response_time
     )
 
 
@@ -171,16 +170,17 @@ def not_modified(
         accept_encoding: str | None = ", ".join(getall("accept-encoding"))
     else:
         accept_encoding = headers.get("accept-encoding")
+    reps = entry.representations
     if chosen is None:
         index = choose(entry.codings, accept_encoding)
-        chosen = entry.representations[index or 0]
+        chosen = reps[index or 0]
     if if_none_match is not None:
         tags = parse_entity_tag_list(if_none_match)
         if tags is None:
             return None
         if tags == ("*",):
             return chosen
-        for rep in (chosen, *entry.representations):
+        for rep in (chosen, *reps):
             if rep is not chosen and not could_hold(rep.coding, accept_encoding):
                 continue
             if rep.etag is not None and any(weak_match(tag, rep.etag) for tag in tags):
@@ -199,6 +199,6 @@ def not_modified_headers(
     entry: StoredResponse, rep: Representation | None = None
 ) -> list[tuple[str, str]]:
     """RFC 9110 §15.4.5: the 200's fields a 304 repeats, for the representation it validates."""
-    index = entry.representations.index(rep) if rep is not None else 0
-    fields = entry.represented[index]
+    reps = entry.representations
+    fields = entry.fields_of(rep if rep is not None else reps[0], reps)
     return [(key, value) for key, value in fields if key.lower() in NOT_MODIFIED_FIELDS]

@@ -87,10 +87,12 @@ def identity_body(entry: StoredResponse) -> bytes:
     """The body without content coding: the identity representation when stored, else decoded
     (an undecodable body is sent as it is; a client sees what the origin sent)."""
     for rep in entry.representations:
-        if rep.coding == IDENTITY:
+        if rep.coding == IDENTITY and rep.body is not None:
             return rep.body
+    # The one stored body is in ``entry.coding`` (or, stored as sent, in the origin's coding).
+    coding = entry.coding or entry.representations[0].coding
     try:
-        return decode(entry.representations[0].coding, entry.body, DECODE_LIMIT)
+        return decode(coding, entry.body, DECODE_LIMIT)
     except CodingError:
         return entry.body
 

@@ -5,227 +5,332 @@ from __future__ import annotations
 import functools
 import math
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any
 
-from proxy.core.coding import IDENTITY, Representation
-from proxy.core.headers import (
-    HOP_BY_HOP,
-    CacheControl,
-    parse_age,
-    parse_cache_control,
-    parse_cdn_cache_control,
-    parse_entity_tag,
-    parse_http_date,
-    parse_vary,
+from proxy.core.coding import IDENTITY, Representation, coded_etag
+from proxy.core.fields import (
+    ACCEPT_RANGES,
+    NOT_SERVED,
+    NOT_SERVED_WITH_RANGES,
+    Headers,
+    coding_token,
+    date_of,
+    header_value,
+    header_values,
+    parsed_vary,
+    represented,
+    response_cache_control,
+    served_fields,
+    shared_fields,
+    shared_pair,
 )
+from proxy.core.headers import CacheControl, parse_age, parse_entity_tag
 
-Headers = tuple[tuple[str, str], ...]
-
-#: Fields not copied from a stored response onto a response built from it: recomputed per
-#: response (``Age``, ``Cache-Status``, ``Content-Length``) or connection-specific.
-NOT_SERVED = frozenset({"age", "content-length", "cache-status"}) | HOP_BY_HOP
-#: RFC 9110 §14.3: this cache serves byte ranges of every stored 200 (``proxy.core.ranges``),
-#: whatever the origin said, since it holds the whole body.
-ACCEPT_RANGES = ("Accept-Ranges", "bytes")
-#: ``Content-Range`` means nothing on a 200 (RFC 9110 §14.4) and would contradict a 206's own.
-NOT_SERVED_WITH_RANGES = NOT_SERVED | {"accept-ranges", "content-range"}
-
-
-def header_values(headers: Headers, name: str) -> list[str]:
-    """All values of a field in a stored header tuple (``name`` lower-case)."""
-    return [value for key, value in headers if key.lower() == name]
+__all__ = [
+    "ACCEPT_RANGES",
+    "NOT_SERVED",
+    "NOT_SERVED_WITH_RANGES",
+    "Headers",
+    "header_value",
+    "header_values",
+    "response_cache_control",
+]
 
 
-def header_value(headers: Headers, name: str) -> str | None:
-    """The first value of a field in a stored header tuple (``name`` lower-case)."""
-    for key, value in headers:
-        if key.lower() == name:
-            return value
-    return None
-
-
-def _shared_fields(headers: Headers) -> Headers:
-    """The fields as plain interned strings: one copy of each name and repeated value.
-
-    Stored responses of one API repeat the same names and most values (``Content-Type``,
-    ``Cache-Control``, ``Server``, ``Via``); interning keeps one string for all of them, and
-    plain ``str`` names (not the client's ``istr``) are written out without conversion.
-    """
-    return tuple((sys.intern(str(name)), sys.intern(str(value))) for name, value in headers)
-
-
-@functools.lru_cache(maxsize=1024)
-def _parsed_cache_control(values: tuple[str, ...]) -> CacheControl:
-    """One shared (frozen) ``CacheControl`` per distinct field value, as most entries repeat it."""
-    return parse_cache_control(values)
-
-
-@functools.lru_cache(maxsize=256)
-def _parsed_cdn_cache_control(values: tuple[str, ...]) -> CacheControl | None:
-    return parse_cdn_cache_control(values)
-
-
-def response_cache_control(headers: Headers, *, targeted: bool) -> CacheControl:
-    """The directives a response gives this cache: ``CDN-Cache-Control`` (RFC 9213) when it is
-    present and valid, else ``Cache-Control``."""
-    if targeted:
-        cdn = tuple(header_values(headers, "cdn-cache-control"))
-        if cdn:
-            parsed = _parsed_cdn_cache_control(cdn)
-            if parsed is not None:
-                return parsed
-    return _parsed_cache_control(tuple(header_values(headers, "cache-control")))
-
-
-@dataclass(frozen=True, slots=True)
 class StoredResponse:
     """One stored response (RFC 9111 §3) and the request facts needed to reuse it.
 
     ``scope`` is the credential scope the response belongs to and ``selecting`` the values of the
     request fields its ``Vary`` names (§4.1), so a variant is only reused for matching requests.
-    The derived fields are computed once here, never on the hot path of a hit.
 
-    ``derived`` holds the representations in other content codings computed from the body
-    (``proxy.core.coding``); ``representations`` puts the origin's own first, ``represented``
-    holds each one's served fields (its ``Content-Encoding``, ``ETag`` and ``Vary``).
+    ``body`` is the one body kept, in content coding ``coding`` (``proxy.core.coding
+    .stored_form``): None means as the origin sent it, served only so; otherwise identity is
+    servable too (decoded on the way out when ``coding`` is not identity) and ``derived`` holds
+    the bodies of other configured codings. ``representations`` lists what is served, the
+    origin's own first, each with its validator (RFC 9110 §8.8.3).
+
+    Memory is the point of this shape (issue 19): slots only; the fields tuple and its pairs are
+    shared between responses that repeat them, the ``ETag`` kept apart so that the rest can be;
+    dates, sizes, representations and their fields are computed when asked, not stored. The
+    facts a hit needs (``cache_control``, ``etag``, ``vary``, ``corrected_initial_age``) are
+    computed once here.
     """
+
+    __slots__ = (
+        "_etag_at",
+        "_fields",
+        "body",
+        "cache_control",
+        "coding",
+        "corrected_initial_age",
+        "derived",
+        "etag",
+        "reason",
+        "request_time",
+        "response_time",
+        "scope",
+        "selecting",
+        "selection_vary",
+        "status",
+        "targeted",
+        "vary",
+    )  # fmt: skip
 
     status: int
     reason: str
-    headers: Headers
+    _fields: Headers
+    _etag_at: int
+    etag: str | None
     body: bytes
+    coding: str | None
+    derived: tuple[Representation, ...]
     request_time: float
     response_time: float
-    scope: str = ""
-    selecting: tuple[tuple[str, str], ...] = ()
-    targeted: bool = field(default=False)
-    derived: tuple[Representation, ...] = ()
+    corrected_initial_age: float
+    scope: str
+    selecting: tuple[tuple[str, str], ...]
+    targeted: bool
+    cache_control: CacheControl
+    vary: tuple[str, ...]
+    selection_vary: tuple[str, ...]
 
-    representations: tuple[Representation, ...] = field(init=False, compare=False, repr=False)
-    codings: tuple[str, ...] = field(init=False, compare=False, repr=False)
-    represented: tuple[Headers, ...] = field(init=False, compare=False, repr=False)
-    selection_vary: tuple[str, ...] = field(init=False, compare=False, repr=False)
-
-    cache_control: CacheControl = field(init=False, compare=False, repr=False)
-    date: float | None = field(init=False, compare=False, repr=False)
-    etag: str | None = field(init=False, compare=False, repr=False)
-    last_modified: float | None = field(init=False, compare=False, repr=False)
-    vary: tuple[str, ...] = field(init=False, compare=False, repr=False)
-    corrected_initial_age: float = field(init=False, compare=False, repr=False)
-    size: int = field(init=False, compare=False, repr=False)
-
-    def __post_init__(self) -> None:
-        headers = _shared_fields(self.headers)
-        cache_control = response_cache_control(headers, targeted=self.targeted)
-        date = parse_http_date(header_value(headers, "date"), self.response_time)
-        age = parse_age(header_values(headers, "age")) or 0
+    def __init__(
+        self,
+        status: int,
+        reason: str,
+        headers: Headers,
+        body: bytes,
+        request_time: float,
+        response_time: float,
+        scope: str = "",
+        selecting: tuple[tuple[str, str], ...] = (),
+        targeted: bool = False,
+        derived: tuple[Representation, ...] = (),
+        coding: str | None = None,
+    ) -> None:
+        # Content-Length is not kept: it is never served from here (the length is the body's,
+        # in the coding sent), and dropping it lets responses of one shape share their fields.
+        kept = [(str(k), str(v)) for k, v in headers if k.lower() != "content-length"]
+        at, etag = -1, parse_entity_tag(header_value(tuple(kept), "etag"))
+        tags = [index for index, (name, _) in enumerate(kept) if name.lower() == "etag"]
+        if len(tags) == 1 and kept[tags[0]][1] == etag:
+            # The one field unique to each response is kept apart (served as ``ETag``), so the
+            # rest can be shared.
+            at = tags[0]
+            del kept[at]
+        fields = shared_fields(tuple(shared_pair(name, value) for name, value in kept))
+        cache_control = response_cache_control(fields, targeted=targeted)
+        date = date_of(header_value(fields, "date"), response_time)
+        age = parse_age(header_values(fields, "age")) or 0
         # §4.2.3 apparent_age, with the receipt time at the one-second resolution of the Date it
         # is compared with: a response dated in the second it arrives is not up to 1 s old.
-        apparent_age = max(0.0, math.floor(self.response_time) - date) if date is not None else 0.0
-        corrected_age_value = age + (self.response_time - self.request_time)
-        setter = object.__setattr__
-        setter(self, "headers", headers)
-        setter(self, "cache_control", cache_control)
-        setter(self, "date", date)
-        setter(self, "etag", parse_entity_tag(header_value(headers, "etag")))
-        last_modified = parse_http_date(header_value(headers, "last-modified"), self.response_time)
-        setter(self, "last_modified", last_modified)
-        setter(self, "vary", parse_vary(header_values(headers, "vary")))
-        setter(self, "corrected_initial_age", max(apparent_age, corrected_age_value))
-        served = _served_fields(headers, self.status)
-        original = Representation(
-            _coding_token(header_values(headers, "content-encoding")),
-            self.body,
-            self.etag,
-            derived=False,
-        )
-        reps = (original, *self.derived)
-        setter(self, "representations", reps)
-        setter(self, "codings", tuple(rep.coding for rep in reps))
-        setter(self, "represented", tuple(_represented(served, rep, reps) for rep in reps))
-        vary = self.vary
-        if "accept-encoding" in vary and any(rep.coding == IDENTITY for rep in reps):
+        apparent_age = max(0.0, math.floor(response_time) - date) if date is not None else 0.0
+        corrected_age_value = age + (response_time - request_time)
+        vary = parsed_vary(tuple(header_values(fields, "vary")))
+        if "accept-encoding" in vary and (
+            coding is not None
+            or IDENTITY
+            in (
+                coding_token(header_values(fields, "content-encoding")),
+                *(rep.coding for rep in derived),
+            )
+        ):
             # Every client can be served from this one stored response (§12.5.3): the request's
             # Accept-Encoding picks a representation, not a stored response.
-            vary = tuple(name for name in vary if name != "accept-encoding")
-        setter(self, "selection_vary", vary)
-        fields = sum(len(k) + len(v) + FIELD_OVERHEAD for k, v in headers)
-        selecting = sum(len(n) + len(v) + FIELD_OVERHEAD for n, v in self.selecting)
-        derived = sum(
-            len(rep.body) + len(rep.etag or "") + REPRESENTATION_OVERHEAD + 8 * len(served)
-            for rep in self.derived
+            selection_vary = tuple(name for name in vary if name != "accept-encoding")
+        else:
+            selection_vary = vary
+        setter = object.__setattr__
+        setter(self, "status", status)
+        setter(self, "reason", sys.intern(reason))
+        setter(self, "_fields", fields)
+        setter(self, "_etag_at", at)
+        setter(self, "etag", etag)
+        setter(self, "body", body)
+        setter(self, "coding", coding)
+        setter(self, "derived", derived)
+        setter(self, "request_time", request_time)
+        setter(self, "response_time", response_time)
+        setter(self, "corrected_initial_age", max(apparent_age, corrected_age_value))
+        # One string per credential scope, however many responses it holds.
+        setter(self, "scope", sys.intern(scope))
+        setter(self, "selecting", selecting)
+        setter(self, "targeted", targeted)
+        setter(self, "cache_control", cache_control)
+        setter(self, "vary", vary)
+        setter(self, "selection_vary", selection_vary)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"StoredResponse is immutable: {name}")
+
+    def _init_args(self) -> tuple[object, ...]:
+        return (
+            self.status, self.reason, self.headers, self.body, self.request_time,
+            self.response_time, self.scope, self.selecting, self.targeted, self.derived,
+            self.coding,
+        )  # fmt: skip
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, StoredResponse):
+            return NotImplemented
+        return self is other or self._init_args() == other._init_args()
+
+    def __hash__(self) -> int:
+        return hash(self._init_args())
+
+    def __repr__(self) -> str:
+        return (
+            f"StoredResponse({self.status}, {self.reason!r}, {len(self.body)} bytes"
+            f" {self.coding or 'as sent'}, response_time={self.response_time!r})"
         )
-        # The scope carries the caller's Host when --public-host is unset: count it, so a
-        # flood of long Host values is paid for out of the budget.
-        size = len(self.body) + fields + selecting + derived + len(self.scope) + ENTRY_OVERHEAD
-        setter(self, "size", size)
+
+    def replace(self, **changes: Any) -> StoredResponse:
+        """A copy with some constructor arguments changed (as ``dataclasses.replace``)."""
+        args = dict(zip(_INIT_NAMES, self._init_args(), strict=True))
+        args.update(changes)
+        return StoredResponse(**args)  # type: ignore[arg-type]
+
+    # -- fields ---------------------------------------------------------------------------------
+
+    @property
+    def headers(self) -> Headers:
+        """The stored fields, in the order received."""
+        at = self._etag_at
+        if at < 0:
+            return self._fields
+        fields = self._fields
+        return (*fields[:at], ("ETag", self.etag or ""), *fields[at:])
+
+    def header(self, name: str) -> str | None:
+        """The first value of a stored field (``name`` lower-case)."""
+        if name == "etag" and self._etag_at >= 0:
+            return self.etag
+        return header_value(self._fields, name)
+
+    def header_values(self, name: str) -> list[str]:
+        """Every value of a stored field (``name`` lower-case)."""
+        if name == "etag":
+            return header_values(self.headers, name)
+        return header_values(self._fields, name)
 
     @property
     def served(self) -> Headers:
-        """The stored fields a response built from this one carries (not kept: a hit on the
-        front is written from its prepared head, and 100k entries would pay ~14 MB for it)."""
-        return _served_fields(self.headers, self.status)
+        """The stored fields a response built from this one carries."""
+        return served_fields(self.headers, self.status)
+
+    @property
+    def date(self) -> float | None:
+        return date_of(header_value(self._fields, "date"), self.response_time)
+
+    @property
+    def last_modified(self) -> float | None:
+        return date_of(header_value(self._fields, "last-modified"), self.response_time)
 
     @property
     def has_validator(self) -> bool:
         return self.etag is not None or self.last_modified is not None
 
-    def header(self, name: str) -> str | None:
-        return header_value(self.headers, name)
+    # -- representations ------------------------------------------------------------------------
+
+    @property
+    def origin_coding(self) -> str:
+        """The coding the origin sent the body in, as one lower-case token."""
+        return coding_token(header_values(self._fields, "content-encoding"))
+
+    @property
+    def representations(self) -> tuple[Representation, ...]:
+        """What this stored response is served as, the origin's representation first.
+
+        Each derived one has its own weak validator (``coded_etag``); a representation not
+        stored (identity, when the body is kept coded) has no ``body`` here.
+        """
+        origin = self.origin_coding
+        stored = self.coding
+        if stored is None:
+            return (Representation(origin, self.body, self.etag, False), *self.derived)
+        bodies: dict[str, bytes | None] = {IDENTITY: None, stored: self.body}
+        for rep in self.derived:
+            bodies.setdefault(rep.coding, rep.body)
+        first = Representation(origin, bodies.pop(origin, None), self.etag, False)
+        derived = {rep.coding: rep for rep in self.derived}
+        rest = []
+        for coding, body in bodies.items():
+            found = derived.get(coding)
+            if found is None or found.body is not body:
+                found = Representation(coding, body, coded_etag(self.etag, coding), True)
+            rest.append(found)
+        return (first, *rest)
+
+    @property
+    def codings(self) -> tuple[str, ...]:
+        """The coding of each representation, in ``representations`` order."""
+        return _codings(self.origin_coding, self.coding, tuple(r.coding for r in self.derived))
+
+    def fields_of(self, rep: Representation, reps: tuple[Representation, ...]) -> Headers:
+        """The served fields of one representation: its coding, its validator, and ``Vary``.
+
+        ``Vary: Accept-Encoding`` whenever the stored response has several codings (RFC 9110
+        §12.5.5), so no cache downstream hands one client's coding to another.
+        """
+        return represented(self.served, rep, reps)
+
+    @property
+    def represented(self) -> tuple[Headers, ...]:
+        """The served fields of each representation, in ``representations`` order."""
+        reps = self.representations
+        served = self.served
+        return tuple(represented(served, rep, reps) for rep in reps)
+
+    @property
+    def size(self) -> int:
+        """Bytes this response is accounted in the cache budget: its bodies and fields, and
+        Python's own memory per response (``ENTRY_OVERHEAD``, measured)."""
+        fields = sum(len(k) + len(v) + FIELD_OVERHEAD for k, v in self._fields)
+        selecting = sum(len(n) + len(v) + FIELD_OVERHEAD for n, v in self.selecting)
+        derived = sum(
+            len(rep.body or b"") + len(rep.etag or "") + REPRESENTATION_OVERHEAD
+            for rep in self.derived
+        )
+        # The scope carries the caller's Host when --public-host is unset: count it, so a
+        # flood of long Host values is paid for out of the budget.
+        etag = len(self.etag or "")
+        return (
+            len(self.body)
+            + fields
+            + selecting
+            + derived
+            + etag
+            + len(self.scope)
+            + (ENTRY_OVERHEAD)
+        )
 
 
-def _served_fields(headers: Headers, status: int) -> Headers:
-    """The stored fields a response built from a stored one carries, with ``Accept-Ranges:
-    bytes`` on a 200 (the ranges this cache serves of it)."""
-    if status != 200:
-        return tuple(item for item in headers if item[0].lower() not in NOT_SERVED)
-    kept = (item for item in headers if item[0].lower() not in NOT_SERVED_WITH_RANGES)
-    return (*kept, ACCEPT_RANGES)
+_INIT_NAMES = (
+    "status", "reason", "headers", "body", "request_time", "response_time", "scope",
+    "selecting", "targeted", "derived", "coding",
+)  # fmt: skip
 
 
-def _coding_token(values: list[str]) -> str:
-    """The body's coding as one lower-case token (``identity`` when it has none)."""
-    joined = ", ".join(value.strip().lower() for value in values if value.strip())
-    return {"": IDENTITY, "x-gzip": "gzip"}.get(joined, joined)
+@functools.lru_cache(maxsize=256)
+def _codings(origin: str, stored: str | None, derived: tuple[str, ...]) -> tuple[str, ...]:
+    """``representations``' codings: the origin's, identity, the stored one, the derived ones."""
+    if stored is None:
+        return (origin, *derived)
+    rest = dict.fromkeys((IDENTITY, stored, *derived))
+    rest.pop(origin, None)
+    return (origin, *rest)
 
 
-def _represented(served: Headers, rep: Representation, reps: tuple[Representation, ...]) -> Headers:
-    """The served fields of one representation: its coding, its validator, and ``Vary``.
-
-    ``Vary: Accept-Encoding`` whenever the stored response has several codings (RFC 9110
-    §12.5.5), so no cache downstream hands one client's coding to another.
-    """
-    if len(reps) == 1:
-        return served
-    drop = {"content-encoding", "etag", "vary"}
-    fields = [item for item in served if item[0].lower() not in drop]
-    if rep.coding != IDENTITY:
-        fields.append(_shared_pair("Content-Encoding", rep.coding))
-    if rep.etag is not None:
-        fields.append(("ETag", rep.etag))
-    vary = parse_vary(header_values(served, "vary"))
-    names = [value for key, value in served if key.lower() == "vary"]
-    if "accept-encoding" not in vary:
-        names.append("Accept-Encoding")
-    fields.append(_shared_pair("Vary", ", ".join(names)))
-    return tuple(fields)
-
-
-@functools.lru_cache(maxsize=512)
-def _shared_pair(name: str, value: str) -> tuple[str, str]:
-    """One field tuple for all stored responses that repeat it (a few codings, a few Varys)."""
-    return (name, sys.intern(value))
-
-
-#: Python's own memory per stored response beyond its bytes (the object, its derived fields, the
-#: served-headers tuple) and per field line (two tuples, a string object): measured with
-#: tracemalloc on CPython 3.11 (tests/cache/test_memory_budget.py), so the budget bounds real
-#: memory.
-ENTRY_OVERHEAD = 1024
-FIELD_OVERHEAD = 160
-#: Per derived coding beyond its bytes (its object, its served-fields tuple, its ETag pair,
-#: allocator slack), plus 8 bytes per served field: measured with 10,000 stored responses.
-REPRESENTATION_OVERHEAD = 640
+#: Python's own memory per stored response beyond its bytes and fields: the object and its
+#: slots, its times, its share of the record tuple; measured with tracemalloc on CPython 3.11
+#: (tests/cache/test_memory_budget.py), so the budget bounds real memory.
+ENTRY_OVERHEAD = 320
+#: Per field line beyond its characters: the pair tuple. Responses that repeat a field share one
+#: pair (and the fields tuple), so this overstates what most of them cost.
+FIELD_OVERHEAD = 64
+#: Per derived coding beyond its bytes (its object, its ETag string, allocator slack).
+REPRESENTATION_OVERHEAD = 160
 
 #: All stored variants of one URI, most recent first (RFC 9111 §4.1).
 Record = tuple[StoredResponse, ...]

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from proxy.core.coding import Representation, normalise_accept_encoding
@@ -186,7 +186,7 @@ def freshness_lifetime(entry: StoredResponse, policy: CachePolicy) -> float:
         return float(cc.s_maxage)
     if cc.max_age is not None:
         return float(cc.max_age)
-    expires_values = [value for key, value in entry.headers if key.lower() == "expires"]
+    expires_values = entry.header_values("expires")
     if expires_values:
         # §5.3: an invalid Expires, several Expires lines included, means already expired.
         expires = parse_http_date(expires_values[0], entry.response_time)
@@ -537,7 +537,7 @@ def receive(
         entry = freshen(stale, headers, head.request_time, head.response_time)
         if entry.selection_vary != stale.selection_vary:
             selecting = selecting_values(entry.selection_vary, request.headers)
-            entry = replace(entry, selecting=selecting)
+            entry = entry.replace(selecting=selecting)
         return Freshen(entry)
     share = shareable(headers, shared_scope=policy.shared_scope, targeted=True)
     hold_back = status in (429, 503) and share
@@ -573,9 +573,11 @@ def new_entry(
     body: bytes,
     request: RequestFacts,
     derived: tuple[Representation, ...] = (),
+    coding: str | None = None,
 ) -> StoredResponse:
     """The stored response for a ``StoreAndUse`` answer (§3.1: its storable fields, a ``Date``
-    if it had none), in the request's scope and selected by the fields its ``Vary`` names."""
+    if it had none), in the request's scope and selected by the fields its ``Vary`` names;
+    ``body`` in ``coding`` and ``derived`` are how it is kept (``coding.stored_form``)."""
     cache_control = parse_cache_control(
         [value for key, value in head.headers if key.lower() == "cache-control"]
     )
@@ -590,8 +592,9 @@ def new_entry(
         selecting=(),
         targeted=True,
         derived=derived,
+        coding=coding,
     )
     if entry.selection_vary:
         selecting = selecting_values(entry.selection_vary, request.headers)
-        entry = replace(entry, selecting=selecting)
+        entry = entry.replace(selecting=selecting)
     return entry

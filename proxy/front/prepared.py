@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Protocol
 from multidict import CIMultiDict
 
 from proxy.cache.exchange import ProxyRequest, route_of
-from proxy.core.coding import Representation, choose
+from proxy.core.coding import CodingError, Representation, choose
 from proxy.core.conditional import not_modified, not_modified_headers
 from proxy.core.models import Record, Serve, StoredResponse
 from proxy.core.policy import freshness_lifetime, lookup
@@ -54,6 +54,10 @@ class Prepared:
 
     record: Record
     entry: StoredResponse
+    reps: tuple[Representation, ...]
+    #: Each representation's stored bytes; None for identity decoded on the way out.
+    bodies: tuple[bytes | None, ...]
+    codings: tuple[str, ...]
     lifetime: float
     fresh_until: float
     route: str
@@ -83,15 +87,15 @@ class Prepared:
             self.tail = b"Age: %d\r\nCache-Status: aitronos-cache-proxy; hit; ttl=%d\r\n" % key
         return self.tail
 
-    def head(self, index: int) -> bytes:
-        """The status line and served fields of representation ``index``."""
+    def head(self, index: int, length: int) -> bytes:
+        """The status line and served fields of representation ``index``, ``length`` long."""
         head = self.heads[index]
         if head is None:
             entry = self.entry
             head = (
                 status_line(entry.status, entry.reason)
-                + field_lines(entry.represented[index])
-                + b"Content-Length: %d\r\n" % len(entry.representations[index].body)
+                + field_lines(entry.fields_of(self.reps[index], self.reps))
+                + b"Content-Length: %d\r\n" % length
             )
             self.heads[index] = head
         return head
@@ -109,15 +113,13 @@ class Prepared:
             if accept_encoding is not None:
                 fields["accept-encoding"] = accept_encoding
             self.held = (
-                not_modified(entry, fields, entry.representations[index])
-                if 200 <= entry.status < 300
-                else None
+                not_modified(entry, fields, self.reps[index]) if 200 <= entry.status < 300 else None
             )
         return self.held
 
     def not_modified_head(self, held: Representation) -> bytes:
         """The 304's status line and the fields it repeats for the representation held."""
-        index = self.entry.representations.index(held)
+        index = self.reps.index(held)
         head = self.heads_304.get(index)
         if head is None:
             head = status_line(304) + field_lines(not_modified_headers(self.entry, held))
@@ -135,12 +137,16 @@ def prepare(
     metrics: Metrics,
 ) -> Prepared:
     fresh_until = now + (lifetime - decision.age)
-    heads: list[bytes | None] = [None] * len(entry.representations)
+    reps = entry.representations
+    bodies = tuple(rep.body for rep in reps)
+    codings = tuple(rep.coding for rep in reps)
+    heads: list[bytes | None] = [None] * len(reps)
     route = route_of(path)
     requests, durations = metrics.hit_series(route)
     return Prepared(
-        record, entry, lifetime, fresh_until, route, path, heads, requests, durations
-    )
+        record, entry, reps, bodies, codings, lifetime, fresh_until, route, path, heads, requests,
+        durations,
+    )  # fmt: skip
 
 
 class FastPath:
@@ -160,6 +166,7 @@ class FastPath:
         self.clock = clock
         self.scheme = scheme
         self.metrics = proxy.metrics
+        self.decoded = proxy.bodies
         self.response_bytes = self.metrics.response_bytes.labels()
         self.bytes_saved = self.metrics.bytes_saved.labels()
         self.memo: dict[tuple[object, ...], Prepared] = {}
@@ -214,7 +221,7 @@ class FastPath:
         if accept_encoding == prepared.accept_encoding:
             index = prepared.chosen
         else:
-            index = prepared.chosen = choose(entry.codings, accept_encoding)
+            index = prepared.chosen = choose(prepared.codings, accept_encoding)
             prepared.accept_encoding = accept_encoding
         if index is None:
             return False  # only coded under no-transform, and the client can't read it
@@ -237,8 +244,14 @@ class FastPath:
             )
             status, size = 304, 0
         else:
-            body = entry.representations[index].body
-            head = b"".join((prepared.heads[index] or prepared.head(index), tail, connection, CRLF))
+            body = prepared.bodies[index]
+            if body is None:
+                try:
+                    body = self.decoded.identity(entry)
+                except CodingError:
+                    return False  # the full path asks the origin
+            head = prepared.heads[index] or prepared.head(index, len(body))
+            head = b"".join((head, tail, connection, CRLF))
             status = entry.status
             if method == "HEAD":
                 conn.write_response(head, b"")
@@ -277,9 +290,7 @@ class FastPath:
         if any(variant.selection_vary for variant in record):
             return None  # the variant depends on more than the scope: the full policy selects
         lifetime = freshness_lifetime(entry, proxy.policy)
-        prepared = prepare(
-            entry, record, decision, lifetime, now, request.path, self.metrics
-        )
+        prepared = prepare(entry, record, decision, lifetime, now, request.path, self.metrics)
         if key in self.memo:
             self._forget(key)
         if len(self.memo) >= MAX_PREPARED or self.memo_bytes + entry.size > self.memo_budget:

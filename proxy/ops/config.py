@@ -50,6 +50,10 @@ def _option(
     )
 
 
+#: The most of ``--cache-max-bytes`` for decoded bodies (``Settings.decoded_bodies_bytes``).
+DECODED_BODIES_MAX = 8 * 1024 * 1024
+
+
 @dataclass(frozen=True)
 class Settings:
     """All configuration of one proxy process."""
@@ -330,6 +334,17 @@ class Settings:
     def __post_init__(self) -> None:
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ConfigError("--tls-cert and --tls-key: give both or neither")
+
+    @property
+    def decoded_bodies_bytes(self) -> int:
+        """The part of ``--cache-max-bytes`` that memoises identity bodies decoded from stored
+        coded ones (``proxy.cache.bodies``): 1/32 of it, at most 8 MiB."""
+        return min(self.cache_max_bytes // 32, DECODED_BODIES_MAX)
+
+    @property
+    def store_max_bytes(self) -> int:
+        """The in-process store's budget: ``--cache-max-bytes`` less the decoded-body memo."""
+        return self.cache_max_bytes - self.decoded_bodies_bytes
 
     @property
     def host_keyed(self) -> bool:

@@ -5,14 +5,15 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable
 
-from cachetools import TLRUCache
-
 from proxy.core.models import Record, record_size
 from proxy.stores.base import SharedStore, Store, StoreError
 
-#: Memory per key beyond its characters: the key string object and cachetools' bookkeeping
-#: (its data, size and expiry maps, the LRU links), measured with tracemalloc on CPython 3.11.
-KEY_OVERHEAD = 512
+#: Memory per key beyond its characters: the key string object, its place in the LRU table
+#: (an ``OrderedDict`` entry and link) and its slot (a tuple and the expiry time), measured
+#: with tracemalloc on CPython 3.11 (tests/test_memory_store.py).
+KEY_OVERHEAD = 256
+#: How many of the least recently used records each store looks at for expiry.
+SWEEP = 2
 
 #: ``Store`` and ``StoreError`` live in ``proxy.stores.base``; re-exported here only until the
 #: composition root (``proxy.app``) and ``proxy.front.endpoints`` import them from there.
@@ -20,48 +21,23 @@ __all__ = ["KEY_OVERHEAD", "MemoryStore", "SharedStore", "Store", "StoreError", 
 
 
 def key_bytes(key: str) -> int:
-    """What a key costs in memory: its characters (UTF-8 at worst) twice, since cachetools' TLRU
-    heap keeps up to one removed item (holding the key) per live one, and the bookkeeping."""
-    return 2 * len(key) * (1 if key.isascii() else 4) + KEY_OVERHEAD
+    """What a key costs in memory: its characters (UTF-8 at worst) and the bookkeeping."""
+    return len(key) * (1 if key.isascii() else 4) + KEY_OVERHEAD
 
 
-#: A record, when it expires, and the memory its key takes (counted against the budget).
-_Slot = tuple[Record, float, int]
-
-
-class _BudgetedLRU(TLRUCache[str, _Slot]):
-    """A cachetools TLRU cache of ``(record, expires_at, key_size)`` that reports evictions.
-
-    The key counts against the budget with the record: a flood of long request-targets is
-    evicted like a flood of bodies.
-    """
-
-    def __init__(
-        self,
-        max_bytes: int,
-        timer: Callable[[], float],
-        on_evict: Callable[[], None] | None,
-    ) -> None:
-        super().__init__(
-            maxsize=max_bytes,
-            ttu=lambda _key, slot, _now: slot[1],
-            timer=timer,
-            getsizeof=lambda slot: record_size(slot[0]) + slot[2],
-        )
-        self._on_evict = on_evict
-
-    def popitem(self) -> tuple[str, _Slot]:
-        item = super().popitem()
-        if self._on_evict is not None:
-            self._on_evict()
-        return item
+#: A record and when its retention ends.
+_Slot = tuple[Record, float]
 
 
 class MemoryStore:
-    """An LRU cache bounded by a byte budget, with per-record retention (cachetools TLRUCache).
+    """An LRU table of records bounded by a byte budget, each kept for its retention.
 
-    Records past their retention time are dropped; when the budget is exceeded the least
-    recently used records are evicted.
+    One ``OrderedDict`` in recency order, each key holding ``(record, expires_at)``: issue 19
+    measured cachetools' TLRU at twice the bookkeeping per key (its data, size and expiry maps
+    and heap items), which at 50,000 small responses was a tenth of their bytes. Sizes are
+    recomputed from the record when it leaves (records are immutable), not kept. A record past
+    its retention is never returned; it is dropped when read, replaced, reached by the sweep of
+    the least recently used end on each store, or evicted by the budget like any other.
     """
 
     backend = "memory"
@@ -73,69 +49,84 @@ class MemoryStore:
         clock: Callable[[], float],
         on_evict: Callable[[], None] | None = None,
     ) -> None:
-        self._cache = _BudgetedLRU(max_bytes, clock, on_evict)
+        self._slots: OrderedDict[str, _Slot] = OrderedDict()
+        self._bytes = 0
         self._max_bytes = max_bytes
         self._clock = clock
-        # The hit path reads cachetools' own tables (its data and its LRU order) rather than
-        # going through TLRUCache.__getitem__: the same expiry test and recency update for a
-        # third of the cost. Another cachetools layout falls back to the public lookup.
-        self._slots: dict[str, _Slot] | None = getattr(self._cache, "_Cache__data", None)
-        self._order: OrderedDict[str, object] | None = getattr(
-            self._cache, "_TLRUCache__items", None
-        )
-        if not isinstance(self._slots, dict) or not isinstance(self._order, OrderedDict):
-            self._slots = self._order = None
+        self._on_evict = on_evict
 
     async def get(self, key: str) -> Record | None:
         return self.get_nowait(key)
 
     def get_nowait(self, key: str) -> Record | None:
-        slots = self._slots
-        if slots is None or self._order is None:
-            try:
-                return self._cache[key][0]
-            except KeyError:
-                return None
-        slot = slots.get(key)
+        slot = self._slots.get(key)
         if slot is None:
             return None
-        self._order.move_to_end(key)  # recency, as TLRUCache.__getitem__ updates it
-        if self._clock() < slot[1]:  # the record's retention (TLRU time-to-use)
+        if self._clock() < slot[1]:  # the record's retention
+            self._slots.move_to_end(key)
             return slot[0]
+        self._drop(key)
         return None
 
     async def set(self, key: str, record: Record, ttl: float) -> None:
         self.set_nowait(key, record, ttl)
 
     def set_nowait(self, key: str, record: Record, ttl: float) -> None:
-        key_size = key_bytes(key)
-        if ttl <= 0 or record_size(record) + key_size > self._max_bytes:
-            self._cache.pop(key, None)
+        self._drop(key)
+        size = record_size(record) + key_bytes(key)
+        if ttl <= 0 or size > self._max_bytes:
             return
-        self._cache[key] = (record, self._clock() + ttl, key_size)
+        now = self._clock()
+        self._slots[key] = (record, now + ttl)
+        self._bytes += size
+        self._sweep(now)
+        while self._bytes > self._max_bytes:
+            oldest = next(iter(self._slots))
+            self._drop(oldest)
+            if self._on_evict is not None:
+                self._on_evict()
+
+    def _sweep(self, now: float) -> None:
+        """Drop expired records at the least recently used end, a few per store."""
+        for _ in range(SWEEP):
+            if not self._slots:
+                return
+            oldest = next(iter(self._slots))
+            if self._slots[oldest][1] > now:
+                return
+            self._drop(oldest)
+
+    def _drop(self, key: str) -> None:
+        slot = self._slots.pop(key, None)
+        if slot is not None:
+            self._bytes -= record_size(slot[0]) + key_bytes(key)
 
     async def delete(self, key: str) -> None:
-        self._cache.pop(key, None)
+        self._drop(key)
 
     def delete_nowait(self, key: str) -> None:
-        self._cache.pop(key, None)
+        self._drop(key)
 
     async def ready(self) -> bool:
         return True
 
     async def close(self) -> None:
-        self._cache.clear()
+        self.clear()
 
     def clear(self) -> None:
-        self._cache.clear()
+        self._slots.clear()
+        self._bytes = 0
 
     def expire(self) -> None:
-        self._cache.expire()
+        """Drop every record past its retention."""
+        now = self._clock()
+        for key in [key for key, slot in self._slots.items() if slot[1] <= now]:
+            self._drop(key)
 
     @property
     def entries(self) -> int:
-        return len(self._cache)
+        return len(self._slots)
 
     @property
     def bytes(self) -> int:
-        return int(self._cache.currsize)
+        return self._bytes

@@ -60,7 +60,7 @@ class RedisShare:
             self.link, self.keys, on_unreadable=metrics.store_unreadable.labels("redis").inc
         )
         front = MemoryStore(
-            settings.cache_max_bytes, clock=clock, on_evict=metrics.cache_evictions.inc
+            settings.store_max_bytes, clock=clock, on_evict=metrics.cache_evictions.inc
         )
         self.store = TieredStore(
             front,

@@ -23,7 +23,7 @@ from proxy.core.coding import (
     negotiate,
     normalise_accept_encoding,
     readable,
-    representations,
+    stored_form,
 )
 from proxy.core.models import StoredResponse
 
@@ -135,17 +135,56 @@ def reps(body: bytes = JSON, **overrides: object) -> tuple[Representation, ...]:
         "policy": CodingPolicy(),
     }
     arguments.update(overrides)
-    return representations(**arguments)  # type: ignore[arg-type]
+    form = stored_form(**arguments)  # type: ignore[arg-type]
+    encoding = tuple(("Content-Encoding", value) for value in arguments["content_encoding"])  # type: ignore[attr-defined]
+    entry = StoredResponse(
+        200,
+        "OK",
+        (
+            ("Content-Type", str(arguments["content_type"])),
+            ("ETag", str(arguments["etag"])),
+            *encoding,
+        ),
+        form.body,
+        0.0,
+        0.0,
+        derived=form.derived,
+        coding=form.coding,
+    )
+    return entry.representations
 
 
 def test_an_identity_json_body_is_compressed_once_in_every_coding() -> None:
     result = reps()
     assert [r.coding for r in result] == ["identity", "zstd", "br", "gzip"]
-    assert result[0] == Representation("identity", JSON, '"v1"', derived=False)
-    assert result[0].body is JSON
+    assert result[0] == Representation("identity", None, '"v1"', derived=False)
     for rep in result[1:]:
         assert rep.derived and rep.etag == f'W/"v1-{rep.coding}"'
-        assert decode(rep.coding, rep.body, len(JSON)) == JSON
+        assert rep.body is not None and decode(rep.coding, rep.body, len(JSON)) == JSON
+
+
+def test_an_identity_body_is_stored_once_in_the_first_offered_coding_and_not_kept() -> None:
+    """Issue 19: one stored coding (the first that compresses); identity is decoded from it."""
+    form = stored_form(
+        body=JSON, etag='"v1"', content_type="application/json", content_encoding=[],
+        no_transform=False, policy=CodingPolicy(codings=("gzip",)),
+    )  # fmt: skip
+    assert form.coding == "gzip" and form.derived == ()
+    assert decode("gzip", form.body, len(JSON)) == JSON and len(form.body) < len(JSON) / 3
+    both = stored_form(
+        body=JSON, etag='"v1"', content_type="application/json", content_encoding=[],
+        no_transform=False, policy=CodingPolicy(codings=("br", "gzip")),
+    )  # fmt: skip
+    assert both.coding == "br" and [rep.coding for rep in both.derived] == ["gzip"]
+
+
+def test_an_origins_coded_body_is_stored_as_it_came() -> None:
+    coded = gzip.compress(JSON)
+    form = stored_form(
+        body=coded, etag='"v1"', content_type="application/json", content_encoding=["gzip"],
+        no_transform=False, policy=CodingPolicy(codings=("gzip",)),
+    )  # fmt: skip
+    assert form.coding == "gzip" and form.body is coded and form.derived == ()
 
 
 def test_no_transform_keeps_only_what_the_origin_sent() -> None:
@@ -167,7 +206,7 @@ def test_a_coded_body_is_decoded_for_clients_that_accept_none() -> None:
     coded = gzip.compress(JSON)
     result = reps(coded, content_encoding=["gzip"], etag='W/"v1"')
     assert [r.coding for r in result] == ["gzip", "identity", "zstd", "br"]
-    assert result[1] == Representation("identity", JSON, 'W/"v1-identity"', derived=True)
+    assert result[1] == Representation("identity", None, 'W/"v1-identity"', derived=True)
 
 
 def test_a_coded_body_that_does_not_decode_is_kept_as_it_is() -> None:
@@ -178,7 +217,7 @@ def test_a_coded_body_that_does_not_decode_is_kept_as_it_is() -> None:
 
 
 def test_an_unknown_coding_is_never_transformed() -> None:
-    assert [r.coding for r in reps(b"x" * 2000, content_encoding=["compress"])] == ["unknown"]
+    assert [r.coding for r in reps(b"x" * 2000, content_encoding=["compress"])] == ["compress"]
 
 
 def test_choose_serves_the_best_accepted_coding_and_identity_when_none_is() -> None:
@@ -237,7 +276,7 @@ def test_a_response_with_one_coding_is_served_unchanged() -> None:
 
 def test_derived_bodies_count_in_the_memory_budget() -> None:
     derived = reps()[1:]
-    assert stored(derived).size - stored(()).size >= sum(len(r.body) for r in derived)
+    assert stored(derived).size - stored(()).size >= sum(len(r.body or b"") for r in derived)
 
 
 def test_accept_encoding_does_not_select_among_stored_responses_the_cache_can_transform() -> None:
@@ -326,6 +365,6 @@ def test_the_budget_counts_what_derived_codings_really_allocate() -> None:
 
     plain_allocated, plain_size = build(False)
     coded_allocated, coded_size = build(True)
-    codings_bytes = sum(len(rep.body) for coded in derived for rep in coded)
+    codings_bytes = sum(len(rep.body or b"") for coded in derived for rep in coded)
     # The derived bodies existed before: only their entries' own objects were allocated here.
     assert coded_allocated - plain_allocated <= coded_size - plain_size - codings_bytes

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
 from multidict import CIMultiDict
 
@@ -301,7 +299,8 @@ def test_freshening_updates_headers_but_not_content_length() -> None:
     update = (("Cache-Control", "max-age=50"), ("Content-Length", "0"), ("ETag", '"v1"'))
     fresh = freshen(entry, update, NOW + 100, NOW + 100)
     assert fresh.header("cache-control") == "max-age=50"
-    assert fresh.header("content-length") == "4"
+    # Never the 304's; not kept at all since issue 19 (a stored body's length is its own).
+    assert fresh.header("content-length") is None and entry.header("content-length") is None
     assert fresh.body == b"body"
     assert decide((fresh,), facts(), NOW + 110, POLICY).__class__ is Fresh
 
@@ -418,8 +417,8 @@ def test_every_spelling_of_one_accept_encoding_selects_the_same_variant() -> Non
 
 def test_a_transformable_response_is_selected_whatever_the_accept_encoding() -> None:
     gzip_rep = Representation("gzip", b"..", 'W/"v1-gzip"', derived=True)
-    entry = replace(
-        stored(("Vary", "Accept-Encoding"), ("ETag", '"v1"')), selecting=(), derived=(gzip_rep,)
+    entry = stored(("Vary", "Accept-Encoding"), ("ETag", '"v1"')).replace(
+        selecting=(), derived=(gzip_rep,)
     )
     assert select_variant((entry,), facts(accept_encoding="br")) is entry
     assert select_variant((entry,), facts()) is entry
@@ -478,7 +477,7 @@ def test_a_304_with_a_narrower_vary_keeps_the_stored_vary() -> None:
 
 def test_freshening_keeps_the_derived_codings() -> None:
     gzip_rep = Representation("gzip", b"..", 'W/"v1-gzip"', derived=True)
-    entry = replace(stored(("ETag", '"v1"')), derived=(gzip_rep,))
+    entry = stored(("ETag", '"v1"')).replace(derived=(gzip_rep,))
     freshened = freshen(entry, (("Cache-Control", "max-age=9"),), NOW + 5, NOW + 5)
     assert freshened.derived == (gzip_rep,)
     assert dict(freshened.represented[1])["Cache-Control"] == "max-age=9"
@@ -486,11 +485,11 @@ def test_freshening_keeps_the_derived_codings() -> None:
 
 def test_if_none_match_matches_the_representation_the_client_holds() -> None:
     gzip_rep = Representation("gzip", b"..", 'W/"v1-gzip"', derived=True)
-    entry = replace(stored(("ETag", '"v1"')), derived=(gzip_rep,))
+    entry = stored(("ETag", '"v1"')).replace(derived=(gzip_rep,))
     identity = entry.representations[0]
     gzip_client = {"if-none-match": 'W/"v1-gzip"', "accept-encoding": "gzip"}
     assert not_modified(entry, gzip_client, identity) is gzip_rep
-    assert not_modified(entry, {"if-none-match": '"v1"'}, gzip_rep) is identity
+    assert not_modified(entry, {"if-none-match": '"v1"'}, gzip_rep) == identity
     assert not_modified(entry, {"if-none-match": '"v2"'}, gzip_rep) is None
     assert not_modified(entry, {"if-none-match": "*"}, gzip_rep) is gzip_rep
     headers = dict(not_modified_headers(entry, gzip_rep))
@@ -501,11 +500,11 @@ def test_a_client_that_cannot_read_a_coding_never_holds_its_validator() -> None:
     """RFC 9110 §8.8.3, §13.1.2: an identity client sending the gzip representation's tag is
     compared with the identity representation it would be sent, and gets that one (200)."""
     gzip_rep = Representation("gzip", b"..", 'W/"v1-gzip"', derived=True)
-    entry = replace(stored(("ETag", '"v1"')), derived=(gzip_rep,))
+    entry = stored(("ETag", '"v1"')).replace(derived=(gzip_rep,))
     assert not_modified(entry, {"if-none-match": 'W/"v1-gzip"'}) is None
     no_gzip = {"if-none-match": 'W/"v1-gzip"', "accept-encoding": "identity, gzip;q=0"}
     assert not_modified(entry, no_gzip) is None
-    assert not_modified(entry, {"if-none-match": '"v1"'}) is entry.representations[0]
+    assert not_modified(entry, {"if-none-match": '"v1"'}) == entry.representations[0]
 
 
 # --revalidate-window: a request's demand to revalidate, satisfied by a recent one (issue 19)

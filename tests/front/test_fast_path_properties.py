@@ -18,7 +18,7 @@ from multidict import CIMultiDict
 from prometheus_client import CollectorRegistry
 
 from proxy.cache.exchange import Fields, ProxyRequest
-from proxy.core.coding import CodingPolicy, Representation, encode, representations
+from proxy.core.coding import CodingPolicy, Representation, encode, stored_form
 from proxy.core.headers import format_http_date
 from proxy.core.models import StoredResponse
 from proxy.front.server import FrontServer
@@ -197,6 +197,7 @@ def stored(case: Case, now: float, scope: str) -> StoredResponse:
     headers.extend(case.extra)
     body: Any = f"body of {case.status}".encode()
     derived: tuple[Representation, ...] = ()
+    coding: str | None = None
     if case.compressible:
         # A JSON body large enough to be compressed: the cache derives its other codings once.
         body = b'{"transcript": "' + b"word " * 400 + b'"}'
@@ -206,14 +207,15 @@ def stored(case: Case, now: float, scope: str) -> StoredResponse:
             headers.append(("Content-Encoding", "gzip"))
         if case.vary_coding:
             headers.append(("Vary", "Accept-Encoding"))
-        derived = representations(
+        form = stored_form(
             body=body,
             etag=case.etag,
             content_type="application/json",
             content_encoding=[case.stored_coding],
             no_transform=False,
             policy=CodingPolicy(),
-        )[1:]
+        )
+        body, derived, coding = form.body, form.derived, form.coding
     return StoredResponse(
         status=case.status,
         reason="OK",
@@ -224,4 +226,5 @@ def stored(case: Case, now: float, scope: str) -> StoredResponse:
         scope=scope,
         targeted=True,
         derived=derived,
+        coding=coding,
     )

@@ -8,7 +8,7 @@ which checks that a record was written with exactly its retention time.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import pytest
 from redis.asyncio import Redis
@@ -30,8 +30,8 @@ ENTRY = StoredResponse(
     response_time=1_800_000_000.5,
     scope="caller-a",
 )
-OTHER_SCOPE = replace(ENTRY, scope="caller-b", body=b"\x00\xff" * 100)
-NEWER = replace(ENTRY, body=b'{"text": "hello again"}', response_time=1_800_000_010.0)
+OTHER_SCOPE = ENTRY.replace(scope="caller-b", body=b"\x00\xff" * 100)
+NEWER = ENTRY.replace(body=b'{"text": "hello again"}', response_time=1_800_000_010.0)
 KEY = "/v1/audio/transcribe/job-1?format=json"
 
 pytest_plugins = ("tests.support.redis_fixtures",)
