@@ -49,27 +49,11 @@ class FleetScale:
 
 
 SCALES = {
-    "tiny": FleetScale(
-        sizes=(2, 6),
-        transcriptions=2,
-        tokens=2,
-        interval=0.15,
-        queued=0.0,
-        processing=0.5,
-        stagger=0.2,
-        pending_max_age=1,
-    ),
-    "full": FleetScale(
-        sizes=(10, 100, 1000),
-        transcriptions=10,
-        tokens=5,
-        interval=1.0,
-        queued=1.0,
-        processing=12.0,
-        stagger=4.0,
-        pending_max_age=5,
-    ),
-}
+    "tiny": FleetScale(sizes=(2, 6), transcriptions=2, tokens=2, interval=0.15,
+                       queued=0.0, processing=0.5, stagger=0.2, pending_max_age=1),
+    "full": FleetScale(sizes=(10, 100, 1000), transcriptions=10, tokens=5, interval=1.0,
+                       queued=1.0, processing=12.0, stagger=4.0, pending_max_age=5),
+}  # fmt: skip
 
 SYSTEMS = (
     "no cache",

@@ -20,6 +20,7 @@ import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 READY_TIMEOUT = 20.0
@@ -153,6 +154,21 @@ def wait_ready(service: Service, path: str, timeout: float = READY_TIMEOUT) -> N
     raise Unavailable(f"{service.name} did not answer on {path} within {timeout:.0f}s")
 
 
+def spawn(
+    pinning: Pinning,
+    command: Sequence[str],
+    log: IO[bytes],
+    *,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> subprocess.Popen[bytes]:
+    """``command`` (pinned) in a session of its own, reading nothing, writing to ``log``."""
+    return subprocess.Popen(
+        pinning.wrap(command), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+        cwd=cwd, env=env, start_new_session=True,
+    )  # fmt: skip
+
+
 def launch(
     name: str,
     command: Sequence[str],
@@ -166,15 +182,7 @@ def launch(
     log_path = workdir / f"{name.replace(' ', '_').replace('/', '_')}.log"
     with log_path.open("wb") as log:
         try:
-            process = subprocess.Popen(
-                pinning.wrap(command),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                cwd=workdir,
-                env=env,
-                start_new_session=True,
-            )
+            process = spawn(pinning, command, log, cwd=workdir, env=env)
         except OSError as error:
             raise Unavailable(f"{name}: cannot start {command[0]}: {error}") from None
     service = Service(name, process, port, log_path)
@@ -202,13 +210,7 @@ def start_redis(workdir: Path, pinning: Pinning) -> Service:
     command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                "--appendonly", "no", "--dir", str(workdir)]  # fmt: skip
     with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            pinning.wrap(command),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        process = spawn(pinning, command, log)
     service = Service("redis", process, port, log_path)
     deadline = time.monotonic() + READY_TIMEOUT
     while time.monotonic() < deadline:

@@ -26,33 +26,28 @@ CHUNK = 2**16
 
 
 class UpstreamError(Exception):
-    """The origin could not give a usable answer. ``kind`` is a bounded metric label."""
+    """The origin could not give a usable answer: answered with ``status`` and an envelope
+    carrying ``code``. ``kind`` is a bounded metric label."""
 
-    kind = "error"
-    status = 502
-    code = "UPSTREAM_ERROR"
+    kind, status, code = "error", 502, "UPSTREAM_ERROR"
 
 
 class UpstreamUnavailable(UpstreamError):
     """Connection refused, reset or closed before a response: answered with 502."""
 
-    kind = "refused"
-    code = "UPSTREAM_UNAVAILABLE"
-
-
-class UpstreamTimeout(UpstreamError):
-    """No answer within the configured time: answered with 504 (RFC 9110 §15.6.5)."""
-
-    kind = "timeout"
-    status = 504
-    code = "UPSTREAM_TIMEOUT"
+    kind, code = "refused", "UPSTREAM_UNAVAILABLE"
 
 
 class UpstreamInvalid(UpstreamError):
     """The origin answered with something that is not valid HTTP, or a truncated body."""
 
-    kind = "invalid"
-    code = "UPSTREAM_INVALID_RESPONSE"
+    kind, code = "invalid", "UPSTREAM_INVALID_RESPONSE"
+
+
+class UpstreamTimeout(UpstreamError):
+    """No answer within the configured time: answered with 504 (RFC 9110 §15.6.5)."""
+
+    kind, status, code = "timeout", 504, "UPSTREAM_TIMEOUT"
 
 
 @dataclass(frozen=True, slots=True)

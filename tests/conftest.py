@@ -8,7 +8,7 @@ import gzip
 import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import aiohttp
 import pytest
@@ -289,6 +289,27 @@ async def serve_front() -> AsyncIterator[ServeFront]:
 
 
 ServeOrigin = Callable[[Handler | web.Application], Awaitable[str]]
+
+
+class HandlesRequests(Protocol):
+    """A test's origin object: it answers every request with ``handle``."""
+
+    async def handle(self, request: web.Request, /) -> web.StreamResponse: ...
+
+
+OriginT = TypeVar("OriginT", bound=HandlesRequests)
+
+
+def origin_fixture(make: Callable[[], OriginT], *, name: str = "origin") -> Any:
+    """A fixture ``name`` giving ``(made, url)``: a fresh ``make()`` served by ``serve_origin``
+    (``origin = origin_fixture(MyOrigin)`` at a test module's top level)."""
+
+    @pytest.fixture(name=name)
+    async def served(serve_origin: ServeOrigin) -> tuple[OriginT, str]:
+        made = make()
+        return made, await serve_origin(made.handle)
+
+    return served
 
 
 @pytest.fixture

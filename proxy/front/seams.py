@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from proxy.cache.exchange import Responder
@@ -86,23 +87,21 @@ class HttpClient(Client, Writer, Protocol):
     """An HTTP/1.1 connection: a ``Client`` its answers are written to."""
 
 
+#: ``FastAnswers.answer``: conn, method, target, host, credentials, If-None-Match,
+#: Accept-Encoding, keep-alive, HTTP version, start time and the parsed head (when there is one);
+#: true when it answered.
+FastAnswer = Callable[
+    [Writer, str, str, str, "tuple[tuple[bytes, str], ...]", "str | None", "str | None", bool,
+     str, float, "Parsed | None"],
+    bool,
+]  # fmt: skip
+
+
 class FastAnswers(Protocol):
     """The fast path of a common hit (``proxy.front.prepared.FastPath``)."""
 
-    def answer(
-        self,
-        conn: Writer,
-        method: str,
-        target: str,
-        host: str,
-        credentials: tuple[tuple[bytes, str], ...],
-        inm: str | None,
-        accept_encoding: str | None,
-        keep_alive: bool,
-        version: str,
-        started: float,
-        parsed: Parsed | None,
-    ) -> bool: ...
+    @property
+    def answer(self) -> FastAnswer: ...
 
     def serve(self, conn: Writer, parsed: Parsed) -> bool: ...
 

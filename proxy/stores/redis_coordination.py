@@ -12,6 +12,7 @@ import math
 import secrets
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
+from dataclasses import KW_ONLY, dataclass, field
 
 from proxy.stores.base import StoreError
 from proxy.stores.coordination import Claim, Notice
@@ -34,6 +35,7 @@ return 1
 """
 
 
+@dataclass(eq=False)
 class RedisCoordinator:
     """Coalesces a flight across replicas with a lock in Redis and a wake-up on pub/sub.
 
@@ -44,25 +46,22 @@ class RedisCoordinator:
     Waiting needs the subscription: without it (Redis trouble) a replica fetches alone.
     """
 
-    def __init__(
-        self,
-        link: RedisLink,
-        keys: RedisKeys,
-        *,
-        lock_ttl: float,
-        max_wait: float,
-        subscribed: Callable[[], bool],
-    ) -> None:
-        self.link = link
-        self.keys = keys
-        self.lock_ttl = lock_ttl
-        self.max_wait = max_wait
-        self.subscribed = subscribed
-        self._lock_ms = max(1, math.ceil(lock_ttl * 1000))
-        self._waiters: dict[str, set[asyncio.Future[Notice | None]]] = {}
-        self._acquire = link.client.register_script(_ACQUIRE)
-        self._extend = link.client.register_script(_EXTEND)
-        self._release = link.client.register_script(_RELEASE)
+    link: RedisLink
+    keys: RedisKeys
+    _: KW_ONLY
+    lock_ttl: float
+    max_wait: float
+    subscribed: Callable[[], bool]
+    _waiters: dict[str, set[asyncio.Future[Notice | None]]] = field(
+        init=False, default_factory=dict
+    )
+
+    def __post_init__(self) -> None:
+        self._lock_ms = max(1, math.ceil(self.lock_ttl * 1000))
+        client = self.link.client
+        self._acquire = client.register_script(_ACQUIRE)
+        self._extend = client.register_script(_EXTEND)
+        self._release = client.register_script(_RELEASE)
 
     @property
     def waiting(self) -> int:

@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
+from dataclasses import KW_ONLY, dataclass, field
 from typing import TypeVar
 
 from redis.exceptions import (
@@ -38,6 +39,7 @@ UNAVAILABLE_REPLIES = (ClusterDownError, TryAgainError, ReadOnlyError)
 UNREACHABLE = (RedisError, RedisClusterException, OSError, TimeoutError)
 
 
+@dataclass(eq=False)
 class CircuitBreaker:
     """Stops calling a Redis that keeps failing, so an outage costs one timeout per backoff
     period instead of one per request.
@@ -46,22 +48,17 @@ class CircuitBreaker:
     doubles up to ``maximum``; after it, one call is let through as a probe (half-open).
     """
 
-    def __init__(
-        self,
-        *,
-        threshold: int = 3,
-        initial: float = 0.1,
-        maximum: float = MAX_BACKOFF,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.threshold = threshold
-        self.initial = initial
-        self.maximum = maximum
-        self.clock = clock
-        self._failures = 0
-        self._open_until: float | None = None
-        self._delay = initial
-        self._probing = False
+    _: KW_ONLY
+    threshold: int = 3
+    initial: float = 0.1
+    maximum: float = MAX_BACKOFF
+    clock: Callable[[], float] = time.monotonic
+    _failures: int = field(default=0, init=False)
+    _open_until: float | None = field(default=None, init=False)
+    _probing: bool = field(default=False, init=False)
+
+    def __post_init__(self) -> None:
+        self._delay = self.initial
 
     @property
     def closed(self) -> bool:
@@ -112,21 +109,15 @@ class CircuitBreaker:
         self._probing = False
 
 
+@dataclass(eq=False)
 class RedisLink:
     """Runs Redis operations within the timeout, behind the circuit breaker, counting failures."""
 
-    def __init__(
-        self,
-        client: RedisClient,
-        *,
-        timeout: float,
-        on_error: Callable[[], None],
-        breaker: CircuitBreaker | None = None,
-    ) -> None:
-        self.client = client
-        self.timeout = timeout
-        self.on_error = on_error
-        self.breaker = breaker if breaker is not None else CircuitBreaker()
+    client: RedisClient
+    _: KW_ONLY
+    timeout: float
+    on_error: Callable[[], None]
+    breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
 
     async def run(self, operation: Callable[[RedisClient], Awaitable[T]]) -> T:
         """The operation's result, or ``StoreError`` (counted) when Redis cannot give it."""

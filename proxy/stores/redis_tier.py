@@ -12,6 +12,7 @@ import math
 import secrets
 from collections.abc import Callable
 from contextlib import suppress
+from dataclasses import KW_ONLY, InitVar, dataclass, field
 
 from cachetools import TLRUCache
 from redis.commands.core import AsyncScript
@@ -128,6 +129,7 @@ class RedisStore:
         return 0
 
 
+@dataclass(eq=False)
 class TieredStore:
     """An in-process front over the shared Redis store.
 
@@ -144,25 +146,19 @@ class TieredStore:
 
     backend = "redis"
 
-    def __init__(
-        self,
-        front: MemoryStore,
-        back: RedisStore,
-        *,
-        local_ttl: float,
-        clock: Callable[[], float],
-        remember: float = 60.0,
-        healthy: Callable[[], bool] = lambda: True,
-    ) -> None:
-        self.front = front
-        self.back = back
-        self.local_ttl = local_ttl
-        self.clock = clock
-        self.healthy = healthy
+    front: MemoryStore
+    back: RedisStore
+    _: KW_ONLY
+    local_ttl: float
+    clock: Callable[[], float]
+    remember: InitVar[float] = 60.0
+    healthy: Callable[[], bool] = lambda: True
+    _digests: dict[str, str] = field(init=False, default_factory=dict)
+
+    def __post_init__(self, remember: float) -> None:
         self._deleted: TLRUCache[str, float] = TLRUCache(
-            maxsize=100_000, ttu=lambda _key, at, _now: at + remember, timer=clock
+            maxsize=100_000, ttu=lambda _key, at, _now: at + remember, timer=self.clock
         )
-        self._digests: dict[str, str] = {}
 
     def digest(self, key: str) -> str:
         """The front's key for ``key`` (what invalidation notices carry), memoised: a hit then

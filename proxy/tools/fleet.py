@@ -14,6 +14,7 @@ do (``SPELLINGS``), and bytes are counted as received on the wire, before decodi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import random
@@ -134,11 +135,11 @@ def percentile(sorted_values: Sequence[float], q: float) -> float | None:
 @dataclass
 class _Tally:
     pollers: int
+    statuses: Counter[int] = field(default_factory=Counter)
     requests: int = 0
     errors: int = 0
     done: int = 0
     bytes_received: int = 0
-    statuses: Counter[int] = field(default_factory=Counter)
     latencies: list[float] = field(default_factory=list)
     held: list[float] = field(default_factory=list)
     completion_lags: list[float] = field(default_factory=list)
@@ -157,18 +158,22 @@ class _Poller:
     wait: int | None
 
 
-async def _poll(
-    session: aiohttp.ClientSession,
-    poller: _Poller,
-    deadline: float,
-    rng: random.Random,
-    tally: _Tally,
-) -> None:
+@dataclass(frozen=True)
+class _Shared:
+    """What all the clients of one fleet share: the session, the deadline and the tally."""
+
+    session: aiohttp.ClientSession
+    deadline: float
+    tally: _Tally
+
+
+async def _poll(shared: _Shared, poller: _Poller, rng: random.Random) -> None:
     """One client: first poll at a random point of the interval, then every interval ± jitter.
 
     With ``wait`` it long-polls: each conditional request carries ``Prefer: wait``, and the next
     one goes out as soon as a held answer arrives (after an interval if the wait was not applied).
     """
+    session, deadline, tally = shared.session, shared.deadline, shared.tally
     loop = asyncio.get_running_loop()
     headers = {"Authorization": f"Bearer {poller.token}"}
     if poller.accept_encoding is not None:
@@ -219,15 +224,10 @@ async def _poll(
 _STREAM_TIMEOUT: Final = aiohttp.ClientTimeout(total=None, connect=10.0)
 
 
-async def _subscribe(
-    session: aiohttp.ClientSession,
-    poller: _Poller,
-    deadline: float,
-    rng: random.Random,
-    tally: _Tally,
-) -> None:
+async def _subscribe(shared: _Shared, poller: _Poller, rng: random.Random) -> None:
     """One ``EventSource``-like client: ``Accept: text/event-stream``, one request for all the
     changes; it reconnects with ``Last-Event-ID`` after an interval if a stream ends early."""
+    session, deadline, tally = shared.session, shared.deadline, shared.tally
     loop = asyncio.get_running_loop()
     headers = {"Authorization": f"Bearer {poller.token}", "Accept": "text/event-stream"}
     delay = rng.uniform(0.0, poller.interval)
@@ -300,87 +300,75 @@ async def run_fleet(
     With ``wait`` the pollers long-poll (``Prefer: wait``, RFC 7240) instead; with ``events``
     each subscribes once to server-sent events (``Accept: text/event-stream``).
     """
-    if session is None:
-        async with fleet_session(len(tokens_and_ids) + 16, REQUEST_TIMEOUT) as own:
-            return await run_fleet(
-                base_url,
-                tokens_and_ids,
-                duration,
-                session=own,
-                interval=interval,
-                jitter=jitter,
-                seed=seed,
-                on_progress=on_progress,
-                progress_every=progress_every,
-                spellings=spellings,
-                wait=wait,
-                events=events,
+    async with contextlib.AsyncExitStack() as stack:
+        if session is None:
+            session = await stack.enter_async_context(
+                fleet_session(len(tokens_and_ids) + 16, REQUEST_TIMEOUT)
             )
-    loop = asyncio.get_running_loop()
-    client = _subscribe if events else _poll
-    rng = random.Random(seed)
-    tally = _Tally(pollers=len(tokens_and_ids))
-    started = loop.time()
-    deadline = started + duration
-    base = base_url.rstrip("/")
+        loop = asyncio.get_running_loop()
+        client = _subscribe if events else _poll
+        rng = random.Random(seed)
+        tally = _Tally(pollers=len(tokens_and_ids))
+        started = loop.time()
+        deadline = started + duration
+        base = base_url.rstrip("/")
+        shared = _Shared(session, deadline, tally)
 
-    def progress() -> FleetProgress:
-        return FleetProgress(loop.time() - started, tally.requests, tally.done, tally.pollers)
+        def progress() -> FleetProgress:
+            return FleetProgress(loop.time() - started, tally.requests, tally.done, tally.pollers)
 
-    pollers = [
-        asyncio.create_task(
-            client(
-                session,
-                _Poller(
-                    index,
-                    f"{base}{API_PREFIX}/{transcription_id}",
-                    token,
-                    spellings[index % len(spellings)] if spellings else None,
-                    interval,
-                    jitter,
-                    wait,
-                ),
-                deadline,
-                random.Random(rng.getrandbits(64)),
-                tally,
+        pollers = [
+            asyncio.create_task(
+                client(
+                    shared,
+                    _Poller(
+                        index,
+                        f"{base}{API_PREFIX}/{transcription_id}",
+                        token,
+                        spellings[index % len(spellings)] if spellings else None,
+                        interval,
+                        jitter,
+                        wait,
+                    ),
+                    random.Random(rng.getrandbits(64)),
+                )
             )
+            for index, (token, transcription_id) in enumerate(tokens_and_ids)
+        ]
+        reporter = asyncio.create_task(_report(progress, on_progress, progress_every))
+        cut = 0
+        try:
+            _, running = await asyncio.wait(pollers, timeout=duration)
+            # A long poll still held has nothing to answer yet: cut it now. A plain request in
+            # flight gets a grace to finish; one that overstays it counts as an error.
+            held = {pollers[i] for i in tally.holding} & running
+            cut = len(held)
+            for task in held:
+                task.cancel()
+            rest = running - held
+            if rest:
+                _, late = await asyncio.wait(rest, timeout=_SHUTDOWN_GRACE)
+                tally.errors += len(late)
+        finally:
+            for task in (*pollers, reporter):
+                task.cancel()
+            await asyncio.gather(*pollers, reporter, return_exceptions=True)
+        if on_progress is not None:
+            on_progress(progress())
+        return FleetResult(
+            pollers=tally.pollers,
+            pollers_done=tally.done,
+            requests=tally.requests,
+            errors=tally.errors,
+            statuses=dict(tally.statuses),
+            bytes_received=tally.bytes_received,
+            latencies=tuple(sorted(tally.latencies)),
+            elapsed=loop.time() - started,
+            completion_lags=tuple(sorted(tally.completion_lags)),
+            held=tuple(sorted(tally.held)),
+            cut=cut,
+            events=tally.events,
         )
-        for index, (token, transcription_id) in enumerate(tokens_and_ids)
-    ]
-    reporter = asyncio.create_task(_report(progress, on_progress, progress_every))
-    cut = 0
-    try:
-        _, running = await asyncio.wait(pollers, timeout=duration)
-        # A long poll still held has nothing to answer yet: cut it now. A plain request in
-        # flight gets a grace to finish; one that overstays it counts as an error.
-        held = {pollers[i] for i in tally.holding} & running
-        cut = len(held)
-        for task in held:
-            task.cancel()
-        rest = running - held
-        if rest:
-            _, late = await asyncio.wait(rest, timeout=_SHUTDOWN_GRACE)
-            tally.errors += len(late)
-    finally:
-        for task in (*pollers, reporter):
-            task.cancel()
-        await asyncio.gather(*pollers, reporter, return_exceptions=True)
-    if on_progress is not None:
-        on_progress(progress())
-    return FleetResult(
-        pollers=tally.pollers,
-        pollers_done=tally.done,
-        requests=tally.requests,
-        errors=tally.errors,
-        statuses=dict(tally.statuses),
-        bytes_received=tally.bytes_received,
-        latencies=tuple(sorted(tally.latencies)),
-        elapsed=loop.time() - started,
-        completion_lags=tuple(sorted(tally.completion_lags)),
-        held=tuple(sorted(tally.held)),
-        cut=cut,
-        events=tally.events,
-    )
 
 
 async def _report(

@@ -25,7 +25,7 @@ import pytest
 from aiohttp import web
 
 from proxy.ops.config import Settings
-from tests.conftest import ServeOrigin
+from tests.conftest import origin_fixture
 from tests.support.rawkit import RunningProxy, serve_proxy
 
 PATH = "/v1/audio/transcribe/trans_00000000000000000000000000000001"
@@ -97,10 +97,7 @@ def clock() -> Clock:
     return Clock()
 
 
-@pytest.fixture
-async def naive(serve_origin: ServeOrigin) -> tuple[NaiveOrigin, str]:
-    origin = NaiveOrigin()
-    return origin, await serve_origin(origin.handle)
+naive = origin_fixture(NaiveOrigin, name="naive")
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import time
 from dataclasses import dataclass, field
 
 import aiohttp
-import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from multidict import CIMultiDict
@@ -20,7 +19,7 @@ from redis.asyncio import Redis
 
 from proxy.ops.config import Settings
 from proxy.tools.replicas import Replica, run_replicas
-from tests.conftest import ServeOrigin
+from tests.conftest import origin_fixture
 from tests.support.origin import catch_all
 from tests.support.waiting import eventually
 
@@ -66,10 +65,7 @@ class ScopedOrigin:
         return web.Response(body=body, headers=headers, content_type="application/json")
 
 
-@pytest.fixture
-async def scoped(serve_origin: ServeOrigin) -> tuple[ScopedOrigin, str]:
-    origin = ScopedOrigin()
-    return origin, await serve_origin(origin.handle)
+scoped = origin_fixture(ScopedOrigin, name="scoped")
 
 
 def waiting(replica: Replica) -> float:

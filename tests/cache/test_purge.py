@@ -19,7 +19,7 @@ from proxy.ops.config import Settings
 from proxy.stores.base import StoreError
 from proxy.stores.memory import MemoryStore
 from proxy.tools.replicas import LocalRedis
-from tests.conftest import ServeOrigin
+from tests.conftest import origin_fixture
 from tests.support.rawkit import RunningProxy, serve_proxy
 from tests.support.redis_support import JOB, CountingUpstream, Fleet, eventually, get
 
@@ -43,10 +43,7 @@ class CountingOrigin:
         )
 
 
-@pytest.fixture
-async def counting(serve_origin: ServeOrigin) -> tuple[CountingOrigin, str]:
-    counting = CountingOrigin()
-    return counting, await serve_origin(counting.handle)
+counting = origin_fixture(CountingOrigin, name="counting")
 
 
 async def call(

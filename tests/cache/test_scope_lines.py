@@ -44,12 +44,16 @@ async def joining_origin(
     request: RawRequest, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
 ) -> None:
     """A shared-cacheable answer naming whatever credential the origin made of the lines."""
+    body, etag = named_answer(request)
+    writer.write(response_bytes(200, body, {"Cache-Control": "public, max-age=60", "ETag": etag}))
+    await writer.drain()
+
+
+def named_answer(request: RawRequest) -> tuple[bytes, str]:
+    """The body and ETag naming the credential the origin made of the request's lines."""
     seen = credentials_received(request).strip(", ")
     body = f"for:{seen}" if seen else "public"
-    etag = '"v-' + (seen or "public") + '"'
-    headers = {"Cache-Control": "public, max-age=60", "ETag": etag}
-    writer.write(response_bytes(200, body.encode(), headers))
-    await writer.drain()
+    return body.encode(), '"v-' + (seen or "public") + '"'
 
 
 def get(path: str, fields: bytes = b"") -> bytes:
@@ -222,17 +226,16 @@ async def short_lived(
     request: RawRequest, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
 ) -> None:
     """As ``joining_origin``, fresh for one second, and answering a matching validator 304."""
-    seen = credentials_received(request).strip(", ")
-    body = f"for:{seen}" if seen else "public"
-    etag = '"v-' + (seen or "public") + '"'
-    headers = {"Cache-Control": "public, max-age=1", "ETag": etag}
+    body, etag = named_answer(request)
     if request.header("if-none-match") == etag:
         writer.write(
             b"HTTP/1.1 304 Not Modified\r\nETag: " + etag.encode() + b"\r\n"
             b"Cache-Control: public, max-age=1\r\nContent-Length: 0\r\n\r\n"
         )
     else:
-        writer.write(response_bytes(200, body.encode(), headers))
+        writer.write(
+            response_bytes(200, body, {"Cache-Control": "public, max-age=1", "ETag": etag})
+        )
     await writer.drain()
 
 

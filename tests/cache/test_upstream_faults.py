@@ -68,23 +68,6 @@ async def raw_origin(
         yield upstream, proxy
 
 
-def reset_after(
-    raw: bytes,
-) -> Callable[[RawRequest, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
-    """Write ``raw`` then reset the connection (RST, not FIN)."""
-
-    async def behave(
-        request: RawRequest, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        writer.write(raw)
-        await writer.drain()
-        sock = writer.get_extra_info("socket")
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-        writer.transport.abort()
-
-    return behave
-
-
 async def test_connection_refused_is_a_502() -> None:
     with socket.socket() as placeholder:
         placeholder.bind((HOST, 0))
@@ -96,26 +79,15 @@ async def test_connection_refused_is_a_502() -> None:
         assert (await fetch(proxy.url + "/healthz"))[0] == 200
 
 
+#: A cacheable response announcing 1000 bytes of body and carrying 100.
+CUT_SHORT = response_bytes(200, b"x" * 100, {"Cache-Control": "public, max-age=60"}, length=1000)
+
+
 @pytest.mark.parametrize(
     "fault",
     [
-        pytest.param(
-            reset_after(
-                response_bytes(
-                    200, b"x" * 100, {"Cache-Control": "public, max-age=60"}, length=1000
-                )
-            ),
-            id="reset mid-body",
-        ),
-        pytest.param(
-            answer(
-                response_bytes(
-                    200, b"x" * 100, {"Cache-Control": "public, max-age=60"}, length=1000
-                ),
-                close=True,
-            ),
-            id="closed mid-body",
-        ),
+        pytest.param(answer(CUT_SHORT, reset=True), id="reset mid-body"),
+        pytest.param(answer(CUT_SHORT, close=True), id="closed mid-body"),
     ],
 )
 async def test_a_body_cut_short_is_a_502_and_never_stored(
@@ -134,7 +106,7 @@ async def test_a_body_cut_short_is_a_502_and_never_stored(
 
 async def test_a_streamed_body_cut_short_aborts_the_client_connection() -> None:
     big = response_bytes(200, b"x" * 70_000, {"Cache-Control": "no-store"}, length=200_000)
-    async with raw_origin(reset_after(big)) as (upstream, proxy):
+    async with raw_origin(answer(big, reset=True)) as (upstream, proxy):
         async with aiohttp.ClientSession() as session, session.get(proxy.url + PATH) as response:
             assert response.status == 200
             with pytest.raises(aiohttp.ClientPayloadError):

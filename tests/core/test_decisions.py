@@ -6,7 +6,7 @@ from multidict import CIMultiDict
 
 from proxy.core.models import Answer, Fetch, Forward, Refuse, Relay, Serve
 from proxy.core.policy import admit, lookup, settle, settle_error
-from tests.core.test_policy import NOW, POLICY, facts, stored
+from tests.support.policy_facts import NOW, POLICY, facts, stored
 
 
 def answer(status: int = 200, **fields: object) -> Answer:

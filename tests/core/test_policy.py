@@ -33,96 +33,47 @@ from proxy.core.policy import (
     storable,
     stored_headers,
 )
+from tests.support.policy_facts import NOW, POLICY, facts, stored
 
-NOW = 1_800_000_000.0
-POLICY = CachePolicy(heuristic_max=3600, keep_stale=600, stale_grace=60)
-
-
-def stored(
-    *headers: tuple[str, str],
-    status: int = 200,
-    at: float = NOW,
-    scope: str = "s",
-    selecting: tuple[tuple[str, str], ...] = (),
-    request_time: float | None = None,
-) -> StoredResponse:
-    return StoredResponse(
-        status=status,
-        reason="OK",
-        headers=(("Date", format_http_date(at)), *headers),
-        body=b"body",
-        request_time=at if request_time is None else request_time,
-        response_time=at,
-        scope=scope,
-        selecting=selecting,
-        targeted=True,
-    )
+# §4.2.1 calculating freshness lifetime, §4.2.2 heuristic freshness
 
 
-def facts(scope: str = "s", **headers: str) -> RequestFacts:
-    multi = CIMultiDict({k.replace("_", "-"): v for k, v in headers.items()})
-    return request_facts(multi, scope=scope, cache_control=multi.getall("cache-control", []))
+CC = "Cache-Control"
 
 
-# §4.2.1 calculating freshness lifetime
-
-
-def test_s_maxage_wins_over_max_age() -> None:
-    entry = stored(("Cache-Control", "max-age=5, s-maxage=50"))
-    assert freshness_lifetime(entry, POLICY) == 50
-
-
-def test_max_age_wins_over_expires() -> None:
-    entry = stored(("Cache-Control", "max-age=5"), ("Expires", format_http_date(NOW + 100)))
-    assert freshness_lifetime(entry, POLICY) == 5
-
-
-def test_expires_minus_date() -> None:
-    entry = stored(("Expires", format_http_date(NOW + 100)))
-    assert freshness_lifetime(entry, POLICY) == 100
-
-
-def test_invalid_expires_means_already_expired() -> None:
-    entry = stored(("Expires", "0"))
-    assert freshness_lifetime(entry, POLICY) == 0
-
-
-def test_invalid_max_age_is_stale() -> None:
-    entry = stored(("Cache-Control", "max-age=abc"))
-    assert freshness_lifetime(entry, POLICY) == 0
-
-
-def test_negative_max_age_is_stale() -> None:
-    entry = stored(("Cache-Control", "max-age=-5"))
-    assert freshness_lifetime(entry, POLICY) == 0
-
-
-def test_duplicate_max_age_uses_the_first() -> None:
-    entry = stored(("Cache-Control", "max-age=10, max-age=1000"))
-    assert freshness_lifetime(entry, POLICY) == 10
-
-
-def test_huge_max_age_is_clamped_to_2_pow_31() -> None:
-    entry = stored(("Cache-Control", "max-age=99999999999999999999"))
-    assert freshness_lifetime(entry, POLICY) == 2**31
-
-
-def test_cdn_cache_control_is_used_instead_of_cache_control() -> None:
-    entry = stored(("Cache-Control", "max-age=1"), ("CDN-Cache-Control", "max-age=90"))
-    assert freshness_lifetime(entry, POLICY) == 90
-
-
-# §4.2.2 heuristic freshness
-
-
-def test_heuristic_is_a_tenth_of_time_since_last_modified() -> None:
-    entry = stored(("Last-Modified", format_http_date(NOW - 1000)))
-    assert freshness_lifetime(entry, POLICY) == 100
-
-
-def test_heuristic_is_capped() -> None:
-    entry = stored(("Last-Modified", format_http_date(NOW - 10**7)))
-    assert freshness_lifetime(entry, POLICY) == 3600
+@pytest.mark.parametrize(
+    ("fields", "lifetime"),
+    [
+        pytest.param([(CC, "max-age=5, s-maxage=50")], 50, id="s-maxage wins over max-age"),
+        pytest.param(
+            [(CC, "max-age=5"), ("Expires", format_http_date(NOW + 100))],
+            5,
+            id="max-age wins over Expires",
+        ),
+        pytest.param([("Expires", format_http_date(NOW + 100))], 100, id="Expires minus Date"),
+        pytest.param([("Expires", "0")], 0, id="an invalid Expires means already expired"),
+        pytest.param([(CC, "max-age=abc")], 0, id="an invalid max-age is stale"),
+        pytest.param([(CC, "max-age=-5")], 0, id="a negative max-age is stale"),
+        pytest.param([(CC, "max-age=10, max-age=1000")], 10, id="a duplicate max-age: the first"),
+        pytest.param([(CC, "max-age=99999999999999999999")], 2**31, id="clamped to 2**31"),
+        pytest.param(
+            [(CC, "max-age=1"), ("CDN-Cache-Control", "max-age=90")],
+            90,
+            id="CDN-Cache-Control is used instead of Cache-Control",
+        ),
+        # §4.2.2 heuristic freshness
+        pytest.param(
+            [("Last-Modified", format_http_date(NOW - 1000))],
+            100,
+            id="the heuristic is a tenth of the time since Last-Modified",
+        ),
+        pytest.param(
+            [("Last-Modified", format_http_date(NOW - 10**7))], 3600, id="the heuristic is capped"
+        ),
+    ],
+)
+def test_freshness_lifetime(fields: list[tuple[str, str]], lifetime: int) -> None:
+    assert freshness_lifetime(stored(*fields), POLICY) == lifetime
 
 
 def test_no_heuristic_for_status_not_heuristically_cacheable() -> None:

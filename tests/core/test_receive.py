@@ -19,7 +19,7 @@ from proxy.core.models import (
     UpstreamHead,
 )
 from proxy.core.policy import ERROR_BODY_LIMIT, new_entry, receive
-from tests.core.test_policy import NOW, POLICY, facts, stored
+from tests.support.policy_facts import NOW, POLICY, facts, stored
 
 LIMIT = POLICY.max_entry_bytes
 

@@ -9,7 +9,7 @@ import pytest
 from proxy.core.headers import parse_age, parse_cdn_cache_control, parse_http_date
 from proxy.core.models import Answer, Fetch, Forward, Relay, StoredResponse
 from proxy.core.policy import CachePolicy, freshness_lifetime, settle, shareable
-from tests.core.test_policy import facts
+from tests.support.policy_facts import facts
 
 NOV_6_1994 = float(calendar.timegm((1994, 11, 6, 8, 49, 37, 0, 0, 0)))
 NOW = 1_800_000_000.0

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import json
 import logging
 import os
@@ -22,7 +21,7 @@ import pytest
 from aiohttp import web
 
 from proxy.ops.config import Settings
-from tests.conftest import ServeOrigin
+from tests.conftest import origin_fixture
 from tests.support.rawkit import (
     HOST,
     RawRequest,
@@ -33,6 +32,7 @@ from tests.support.rawkit import (
     read_response,
     serve_proxy,
 )
+from tests.support.tls import self_signed
 from tests.support.waiting import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,10 +59,7 @@ class Origin:
         return web.json_response(payload, headers={"Cache-Control": "max-age=600"})
 
 
-@pytest.fixture
-async def origin(serve_origin: ServeOrigin) -> tuple[Origin, str]:
-    o = Origin()
-    return o, await serve_origin(o.handle)
+origin = origin_fixture(Origin)
 
 
 @pytest.fixture
@@ -337,39 +334,6 @@ def _up(port: int) -> bool:
 
 
 # -- TLS ----------------------------------------------------------------------------------------
-
-
-def self_signed(directory: Path) -> tuple[Path, Path]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
 
 
 async def test_tls_end_to_end_with_an_https_base_url(

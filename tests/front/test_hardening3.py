@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -23,12 +23,14 @@ from tests.support.rawkit import (
     HOST,
     RawRequest,
     RawUpstream,
+    RunningProxy,
     answer,
     exchange,
     read_response,
     response_bytes,
     serve_proxy,
 )
+from tests.support.tls import self_signed
 
 BIG = 8 * 1024**2 - 4096  # under --max-entry-bytes, far over what socket buffers hold
 LOOPS = ["asyncio", "uvloop"]
@@ -54,13 +56,18 @@ def get(path: str, fields: bytes = b"") -> bytes:
     return b"GET " + path.encode() + b" HTTP/1.1\r\nHost: proxy.test\r\n" + fields + b"\r\n"
 
 
-async def slow_client() -> tuple[socket.socket, asyncio.AbstractEventLoop]:
-    """A raw client socket with a small receive buffer, so the proxy cannot hand the whole
-    body to the kernel at once."""
+async def slow_download(
+    port: int, fields: bytes = b""
+) -> tuple[socket.socket, asyncio.AbstractEventLoop]:
+    """A GET of the big entry (stored and memoised first, by ``prime``) on a raw client socket
+    with a small receive buffer, so the proxy cannot hand the whole body to the kernel at once."""
+    await prime(port)
     loop = asyncio.get_running_loop()
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
     sock.setblocking(False)
+    await loop.sock_connect(sock, (HOST, port))
+    await loop.sock_sendall(sock, get("/big", fields))
     return sock, loop
 
 
@@ -98,9 +105,16 @@ async def read_answer(
     return length, b"x" * received, closed
 
 
-async def big_origin() -> RawUpstream:
+@contextlib.asynccontextmanager
+async def big_proxy(**settings: Any) -> AsyncIterator[RunningProxy]:
+    """A proxy (``Settings(**settings)``) in front of an origin of one big cacheable body."""
     body = b"b" * BIG
-    return RawUpstream(answer(response_bytes(200, body, {"Cache-Control": "public, max-age=600"})))
+    fixed = answer(response_bytes(200, body, {"Cache-Control": "public, max-age=600"}))
+    async with (
+        RawUpstream(fixed) as origin,
+        serve_proxy(Settings(upstream=origin.url, **settings)) as proxy,
+    ):
+        yield proxy
 
 
 async def prime(port: int) -> None:
@@ -119,11 +133,8 @@ FULL_PATH = b"Accept-Encoding: identity\r\nAccept-Encoding: identity\r\n"
 @pytest.mark.parametrize("loop", LOOPS)
 def test_a_half_closed_client_gets_the_whole_stored_body(loop: str, fields: bytes) -> None:
     async def scenario() -> None:
-        async with await big_origin() as origin, serve_proxy(Settings(upstream=origin.url)) as p:
-            await prime(p.port)
-            sock, ev = await slow_client()
-            await ev.sock_connect(sock, (HOST, p.port))
-            await ev.sock_sendall(sock, get("/big", fields))
+        async with big_proxy() as p:
+            sock, _ = await slow_download(p.port, fields)
             sock.shutdown(socket.SHUT_WR)  # RFC 9112 §9.6: the answer is still due
             async with asyncio.timeout(30):
                 length, body, closed = await read_answer(sock, until_eof=True)
@@ -138,18 +149,13 @@ def test_a_half_closed_client_gets_the_whole_stored_body(loop: str, fields: byte
 @pytest.mark.parametrize("loop", LOOPS)
 def test_a_download_outlasting_the_header_timeout_is_not_cut(loop: str) -> None:
     async def scenario() -> None:
-        async with await big_origin() as origin:
-            settings = Settings(upstream=origin.url, client_header_timeout=0.3)
-            async with serve_proxy(settings) as p:
-                await prime(p.port)
-                sock, ev = await slow_client()
-                await ev.sock_connect(sock, (HOST, p.port))
-                await ev.sock_sendall(sock, get("/big"))
-                async with asyncio.timeout(60):
-                    length, body, closed = await read_answer(sock, pause=0.002)
-                sock.close()
-                assert length == BIG
-                assert len(body) == BIG and not closed
+        async with big_proxy(client_header_timeout=0.3) as p:
+            sock, _ = await slow_download(p.port)
+            async with asyncio.timeout(60):
+                length, body, closed = await read_answer(sock, pause=0.002)
+            sock.close()
+            assert length == BIG
+            assert len(body) == BIG and not closed
 
     run_on(loop, scenario)
 
@@ -157,26 +163,21 @@ def test_a_download_outlasting_the_header_timeout_is_not_cut(loop: str) -> None:
 @pytest.mark.parametrize("loop", LOOPS)
 def test_a_download_in_progress_is_not_evicted_at_the_connection_cap(loop: str) -> None:
     async def scenario() -> None:
-        async with await big_origin() as origin:
-            settings = Settings(upstream=origin.url, max_connections=1)
-            async with serve_proxy(settings) as p:
-                await prime(p.port)
-                sock, ev = await slow_client()
-                await ev.sock_connect(sock, (HOST, p.port))
-                await ev.sock_sendall(sock, get("/big"))
-                # The head arrived: the answer is being written.
-                first = await ev.sock_recv(sock, 1024)
-                assert first.startswith(b"HTTP/1.1 200")
-                # A newcomer past the cap is refused rather than cutting the download.
-                refused = await exchange(p.port, get("/big"), timeout=10)
-                assert refused.status == 503
-                async with asyncio.timeout(30):
-                    received = len(first.partition(b"\r\n\r\n")[2])
-                    while received < BIG:
-                        chunk = await ev.sock_recv(sock, 65536)
-                        assert chunk, f"cut after {received} of {BIG} bytes"
-                        received += len(chunk)
-                sock.close()
+        async with big_proxy(max_connections=1) as p:
+            sock, ev = await slow_download(p.port)
+            # The head arrived: the answer is being written.
+            first = await ev.sock_recv(sock, 1024)
+            assert first.startswith(b"HTTP/1.1 200")
+            # A newcomer past the cap is refused rather than cutting the download.
+            refused = await exchange(p.port, get("/big"), timeout=10)
+            assert refused.status == 503
+            async with asyncio.timeout(30):
+                received = len(first.partition(b"\r\n\r\n")[2])
+                while received < BIG:
+                    chunk = await ev.sock_recv(sock, 65536)
+                    assert chunk, f"cut after {received} of {BIG} bytes"
+                    received += len(chunk)
+            sock.close()
 
     run_on(loop, scenario)
 
@@ -254,8 +255,6 @@ async def get_ok(url: str) -> int:
 
 
 def tls_settings(tmp_path: Path, origin: str, **overrides: Any) -> Settings:
-    from tests.front.test_front import self_signed
-
     cert, key = self_signed(tmp_path)
     return replace(Settings(upstream=origin, tls_cert=str(cert), tls_key=str(key)), **overrides)
 
@@ -310,7 +309,6 @@ async def test_silent_tls_connections_under_a_descriptor_limit_keep_no_client_ou
     import subprocess
     import sys
 
-    from tests.front.test_front import self_signed
     from tests.support.waiting import eventually
 
     cert, key = self_signed(tmp_path)

@@ -19,7 +19,7 @@ import pytest
 from aiohttp import web
 
 from proxy.ops.config import Settings
-from tests.conftest import ServeOrigin
+from tests.conftest import ServeOrigin, origin_fixture
 from tests.support.rawkit import (
     HOST,
     RawRequest,
@@ -57,10 +57,7 @@ class EchoOrigin:
         return web.json_response(payload, headers={"Cache-Control": "public, max-age=60"})
 
 
-@pytest.fixture
-async def origin(serve_origin: ServeOrigin) -> tuple[EchoOrigin, str]:
-    echo = EchoOrigin()
-    return echo, await serve_origin(echo.handle)
+origin = origin_fixture(EchoOrigin)
 
 
 @pytest.fixture

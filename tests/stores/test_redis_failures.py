@@ -39,11 +39,7 @@ def degraded(replica: Replica) -> float:
 
 
 async def test_a_redis_crash_degrades_to_memory_and_upstream_and_recovers_by_itself(
-    fleet: Fleet,
-    local_redis: LocalRedis,
-    upstream: CountingUpstream,
-    http: aiohttp.ClientSession,
-    redis_prefix: str,
+    fleet: Fleet, local_redis: LocalRedis, http: aiohttp.ClientSession, redis_prefix: str
 ) -> None:
     async with fleet(2, redis_url=local_redis.url, redis_timeout_ms=200) as (first, second):
         await get(http, first)
@@ -88,11 +84,7 @@ async def test_a_redis_crash_degrades_to_memory_and_upstream_and_recovers_by_its
 
 
 async def test_a_frozen_redis_costs_a_timeout_then_the_circuit_opens(
-    fleet: Fleet,
-    local_redis: LocalRedis,
-    upstream: CountingUpstream,
-    http: aiohttp.ClientSession,
-    redis_prefix: str,
+    fleet: Fleet, local_redis: LocalRedis, http: aiohttp.ClientSession, redis_prefix: str
 ) -> None:
     async with fleet(1, redis_url=local_redis.url, redis_timeout_ms=50) as (proxy,):
         local_redis.pause()

@@ -13,55 +13,39 @@ import itertools
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 from redis.asyncio import Redis
 
-from proxy.ops.config import Settings
 from proxy.stores.keys import RedisKeys
 from proxy.stores.keys import key_digest as digest
 from proxy.tools.redis_ha import LocalCluster, LocalSentinelGroup
-from proxy.tools.replicas import Replica, run_replicas
-from tests.support.redis_support import JOB, CountingUpstream, eventually, get, readiness
+from proxy.tools.replicas import Replica
+from tests.support.redis_fixtures import fleet_at, server_fixture
+from tests.support.redis_support import (
+    JOB,
+    CountingUpstream,
+    assert_fetched_again,
+    eventually,
+    get,
+    readiness,
+)
 
 pytest_plugins = ("tests.support.redis_fixtures",)
 
 HaFleet = Callable[..., AbstractAsyncContextManager[list[Replica]]]
 
 
-@pytest.fixture
-async def sentinels() -> AsyncIterator[LocalSentinelGroup]:
-    async with LocalSentinelGroup() as group:
-        yield group
-
-
-@pytest.fixture
-async def cluster() -> AsyncIterator[LocalCluster]:
-    async with LocalCluster() as nodes:
-        yield nodes
-
-
-def ha_fleet(origin: TestServer, redis_prefix: str) -> HaFleet:
-    """``fleet(url, n, **settings)``: n replicas in front of ``origin`` sharing Redis at ``url``."""
-
-    def start(url: str, count: int, **overrides: Any) -> AbstractAsyncContextManager[list[Replica]]:
-        options: dict[str, Any] = {
-            "upstream": str(origin.make_url("")).rstrip("/"),
-            "redis_url": url,
-            "redis_prefix": redis_prefix,
-            "redis_timeout_ms": 1000,  # a busy CI machine must not make Redis look slow
-        }
-        return run_replicas(Settings(**(options | overrides)), count)
-
-    return start
+sentinels = server_fixture(LocalSentinelGroup, "sentinels")
+cluster = server_fixture(LocalCluster, "cluster")
 
 
 @pytest.fixture
 def fleet(origin: TestServer, redis_prefix: str) -> HaFleet:
-    return ha_fleet(origin, redis_prefix)
+    """``fleet(url, n, **settings)``: replicas sharing the Sentinel group or cluster at ``url``."""
+    return fleet_at(origin, redis_prefix)
 
 
 def degraded(replica: Replica) -> float:
@@ -333,10 +317,7 @@ async def test_a_delete_through_one_replica_is_seen_by_the_other_on_a_cluster(
             lambda: second.proxy.store.entries == 0,
             what="the invalidation to reach the other replica",
         )
-        status, cache_status, body = await get(http, second)
-    assert status == 200 and "fwd=uri-miss" in cache_status
-    assert body["version"] == 1
-    assert upstream.count(JOB) == 2
+        await assert_fetched_again(http, second, upstream)
 
 
 async def test_a_frozen_cluster_degrades_to_memory_and_upstream_and_recovers(

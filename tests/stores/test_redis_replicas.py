@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import aiohttp
@@ -26,6 +26,7 @@ from tests.support.redis_support import (
     JOB,
     CountingUpstream,
     Fleet,
+    assert_fetched_again,
     eventually,
     get,
     replica_process,
@@ -118,8 +119,7 @@ async def test_a_delete_through_one_replica_is_seen_by_the_others(
     fleet: Fleet,
     upstream: CountingUpstream,
     http: aiohttp.ClientSession,
-    redis_admin: Redis,
-    redis_prefix: str,
+    redis_holds: Callable[[str], Awaitable[bool]],
 ) -> None:
     # A long local life: only the invalidation message can make the other replica forget.
     async with fleet(3, redis_local_ttl=3600) as (first, second, third):
@@ -128,23 +128,19 @@ async def test_a_delete_through_one_replica_is_seen_by_the_others(
         assert all(p.proxy.store.entries == 1 for p in (second, third))
         async with http.delete(first.url + JOB) as deleted:
             assert deleted.status == 204
-        assert await redis_admin.exists(RedisKeys(redis_prefix).record(JOB)) == 0
+        assert not await redis_holds(JOB)
         await eventually(
             lambda: second.proxy.store.entries == 0 and third.proxy.store.entries == 0,
             what="the invalidation to reach the other replicas",
         )
-        status, cache_status, body = await get(http, second)
-    assert status == 200 and "fwd=uri-miss" in cache_status
-    assert body["version"] == 1
-    assert upstream.count(JOB) == 2
+        await assert_fetched_again(http, second, upstream)
 
 
 async def test_a_poll_in_flight_on_one_replica_does_not_undo_a_delete_through_another(
     fleet: Fleet,
     upstream: CountingUpstream,
     http: aiohttp.ClientSession,
-    redis_admin: Redis,
-    redis_prefix: str,
+    redis_holds: Callable[[str], Awaitable[bool]],
 ) -> None:
     upstream.gate = asyncio.Event()
     async with fleet(2) as (first, second):
@@ -158,10 +154,10 @@ async def test_a_poll_in_flight_on_one_replica_does_not_undo_a_delete_through_an
         )
         upstream.gate.set()
         status, _, before = await poll
-        stored = await redis_admin.exists(RedisKeys(redis_prefix).record(JOB))
+        stored = await redis_holds(JOB)
         _, cache_status, after = await get(http, first)
     assert status == 200 and before["version"] == 0
-    assert stored == 0
+    assert not stored
     assert "fwd=uri-miss" in cache_status and after["version"] == 1
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -227,16 +229,21 @@ class RawUpstream:
 
 
 def answer(
-    raw: bytes, *, close: bool = False
+    raw: bytes, *, close: bool = False, reset: bool = False
 ) -> Callable[[RawRequest, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
-    """A behaviour writing fixed bytes (optionally closing the connection after them)."""
+    """A behaviour writing fixed bytes, then optionally closing the connection (FIN) or
+    resetting it (RST: ``SO_LINGER`` with a zero timeout, then abort)."""
 
     async def behave(
         request: RawRequest, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         writer.write(raw)
         await writer.drain()
-        if close:
+        if reset:
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.transport.abort()
+        elif close:
             writer.close()
 
     return behave

@@ -8,11 +8,12 @@ writes touches anything else), otherwise a ``redis-server`` this fixture starts 
 
 from __future__ import annotations
 
+import functools
 import os
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import pytest
@@ -20,15 +21,26 @@ from aiohttp.test_utils import TestServer
 from redis.asyncio import Redis
 
 from proxy.ops.config import Settings
+from proxy.stores.keys import RedisKeys
 from proxy.tools.replicas import LocalRedis, Replica, run_replicas
 from tests.support.origin import catch_all
 from tests.support.redis_support import CountingUpstream, Fleet
 
+ServerT = TypeVar("ServerT")
 
-@pytest.fixture
-async def local_redis() -> AsyncIterator[LocalRedis]:
-    async with LocalRedis() as server:
-        yield server
+
+def server_fixture(start: Callable[[], AbstractAsyncContextManager[ServerT]], name: str) -> Any:
+    """A fixture ``name``: servers of the test's own (``start()``), stopped at its end."""
+
+    @pytest.fixture(name=name)
+    async def running() -> AsyncIterator[ServerT]:
+        async with start() as server:
+            yield server
+
+    return running
+
+
+local_redis = server_fixture(LocalRedis, "local_redis")
 
 
 @pytest.fixture
@@ -57,6 +69,17 @@ async def redis_admin(redis_url: str, redis_prefix: str) -> AsyncIterator[Redis]
 
 
 @pytest.fixture
+def redis_holds(redis_admin: Redis, redis_prefix: str) -> Callable[[str], Awaitable[bool]]:
+    """``await redis_holds(path)``: whether the test's Redis holds a record for ``path``."""
+    keys = RedisKeys(redis_prefix)
+
+    async def holds(path: str) -> bool:
+        return bool(await redis_admin.exists(keys.record(path)))
+
+    return holds
+
+
+@pytest.fixture
 def upstream() -> CountingUpstream:
     return CountingUpstream()
 
@@ -68,20 +91,26 @@ async def origin(
     return await aiohttp_server(catch_all(upstream.handle))
 
 
-@pytest.fixture
-def fleet(origin: TestServer, redis_url: str, redis_prefix: str, redis_admin: Redis) -> Fleet:
-    """``fleet(n, **settings)``: n replicas in front of ``origin`` sharing the test's Redis."""
+def fleet_at(origin: TestServer, redis_prefix: str) -> Fleet:
+    """``fleet(url, n, **settings)``: n replicas in front of ``origin`` sharing Redis at ``url``
+    under the test's prefix."""
 
-    def start(count: int, **overrides: Any) -> AbstractAsyncContextManager[list[Replica]]:
+    def start(url: str, count: int, **overrides: Any) -> AbstractAsyncContextManager[list[Replica]]:
         options: dict[str, Any] = {
             "upstream": str(origin.make_url("")).rstrip("/"),
-            "redis_url": redis_url,
+            "redis_url": url,
             "redis_prefix": redis_prefix,
             "redis_timeout_ms": 1000,  # a busy CI machine must not make Redis look slow
         }
         return run_replicas(Settings(**(options | overrides)), count)
 
     return start
+
+
+@pytest.fixture
+def fleet(origin: TestServer, redis_url: str, redis_prefix: str, redis_admin: Redis) -> Fleet:
+    """``fleet(n, **settings)``: n replicas in front of ``origin`` sharing the test's Redis."""
+    return functools.partial(fleet_at(origin, redis_prefix), redis_url)
 
 
 @pytest.fixture

@@ -17,7 +17,15 @@ from aiohttp import web
 from proxy.tools.replicas import Replica, free_port
 from tests.support.waiting import eventually
 
-__all__ = ["JOB", "CountingUpstream", "Fleet", "eventually", "get", "replica_process"]
+__all__ = [
+    "JOB",
+    "CountingUpstream",
+    "Fleet",
+    "assert_fetched_again",
+    "eventually",
+    "get",
+    "replica_process",
+]
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -76,6 +84,16 @@ async def get(
     base = replica if isinstance(replica, str) else replica.url
     async with http.get(base + path) as response:
         return response.status, response.headers.get("Cache-Status", ""), await response.json()
+
+
+async def assert_fetched_again(
+    http: aiohttp.ClientSession, replica: Replica, upstream: CountingUpstream
+) -> None:
+    """After a DELETE of ``JOB``: ``replica`` forgot it and fetches the origin's new version."""
+    status, cache_status, body = await get(http, replica)
+    assert status == 200 and "fwd=uri-miss" in cache_status
+    assert body["version"] == 1
+    assert upstream.count(JOB) == 2
 
 
 async def readiness(http: aiohttp.ClientSession, replica: Replica) -> tuple[int, dict[str, Any]]:

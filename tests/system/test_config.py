@@ -10,6 +10,13 @@ import pytest
 from proxy.ops.config import ConfigError, Settings, parse_settings, parse_size
 
 
+def run_proxy(*args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m proxy ARGS`` to its end, output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "proxy", *args], capture_output=True, text=True, timeout=30
+    )
+
+
 def test_defaults_match_the_contract() -> None:
     settings = parse_settings([], {})
     assert settings == Settings()
@@ -69,12 +76,7 @@ def test_sizes() -> None:
 
 
 def test_bad_option_stops_the_process_with_one_line() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "proxy", "--port", "nope"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = run_proxy("--port", "nope")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "aitronos-cache-proxy: error: --port: expected a number, got 'nope'"
@@ -97,12 +99,7 @@ def test_event_loop_choice_picks_the_loop_to_serve_on(choice: str, loop_module: 
 
 
 def test_the_removed_aiohttp_front_is_refused_at_start_up_with_one_line() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "proxy", "--front", "aiohttp"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = run_proxy("--front", "aiohttp")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "aitronos-cache-proxy: error: --front: aiohttp's server was removed; the proxy serves "

@@ -77,6 +77,27 @@ async def client(
     return await make_sim()
 
 
+#: ``await make_job(**config)``: a simulator of that config, its test client and the URL of a
+#: transcription the owner just created.
+MakeJob = Callable[..., Awaitable[tuple[Client, str]]]
+
+
+@pytest.fixture
+def make_job(make_sim: Callable[..., Awaitable[tuple[Simulator, Client]]]) -> MakeJob:
+    async def make(**overrides: Any) -> tuple[Client, str]:
+        _, c = await make_sim(**overrides)
+        return c, f"{API}/{await create(c)}"
+
+    return make
+
+
+@pytest.fixture
+async def job(client: tuple[Simulator, Client]) -> tuple[Client, str]:
+    """The test client and the URL of a transcription the owner just created."""
+    _, c = client
+    return c, f"{API}/{await create(c)}"
+
+
 async def create(client: Client, headers: dict[str, str] = OWNER) -> str:
     resp = await client.post(API, json={"audio_url": "https://example.com/a.mp3"}, headers=headers)
     assert resp.status == 201
@@ -119,11 +140,10 @@ async def test_create_rejects_an_invalid_body(
 
 
 async def test_pending_transcription_is_cacheable_for_five_seconds_with_validators(
-    client: tuple[Simulator, Client], clock: FakeClock
+    job: tuple[Client, str], clock: FakeClock
 ) -> None:
-    _, c = client
-    tid = await create(c)
-    resp = await c.get(f"{API}/{tid}", headers=OWNER)
+    c, url = job
+    resp = await c.get(url, headers=OWNER)
     assert resp.status == 200
     assert resp.headers["Cache-Control"] == "public, max-age=5"
     assert re.fullmatch(r'"[0-9a-f]{32}"', resp.headers["ETag"])
@@ -138,11 +158,10 @@ async def test_pending_transcription_is_cacheable_for_five_seconds_with_validato
     assert body["metadata"]["upstream_refreshed"] is False
 
 
-async def test_etag_ignores_per_request_metadata(client: tuple[Simulator, Client]) -> None:
-    _, c = client
-    tid = await create(c)
-    first = await c.get(f"{API}/{tid}", headers=OWNER)
-    second = await c.get(f"{API}/{tid}", headers=OWNER)
+async def test_etag_ignores_per_request_metadata(job: tuple[Client, str]) -> None:
+    c, url = job
+    first = await c.get(url, headers=OWNER)
+    second = await c.get(url, headers=OWNER)
     first_body, second_body = await first.json(), await second.json()
     assert first_body["metadata"]["request_id"] != second_body["metadata"]["request_id"]
     assert first.headers["ETag"] == second.headers["ETag"]
@@ -154,14 +173,11 @@ async def test_etag_ignores_per_request_metadata(client: tuple[Simulator, Client
     ids=["exact", "weak", "list", "any"],
 )
 async def test_if_none_match_on_current_etag_answers_304_without_body(
-    client: tuple[Simulator, Client], if_none_match: str
+    job: tuple[Client, str], if_none_match: str
 ) -> None:
-    _, c = client
-    tid = await create(c)
-    etag = (await c.get(f"{API}/{tid}", headers=OWNER)).headers["ETag"]
-    resp = await c.get(
-        f"{API}/{tid}", headers={**OWNER, "If-None-Match": if_none_match.format(etag=etag)}
-    )
+    c, url = job
+    etag = (await c.get(url, headers=OWNER)).headers["ETag"]
+    resp = await c.get(url, headers={**OWNER, "If-None-Match": if_none_match.format(etag=etag)})
     assert resp.status == 304
     assert await resp.read() == b""
     assert resp.headers["ETag"] == etag
@@ -170,20 +186,17 @@ async def test_if_none_match_on_current_etag_answers_304_without_body(
 
 
 async def test_if_none_match_on_another_etag_answers_200(
-    client: tuple[Simulator, Client],
+    job: tuple[Client, str],
 ) -> None:
-    _, c = client
-    tid = await create(c)
-    resp = await c.get(f"{API}/{tid}", headers={**OWNER, "If-None-Match": '"stale"'})
+    c, url = job
+    resp = await c.get(url, headers={**OWNER, "If-None-Match": '"stale"'})
     assert resp.status == 200
 
 
 async def test_if_modified_since_answers_304_unless_if_none_match_disagrees(
-    client: tuple[Simulator, Client],
+    job: tuple[Client, str],
 ) -> None:
-    _, c = client
-    tid = await create(c)
-    url = f"{API}/{tid}"
+    c, url = job
     now = formatdate(START, usegmt=True)
     earlier = formatdate(START - 60, usegmt=True)
     assert (await c.get(url, headers={**OWNER, "If-Modified-Since": now})).status == 304
@@ -193,11 +206,9 @@ async def test_if_modified_since_answers_304_unless_if_none_match_disagrees(
 
 
 async def test_status_moves_through_its_lifecycle_as_the_clock_advances(
-    client: tuple[Simulator, Client], clock: FakeClock
+    job: tuple[Client, str], clock: FakeClock
 ) -> None:
-    _, c = client
-    tid = await create(c)
-    url = f"{API}/{tid}"
+    c, url = job
     seen: list[tuple[str, str, str]] = []
     for step in (0.0, 1.9, 0.2, 5.7, 0.2, 1000.0):
         clock.advance(step)
@@ -213,11 +224,9 @@ async def test_status_moves_through_its_lifecycle_as_the_clock_advances(
 
 
 async def test_old_etag_is_not_modified_only_until_the_status_changes(
-    client: tuple[Simulator, Client], clock: FakeClock
+    job: tuple[Client, str], clock: FakeClock
 ) -> None:
-    _, c = client
-    tid = await create(c)
-    url = f"{API}/{tid}"
+    c, url = job
     etag = (await c.get(url, headers=OWNER)).headers["ETag"]
     clock.advance(2.5)
     resp = await c.get(url, headers={**OWNER, "If-None-Match": etag})
@@ -226,12 +235,11 @@ async def test_old_etag_is_not_modified_only_until_the_status_changes(
 
 
 async def test_completed_transcription_has_long_max_age_text_and_actions(
-    make_sim: Callable[..., Awaitable[tuple[Simulator, Client]]], clock: FakeClock
+    make_job: MakeJob, clock: FakeClock
 ) -> None:
-    _, c = await make_sim(transcript_words=500)
-    tid = await create(c)
+    c, url = await make_job(transcript_words=500)
     clock.advance(8.0)
-    resp = await c.get(f"{API}/{tid}", headers=OWNER)
+    resp = await c.get(url, headers=OWNER)
     assert resp.headers["Cache-Control"] == "public, max-age=86400"
     body = await resp.json()
     data = body["data"]
@@ -249,33 +257,30 @@ async def test_completed_transcription_has_long_max_age_text_and_actions(
         "get_subtitles_txt",
         "search",
     }
-    assert body["actions"]["get_paragraphs"] == f"{API}/{tid}/paragraphs"
+    assert body["actions"]["get_paragraphs"] == f"{url}/paragraphs"
 
 
 async def test_failed_transcription_is_final_refunded_and_has_no_text(
-    make_sim: Callable[..., Awaitable[tuple[Simulator, Client]]], clock: FakeClock
+    make_job: MakeJob, clock: FakeClock
 ) -> None:
-    _, c = await make_sim(failure_ratio=1.0)
-    tid = await create(c)
+    c, url = await make_job(failure_ratio=1.0)
     clock.advance(9.0)
-    resp = await c.get(f"{API}/{tid}", headers=OWNER)
+    resp = await c.get(url, headers=OWNER)
     body = await resp.json()
     assert body["data"]["status"] == "failed"
     assert "text" not in body["data"]
     assert body["actions"] == {}
     assert body["billing"]["synapses_refunded"] == body["billing"]["synapses_consumed"]
     assert resp.headers["Cache-Control"] == "public, max-age=86400"
-    sub = await c.get(f"{API}/{tid}/sentences", headers=OWNER)
+    sub = await c.get(f"{url}/sentences", headers=OWNER)
     assert sub.status == 409
     assert (await sub.json())["error"]["code"] == "TRANSCRIPTION_FAILED"
 
 
 async def test_upstream_refreshed_when_the_last_status_check_is_over_ten_seconds_old(
-    make_sim: Callable[..., Awaitable[tuple[Simulator, Client]]], clock: FakeClock
+    make_job: MakeJob, clock: FakeClock
 ) -> None:
-    _, c = await make_sim(processing_seconds=60.0)
-    tid = await create(c)
-    url = f"{API}/{tid}"
+    c, url = await make_job(processing_seconds=60.0)
     clock.advance(11.0)
     assert (await (await c.get(url, headers=OWNER)).json())["metadata"]["upstream_refreshed"]
     assert not (await (await c.get(url, headers=OWNER)).json())["metadata"]["upstream_refreshed"]
@@ -285,12 +290,11 @@ async def test_upstream_refreshed_when_the_last_status_check_is_over_ten_seconds
     "path", ["", "/paragraphs", "/subtitles/srt", "/search?q=the"], ids=lambda p: p or "item"
 )
 async def test_another_tokens_transcription_is_not_found(
-    client: tuple[Simulator, Client], clock: FakeClock, path: str
+    job: tuple[Client, str], clock: FakeClock, path: str
 ) -> None:
-    _, c = client
-    tid = await create(c)
+    c, url = job
     clock.advance(10.0)
-    resp = await c.get(f"{API}/{tid}{path}", headers=STRANGER)
+    resp = await c.get(f"{url}{path}", headers=STRANGER)
     assert resp.status == 404
     body = await resp.json()
     assert body["success"] is False
@@ -309,12 +313,11 @@ async def test_unknown_id_is_not_found(client: tuple[Simulator, Client]) -> None
     "authorization", [None, "Basic b3duZXI=", "Bearer", "Bearer  ", "Bearer a b"]
 )
 async def test_missing_or_malformed_token_is_unauthorized(
-    client: tuple[Simulator, Client], authorization: str | None
+    job: tuple[Client, str], authorization: str | None
 ) -> None:
-    _, c = client
-    tid = await create(c)
+    c, job_url = job
     headers = {} if authorization is None else {"Authorization": authorization}
-    for method, url in (("GET", f"{API}/{tid}"), ("POST", API), ("DELETE", f"{API}/{tid}")):
+    for method, url in (("GET", job_url), ("POST", API), ("DELETE", job_url)):
         resp = await c.request(method, url, headers=headers, json={"audio_url": "x"})
         assert resp.status == 401, (method, url)
         body = await resp.json()
@@ -324,22 +327,20 @@ async def test_missing_or_malformed_token_is_unauthorized(
         }
 
 
-async def test_head_answers_headers_without_body(client: tuple[Simulator, Client]) -> None:
-    _, c = client
-    tid = await create(c)
-    resp = await c.head(f"{API}/{tid}", headers=OWNER)
+async def test_head_answers_headers_without_body(job: tuple[Client, str]) -> None:
+    c, url = job
+    resp = await c.head(url, headers=OWNER)
     assert resp.status == 200
     assert "ETag" in resp.headers
     assert await resp.read() == b""
 
 
 async def test_sub_resources_conflict_until_completed(
-    client: tuple[Simulator, Client], clock: FakeClock
+    job: tuple[Client, str], clock: FakeClock
 ) -> None:
-    _, c = client
-    tid = await create(c)
+    c, url = job
     clock.advance(3.0)
-    resp = await c.get(f"{API}/{tid}/paragraphs", headers=OWNER)
+    resp = await c.get(f"{url}/paragraphs", headers=OWNER)
     assert resp.status == 409
     body = await resp.json()
     assert body["success"] is False
@@ -348,12 +349,11 @@ async def test_sub_resources_conflict_until_completed(
 
 
 async def test_sub_resources_are_stable_and_cacheable_once_completed(
-    client: tuple[Simulator, Client], clock: FakeClock
+    job: tuple[Client, str], clock: FakeClock
 ) -> None:
-    _, c = client
-    tid = await create(c)
+    c, url = job
     clock.advance(8.0)
-    base = f"{API}/{tid}"
+    base = url
     full_text = (await (await c.get(base, headers=OWNER)).json())["data"]["text"]
 
     paragraphs = await c.get(f"{base}/paragraphs", headers=OWNER)
@@ -428,16 +428,15 @@ async def test_stats_count_requests_statuses_not_modified_and_body_bytes(
 
 
 async def test_stats_bytes_match_what_the_client_received(
-    client: tuple[Simulator, Client], clock: FakeClock
+    job: tuple[Client, str], clock: FakeClock
 ) -> None:
-    _, c = client
-    tid = await create(c)
+    c, url = job
     await c.post("/_sim/reset-stats")
     received = 0
     for step in (0.0, 3.0, 6.0):
         clock.advance(step)
         for path in ("", "/paragraphs", "/subtitles/vtt"):
-            resp = await c.get(f"{API}/{tid}{path}", headers=OWNER)
+            resp = await c.get(f"{url}{path}", headers=OWNER)
             received += len(await resp.read())
     stats = await (await c.get("/_sim/stats")).json()
     assert stats["bytes_sent"] == received
@@ -445,14 +444,13 @@ async def test_stats_bytes_match_what_the_client_received(
 
 
 async def test_status_fault_fails_the_next_n_requests_then_clears(
-    client: tuple[Simulator, Client],
+    job: tuple[Client, str],
 ) -> None:
-    _, c = client
-    tid = await create(c)
+    c, url = job
     resp = await c.post("/_sim/faults", json={"status": 503, "count": 2})
     assert resp.status == 201
     assert (await resp.json())["faults"] == [{"status": 503, "delay": 0.0, "count": 2}]
-    statuses = [(await c.get(f"{API}/{tid}", headers=OWNER)).status for _ in range(3)]
+    statuses = [(await c.get(url, headers=OWNER)).status for _ in range(3)]
     assert statuses == [503, 503, 200]
     stats = await (await c.get("/_sim/stats")).json()
     assert stats["faults_applied"] == 2
@@ -460,26 +458,24 @@ async def test_status_fault_fails_the_next_n_requests_then_clears(
 
 
 async def test_delay_fault_sleeps_before_answering(
-    client: tuple[Simulator, Client], sleep: RecordingSleep
+    job: tuple[Client, str], sleep: RecordingSleep
 ) -> None:
-    _, c = client
-    tid = await create(c)
+    c, url = job
     await c.post("/_sim/faults", json={"delay": 2.5})
-    assert (await c.get(f"{API}/{tid}", headers=OWNER)).status == 200
-    assert (await c.get(f"{API}/{tid}", headers=OWNER)).status == 200
+    assert (await c.get(url, headers=OWNER)).status == 200
+    assert (await c.get(url, headers=OWNER)).status == 200
     assert sleep.calls == [2.5]
 
 
-async def test_faults_apply_in_order_and_can_be_cleared(client: tuple[Simulator, Client]) -> None:
-    _, c = client
-    tid = await create(c)
+async def test_faults_apply_in_order_and_can_be_cleared(job: tuple[Client, str]) -> None:
+    c, url = job
     await c.post("/_sim/faults", json={"status": 500})
     await c.post("/_sim/faults", json={"status": 429, "count": 5})
-    assert (await c.get(f"{API}/{tid}", headers=OWNER)).status == 500
-    assert (await c.get(f"{API}/{tid}", headers=OWNER)).status == 429
+    assert (await c.get(url, headers=OWNER)).status == 500
+    assert (await c.get(url, headers=OWNER)).status == 429
     assert (await (await c.get("/_sim/faults")).json())["faults"][0]["count"] == 4
     assert (await c.delete("/_sim/faults")).status == 204
-    assert (await c.get(f"{API}/{tid}", headers=OWNER)).status == 200
+    assert (await c.get(url, headers=OWNER)).status == 200
 
 
 @pytest.mark.parametrize(
@@ -493,16 +489,15 @@ async def test_invalid_fault_is_rejected(client: tuple[Simulator, Client], paylo
 
 
 async def test_delete_removes_the_transcription_for_its_owner_only(
-    client: tuple[Simulator, Client],
+    job: tuple[Client, str],
 ) -> None:
-    _, c = client
-    tid = await create(c)
-    assert (await c.delete(f"{API}/{tid}", headers=STRANGER)).status == 404
-    assert (await c.get(f"{API}/{tid}", headers=OWNER)).status == 200
-    resp = await c.delete(f"{API}/{tid}", headers=OWNER)
+    c, url = job
+    assert (await c.delete(url, headers=STRANGER)).status == 404
+    assert (await c.get(url, headers=OWNER)).status == 200
+    resp = await c.delete(url, headers=OWNER)
     assert resp.status == 204
-    assert (await c.get(f"{API}/{tid}", headers=OWNER)).status == 404
-    assert (await c.delete(f"{API}/{tid}", headers=OWNER)).status == 404
+    assert (await c.get(url, headers=OWNER)).status == 404
+    assert (await c.delete(url, headers=OWNER)).status == 404
     stats = await (await c.get("/_sim/stats")).json()
     assert stats["routes"]["delete"] == 3
 
