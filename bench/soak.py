@@ -1,6 +1,6 @@
 """Sustained mixed traffic through the proxy, checking every answer and watching the process.
 
-``tests/test_soak.py`` runs it for about 30 seconds; for a longer run::
+``tests/system/test_soak.py`` runs it for about 30 seconds; for a longer run::
 
     PYTHONPATH=. python bench/soak.py --seconds 600 [--workers 16] > soak.json
 

@@ -20,15 +20,16 @@ from proxy.core.headers import format_http_date, parse_entity_tag_list, weak_mat
 from proxy.front.server import FrontServer
 from proxy.ops.config import Settings
 from proxy.runtime import Runtime
-from tests import podman_storage
-from tests.waiting import eventually
+from tests.support import podman_storage
+from tests.support.waiting import eventually
 
 START = 1_800_000_000.0
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    """Name the podman storage the image and compose tests ran with (tests/podman_storage.py):
-    the machine's default, or inside a container a tests-owned fuse-overlayfs or vfs one."""
+    """Name the podman storage the image and compose tests ran with
+    (tests/support/podman_storage.py): the machine's default, or inside a container a tests-owned
+    fuse-overlayfs or vfs one."""
     if podman_storage.CHOSEN:
         terminalreporter.write_line(f"podman storage: {', '.join(podman_storage.CHOSEN)}")
 
@@ -54,6 +55,10 @@ class Resource:
     extra: dict[str, str] = field(default_factory=dict)
     etag: bool = True
     last_modified: float | None = None
+    #: The origin answers a single ``Range`` itself with a 206 (as a file server does).
+    ranges: bool = False
+    #: The body is sent chunked, without ``Content-Length``.
+    chunked: bool = False
 
     @property
     def tag(self) -> str:
@@ -80,6 +85,14 @@ class Origin:
         resource = Resource(body.encode() if isinstance(body, str) else body, **kwargs)
         self.resources[path] = resource
         return resource
+
+    def put_audio(self, path: str, size: int, **kwargs: Any) -> Resource:
+        """An audio-like binary resource (not compressible) served with byte ranges, as the
+        redacted audio a completed transcription links to."""
+        body = bytes((i * 7 + i // 251) % 256 for i in range(size))
+        kwargs.setdefault("extra", {"Content-Type": "audio/mpeg"})
+        kwargs.setdefault("ranges", True)
+        return self.put(path, body, **kwargs)
 
     def count(self, path: str | None = None, method: str | None = None) -> int:
         return sum(
@@ -123,7 +136,35 @@ class Origin:
             tags = parse_entity_tag_list(request.headers.get("If-None-Match"))
             if tags and any(weak_match(tag, resource.tag) for tag in tags):
                 return web.Response(status=304, headers=headers)
-        return web.Response(status=resource.status, body=resource.body, headers=headers)
+        body, status = resource.body, resource.status
+        if resource.ranges and status == 200:
+            headers["Accept-Ranges"] = "bytes"
+            part = _origin_range(request.headers.get("Range"), len(body))
+            if part is not None:
+                first, last = part
+                headers["Content-Range"] = f"bytes {first}-{last}/{len(body)}"
+                body, status = body[first : last + 1], 206
+        if resource.chunked:
+            response = web.StreamResponse(status=status, headers=headers)
+            response.enable_chunked_encoding()
+            await response.prepare(request)
+            for start in range(0, len(body), 65536):
+                await response.write(body[start : start + 65536])
+            await response.write_eof()
+            return response
+        return web.Response(status=status, body=body, headers=headers)
+
+
+def _origin_range(value: str | None, length: int) -> tuple[int, int] | None:
+    """The one range a simple file server honours (``a-b``, ``a-``, ``-n``); else the 200."""
+    if not value or not value.startswith("bytes=") or "," in value:
+        return None
+    first, _, last = value[6:].strip().partition("-")
+    if not first:
+        return (max(0, length - int(last)), length - 1) if last.isdigit() else None
+    if not first.isdigit() or (last and not last.isdigit()) or int(first) >= length:
+        return None
+    return int(first), min(int(last), length - 1) if last else length - 1
 
 
 class FrontClient:

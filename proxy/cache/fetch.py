@@ -56,6 +56,12 @@ BACKOFF_BODY_LIMIT = 4096
 BACKOFF_BUDGET = 4 * 1024 * 1024
 #: Python's memory per held-back answer beyond its bytes (the Fetched object and its tuples).
 HELD_OVERHEAD = 512
+#: How long a flight whose 200 was streamed (too large or not storable) sends range requests
+#: straight to the origin, ranges intact, instead of asking for the whole body to fill the
+#: cache first (Varnish's hit-for-miss, its builtin 120 s), and the byte budget of those marks.
+RANGE_PASS_SECONDS = 120.0
+RANGE_PASS_BUDGET = 1024 * 1024
+RANGE_PASS_OVERHEAD = 128
 RETRY_LATER = (
     b'{"success": false, "error": {"code": "UPSTREAM_RETRY_LATER", '
     b'"message": "the upstream asked to retry later"}}'
@@ -129,6 +135,17 @@ class Fetcher:
         )
         self.flights: SingleFlight[Outcome] = SingleFlight()
         self._backoff: BackoffTable[Fetched] = BackoffTable(BACKOFF_BUDGET, clock)
+        self._range_passes: BackoffTable[None] = BackoffTable(RANGE_PASS_BUDGET, clock)
+
+    def range_pass(self, flight: str) -> bool:
+        """Whether range requests of this flight go to the origin with their ``Range``: its
+        last 200 was streamed, not stored, so filling the cache would only fetch it twice."""
+        return flight in self._range_passes
+
+    def _note_range_pass(self, flight: str, status: int) -> None:
+        if status == 200:
+            until = self.clock() + RANGE_PASS_SECONDS
+            self._range_passes.put(flight, until, None, RANGE_PASS_OVERHEAD)
 
     @property
     def held_back_bytes(self) -> int:
@@ -239,6 +256,7 @@ class Fetcher:
                 case Stream(hold_back):
                     if hold_back:
                         self._note_backoff(job.flight_key, head)
+                    self._note_range_pass(job.flight_key, head.status)
                     return Streamed(response, head.headers)
                 case StoreAndUse() | KeepStale() | ShareError():
                     return await self._read(job, response, head, decision)
@@ -258,6 +276,7 @@ class Fetcher:
         body = await response.read(decision.limit)
         self.metrics.upstream_bytes.inc(len(body))
         if len(body) > decision.limit:
+            self._note_range_pass(job.flight_key, head.status)
             return Streamed(response, head.headers, body)
         response.release()
         if not isinstance(decision, StoreAndUse):

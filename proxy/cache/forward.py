@@ -28,9 +28,10 @@ from proxy.upstream import Upstream, UpstreamError, UpstreamResponse, translate_
 
 log = logging.getLogger("proxy")
 
-#: Client validators are evaluated here against the stored response, never sent upstream on a
-#: cacheable fetch, so that the fetch is the same for every collapsed caller.
-CLIENT_VALIDATORS = frozenset({"if-none-match", "if-modified-since"})
+#: Client validators and byte ranges are evaluated here against the stored response, never sent
+#: upstream on a cacheable fetch, so that the fetch is the same for every collapsed caller and
+#: a range request fills the cache with the whole body (RFC 9110 §14, ``proxy.core.ranges``).
+CLIENT_VALIDATORS = frozenset({"if-none-match", "if-modified-since", "range", "if-range"})
 
 
 def end_to_end(items: Any) -> Headers:

@@ -279,8 +279,15 @@ class CachingProxy:
     async def _fetch(
         self, request: ProxyRequest, route: str, facts: RequestFacts, fetch: Fetch
     ) -> tuple[Settlement, Outcome | None]:
-        """Join the fetch's flight and settle what it brought for this caller (``settle``)."""
-        task, leader = self.fetcher.join(self._job(request, route, facts, fetch))
+        """Join the fetch's flight and settle what it brought for this caller (``settle``).
+
+        A range request of a flight whose 200 was just streamed, not stored, goes to the origin
+        with its ``Range`` at once (``Fetcher.range_pass``), not through a whole-body fetch.
+        """
+        job = self._job(request, route, facts, fetch)
+        if "range" in request.headers and self.fetcher.range_pass(job.flight_key):
+            return Forward(cache_status(fwd=fetch.fwd, detail="range-pass"), "miss"), None
+        task, leader = self.fetcher.join(job)
         try:
             outcome = await asyncio.shield(task)
         except asyncio.CancelledError:

@@ -1,12 +1,24 @@
-"""Serving from the store: a stored response, or a 304 when the client's validator matches."""
+"""Serving from the store: a stored response, a 304 when the client's validator matches, or
+byte ranges of it (RFC 9110 §14: a 206 or a 416)."""
 
 from __future__ import annotations
 
-from proxy.cache.exchange import Fields, ProxyRequest, Responder
-from proxy.core.coding import choose
+import secrets
+
+from proxy.cache.exchange import Fields, ProxyRequest, Responder, envelope
+from proxy.core.coding import IDENTITY, Representation, choose
 from proxy.core.conditional import not_modified, not_modified_headers
 from proxy.core.headers import parse_cache_control
-from proxy.core.models import Serve
+from proxy.core.models import ACCEPT_RANGES, Headers, Serve, StoredResponse, header_value
+from proxy.core.ranges import (
+    NotSatisfiable,
+    Partial,
+    RangeDecision,
+    Whole,
+    multipart,
+    multipart_type,
+    range_decision,
+)
 from proxy.ops.metrics import Metrics
 
 
@@ -46,14 +58,64 @@ class StoredServing:
                 headers.extend(extra)
                 responder.send(304, "", headers, b"")
                 return
-        size = len(rep.body)
+        served: Headers = entry.represented[index]
+        status, reason, body = entry.status, entry.reason, rep.body
+        if "range" in request.headers:
+            match ranges_for(request, entry, rep):
+                case Partial() as partial:
+                    status, reason = 206, "Partial Content"
+                    served, body = partial_content(served, body, partial)
+                case NotSatisfiable() as unsatisfiable:
+                    status, reason = 416, "Range Not Satisfiable"
+                    served = (
+                        ("Content-Type", "application/json"),
+                        ("Content-Range", unsatisfiable.content_range),
+                        ACCEPT_RANGES,
+                    )
+                    body = envelope(
+                        "RANGE_NOT_SATISFIABLE",
+                        f"No range is within the {unsatisfiable.length} bytes of the response.",
+                    )
+                case Whole():
+                    pass
+        size = len(body)
         if request.method != "HEAD":
             self.metrics.response_bytes.inc(size)
             if decision.saved:
                 self.metrics.bytes_saved.inc(size)
-        served = entry.represented[index]
         headers = [*served, ("Age", age), ("Cache-Status", decision.cache_status), *extra]
-        responder.send(entry.status, entry.reason, headers, rep.body)
+        responder.send(status, reason, headers, body)
+
+
+def ranges_for(request: ProxyRequest, entry: StoredResponse, rep: Representation) -> RangeDecision:
+    """The request's ``Range`` and ``If-Range`` against the representation chosen for it."""
+    headers = request.headers
+    return range_decision(
+        method=request.method,
+        status=entry.status,
+        ranges=headers.getall("range", ()),
+        if_range=headers.get("if-range"),
+        length=len(rep.body),
+        etag=rep.etag,
+        last_modified=entry.last_modified,
+        date=entry.date,
+        coded=rep.coding != IDENTITY,
+        derived=rep.derived,
+    )
+
+
+def partial_content(served: Headers, body: bytes, partial: Partial) -> tuple[Headers, bytes]:
+    """A 206's fields and body (RFC 9110 §15.3.7): the 200's fields with ``Content-Range`` for
+    one part, or a ``multipart/byteranges`` body whose parts carry the ``Content-Type``."""
+    if len(partial.ranges) == 1:
+        part = partial.ranges[0]
+        fields = (*served, ("Content-Range", part.content_range(partial.length)))
+        return fields, body[part.first : part.last + 1]
+    boundary = secrets.token_hex(16)
+    content_type = header_value(served, "content-type")
+    kept = tuple(item for item in served if item[0].lower() != "content-type")
+    fields = (*kept, ("Content-Type", multipart_type(boundary)))
+    return fields, multipart(body, partial, content_type, boundary)
 
 
 def _no_transform(request: ProxyRequest) -> bool:

@@ -5,8 +5,9 @@ Two directions meet here. Towards the origin: the validators a revalidation send
 (``conditional_headers``), whether a 304 selects the stored response (``validator_matches``) and
 how it freshens it (``freshen``). Towards the client: whether a stored response answers a
 conditional GET with 304 (``not_modified``) and which fields that 304 repeats. The policy's whole
-decisions (``proxy.core.policy``) build on these; range requests and other preconditions
-(``UNHANDLED_PRECONDITIONS``) are forwarded today and would be evaluated here.
+decisions (``proxy.core.policy``) build on these; byte ranges and ``If-Range`` are answered from
+the stored response by ``proxy.core.ranges``; the other preconditions
+(``UNHANDLED_PRECONDITIONS``) are forwarded.
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ def conditional_headers(entry: StoredResponse) -> dict[str, str]:
 # -- conditional requests -------------------------------------------------------------------------
 
 #: Preconditions this cache does not evaluate itself; such requests are forwarded (§4.3.2).
-UNHANDLED_PRECONDITIONS = ("if-match", "if-unmodified-since", "if-range", "range")
+UNHANDLED_PRECONDITIONS = ("if-match", "if-unmodified-since")
 
 
 def not_modified(

@@ -24,6 +24,11 @@ Headers = tuple[tuple[str, str], ...]
 #: Fields not copied from a stored response onto a response built from it: recomputed per
 #: response (``Age``, ``Cache-Status``, ``Content-Length``) or connection-specific.
 NOT_SERVED = frozenset({"age", "content-length", "cache-status"}) | HOP_BY_HOP
+#: RFC 9110 §14.3: this cache serves byte ranges of every stored 200 (``proxy.core.ranges``),
+#: whatever the origin said, since it holds the whole body.
+ACCEPT_RANGES = ("Accept-Ranges", "bytes")
+#: ``Content-Range`` means nothing on a 200 (RFC 9110 §14.4) and would contradict a 206's own.
+NOT_SERVED_WITH_RANGES = NOT_SERVED | {"accept-ranges", "content-range"}
 
 
 def header_values(headers: Headers, name: str) -> list[str]:
@@ -127,7 +132,7 @@ class StoredResponse:
         setter(self, "last_modified", last_modified)
         setter(self, "vary", parse_vary(header_values(headers, "vary")))
         setter(self, "corrected_initial_age", max(apparent_age, corrected_age_value))
-        served = tuple(item for item in headers if item[0].lower() not in NOT_SERVED)
+        served = _served_fields(headers, self.status)
         original = Representation(
             _coding_token(header_values(headers, "content-encoding")),
             self.body,
@@ -159,7 +164,7 @@ class StoredResponse:
     def served(self) -> Headers:
         """The stored fields a response built from this one carries (not kept: a hit on the
         front is written from its prepared head, and 100k entries would pay ~14 MB for it)."""
-        return tuple(item for item in self.headers if item[0].lower() not in NOT_SERVED)
+        return _served_fields(self.headers, self.status)
 
     @property
     def has_validator(self) -> bool:
@@ -167,6 +172,15 @@ class StoredResponse:
 
     def header(self, name: str) -> str | None:
         return header_value(self.headers, name)
+
+
+def _served_fields(headers: Headers, status: int) -> Headers:
+    """The stored fields a response built from a stored one carries, with ``Accept-Ranges:
+    bytes`` on a 200 (the ranges this cache serves of it)."""
+    if status != 200:
+        return tuple(item for item in headers if item[0].lower() not in NOT_SERVED)
+    kept = (item for item in headers if item[0].lower() not in NOT_SERVED_WITH_RANGES)
+    return (*kept, ACCEPT_RANGES)
 
 
 def _coding_token(values: list[str]) -> str:
@@ -205,7 +219,8 @@ def _shared_pair(name: str, value: str) -> tuple[str, str]:
 
 #: Python's own memory per stored response beyond its bytes (the object, its derived fields, the
 #: served-headers tuple) and per field line (two tuples, a string object): measured with
-#: tracemalloc on CPython 3.11 (tests/test_memory_budget.py), so the budget bounds real memory.
+#: tracemalloc on CPython 3.11 (tests/cache/test_memory_budget.py), so the budget bounds real
+#: memory.
 ENTRY_OVERHEAD = 1024
 FIELD_OVERHEAD = 160
 #: Per derived coding beyond its bytes (its object, its served-fields tuple, its ETag pair,

@@ -461,7 +461,9 @@ def settle(
         return Forward(cache_status(fwd=fetch.fwd), "miss")
     if answer.streamed:
         # Only the caller that led the fetch may read a streamed body; the others ask again.
-        if answer.led:
+        # So does a range request (RFC 9110 §14.2): the whole body was asked for to fill the
+        # cache, but it is not stored (too large, not storable), so the origin sends the range.
+        if answer.led and "range" not in request.headers:
             return Relay(cache_status(fwd=fetch.fwd), "miss")
         return Forward(cache_status(fwd=fetch.fwd), "miss")
     entry = answer.entry
