@@ -47,12 +47,17 @@ def new_event_loop(name: str) -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.bare")
+def parse_origin_args(prog: str) -> argparse.Namespace:
+    """The command line of a benchmark origin: its port, its recorded response, its loop."""
+    parser = argparse.ArgumentParser(prog=prog)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--response", type=Path, required=True)
     parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_origin_args("python -m bench.bare")
     status, headers, body = load_response(args.response)
     web.run_app(
         create_bare_app(status, headers, body),

@@ -210,18 +210,17 @@ def measure(
     simulator = processes.start_simulator(
         workdir,
         [
-            "--queued-seconds", str(scale.queued),
-            "--processing-seconds", str(scale.processing),
-            "--pending-max-age", str(scale.pending_max_age),
-            "--start-offsets", ",".join(
-                f"{scale.stagger * i / scale.transcriptions:.3f}"
-                for i in range(scale.transcriptions)
+            *processes.staggered_jobs(
+                queued=scale.queued,
+                processing=scale.processing,
+                max_age=scale.pending_max_age,
+                stagger=scale.stagger,
+                transcriptions=scale.transcriptions,
             ),
-            "--seed", "7",
             *origin_options,
         ],
         pinning,
-    )  # fmt: skip
+    )
     port = simulator.port
 
     def replicas(shared: bool) -> list[Service]:

@@ -11,13 +11,14 @@ the reference for what the proxy's own front could cost on the same loop.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import json
 from pathlib import Path
 
 import httptools
+
+from bench.bare import new_event_loop, parse_origin_args
 
 #: Fields the capturing connection set for itself; the floor writes its own framing.
 HOP_BY_HOP = frozenset({"connection", "content-length", "keep-alive", "transfer-encoding"})
@@ -65,20 +66,8 @@ class FloorProtocol(asyncio.Protocol):
             transport.close()
 
 
-def new_event_loop(name: str) -> asyncio.AbstractEventLoop:
-    if name == "uvloop":
-        import uvloop
-
-        return uvloop.new_event_loop()
-    return asyncio.new_event_loop()
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.floor")
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--response", type=Path, required=True)
-    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
-    args = parser.parse_args()
+    args = parse_origin_args("python -m bench.floor")
     head, body = load_prepared(args.response)
     keep = head + b"Connection: keep-alive\r\n\r\n" + body
     close = head + b"Connection: close\r\n\r\n" + body

@@ -309,6 +309,13 @@ def measure(
                 note="1 worker, access log off",
             ),
             System(
+                "nginx proxy_cache (access log on)",
+                lambda: processes.start_nginx(
+                    workdir, port, pinning, install=install, access_log=True
+                ),
+                note="1 worker, JSON access log with the proxy's fields to a file",
+            ),
+            System(
                 "Varnish",
                 lambda: processes.start_varnish(workdir, port, pinning, install=install),
                 note="malloc storage, grace 1h, keep 1h",

@@ -152,18 +152,15 @@ async def run_one(
 def measure(workdir: Path, scale: Scale, pinning: Pinning, log: Callable[[str], None]) -> list[Run]:
     simulator = processes.start_simulator(
         workdir,
-        [
-            "--queued-seconds", str(scale.queued),
-            "--processing-seconds", str(scale.processing),
-            "--pending-max-age", str(scale.max_age),
-            "--start-offsets", ",".join(
-                f"{scale.stagger * i / scale.transcriptions:.3f}"
-                for i in range(scale.transcriptions)
-            ),
-            "--seed", "7",
-        ],
+        processes.staggered_jobs(
+            queued=scale.queued,
+            processing=scale.processing,
+            max_age=scale.max_age,
+            stagger=scale.stagger,
+            transcriptions=scale.transcriptions,
+        ),
         pinning,
-    )  # fmt: skip
+    )
     runs = []
     try:
         proxy = processes.start_proxy(

@@ -225,6 +225,20 @@ def start_redis(workdir: Path, pinning: Pinning) -> Service:
     raise Unavailable(f"redis did not answer PING within {READY_TIMEOUT:.0f}s")
 
 
+def staggered_jobs(
+    *, queued: float, processing: float, max_age: float, stagger: float, transcriptions: int
+) -> list[str]:
+    """The simulator's flags for jobs that start ``stagger`` seconds apart in all, seed 7."""
+    offsets = ",".join(f"{stagger * i / transcriptions:.3f}" for i in range(transcriptions))
+    return [
+        "--queued-seconds", str(queued),
+        "--processing-seconds", str(processing),
+        "--pending-max-age", str(max_age),
+        "--start-offsets", offsets,
+        "--seed", "7",
+    ]  # fmt: skip
+
+
 def start_simulator(workdir: Path, options: Sequence[str], pinning: Pinning) -> Service:
     port = free_port()
     command = [sys.executable, "-m", "proxy", "simulate", "--port", str(port), *options]
@@ -305,7 +319,7 @@ pid {dir}/nginx.pid;
 error_log {dir}/error.log warn;
 events {{ worker_connections 8192; }}
 http {{
-    access_log off;
+    {access}
     client_body_temp_path {dir}/client_body;
     proxy_temp_path {dir}/proxy_temp;
     fastcgi_temp_path {dir}/fastcgi_temp;
@@ -345,13 +359,30 @@ NGINX_GZIP = """
         gzip_types application/json text/plain text/vtt application/x-subrip;"""
 
 
+#: nginx's access log with the proxy's fields, one JSON line per request (unbuffered, nginx's
+#: default), for the comparison with the proxy's default settings.
+NGINX_ACCESS = (
+    "log_format bench escape=json '{{\"method\":\"$request_method\",\"path\":\"$uri\","
+    "\"status\":$status,\"cache\":\"$upstream_cache_status\","
+    "\"duration_ms\":$request_time,\"bytes\":$body_bytes_sent}}';\n"
+    "    access_log {dir}/access.log bench;"
+)
+
+
 def start_nginx(
-    workdir: Path, upstream_port: int, pinning: Pinning, *, install: bool, gzip: bool = False
+    workdir: Path,
+    upstream_port: int,
+    pinning: Pinning,
+    *,
+    install: bool,
+    gzip: bool = False,
+    access_log: bool = False,
 ) -> Service:
     """nginx ``proxy_cache`` with lock, revalidation and stale-while-updating, one worker;
-    with ``gzip``, also ``gzip on; gzip_vary on`` for JSON and text."""
+    with ``gzip``, also ``gzip on; gzip_vary on`` for JSON and text; with ``access_log``, a
+    JSON access line per request to a file."""
     binary = ensure_binary("nginx", install=install)
-    home = workdir / "nginx"
+    home = workdir / ("nginx-log" if access_log else "nginx")
     home.mkdir(parents=True, exist_ok=True)
     port = free_port()
     conf = home / "nginx.conf"
@@ -363,11 +394,13 @@ def start_nginx(
             port=port,
             upstream_port=upstream_port,
             gzip=NGINX_GZIP if gzip else "",
+            access=NGINX_ACCESS.format(dir=home) if access_log else "access_log off;",
         )
     )
     command = [binary, "-p", str(home), "-c", str(conf), "-e", str(home / "error.log")]
     command += ["-g", "daemon off;"]
-    return launch("nginx", command, workdir, port=port, ready_path="/_sim/stats", pinning=pinning)
+    name = "nginx-log" if access_log else "nginx"
+    return launch(name, command, workdir, port=port, ready_path="/_sim/stats", pinning=pinning)
 
 
 VARNISH_VCL = """\

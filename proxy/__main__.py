@@ -101,8 +101,13 @@ def serve(
     worker: WorkerPlace | None = None,
 ) -> None:
     configure_logging(settings.log_level, None if worker is None else worker.index)
+    from proxy.ops.limits import limit_report, raise_descriptor_limit
+
+    warning, line = limit_report(settings, raise_descriptor_limit())
     if worker is None or worker.index == 0:
         log_start(settings)
+        log = logging.getLogger("proxy")
+        log.log(logging.WARNING if warning else logging.INFO, "%s", line)
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         runner.run(run(settings, worker))
 

@@ -22,7 +22,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -30,6 +29,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from proxy.cache.proxy import CachingProxy
 from proxy.ops.admin import Purger
 from proxy.ops.config import ConfigError, Settings
+from proxy.ops.lifetime import StartsAndCloses
 from proxy.ops.metrics import Metrics
 from proxy.stores.coordination import Coordinator
 from proxy.stores.memory import MemoryStore, Store, StoreError
@@ -65,7 +65,7 @@ class Readiness:
         }
 
 
-class Runtime:
+class Runtime(StartsAndCloses):
     """The cache, its store, the upstream session, metrics, the Redis share and the purger.
 
     Tests inject the store, the registry, the clock and the coordinator. With
@@ -150,22 +150,6 @@ class Runtime:
         if self.share is not None:
             await self.share.close()
         log.info("closed the upstream session and the %s store", self.store.backend)
-
-    async def __aenter__(self) -> Runtime:
-        try:
-            await self.start()
-        except BaseException:
-            await self.close()
-            raise
-        return self
-
-    async def __aexit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     # -- what the endpoints report ----------------------------------------------------------
 

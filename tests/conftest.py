@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gzip
 import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -21,6 +23,7 @@ from proxy.front.server import FrontServer
 from proxy.ops.config import Settings
 from proxy.runtime import Runtime
 from tests.support import podman_storage
+from tests.support.origin import Handler, catch_all, serving
 from tests.support.waiting import eventually
 
 START = 1_800_000_000.0
@@ -55,6 +58,8 @@ class Resource:
     extra: dict[str, str] = field(default_factory=dict)
     etag: bool = True
     last_modified: float | None = None
+    #: Fields a 304 carries instead of the 200's (a 304 contradicting the stored validators).
+    not_modified_extra: dict[str, str] = field(default_factory=dict)
     #: The origin answers a single ``Range`` itself with a 206 (as a file server does).
     ranges: bool = False
     #: The body is sent chunked, without ``Content-Length``.
@@ -74,16 +79,29 @@ class Origin:
     def __init__(self, clock: FakeClock) -> None:
         self.clock = clock
         self.resources: dict[str, Resource] = {}
+        #: What one ``Authorization`` value sees instead of ``resources`` (``put(..., token=)``).
+        self.scoped: dict[tuple[str, str], Resource] = {}
         self.requests: list[web.Request] = []
         self.received = asyncio.Event()
         self.gate: asyncio.Event | None = None
         self.gated_method: str | None = None
         self.fail_status: int | None = None
         self.hang = False
+        #: nginx's ``gzip on`` in front: a 200 to a gzip-accepting request is gzipped under a
+        #: weakened ``W/"x"``, but the 304 keeps the strong ``"x"`` (304s have no body to gzip).
+        self.nginx_gzip = False
+        #: The status of every answer sent, in order (200s are full downloads).
+        self.sent: list[int] = []
 
-    def put(self, path: str, body: bytes | str, **kwargs: Any) -> Resource:
+    def put(
+        self, path: str, body: bytes | str, *, token: str | None = None, **kwargs: Any
+    ) -> Resource:
+        """Serve ``body`` at ``path``; with ``token``, only to ``Authorization: Bearer token``."""
         resource = Resource(body.encode() if isinstance(body, str) else body, **kwargs)
-        self.resources[path] = resource
+        if token is None:
+            self.resources[path] = resource
+        else:
+            self.scoped[f"Bearer {token}", path] = resource
         return resource
 
     def put_audio(self, path: str, size: int, **kwargs: Any) -> Resource:
@@ -105,7 +123,9 @@ class Origin:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         self.requests.append(request)
         self.received.set()
-        resource = self.resources.get(request.raw_path)
+        resource = self.scoped.get(
+            (request.headers.get("Authorization", ""), request.raw_path)
+        ) or self.resources.get(request.raw_path)
         if self.hang:
             await asyncio.Event().wait()
         if self.gate is not None and self.gated_method in (None, request.method):
@@ -135,8 +155,15 @@ class Origin:
         if resource.etag and resource.status == 200:
             tags = parse_entity_tag_list(request.headers.get("If-None-Match"))
             if tags and any(weak_match(tag, resource.tag) for tag in tags):
-                return web.Response(status=304, headers=headers)
+                self.sent.append(304)
+                return web.Response(status=304, headers=headers | resource.not_modified_extra)
         body, status = resource.body, resource.status
+        if self.nginx_gzip and status == 200 and accepts_gzip(request):
+            body = gzip.compress(body, mtime=0)
+            headers["Content-Encoding"] = "gzip"
+            headers["Vary"] = "Accept-Encoding"
+            if "ETag" in headers:
+                headers["ETag"] = "W/" + headers["ETag"]
         if resource.ranges and status == 200:
             headers["Accept-Ranges"] = "bytes"
             part = _origin_range(request.headers.get("Range"), len(body))
@@ -144,6 +171,7 @@ class Origin:
                 first, last = part
                 headers["Content-Range"] = f"bytes {first}-{last}/{len(body)}"
                 body, status = body[first : last + 1], 206
+        self.sent.append(status)
         if resource.chunked:
             response = web.StreamResponse(status=status, headers=headers)
             response.enable_chunked_encoding()
@@ -153,6 +181,11 @@ class Origin:
             await response.write_eof()
             return response
         return web.Response(status=status, body=body, headers=headers)
+
+
+def accepts_gzip(request: web.Request) -> bool:
+    codings = request.headers.get("Accept-Encoding", "").lower()
+    return any(item.split(";")[0].strip() == "gzip" for item in codings.split(","))
 
 
 def _origin_range(value: str | None, length: int) -> tuple[int, int] | None:
@@ -264,17 +297,32 @@ async def serve_front() -> AsyncIterator[ServeFront]:
         await server.runtime.close()
 
 
+ServeOrigin = Callable[[Handler | web.Application], Awaitable[str]]
+
+
+@pytest.fixture
+async def serve_origin() -> AsyncIterator[ServeOrigin]:
+    """``url = await serve_origin(handler_or_app)``: a test's own origin on a free port, one
+    handler for every method and path (or an application with routes of its own); closed at
+    the test's end, after the proxies in front of it."""
+    async with contextlib.AsyncExitStack() as running:
+
+        async def serve(origin: Handler | web.Application) -> str:
+            return await running.enter_async_context(serving(origin))
+
+        yield serve
+
+
 @pytest.fixture
 async def make_harness(
     aiohttp_server: Any, clock: FakeClock, serve_front: ServeFront
 ) -> MakeHarness:
-    """Proxies on our own front (as ``python -m proxy`` serves) before controllable origins."""
+    """Proxies on our own front (as ``python -m proxy`` serves) before controllable origins:
+    the recording ``Origin``, or ``handler=`` (then ``Harness.origin`` records nothing)."""
 
-    async def make(**settings: Any) -> Harness:
+    async def make(handler: Handler | None = None, **settings: Any) -> Harness:
         origin = Origin(clock)
-        origin_app = web.Application()
-        origin_app.router.add_route("*", "/{tail:.*}", origin.handle)
-        origin_server = await aiohttp_server(origin_app)
+        origin_server = await aiohttp_server(catch_all(handler or origin.handle))
         registry = CollectorRegistry()
         upstream = settings.pop("upstream", str(origin_server.make_url("")))
         client = await serve_front(

@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import aclosing
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -43,9 +44,7 @@ def route_of(path: str) -> str:
 class RequestRejected(Exception):
     """A request the proxy refuses on the client's account (4xx), answered with the envelope."""
 
-    def __init__(
-        self, status: int, code: str, message: str, *, headers: Fields = ()
-    ) -> None:
+    def __init__(self, status: int, code: str, message: str, *, headers: Fields = ()) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
@@ -116,6 +115,31 @@ class Responder(Protocol):
         """Cut the connection: the only honest signal once a head was sent and the body fails."""
 
 
+@dataclass(slots=True)
+class SharedAnswer:
+    """One response written to many requests as they are (the waiters one change wakes): the
+    front serialises its head once per framing (keep-alive, HTTP/1.0, HEAD) and keeps it in
+    ``wire``, so each further request costs one write, never another serialisation."""
+
+    status: int
+    reason: str
+    headers: Fields
+    body: bytes
+    wire: dict[object, bytes] = field(default_factory=dict)
+
+
+class Deferring(Protocol):
+    """What a front's responder may offer besides ``Responder``: an answer written after the
+    handler returned (a held long poll, parked without a task), and shared answers."""
+
+    def defer(self) -> Callable[[str], None] | None:
+        """The request will be answered later, outside the handler: returns what to call with
+        the cache result label once it is (``None``: this front cannot; await instead)."""
+
+    def send_shared(self, answer: SharedAnswer) -> None:
+        """``send`` of a response shared with other requests."""
+
+
 def send_error(
     responder: Responder, status: int, code: str, message: str, cache_status: str | None
 ) -> None:
@@ -138,3 +162,22 @@ def send_upstream_error(responder: Responder, error: UpstreamError) -> None:
     §15.6.3, §15.6.5) with the envelope, the failure's kind in ``Cache-Status``."""
     status = cache_status(fwd="uri-miss", detail=error.kind)
     send_error(responder, error.status, error.code, str(error), status)
+
+
+async def send_stream(
+    responder: Responder,
+    status: int,
+    reason: str,
+    headers: Fields,
+    body: AsyncGenerator[bytes, None],
+) -> None:
+    """A response whose body is made as it goes (server-sent events): each chunk is written as
+    soon as it is made, and a client that goes away ends the body (``aclose``)."""
+    try:
+        await responder.start(status, reason, headers)
+        async with aclosing(body) as chunks:
+            async for chunk in chunks:
+                await responder.write(chunk)
+        await responder.finish()
+    except ConnectionError:
+        pass  # the client left: nothing is owed to it

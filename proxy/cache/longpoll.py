@@ -10,16 +10,32 @@ response is no longer fresh, revalidate it through the shared fetch.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
 from proxy.cache.entries import Entries
-from proxy.cache.exchange import ProxyRequest, Responder, send_upstream_error
+from proxy.cache.exchange import (
+    Fields,
+    ProxyRequest,
+    Responder,
+    SharedAnswer,
+    send_error,
+    send_upstream_error,
+)
 from proxy.cache.fetch import Fetched, Fetcher, FetchJob, release_orphan
 from proxy.cache.forward import Forwarder, Streamed
 from proxy.cache.serve import StoredServing, Unacceptable
-from proxy.cache.wait import Observation, WaitRoom, Wake
+from proxy.cache.wait import (
+    DISCONNECTED,
+    Observation,
+    Waiter,
+    WaitRoom,
+    Wake,
+    still_matches,
+    validators_of,
+)
 from proxy.core.conditional import not_modified
 from proxy.core.models import Fresh, Revalidate, Serve, StoredResponse
 from proxy.core.policy import (
@@ -32,8 +48,16 @@ from proxy.core.policy import (
 )
 from proxy.core.prefer import Hold, Shed, hold_decision, requested_wait
 from proxy.ops.config import Settings
+from proxy.ops.limits import max_waiters
 from proxy.ops.metrics import Metrics
 from proxy.upstream import UpstreamError
+
+log = logging.getLogger("proxy")
+
+
+#: The ordinary way to answer a request (``CachingProxy._cacheable``), for a wait that ends in
+#: a response the store cannot answer.
+Fallback = Callable[[ProxyRequest, Responder, str], Awaitable["Handled"]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +68,8 @@ class Handled:
 
     result: str
     held: float = 0.0
+    #: Parked (``LongPolls.park``): answered later, its duration observed then.
+    deferred: bool = False
 
 
 class LongPolls:
@@ -68,14 +94,24 @@ class LongPolls:
         self.policy = policy
         self.clock = clock
         self.metrics = metrics
-        self.waits: WaitRoom[Fetched] = WaitRoom(
-            on_outcome=lambda outcome: metrics.long_polls.labels(outcome).inc()
-        )
+        #: ``--max-waiters``, or the connection cap the descriptor limit allows (``limits``).
+        self.max_waiters = max_waiters(settings)
+        self.waits: WaitRoom[Fetched] = WaitRoom(on_outcome=metrics.count_long_poll)
         metrics.waiting_requests.set_function(lambda: self.waits.waiting)
         entries.on_change = self.waits.changed
+        # The answer to the waiters one change woke, by kind of request (``_changed``).
+        self._shared: dict[tuple[object, ...], SharedAnswer] = {}
+        self._shared_entry: StoredResponse | None = None
+        self._shared_second = 0
 
-    def may_hold(self, request: ProxyRequest, serve: Serve) -> Hold | None:
-        """Whether this request, about to be answered 304 from ``serve.entry``, is held."""
+    def may_hold(
+        self, request: ProxyRequest, serve: Serve, *, count_shed: bool = True
+    ) -> Hold | None:
+        """Whether this request, about to be answered 304 from ``serve.entry``, is held.
+
+        ``count_shed=False`` when a refusal is not final (the request then revalidates and
+        asks again, counted then).
+        """
         if "prefer" not in request.headers:
             return None
         entry = serve.entry
@@ -85,11 +121,12 @@ class LongPolls:
         decision = hold_decision(
             requested_wait(request.headers.getall("prefer", ())),
             waiting=waits.waiting,
-            max_waiters=self.settings.max_waiters,
+            max_waiters=self.max_waiters,
             max_wait=0.0 if waits.closing else self.settings.max_wait,
         )
         if isinstance(decision, Shed):
-            self.metrics.long_polls.labels("shed").inc()
+            if count_shed:
+                self.metrics.count_long_poll("shed")
             return None
         return decision
 
@@ -98,71 +135,94 @@ class LongPolls:
         request: ProxyRequest,
         responder: Responder,
         flight: str,
-        job: Callable[[], FetchJob],
+        job: Callable[[], FetchJob] | None,
         serve: Serve,
         hold: Hold,
-        fallback: Callable[[], Awaitable[Handled]],
+        route: str,
+        fallback: Fallback,
     ) -> Handled:
-        """Hold the request, then answer it; returns the result label and the time held.
+        """Hold the request, then answer it; returns the result label and the time held
+        (``park``, awaited: for a responder that cannot defer its answer)."""
+        future: asyncio.Future[Handled] = asyncio.get_running_loop().create_future()
+        waiter = self.park(request, responder, flight, job, serve, hold, route, fallback, future)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            self.waits.settle(waiter, DISCONNECTED)
+            raise
 
-        ``job`` makes the flight's refresh; it is called only if this request opens the watch.
-        ``fallback`` answers the request the ordinary way, when the wait ends in a response
-        this cache cannot serve from the store.
+    def park(
+        self,
+        request: ProxyRequest,
+        responder: Responder,
+        flight: str,
+        job: Callable[[], FetchJob] | None,
+        serve: Serve,
+        hold: Hold,
+        route: str,
+        fallback: Fallback,
+        done: Callable[[str], None] | asyncio.Future[Handled],
+    ) -> Waiter:
+        """Hold the request without a task; once it ends its answer is written and ``done``
+        called with the result label (its duration observed, the wait left out), or, a
+        future, set to the ``Handled``.
+
+        ``job`` makes the flight's refresh, needed only if this request opens the watch
+        (``WaitRoom.watching``). ``fallback`` answers the request the ordinary way, when the
+        wait ends in a response this cache cannot serve from the store.
         """
-        started = time.perf_counter()
         connection = request.connection
-        key = request.target
-        made: list[FetchJob] = []
+        observe = None
+        if job is not None:
+            made = job
 
-        def observe() -> Awaitable[Observation[Fetched]]:
-            if not made:
-                made.append(job())
-            return self.observe(made[0])
+            def observe() -> Awaitable[Observation[Fetched]]:
+                return self.observe(made())
 
-        wake = await self.waits.hold(
+        held = Held(self, request, responder, serve, hold, route, fallback, done)
+        return self.waits.park(
             flight,
-            key,
+            request.target,
             observe,
             request.headers,
             hold.seconds,
             connection.disconnected() if connection is not None else None,
+            held.wake,
         )
-        held = time.perf_counter() - started
-        applied = ("Preference-Applied", hold.applied)
-        if isinstance(wake.error, UpstreamError):
-            send_upstream_error(responder, wake.error)
-            return Handled("error", held)
-        if wake.error is not None:
-            raise wake.error  # a bug: answered (and logged) as any other
-        if wake.answer is not None:
-            answer = wake.answer
-            status = cache_status(fwd="stale", fwd_status=answer.status, detail="waited")
-            headers = (*answer.headers, applied)
-            self.forwarder.relay(
-                responder, answer.status, answer.reason, headers, answer.body, status
-            )
-            return Handled("error" if answer.status >= 500 else "miss", held)
-        if wake.outcome == "changed" and wake.entry is None:
-            return _after(held, await fallback())
-        entry = wake.entry or await self._current(key, serve.entry) or serve.entry
-        try:
-            self.serving.serve(request, responder, self._waited(entry), (applied,))
-        except Unacceptable:
-            # Stored only in a coding this client cannot read.
-            return _after(held, await fallback())
-        return Handled("hit", held)
+
+    def _changed(self, held: Held, entry: StoredResponse, applied: Fields) -> None:
+        """Serve the changed ``entry``: one answer prepared per kind of request in the same
+        second, written as is to every waiter of that kind (``SharedAnswer``)."""
+        request, responder = held.request, held.responder
+        send_shared = getattr(responder, "send_shared", None)
+        if send_shared is None or "range" in request.headers:  # a range: a part of its own
+            self.serving.serve(request, responder, self._waited(entry), applied)
+            return
+        headers = request.headers
+        now = int(self.clock())
+        if self._shared_entry is not entry or self._shared_second != now:
+            self._shared_entry, self._shared_second = entry, now
+            self._shared = {}
+        kind = (
+            request.method,
+            validators_of(headers),
+            tuple(headers.getall("accept-encoding", ())),
+            tuple(headers.getall("cache-control", ())),
+            applied,
+        )
+        prepared = self._shared.get(kind)
+        if prepared is None:
+            capture = Capture()
+            self.serving.serve(request, capture, self._waited(entry), applied)  # may raise
+            prepared = self._shared[kind] = capture.answer()
+        else:
+            self.serving.count(prepared.status, request.method, len(prepared.body))
+        send_shared(prepared)
 
     def _waited(self, entry: StoredResponse) -> Serve:
         age = current_age(entry, self.clock())
         ttl = freshness_lifetime(entry, self.policy) - age
         return Serve(entry, age, cache_status(hit=True, ttl=ttl, detail="waited"), "hit")
-
-    async def _current(self, key: str, entry: StoredResponse) -> StoredResponse | None:
-        """The stored variant that replaced ``entry``, if any (same scope and selection)."""
-        for variant in await self.entries.get(key) or ():
-            if variant.scope == entry.scope and variant.selecting == entry.selecting:
-                return variant
-        return None
 
     async def observe(self, job: FetchJob) -> Observation[Fetched]:
         """What a flight's waiters would be served now; revalidates upstream (coalesced, once
@@ -205,6 +265,143 @@ class LongPolls:
 
     async def close(self) -> None:
         await self.waits.close()
+
+
+class Held:
+    """One parked long poll: what its answer needs once the wait ends (``wake``)."""
+
+    __slots__ = ("done", "fallback", "hold", "polls", "request", "responder", "route", "serve",
+                 "started")  # fmt: skip
+
+    def __init__(
+        self,
+        polls: LongPolls,
+        request: ProxyRequest,
+        responder: Responder,
+        serve: Serve,
+        hold: Hold,
+        route: str,
+        fallback: Fallback,
+        done: Callable[[str], None] | asyncio.Future[Handled],
+    ) -> None:
+        self.polls = polls
+        self.request = request
+        self.responder = responder
+        self.serve = serve
+        self.hold = hold
+        self.route = route
+        self.fallback = fallback
+        self.done = done
+        self.started = time.perf_counter()
+
+    def wake(self, wake: Wake[Fetched]) -> None:
+        """The wait ended: write the answer (the change, the upstream's answer for this scope,
+        or 304), or hand the request to the ordinary way when the store cannot answer it."""
+        held = time.perf_counter() - self.started
+        responder = self.responder
+        applied = (("Preference-Applied", self.hold.applied),)
+        try:
+            if isinstance(wake.error, UpstreamError):
+                send_upstream_error(responder, wake.error)
+                return self._done(Handled("error", held))
+            if wake.error is not None:
+                raise wake.error  # a bug: answered (and logged) as any other
+            if wake.answer is not None:
+                answer = wake.answer
+                status = cache_status(fwd="stale", fwd_status=answer.status, detail="waited")
+                self.polls.forwarder.relay(
+                    responder,
+                    answer.status,
+                    answer.reason,
+                    (*answer.headers, *applied),
+                    answer.body,
+                    status,
+                )
+                return self._done(Handled("error" if answer.status >= 500 else "miss", held))
+            if wake.outcome == "changed" and wake.entry is None:
+                return self._fall_back(held)
+            polls = self.polls
+            entry = wake.entry
+            if wake.outcome == "changed" and entry is not None:
+                polls._changed(self, entry, applied)
+            else:
+                # The latest stored response the watch saw, if this request still matches it.
+                if entry is None or not still_matches(entry, self.request.headers):
+                    entry = self.serve.entry
+                polls.serving.serve(self.request, responder, polls._waited(entry), applied)
+        except Unacceptable:
+            # Stored only in a coding this client cannot read.
+            return self._fall_back(held)
+        except Exception:
+            log.exception(
+                "unexpected error while answering a held %s %s",
+                self.request.method,
+                self.request.path,
+            )
+            send_error(responder, 500, "PROXY_ERROR", "the proxy failed to handle the request",
+                       cache_status())  # fmt: skip
+            return self._done(Handled("error", held))
+        self._done(Handled("hit", held))
+
+    def _fall_back(self, held: float) -> None:
+        async def answer() -> None:
+            try:
+                handled = await self.fallback(self.request, self.responder, self.route)
+            except Exception:
+                log.exception("unexpected error while answering a held request")
+                handled = Handled("error")
+            self._done(_after(held, handled))
+
+        task = asyncio.get_running_loop().create_task(answer())
+        _FALLBACKS.add(task)
+        task.add_done_callback(_FALLBACKS.discard)
+
+    def _done(self, handled: Handled) -> None:
+        done = self.done
+        if isinstance(done, asyncio.Future):
+            if not done.done():
+                done.set_result(handled)
+            return
+        # A long poll's wait is the client's choice, not the time it took to answer.
+        elapsed = time.perf_counter() - self.started - handled.held
+        self.polls.metrics.observe_request(self.route, handled.result, elapsed)
+        done(handled.result)
+
+
+#: Fallbacks of woken long polls still under way (kept so that none is collected early).
+_FALLBACKS: set[asyncio.Task[None]] = set()
+
+
+class Capture:
+    """A responder that keeps the one whole answer sent to it, to be shared (``_changed``)."""
+
+    __slots__ = ("body", "headers", "reason", "status")
+
+    def __init__(self) -> None:
+        self.status = 0
+        self.reason = ""
+        self.headers: Fields = ()
+        self.body = b""
+
+    def send(
+        self, status: int, reason: str, headers: Fields, body: bytes, *, close: bool = False
+    ) -> None:
+        self.status, self.reason, self.headers, self.body = status, reason, tuple(headers), body
+
+    def answer(self) -> SharedAnswer:
+        return SharedAnswer(self.status, self.reason, self.headers, self.body)
+
+    async def start(self, status: int, reason: str, headers: Fields) -> None:
+        raise TypeError("a stored response is answered whole")
+
+    async def write(self, chunk: bytes) -> None:
+        raise TypeError("a stored response is answered whole")
+
+    async def finish(self) -> None:
+        raise TypeError("a stored response is answered whole")
+
+    def abort(self) -> None:
+        raise TypeError("a stored response is answered whole")
 
 
 def _after(held: float, handled: Handled) -> Handled:

@@ -14,11 +14,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import assert_never
 
 from proxy.cache.entries import Entries
+from proxy.cache.events import EventStreams, Subscription
 from proxy.cache.exchange import (
     ProxyRequest,
     RequestRejected,
@@ -33,6 +34,7 @@ from proxy.cache.forward import Forwarder, Streamed
 from proxy.cache.invalidate import Invalidator
 from proxy.cache.longpoll import Handled, LongPolls
 from proxy.cache.serve import StoredServing, Unacceptable
+from proxy.cache.wait import Observation
 from proxy.core.coding import accepts, readable, upstream_accept_encoding
 from proxy.core.credentials import credential_lines
 from proxy.core.headers import NO_DIRECTIVES
@@ -84,6 +86,8 @@ class CachingProxy:
             stale_grace=settings.stale_grace,
             max_entry_bytes=settings.max_entry_bytes,
             shared_scope=settings.shared_scope,
+            revalidate_window=settings.revalidate_window,
+            max_wait=settings.max_wait,
         )
         self._credential_headers = settings.credential_headers
         self._scope_secret = settings.scope_secret.encode()
@@ -106,6 +110,7 @@ class CachingProxy:
             metrics,
         )
         self.waits = self.long_polls.waits
+        self.events = EventStreams(settings, self.waits, metrics)
         self.flights = self.fetcher.flights
 
     def release_waiters(self) -> None:
@@ -128,7 +133,13 @@ class CachingProxy:
         started = time.perf_counter()
         route = route_of(request.path)
         try:
-            if request.method in ("GET", "HEAD"):
+            subscription = EventStreams.subscription(request, route)
+            if subscription is not None:
+                # Accept: text/event-stream: the GET of the JSON, then its changes as events.
+                handled = await self._cacheable(
+                    subscription.request, responder, route, subscription
+                )
+            elif request.method in ("GET", "HEAD"):
                 handled = await self._cacheable(request, responder, route)
             else:
                 handled = Handled(await self.invalidator.unsafe(request, responder, route))
@@ -146,6 +157,8 @@ class CachingProxy:
             message = "the proxy failed to handle the request"
             send_error(responder, 500, "PROXY_ERROR", message, cache_status())
             handled = Handled("error")
+        if handled.deferred:
+            return handled.result  # a parked long poll: observed once it is answered
         # A long poll's wait is the client's choice, not the time it took to answer.
         elapsed = time.perf_counter() - started - handled.held
         self.metrics.observe_request(route, handled.result, elapsed)
@@ -164,15 +177,25 @@ class CachingProxy:
             # key: a forged Host can only ever shape its own variant, never another caller's.
             scope = f"{scope}@{request.host.lower()}"
         return request_facts(
-            headers, scope=scope, cache_control=headers.getall("cache-control", ())
+            headers,
+            scope=scope,
+            cache_control=headers.getall("cache-control", ()),
+            prefer=headers.getall("prefer", ()),
         )
 
-    async def _cacheable(self, request: ProxyRequest, responder: Responder, route: str) -> Handled:
+    async def _cacheable(
+        self,
+        request: ProxyRequest,
+        responder: Responder,
+        route: str,
+        subscription: Subscription | None = None,
+    ) -> Handled:
         """A GET or HEAD: a flat loop over the policy's whole decisions until one answers.
 
         ``admit`` and ``lookup`` give the first decision; a ``Fetch`` is settled into the next
         one (``settle``), which may be another ``Fetch`` (a variant of its own) but answers the
-        request on the round after that at the latest.
+        request on the round after that at the latest. A ``subscription`` (server-sent events)
+        turns a ``Serve`` of a successful representation into an event stream.
         """
         decision: Serve | Fetch | Forward | Refuse | Relay
         facts: RequestFacts | None = None
@@ -189,11 +212,23 @@ class CachingProxy:
             match decision:
                 case Fetch():
                     assert facts is not None, "a fetch is only decided after the store was read"
+                    if decision.long_poll is not None and subscription is None:
+                        handled = await self._watched(
+                            request, responder, route, facts, decision.long_poll
+                        )
+                        if handled is not None:
+                            return handled
                     decision, outcome = await self._fetch(request, route, facts, decision)
                     failed = outcome is None
                 case Serve():
                     if facts is not None and decision.refresh:
                         self._refresh(request, route, facts, decision)
+                    streams = subscription is not None and EventStreams.streams(decision)
+                    if subscription is not None and facts is not None and streams:
+                        flight, observe = self._watch(request, route, facts, decision)
+                        return await self.events.stream(
+                            subscription, responder, flight, observe, decision
+                        )
                     # A stale response standing in for an upstream error is answered at once:
                     # the origin just failed, and a wait would only ask it again.
                     hold = None if failed else self.long_polls.may_hold(request, decision)
@@ -227,6 +262,24 @@ class CachingProxy:
             return "miss"
         return decision.result
 
+    async def _watched(
+        self,
+        request: ProxyRequest,
+        responder: Responder,
+        route: str,
+        facts: RequestFacts,
+        serve: Serve,
+    ) -> Handled | None:
+        """A long poll answered from its flight's watch instead of a revalidation of its own
+        (``Fetch.long_poll``): held if it can be, served at once if its flight is watched
+        (the watch keeps revalidating it), else ``None``: it revalidates as usual."""
+        hold = self.long_polls.may_hold(request, serve, count_shed=False)
+        if hold is not None:
+            return await self._long_poll(request, responder, route, facts, serve, hold)
+        if self.waits.watching(flight_key(request.target, facts, serve.entry.selection_vary)):
+            return Handled(await self._serve(request, responder, route, serve))
+        return None
+
     async def _long_poll(
         self,
         request: ProxyRequest,
@@ -237,20 +290,48 @@ class CachingProxy:
         hold: Hold,
     ) -> Handled:
         """RFC 7240 ``Prefer: wait``: instead of a 304 now, the change or a 304 later."""
+        flight, job = self._flight(request, route, facts, serve)
+        opener = None if self.waits.watching(flight) else job  # kept only to open the watch
+        defer = getattr(responder, "defer", None)
+        finish = defer() if defer is not None else None
+        # ``_cacheable`` is the fallback: the response became one this cache cannot serve
+        # from the store (too large), so the request is asked as usual.
+        polls = self.long_polls
+        if finish is None:
+            return await polls.hold(request, responder, flight, opener, serve, hold, route,
+                                    self._cacheable)  # fmt: skip
+        polls.park(request, responder, flight, opener, serve, hold, route, self._cacheable,
+                   finish)  # fmt: skip
+        return Handled("held", deferred=True)
+
+    def _flight(
+        self, request: ProxyRequest, route: str, facts: RequestFacts, serve: Serve
+    ) -> tuple[str, Callable[[], FetchJob]]:
+        """The flight a held request or an event stream waits on, and the refresh job its
+        watch makes if this request opens it."""
         # The refresh is the same for every waiter of the flight: no request directives.
         plain = replace(facts, cache_control=NO_DIRECTIVES, pragma_no_cache=False)
-        key = request.target
-        flight = flight_key(key, plain, serve.entry.selection_vary)
+        flight = flight_key(request.target, plain, serve.entry.selection_vary)
 
         def job() -> FetchJob:
             """Built only when this request opens its flight's watch (the upstream fields)."""
             return self._job(request, route, plain, Fetch(serve.entry, "stale"))
 
-        async def fallback() -> Handled:
-            """The response became one this cache cannot serve (too large): ask as usual."""
-            return await self._cacheable(request, responder, route)
+        return flight, job
 
-        return await self.long_polls.hold(request, responder, flight, job, serve, hold, fallback)
+    def _watch(
+        self, request: ProxyRequest, route: str, facts: RequestFacts, serve: Serve
+    ) -> tuple[str, Callable[[], Awaitable[Observation[Fetched]]]]:
+        """An event stream's flight and its observation (made once, on first use)."""
+        flight, job = self._flight(request, route, facts, serve)
+        made: list[FetchJob] = []
+
+        def observe() -> Awaitable[Observation[Fetched]]:
+            if not made:
+                made.append(job())
+            return self.long_polls.observe(made[0])
+
+        return flight, observe
 
     def _job(
         self, request: ProxyRequest, route: str, facts: RequestFacts, fetch: Fetch

@@ -86,6 +86,16 @@ class StoredServing:
         headers = [*served, ("Age", age), ("Cache-Status", decision.cache_status), *extra]
         responder.send(status, reason, headers, body)
 
+    def count(self, status: int, method: str, size: int, saved: bool = True) -> None:
+        """The metrics ``serve`` counts for an answer it wrote, for a copy of that answer
+        written to another request of the same kind (a shared long-poll answer)."""
+        if status == 304:
+            self.metrics.not_modified.inc()
+        elif method != "HEAD":
+            self.metrics.response_bytes.inc(size)
+            if saved:
+                self.metrics.bytes_saved.inc(size)
+
 
 def ranges_for(request: ProxyRequest, entry: StoredResponse, rep: Representation) -> RangeDecision:
     """The request's ``Range`` and ``If-Range`` against the representation chosen for it."""
@@ -116,7 +126,6 @@ def partial_content(served: Headers, body: bytes, partial: Partial) -> tuple[Hea
     kept = tuple(item for item in served if item[0].lower() != "content-type")
     fields = (*kept, ("Content-Type", multipart_type(boundary)))
     return fields, multipart(body, partial, content_type, boundary)
-
 
 def _no_transform(request: ProxyRequest) -> bool:
     return parse_cache_control(request.headers.getall("cache-control", ())).no_transform

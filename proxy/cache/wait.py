@@ -12,7 +12,9 @@ the primitives.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
+import math
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass
@@ -30,6 +32,8 @@ A = TypeVar("A")
 MIN_INTERVAL = 1.0
 #: Past the end of a freshness lifetime, so that the refresh finds the entry stale (§4.2).
 EXPIRY_MARGIN = 0.002
+#: The timer wheel's tick: a held request's wait ends on the first tick after its deadline.
+TICK = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,19 +62,42 @@ class Wake(Generic[A]):
 
 
 class Waiter:
-    """One held request: its validators (the request's fields) and the future that wakes it."""
+    """One held request: its validators (the request's fields), what to call once it ends, and
+    where it sits in the room's timer wheel. Held requests need no task nor timer each: the
+    room settles a waiter by calling ``notify`` once, from its watch, its wheel or a disconnect.
+    """
 
-    __slots__ = ("future", "headers")
+    __slots__ = ("counted", "headers", "lost", "notify", "room", "slot", "still", "watch")
 
-    def __init__(self, headers: Mapping[str, str], future: asyncio.Future[Any]) -> None:
+    def __init__(
+        self,
+        room: WaitRoom[Any],
+        watch: Watch[Any],
+        headers: Mapping[str, str],
+        notify: Callable[[Wake[Any]], None],
+        still: Callable[[StoredResponse], bool] | None = None,
+        counted: bool = True,
+    ) -> None:
+        self.room = room
+        self.watch: Watch[Any] | None = watch
         self.headers = headers
-        self.future = future
+        self.notify = notify
+        #: Whether a stored response still matches what it holds; ``None``: its fields'
+        #: validators do (compared once per distinct value, ``still_matches``).
+        self.still = still
+        self.counted = counted
+        self.slot = 0
+        self.lost: asyncio.Future[None] | None = None
+
+    def gone(self, _: object = None) -> None:
+        """The client went away (a done callback of the connection's disconnect future)."""
+        self.room.settle(self, DISCONNECTED)
 
 
 class Watch(Generic[A]):
     """The waiters of one flight and the task that refreshes the flight for them."""
 
-    __slots__ = ("digest", "flight", "key", "observe", "poked", "task", "waiters")
+    __slots__ = ("digest", "flight", "key", "loop", "observe", "poked", "seen", "task", "waiters")
 
     def __init__(
         self, flight: str, key: str, observe: Callable[[], Awaitable[Observation[A]]]
@@ -82,7 +109,10 @@ class Watch(Generic[A]):
         self.digest = key_digest(key)
         self.observe = observe
         self.waiters: set[Waiter] = set()
+        self.loop = asyncio.get_running_loop()
         self.poked = asyncio.Event()
+        #: The stored response last observed: what a wait that times out is answered from.
+        self.seen: StoredResponse | None = None
         self.task: asyncio.Task[None] | None = None
 
 
@@ -107,6 +137,11 @@ class WaitRoom(Generic[A]):
         self._watches: dict[str, Watch[A]] = {}
         self._by_key: dict[str, set[str]] = {}
         self._keys_by_digest: dict[str, str] = {}
+        # The timer wheel: waiters by the tick their wait ends on, one timer for the earliest.
+        self._slots: dict[int, set[Waiter]] = {}
+        self._heap: list[int] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_slot = 0
 
     async def hold(
         self,
@@ -116,39 +151,139 @@ class WaitRoom(Generic[A]):
         headers: Mapping[str, str],
         seconds: float,
         lost: asyncio.Future[None] | None = None,
+        *,
+        still: Callable[[StoredResponse], bool] | None = None,
+        counted: bool = True,
     ) -> Wake[A]:
-        """Wait until the flight's response no longer matches ``headers``, ``seconds`` pass,
-        the client goes away (``lost``) or the replica drains."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Wake[A]] = loop.create_future()
-        waiter = Waiter(headers, future)
+        """Wait until the flight's response no longer matches ``headers`` (or ``still`` says
+        it changed), ``seconds`` pass, the client goes away (``lost``) or the replica drains
+        (``park``, awaited).
+
+        ``counted=False``: a hold of an event stream, which is counted (``enter``) for as long
+        as it is open rather than per hold, and whose outcomes are not long polls'.
+        """
+        future: asyncio.Future[Wake[A]] = asyncio.get_running_loop().create_future()
+
+        def notify(wake: Wake[A]) -> None:
+            if not future.done():
+                future.set_result(wake)
+
+        waiter = self.park(
+            flight, key, observe, headers, seconds, lost, notify, still=still, counted=counted
+        )
+        try:
+            return await future
+        except asyncio.CancelledError:
+            self.settle(waiter, DISCONNECTED)
+            raise
+
+    def watching(self, flight: str) -> bool:
+        """Whether the flight has a watch already (a new waiter needs no ``observe``)."""
+        return flight in self._watches
+
+    def park(
+        self,
+        flight: str,
+        key: str,
+        observe: Callable[[], Awaitable[Observation[A]]] | None,
+        headers: Mapping[str, str],
+        seconds: float,
+        lost: asyncio.Future[None] | None,
+        notify: Callable[[Wake[A]], None],
+        *,
+        still: Callable[[StoredResponse], bool] | None = None,
+        counted: bool = True,
+    ) -> Waiter:
+        """Hold a request without a task: ``notify`` is called once with why it ended (a
+        change, the ``seconds`` passing, ``lost`` done, the drain), from the watch, the timer
+        wheel or the disconnect; a ``notify`` must not raise."""
         watch = self._watches.get(flight)
         if watch is None:
+            if observe is None:
+                raise ValueError(f"flight {flight!r} has no watch: park needs its observe")
             watch = self._open(flight, key, observe)
+        waiter = Waiter(self, watch, headers, notify, still, counted)
         watch.waiters.add(waiter)
-        self.waiting += 1
-        # One future, settled by whichever comes first: a wake-up, the timer, the disconnect.
-        timer = loop.call_later(seconds, _settle, future, TIMEOUT)
-
-        def gone(_: object) -> None:
-            _settle(future, DISCONNECTED)
-
+        if counted:
+            self.waiting += 1
+        self._arm(waiter, watch.loop.time() + seconds)
         if lost is not None:
-            lost.add_done_callback(gone)
-        try:
-            wake = await future
-        finally:
-            timer.cancel()
-            if lost is not None:
-                # The connection outlives this request (keep-alive): leave no callback behind.
-                lost.remove_done_callback(gone)
+            waiter.lost = lost
+            lost.add_done_callback(waiter.gone)
+        return waiter
+
+    def settle(self, waiter: Waiter, wake: Wake[A]) -> None:
+        """End one wait (once: later calls do nothing) and tell its request why."""
+        watch = waiter.watch
+        if watch is None:
+            return
+        waiter.watch = None
+        watch.waiters.discard(waiter)
+        if waiter.counted:
             self.waiting -= 1
-            watch.waiters.discard(waiter)
-            if not watch.waiters:
-                self._close(watch)
-        if wake.outcome != "disconnected":
+        slot = self._slots.get(waiter.slot)
+        if slot is not None:
+            slot.discard(waiter)
+            if not slot:
+                del self._slots[waiter.slot]
+        lost = waiter.lost
+        if lost is not None:
+            waiter.lost = None
+            # The connection outlives this request (keep-alive): leave no callback behind.
+            lost.remove_done_callback(waiter.gone)
+        if not watch.waiters:
+            self._close(watch)
+        if waiter.counted and wake.outcome != "disconnected":
             self.on_outcome(wake.outcome)
-        return wake
+        try:
+            waiter.notify(wake)
+        except Exception:  # a bug in the answer: the others must still be answered
+            log.exception("answering a held request failed")
+
+    def _arm(self, waiter: Waiter, deadline: float) -> None:
+        slot = math.ceil(deadline / TICK)
+        waiter.slot = slot
+        waiters = self._slots.get(slot)
+        if waiters is None:
+            waiters = self._slots[slot] = set()
+            heapq.heappush(self._heap, slot)
+            if self._timer is None or slot < self._timer_slot:
+                self._rearm(slot)
+        waiters.add(waiter)
+
+    def _rearm(self, slot: int) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_slot = slot
+        self._timer = asyncio.get_running_loop().call_at(slot * TICK, self._tick)
+
+    def _tick(self) -> None:
+        """The wheel's one timer: every wait whose tick has come ends with ``timeout``."""
+        self._timer = None
+        now = asyncio.get_running_loop().time() + TICK / 10  # a timer may fire a little early
+        heap = self._heap
+        while heap and heap[0] * TICK <= now:
+            waiters = self._slots.pop(heapq.heappop(heap), None)
+            timeouts: dict[int, Wake[A]] = {}  # by watch: its latest stored response
+            for waiter in list(waiters or ()):
+                watch = waiter.watch
+                if watch is None:
+                    continue
+                wake = timeouts.get(id(watch))
+                if wake is None:
+                    wake = timeouts[id(watch)] = _timeout(watch)
+                self.settle(waiter, wake)
+        while heap and heap[0] not in self._slots:
+            heapq.heappop(heap)  # ticks whose waiters all ended before them
+        if heap and self._timer is None:
+            self._rearm(heap[0])
+
+    def enter(self) -> None:
+        """An event stream opened: it counts against ``--max-waiters`` until it ``leave``s."""
+        self.waiting += 1
+
+    def leave(self) -> None:
+        self.waiting -= 1
 
     def changed(self, key: str) -> None:
         """A response for ``key`` was stored or invalidated here: look again now."""
@@ -165,10 +300,13 @@ class WaitRoom(Generic[A]):
         """Draining: answer every held request at once (with 304) and hold no new ones."""
         self.closing = True
         for watch in list(self._watches.values()):
-            self._wake_all(watch, Wake("timeout"))
+            self._wake_all(watch, _timeout(watch))
 
     async def close(self) -> None:
         self.release_all()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         tasks = [watch.task for watch in self._watches.values() if watch.task is not None]
         for task in tasks:
             task.cancel()
@@ -215,10 +353,20 @@ class WaitRoom(Generic[A]):
                     outcome = "error" if seen.failed else "changed"
                     self._wake_all(watch, Wake(outcome, answer=seen.answer))
                     continue
-                entry = seen.entry
+                entry = watch.seen = seen.entry
+                changed: Wake[A] = Wake("changed", entry=entry)
+                matches: dict[tuple[object, ...], bool] = {}  # by validators: once each
                 for waiter in list(watch.waiters):
-                    if not still_matches(entry, waiter.headers):
-                        _wake(watch, waiter, Wake("changed", entry=entry))
+                    if waiter.still is not None:
+                        match = waiter.still(entry)
+                    else:
+                        headers = waiter.headers
+                        validators = validators_of(headers)
+                        match = matches.get(validators)  # type: ignore[assignment]
+                        if match is None:
+                            match = matches[validators] = still_matches(entry, headers)
+                    if not match:
+                        self.settle(waiter, changed)
                 if not watch.waiters:
                     break
                 # Wake just past the end of the freshness lifetime (a timer may fire a little
@@ -230,22 +378,22 @@ class WaitRoom(Generic[A]):
         finally:
             self._close(watch)
 
-    @staticmethod
-    def _wake_all(watch: Watch[A], wake: Wake[A]) -> None:
+    def _wake_all(self, watch: Watch[A], wake: Wake[A]) -> None:
         for waiter in list(watch.waiters):
-            _wake(watch, waiter, wake)
+            self.settle(waiter, wake)
 
 
 TIMEOUT: Wake[Any] = Wake("timeout")
 DISCONNECTED: Wake[Any] = Wake("disconnected")
 
 
-def _settle(future: asyncio.Future[Wake[A]], wake: Wake[A]) -> None:
-    if not future.done():
-        future.set_result(wake)
+def _timeout(watch: Watch[Any]) -> Wake[Any]:
+    return TIMEOUT if watch.seen is None else Wake("timeout", entry=watch.seen)
 
 
-def _wake(watch: Watch[A], waiter: Waiter, wake: Wake[A]) -> None:
-    watch.waiters.discard(waiter)
-    if not waiter.future.done():
-        waiter.future.set_result(wake)
+def validators_of(headers: Mapping[str, str]) -> tuple[object, ...]:
+    """What ``still_matches`` reads of a request: its conditional fields."""
+    getall = getattr(headers, "getall", None)
+    if getall is not None:
+        return (tuple(getall("if-none-match", ())), tuple(getall("if-modified-since", ())))
+    return (headers.get("if-none-match"), headers.get("if-modified-since"))

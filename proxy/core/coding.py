@@ -335,6 +335,20 @@ def _ordered(codings: frozenset[str]) -> tuple[str, ...]:
 Fields = tuple[tuple[str, str], ...]
 
 
+def could_hold(coding: str, accept_encoding: str | None) -> bool:
+    """Could a client have received a representation in ``coding``, and read it (§12.5.3)?
+
+    Identity always; another coding only if the client's ``Accept-Encoding`` names it (or
+    ``*``) with a non-zero weight. A client sending no ``Accept-Encoding`` is served identity
+    here, so it holds no coded representation of ours.
+    """
+    if coding == IDENTITY:
+        return True
+    if accept_encoding is None:
+        return False
+    return acceptable_weight(parse_accept_encoding(accept_encoding), coding) > 0
+
+
 def accepts(content_encoding: Iterable[str], accept_encoding: str | None) -> bool:
     """Whether a client accepts a body in this ``Content-Encoding`` (identity always, §12.5.3)."""
     token = ", ".join(value.strip().lower() for value in content_encoding if value.strip())

@@ -15,15 +15,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import replace
 
-from proxy.core.coding import Representation
+from proxy.core.coding import Representation, choose, could_hold
 from proxy.core.headers import (
     HOP_BY_HOP,
     format_http_date,
+    parse_entity_tag,
     parse_entity_tag_list,
     parse_http_date,
     parse_vary,
     split_list,
-    strong_match,
     weak_match,
 )
 from proxy.core.models import Headers, StoredResponse, header_value
@@ -50,12 +50,17 @@ def freshen(
     ``Vary`` is the exception: a 304 whose ``Vary`` is narrower than its 200's (fronts that add
     ``Vary: Accept-Encoding`` only when they compress) must not unselect the stored response,
     so the stored ``Vary`` becomes the union of both; the caller recomputes the selection.
-    Content codings and their derived bodies are unchanged by a 304 and are kept.
+    Content codings and their derived bodies are unchanged by a 304 and are kept, and so is
+    the stored ``ETag``.
     """
     if header_value(not_modified, "date") is None:
         # RFC 9110 §6.6.1: a recipient with a clock adds the Date the origin left out.
         not_modified = (*not_modified, ("Date", format_http_date(response_time)))
-    updates = {key.lower(): None for key, _ in not_modified if key.lower() not in NOT_FRESHENED}
+    # The stored bytes are unchanged, and so is their own validator: a 304 echoing another form
+    # of the tag (validator_matches: the same opaque tag) does not make a gzip body's weak tag
+    # strong, nor an identity body's strong tag weak.
+    keep = NOT_FRESHENED | ({"etag"} if entry.etag is not None else set())
+    updates = {key.lower(): None for key, _ in not_modified if key.lower() not in keep}
     kept = tuple((key, value) for key, value in entry.headers if key.lower() not in updates)
     fresh = tuple(
         (key, value)
@@ -74,21 +79,27 @@ def freshen(
 
 
 def validator_matches(entry: StoredResponse, not_modified: Headers) -> bool:
-    """§4.3.4: does a 304 select this stored response for update?
+    """§4.3.4: does a 304 to the conditional request this cache made for ``entry`` refresh it?
 
-    A strong ``ETag`` selects only stored responses with that same strong validator, so a
-    representation in another coding never takes over the origin's strong tag; a weak one
-    selects by weak comparison; without an ``ETag`` the request's own validator is trusted.
+    The 304 answers the validators sent for this one stored response, so it refreshes that
+    response whatever form of the tag it echoes: an origin behind nginx's gzip weakens the tag
+    of the gzip 200 (``W/"x"``) but answers the revalidation with the strong ``"x"``, and
+    nginx and Varnish take such a 304 as refreshing the response they asked about. The tags are
+    compared weakly (the opaque tag, §8.8.3.2). A 304 whose validators contradict the stored
+    ones (another opaque tag, an ETag where none is stored, another ``Last-Modified``) selects
+    nothing and the body is fetched again. Without validators the request's own are trusted.
     """
     etag = header_value(not_modified, "etag")
-    if etag is None:
-        return True
-    etag = etag.strip()
-    if entry.etag is None:
-        return False
-    if not etag.startswith("W/"):
-        return strong_match(etag, entry.etag)
-    return weak_match(etag, entry.etag)
+    if etag is not None:
+        tag = parse_entity_tag(etag)
+        if tag is None or entry.etag is None or not weak_match(tag, entry.etag):
+            return False
+    last_modified = header_value(not_modified, "last-modified")
+    if last_modified is not None and entry.last_modified is not None:
+        date = parse_http_date(last_modified, entry.response_time)
+        if date is not None and date != entry.last_modified:
+            return False
+    return True
 
 
 def conditional_headers(entry: StoredResponse) -> dict[str, str]:
@@ -102,6 +113,38 @@ def conditional_headers(entry: StoredResponse) -> dict[str, str]:
     return headers
 
 
+def recently_validated(entry: StoredResponse, now: float, window: float) -> bool:
+    """Does the origin's answer for this stored response satisfy a request's demand to
+    revalidate (``max-age=0``, ``no-cache``, ``Pragma: no-cache``; RFC 9111 §5.2.1.1, §5.2.1.4)?
+
+    Yes within ``window`` (``--revalidate-window``) seconds of its receipt (``response_time``:
+    the fetch that stored it or the 304 that last freshened it), as if the request had joined
+    that revalidation: browsers add ``max-age=0`` to every scripted conditional ``fetch()``,
+    and each one asking the origin again would learn nothing new. ``entry`` is the request's own
+    variant (its credential scope and ``Vary`` selection), so a revalidation only ever
+    satisfies requests of that same scope and selection. A window of 0 never does.
+    """
+    return window > 0 and 0.0 <= now - entry.response_time <= window
+
+
+def answered_by_watch(
+    entry: StoredResponse, ttl: float, wait: int | None, window: float, max_wait: float
+) -> bool:
+    """May a long poll (RFC 7240 ``Prefer: wait``) that its own directives alone send upstream
+    (``max-age=0``, ``no-cache``) be answered from its flight's watch instead?
+
+    The watch revalidates the stored response each time its freshness ends while anyone waits
+    on it, and wakes every waiter on a change: a long poll is answered from those
+    revalidations, not from one of its own. Held if its ``If-None-Match`` matches; served at
+    once if not and the flight is being watched (the driver knows which). Only while the
+    stored response is fresh by the origin's terms (``ttl``), with a successful status, and
+    with both ``--revalidate-window`` and ``--max-wait`` on.
+    """
+    if window <= 0 or max_wait <= 0 or wait is None or wait <= 0 or ttl <= 0:
+        return False
+    return 200 <= entry.status < 300
+
+
 # -- conditional requests -------------------------------------------------------------------------
 
 #: Preconditions this cache does not evaluate itself; such requests are forwarded (§4.3.2).
@@ -113,11 +156,24 @@ def not_modified(
 ) -> Representation | None:
     """RFC 9110 §13.1.2 / §13.1.3: the representation the client holds, if it gets a 304.
 
-    ``If-None-Match`` is compared with every representation of the stored response (its own
-    coding first), so a client holding any of them is told it is current, under that one's tag.
+    ``chosen``: the representation negotiated for the client (by default, from its
+    ``Accept-Encoding``, as ``coding.choose`` picks it).
+
+    ``If-None-Match`` is compared with the representation chosen for the client and with each
+    other one the client could hold (its coding is identity or one the client names,
+    ``coding.could_hold``), so a client holding any of those is told it is current, under that
+    one's tag. A client that cannot read gzip is never told its gzip tag is current: the
+    representation it would be sent is another, with another validator (RFC 9110 §8.8.3).
     """
-    chosen = chosen or entry.representations[0]
     if_none_match = headers.get("if-none-match")
+    getall = getattr(headers, "getall", None)
+    if getall is not None and "accept-encoding" in headers:
+        accept_encoding: str | None = ", ".join(getall("accept-encoding"))
+    else:
+        accept_encoding = headers.get("accept-encoding")
+    if chosen is None:
+        index = choose(entry.codings, accept_encoding)
+        chosen = entry.representations[index or 0]
     if if_none_match is not None:
         tags = parse_entity_tag_list(if_none_match)
         if tags is None:
@@ -125,6 +181,8 @@ def not_modified(
         if tags == ("*",):
             return chosen
         for rep in (chosen, *entry.representations):
+            if rep is not chosen and not could_hold(rep.coding, accept_encoding):
+                continue
             if rep.etag is not None and any(weak_match(tag, rep.etag) for tag in tags):
                 return rep
         return None

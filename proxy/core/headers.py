@@ -269,10 +269,12 @@ def parse_cdn_cache_control(values: Iterable[str] | str | None) -> CacheControl 
     return CacheControl(present=bool(parsed), **found)  # type: ignore[arg-type]
 
 
-_DAY = r"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun)"
-_DAY_L = r"(?:Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday)"
+# Day and month names in any case (``SUN``, ``nov``), as browsers and Python's email.utils read
+# them; everything else in the grammar (the comma, the spaces, ``GMT``, the digits) stays exact.
+_DAY = r"(?i:Mon|Tue|Wed|Thu|Fri|Sat|Sun)"
+_DAY_L = r"(?i:Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday)"
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
-_MONTH = "(?P<month>" + "|".join(_MONTHS) + ")"
+_MONTH = "(?P<month>(?i:" + "|".join(_MONTHS) + "))"
 _TIME = r"(?P<hour>[0-9]{2}):(?P<minute>[0-9]{2}):(?P<second>[0-9]{2})"
 _IMF_FIXDATE = re.compile(
     rf"{_DAY}, (?P<day>[0-9]{{2}}) {_MONTH} (?P<year>[0-9]{{4}}) {_TIME} GMT", re.ASCII
@@ -289,8 +291,11 @@ _SECONDS_PER_YEAR = 365.2425 * 86400
 def parse_http_date(value: str | None, now: float | None = None) -> float | None:
     """An HTTP-date as epoch seconds: exactly IMF-fixdate, RFC 850 or asctime (RFC 9110 §5.6.7).
 
-    Anything else (zones other than ``GMT``, a missing comma, extra spaces, a one-digit hour, a
-    two-digit year outside the RFC 850 form, an impossible day) is invalid: ``None``. An RFC 850
+    Day and month names are read in any case (``sun, 06 NOV 1994``): a sender must use the
+    grammar's spelling, but an ``Expires`` an origin wrote in capitals still names its date
+    rather than "already expired" (RFC 9111 §5.3), as browsers read it. Anything else (zones
+    other than ``GMT``, a missing comma, extra spaces, a one-digit hour, a two-digit year
+    outside the RFC 850 form, an impossible day) is invalid: ``None``. An RFC 850
     two-digit year more than 50 years after ``now`` means the most recent such year in the past
     (§5.6.7); without ``now`` the years 70-99 are 19xx and 00-69 are 20xx.
     """
@@ -305,7 +310,7 @@ def parse_http_date(value: str | None, now: float | None = None) -> float | None
         if match is None:
             return None
         year = _rfc850_year(int(match["year"]), now)
-    month = _MONTHS.index(match["month"]) + 1
+    month = _MONTHS.index(match["month"].title()) + 1
     day, hour = int(match["day"]), int(match["hour"])
     minute, second = int(match["minute"]), int(match["second"])
     if year < 1 or not 1 <= day <= calendar.monthrange(year, month)[1]:
@@ -403,6 +408,75 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
 def normalize_field_value(values: Iterable[str]) -> str:
     """Combine field lines and fold whitespace, for comparing selecting headers (§4.1)."""
     return ", ".join(" ".join(value.split()) for value in values)
+
+
+#: Request fields defined as comma-separated lists (RFC 9110 §5.6.1), whose members compare
+#: equal whatever whitespace surrounds the commas and however the lines are split.
+LIST_FIELDS = frozenset(
+    {
+        "accept", "accept-charset", "accept-encoding", "accept-language", "cache-control",
+        "connection", "expect", "if-match", "if-none-match", "prefer", "te", "upgrade", "via",
+    }
+)  # fmt: skip
+#: Of those, the ones whose members are case-insensitive tokens (media ranges, charsets,
+#: codings, language ranges) with parameters whose names are too; parameter values keep their
+#: case (§5.6.6) except ``q``, a number.
+CASELESS_LIST_FIELDS = frozenset(
+    {"accept", "accept-charset", "accept-encoding", "accept-language", "te"}
+)
+
+
+def normalise_selecting(name: str, values: Iterable[str]) -> str:
+    """A request field as ``Vary`` compares it (RFC 9111 §4.1: normalised as its grammar allows).
+
+    A list field becomes its members joined by ``,`` (``gzip, br`` == ``gzip,br`` ==
+    ``gzip`` + ``br`` on two lines); in a case-insensitive one (``Accept-Language: EN-us``) each
+    member's token and parameter names are lower-cased, whitespace around ``;`` and ``=``
+    dropped. Any other field is only combined and whitespace-folded: its grammar is unknown.
+    """
+    values = list(values)
+    if name not in LIST_FIELDS:
+        return normalize_field_value(values)
+    members = split_list(values)
+    if name in CASELESS_LIST_FIELDS:
+        members = [_caseless_member(member) for member in members]
+    else:
+        members = [" ".join(member.split()) for member in members]
+    return ",".join(members)
+
+
+def _caseless_member(member: str) -> str:
+    """``Text/HTML ; Level = 1; Q=0.5`` -> ``text/html;level=1;q=0.5``."""
+    token, *params = _split_outside_quotes(member, ";")
+    parts = [token.strip().lower()]
+    for param in params:
+        key, eq, value = param.partition("=")
+        key, value = key.strip().lower(), value.strip()
+        if key == "q":
+            value = value.lower()
+        if key:
+            parts.append(f"{key}{eq}{value}")
+    return ";".join(parts)
+
+
+def _split_outside_quotes(text: str, separator: str) -> list[str]:
+    parts: list[str] = []
+    current: list[str] = []
+    in_quotes = escaped = False
+    for char in text:
+        if escaped:
+            escaped = False
+        elif char == "\\" and in_quotes:
+            escaped = True
+        elif char == '"':
+            in_quotes = not in_quotes
+        elif char == separator and not in_quotes:
+            parts.append("".join(current))
+            current = []
+            continue
+        current.append(char)
+    parts.append("".join(current))
+    return parts
 
 
 _FORBIDDEN_IN_FIELD = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")

@@ -237,12 +237,17 @@ def record_size(record: Record) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Fresh:
-    """The stored response may be served as it is (§4.2)."""
+    """The stored response may be served as it is (§4.2).
+
+    ``validated``: the request's ``max-age=0`` / ``no-cache`` is satisfied by the origin's answer
+    for this very stored response within ``--revalidate-window`` (``recently_validated``).
+    """
 
     entry: StoredResponse
     age: float
     ttl: float
     stale: bool = False
+    validated: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,11 +302,18 @@ class Serve:
 @dataclass(frozen=True, slots=True)
 class Fetch:
     """Ask the origin (shared by concurrent callers): ``stale`` is the entry it would validate
-    (§4.3.1), ``fwd`` the RFC 9211 reason, ``vary`` the selecting fields the flight is keyed on."""
+    (§4.3.1), ``fwd`` the RFC 9211 reason, ``vary`` the selecting fields the flight is keyed on.
+
+    ``long_poll``: a long poll (RFC 7240 ``Prefer: wait``) that only its own directives send
+    upstream is answered from its flight's watch instead, where the driver can: held on this
+    ``Serve`` when its ``If-None-Match`` matches, served it at once when its flight is already
+    watched; otherwise it revalidates as any other request.
+    """
 
     stale: StoredResponse | None
     fwd: str
     vary: tuple[str, ...] = ()
+    long_poll: Serve | None = None
 
 
 @dataclass(frozen=True, slots=True)

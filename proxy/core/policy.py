@@ -26,13 +26,19 @@ from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 
 from proxy.core.coding import Representation, normalise_accept_encoding
-from proxy.core.conditional import UNHANDLED_PRECONDITIONS, freshen, validator_matches
+from proxy.core.conditional import (
+    UNHANDLED_PRECONDITIONS,
+    answered_by_watch,
+    freshen,
+    recently_validated,
+    validator_matches,
+)
 from proxy.core.credentials import credential_scope as credential_scope
 from proxy.core.headers import (
     HOP_BY_HOP,
     CacheControl,
     format_http_date,
-    normalize_field_value,
+    normalise_selecting,
     parse_cache_control,
     parse_http_date,
     split_list,
@@ -65,6 +71,7 @@ from proxy.core.models import (
     header_value,
     response_cache_control,
 )
+from proxy.core.prefer import requested_wait
 
 #: RFC 9110 §15.1: status codes a cache may store with heuristic freshness.
 HEURISTICALLY_CACHEABLE = frozenset({200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501})
@@ -88,6 +95,10 @@ class CachePolicy:
     max_entry_bytes: int = 8 * 1024**2
     #: ``--cache-scope shared``: callers with other credentials share the stored responses.
     shared_scope: bool = False
+    #: ``--revalidate-window`` (``conditional.recently_validated``); 0: none, as RFC 9111 reads.
+    revalidate_window: float = 0.0
+    #: ``--max-wait``; 0: no request is held (RFC 7240 ``Prefer: wait``).
+    max_wait: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +109,8 @@ class RequestFacts:
     cache_control: CacheControl
     pragma_no_cache: bool
     headers: Mapping[str, str]
+    #: RFC 7240 ``Prefer: wait`` in seconds, if the request asks to be held.
+    wait: int | None = None
 
 
 # -- keys and scope -------------------------------------------------------------------------------
@@ -106,7 +119,11 @@ class RequestFacts:
 
 
 def request_facts(
-    headers: Mapping[str, str], *, scope: str, cache_control: Iterable[str] = ()
+    headers: Mapping[str, str],
+    *,
+    scope: str,
+    cache_control: Iterable[str] = (),
+    prefer: Iterable[str] = (),
 ) -> RequestFacts:
     pragma = headers.get("pragma", "")
     return RequestFacts(
@@ -114,6 +131,7 @@ def request_facts(
         cache_control=parse_cache_control(list(cache_control)),
         pragma_no_cache="no-cache" in pragma.lower() and not cache_control,
         headers=headers,
+        wait=requested_wait(prefer),
     )
 
 
@@ -125,7 +143,8 @@ def selecting_values(
     Only equality matters for selecting a variant, and a response may vary on a credential
     (``Vary: Authorization``), so stored entries keep a digest, never the value itself.
     ``Accept-Encoding`` is normalised to the coding this cache would serve, so every spelling
-    of one preference selects the same variant.
+    of one preference selects the same variant; other list fields as their grammar allows
+    (``headers.normalise_selecting``: list whitespace, and case where it is insignificant).
     """
     getall = getattr(headers, "getall", None)
     values = []
@@ -141,7 +160,7 @@ def selecting_values(
         if not found:
             values.append((name, ""))
             continue
-        normalized = normalize_field_value(found).encode("utf-8", "surrogateescape")
+        normalized = normalise_selecting(name, found).encode("utf-8", "surrogateescape")
         values.append((name, hashlib.blake2b(normalized, digest_size=16).hexdigest()))
     return tuple(values)
 
@@ -216,12 +235,16 @@ def decide(
             return Fresh(entry, age, ttl)
         allowed = req.max_stale is not None and -ttl <= req.max_stale and may_serve_stale(entry)
         return Fresh(entry, age, ttl, stale=True) if allowed else Unsatisfiable()
-    if req.no_cache or request.pragma_no_cache:
-        return Revalidate(entry, age, "request")
     if entry.cache_control.no_cache:
         return Revalidate(entry, age, "stale")
+    if req.no_cache or request.pragma_no_cache:
+        if ttl > 0 and recently_validated(entry, now, policy.revalidate_window):
+            return Fresh(entry, age, ttl, validated=True)
+        return Revalidate(entry, age, "request")
     if ttl > 0:
         if req.max_age is not None and age > req.max_age:
+            if recently_validated(entry, now, policy.revalidate_window):
+                return Fresh(entry, age, ttl, validated=True)
             return Revalidate(entry, age, "request")
         if req.min_fresh is not None and ttl < req.min_fresh:
             return Revalidate(entry, age, "request")
@@ -415,14 +438,20 @@ def admit(headers: Mapping[str, str], *, has_body: bool) -> Forward | None:
 def lookup(record: Record | None, request: RequestFacts, now: float, policy: CachePolicy) -> Lookup:
     """§4 as one decision: serve (fresh, stale allowed, or while revalidating), fetch, or refuse."""
     match decide(record, request, now, policy):
-        case Fresh(entry, age, ttl, stale):
-            status = cache_status(hit=True, ttl=ttl)
+        case Fresh(entry, age, ttl, stale, validated):
+            detail = "recently-validated" if validated else None
+            status = cache_status(hit=True, ttl=ttl, detail=detail)
             return Serve(entry, age, status, "stale" if stale else "hit")
         case Revalidate(entry, age, fwd, background=True):
             ttl = freshness_lifetime(entry, policy) - age
             status = cache_status(hit=True, ttl=ttl, detail="stale-while-revalidate")
             return Serve(entry, age, status, "stale", refresh=True)
-        case Revalidate(entry, _age, fwd):
+        case Revalidate(entry, age, fwd):
+            ttl = freshness_lifetime(entry, policy) - age
+            window, max_wait = policy.revalidate_window, policy.max_wait
+            if fwd == "request" and answered_by_watch(entry, ttl, request.wait, window, max_wait):
+                status = cache_status(hit=True, ttl=ttl, detail="watched")
+                return Fetch(entry, fwd, long_poll=Serve(entry, age, status, "hit"))
             return Fetch(entry, fwd)
         case Miss(fwd):
             return Fetch(None, fwd)

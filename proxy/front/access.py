@@ -30,7 +30,7 @@ class AccessLog:
         self.logger = logger
         self.loop = loop
         self._records: list[Record] = []
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | asyncio.Handle | None = None
         self._prefixes: dict[tuple[str, str, int, str], str] = {}
         self._second = -1
         self._stamp = ""
@@ -44,8 +44,12 @@ class AccessLog:
     ) -> None:
         records = self._records
         records.append((method, path, status, cache, seconds, size, time.time()))
-        if len(records) >= FLUSH_RECORDS:
-            self.flush()
+        if len(records) == FLUSH_RECORDS:
+            # Soon, not now: a burst of answers (the waiters one change wakes) is written
+            # first and logged after, in batches of its own size.
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self.loop.call_soon(self.flush)
         elif self._timer is None:
             self._timer = self.loop.call_later(FLUSH_SECONDS, self.flush)
 

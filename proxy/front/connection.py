@@ -1,12 +1,11 @@
 """One client connection: httptools parsing, limits, timeouts, pipelining and flow control.
 
-Modelled on uvicorn's httptools protocol, with h11's idea of one named state per direction
-(``proxy.front.states``). Requests are answered one at a time in the order they arrived
-(pipelining), each through the cache or the fast path. Reading pauses while requests queue or a
-body is not being read; writing follows the transport's flow control (``proxy.front.flow``), and
-a client that leaves a response unread for ``--client-send-timeout`` is cut. The rules a head
-must pass are pure functions in ``proxy.front.head``; what the connection needs of its listener
-is ``proxy.front.seams.Host``, so nothing here imports the server.
+After uvicorn's httptools protocol, with h11's named states per direction (``proxy.front.states``).
+Requests are answered one at a time in order (pipelining), through the cache or the fast path.
+Reading pauses while requests queue or a body is not read; writing follows the transport's flow
+control (``proxy.front.flow``); a client leaving a response unread for ``--client-send-timeout``
+is cut. Head rules are pure functions in ``proxy.front.head``; what the connection needs of its
+listener is ``proxy.front.seams.Host``, so nothing here imports the server.
 """
 
 from __future__ import annotations
@@ -14,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 
 import httptools
 
@@ -22,6 +20,7 @@ from proxy.cache.exchange import RequestRejected
 from proxy.front.body import BodyStream
 from proxy.front.flow import FlowControl
 from proxy.front.head import (
+    ACCEPT,
     ACCEPT_ENCODING,
     CODING,
     CREDENTIAL,
@@ -34,6 +33,7 @@ from proxy.front.head import (
     SINGLETONS,
     HeadFacts,
     Parsed,
+    asks_event_stream,
     expectations,
     field_kinds,
     has_body,
@@ -48,15 +48,14 @@ from proxy.front.head import (
 from proxy.front.seams import Host
 from proxy.front.states import AnswerState, ReadState, WriteState
 from proxy.front.tls import Handshake, cut_handshake
+from proxy.front.writing import ResponseWriting
 
 __all__ = ["HttpConnection", "Parsed"]  # Parsed: what the server and the fast path take
 
 log = logging.getLogger("proxy.server")
 
-#: A body at most this large is written in one call; larger ones go out in slices of it, so a
-#: client that does not read never makes the proxy hold more than one slice of a shared body.
-SLICE = 2**16
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+PRI = b"PRI * HTTP/2.0\r\n"
 
 # The states as module globals: one lookup each on the hit path.
 R_IDLE, R_HEAD, R_BODY, R_DONE = ReadState.IDLE, ReadState.HEAD, ReadState.BODY, ReadState.DONE
@@ -70,8 +69,15 @@ class _Halt(Exception):
     """Raised from a parser callback: the request was refused, parse no further."""
 
 
-class HttpConnection(asyncio.Protocol):
-    """The server side of one HTTP/1.1 connection (RFC 9112)."""
+class HttpConnection(ResponseWriting):
+    """The server side of one HTTP/1.1 connection (RFC 9112); slotted, as a held long poll
+    keeps its connection for minutes, 100,000 of them per replica."""
+
+    __slots__ = ("_accept_encoding", "_credentials", "_current", "_disconnected", "_facts",
+        "_fast", "_handshake", "_head_bytes", "_head_deadline", "_head_size", "_head_slot",
+        "_hosts", "_inm", "_kinds", "_max_header_bytes", "_plain",
+        "_queue", "_raw", "_ready", "_url", "answering", "flow", "front", "local", "loop",
+        "parser", "peer", "read", "settings", "transport")  # fmt: skip
 
     def __init__(self, front: Host) -> None:
         self.front = front
@@ -86,8 +92,7 @@ class HttpConnection(asyncio.Protocol):
         self.answering = A_IDLE
         self.flow = FlowControl(self.loop, self.settings.client_send_timeout, self._send_timeout)
         self._url = b""
-        #: The fields as received; decoded into ``Parsed.headers`` only for a request that leaves
-        #: the fast path.
+        #: The fields as received; decoded into ``Parsed.headers`` only off the fast path.
         self._raw: list[tuple[bytes, bytes]] = []
         self._head_size = 0
         self._head_bytes = 0
@@ -104,10 +109,10 @@ class HttpConnection(asyncio.Protocol):
         self._fast = front.fast
         self._current: Parsed | None = None
         self._ready: list[Parsed] = []
-        self._queue: deque[Parsed] = deque()
+        self._queue: list[Parsed] = []  # pipelined, waiting their turn (a deque: 600 B more)
         self._pending: memoryview | None = None
         self._offset = 0
-        self._head_timer: asyncio.TimerHandle | None = None
+        self._head_slot = 0  # its tick in the listener's header-timeout wheel (0: none)
         self._head_deadline = 0.0
         self._disconnected: asyncio.Future[None] | None = None
         self._handshake: Handshake | None = None
@@ -120,17 +125,15 @@ class HttpConnection(asyncio.Protocol):
 
     @property
     def idle(self) -> bool:
-        """No answer owed or still being written (an answer being written is busy)."""
-        return self.answering is A_IDLE
+        return self.answering is A_IDLE  # no answer owed or still being written
 
     @property
     def waiting(self) -> bool:
-        """Waiting for a request head (idle keep-alive or a head under way): the first to go
-        past the connection cap, the longest-waiting first (``head_deadline`` orders them)."""
+        """Waiting for a head (idle keep-alive or one under way): first past the cap."""
         read = self.read
         return self.answering is A_IDLE and self.write is not W_CLOSED and (
             read is R_IDLE or read is R_HEAD
-        )
+        )  # fmt: skip
 
     @property
     def head_deadline(self) -> float:
@@ -148,8 +151,7 @@ class HttpConnection(asyncio.Protocol):
             self.write = W_CLOSED
             return
         if self.front.tls is not None:
-            # Counted and waiting for a head from accept: the header timeout (or the cap)
-            # ends a handshake that does not finish, as it ends a head that does not arrive.
+            # Counted from accept: the header timeout (or the cap) ends a stuck handshake too.
             timeout = self.settings.client_header_timeout
             self._handshake = Handshake(self, self, self.front.tls, timeout, self.loop)
         self._idle()
@@ -158,8 +160,8 @@ class HttpConnection(asyncio.Protocol):
         self.write = W_CLOSED
         self._gone()
         self.front.forget(self)
-        if self._head_timer is not None:
-            self._head_timer.cancel()
+        if self._head_slot:
+            self.front.heads.discard(self, self._head_slot)
         current = self._current
         if current is not None and current.body is not None and not current.body.complete:
             current.body.fail(ConnectionResetError())
@@ -184,6 +186,15 @@ class HttpConnection(asyncio.Protocol):
     def _gone(self) -> None:
         if self._disconnected is not None and not self._disconnected.done():
             self._disconnected.set_result(None)
+
+    def hand_over(self, data: bytes) -> None:
+        """The connection speaks HTTP/2 from here on (``Front.http2``); this object is done."""
+        self.read, self.write = R_DONE, W_CLOSED  # lost: the head timer ends with nothing
+        self.front.http2(self, data)
+
+    def drain(self) -> None:
+        if self.idle:  # else it closes once its answers are out (the front is draining)
+            self.transport.close()
 
     def evict(self) -> None:
         """Make room past the cap: an idle keep-alive connection is closed, a slow head cut."""
@@ -220,7 +231,7 @@ class HttpConnection(asyncio.Protocol):
                 elif http09(self._url, bool(self._raw), data):
                     raise httptools.HttpParserError("HTTP/0.9")
         except httptools.HttpParserUpgrade:
-            # Upgrades are not offered: the request is answered, then the connection closes.
+            # Upgrades (h2c too) are not taken: the request is answered, then the connection closes.
             if self._current is not None:
                 self._current.keep_alive = False
             self._halt()
@@ -229,9 +240,12 @@ class HttpConnection(asyncio.Protocol):
                 log.exception("request parsing failed")
                 self._refuse(RequestRejected(400, "BAD_REQUEST", "The request is not valid."))
         except httptools.HttpParserError as error:
+            if data.startswith(PRI) and self.settings.http2 and self.answering is A_IDLE:
+                self.hand_over(data)  # the HTTP/2 preface: prior knowledge (RFC 9113 §3.3)
+                return
             self._refuse_unparseable(error)
-        # Requests are dispatched once the whole chunk parsed, so that a request whose body
-        # turns out malformed in the same chunk never reaches the origin.
+        # Dispatched once the whole chunk parsed: a request whose body turns out malformed in
+        # the same chunk never reaches the origin.
         if self._ready:
             ready, self._ready = self._ready, []
             for parsed in ready:
@@ -300,7 +314,7 @@ class HttpConnection(asyncio.Protocol):
         raw.append((name, value))
         lowered = name.lower()
         kind = self._kinds.get(lowered)
-        if kind is None:
+        if kind is None or (kind == ACCEPT and not asks_event_stream(value)):
             return
         text = value.decode("utf-8", "surrogateescape")
         if kind == HOST:
@@ -374,6 +388,7 @@ class HttpConnection(asyncio.Protocol):
             self._inm,
             self._accept_encoding,
         )
+        self._raw = []  # decoded into the Parsed: the bytes need not stay while it is answered
         self._current = parsed
         self._ready.append(parsed)
         if rejected is not None:
@@ -414,8 +429,7 @@ class HttpConnection(asyncio.Protocol):
             return False
         self._current = None
         if self.write is not W_IDLE:
-            # The answer is still being written: busy (not idle, not evictable) until it is
-            # out, when the end of the pump (or resume_writing) calls _next.
+            # Still being written: busy (not evictable) until the pump or resume_writing ends.
             self.answering = A_BUSY
             return True
         self._idle()  # as _next leaves a connection whose queue is empty
@@ -456,13 +470,16 @@ class HttpConnection(asyncio.Protocol):
         while self._queue:
             if self.write is not W_IDLE:
                 return  # resume_writing or the end of the pump calls again (or it is lost)
-            parsed = self._queue.popleft()
+            parsed = self._queue.pop(0)
             if parsed.plain and fast is not None and fast.serve(self, parsed):
                 if not parsed.keep_alive or self.front.draining:
                     self._close_when_written()
                     return
                 continue
             self.answering = A_HANDLING
+            if self._head_slot:  # no head awaited until this is answered (_idle): a held
+                self.front.heads.discard(self, self._head_slot)  # long poll has no timer
+                self._head_slot = 0
             task = self.loop.create_task(self._handle(parsed))
             self.front.track(task)
             return
@@ -477,14 +494,22 @@ class HttpConnection(asyncio.Protocol):
             self._set_reading(True)
 
     async def _handle(self, parsed: Parsed) -> None:
+        deferred = False
         try:
-            await self.front.answer(self, parsed)
+            deferred = await self.front.answer(self, parsed)
         except Exception:
             log.exception("the front failed to answer a request")
             self.abort()
-        finally:
-            if self.answering is A_HANDLING:
-                self.answering = A_BUSY
+        except BaseException:  # cancelled: busy, answered no further
+            self.answering = A_BUSY
+            raise
+        if not deferred:  # else whoever writes the deferred answer calls finished
+            self.finished(parsed)
+
+    def finished(self, parsed: Parsed) -> None:
+        """``parsed`` is answered (its answer written or buffered): on to the next request."""
+        if self.answering is A_HANDLING:
+            self.answering = A_BUSY
         if self.lost:
             return
         body = parsed.body
@@ -504,75 +529,20 @@ class HttpConnection(asyncio.Protocol):
     def _idle(self) -> None:
         """Waiting for the next head: armed with the header timeout, first to go past the cap."""
         self._head_deadline = self.loop.time() + self.settings.client_header_timeout
-        if self._head_timer is None:
-            self._head_timer = self.loop.call_at(self._head_deadline, self._head_timeout)
+        if not self._head_slot:
+            self._head_slot = self.front.heads.add(self, self._head_deadline)
 
-    def _head_timeout(self) -> None:
-        self._head_timer = None
+    def expired(self) -> None:
+        """The header timeout's tick (``DeadlineWheel``): cut it if it still waits for a head."""
+        self._head_slot = 0
         if self.lost or self.answering is not A_IDLE:
             return
         if self.loop.time() < self._head_deadline:
-            self._head_timer = self.loop.call_at(self._head_deadline, self._head_timeout)
+            self._head_slot = self.front.heads.add(self, self._head_deadline)
             return
         self.front.timed_out("head")
         if not cut_handshake(self._handshake):
             self.transport.close()
-
-    # -- writing ----------------------------------------------------------------------------
-
-    def write_response(self, head: bytes, body: bytes) -> None:
-        """A whole response; a large body is written in slices as the client reads."""
-        if self.write is W_CLOSED:
-            return
-        if len(body) <= SLICE:
-            if body:
-                self.transport.writelines((head, body))
-            else:
-                self.transport.write(head)
-            return
-        self.transport.write(head)
-        self._pending = memoryview(body)
-        self._offset = 0
-        if self.write is W_IDLE:
-            self.write = W_WRITING
-        self._pump()
-
-    def _pump(self) -> None:
-        pending = self._pending
-        while pending is not None and self.write is W_WRITING:
-            end = self._offset + SLICE
-            self.transport.write(pending[self._offset : end])
-            self._offset = end
-            if end >= len(pending):
-                self._pending = pending = None
-                if self.write is W_WRITING:
-                    self.write = W_IDLE
-                if self.answering is A_BUSY:
-                    self._next()  # the next request; or closed, or idle, once it is out
-
-    async def write_stream(self, *parts: bytes) -> None:
-        """Part of a streamed response; waits (up to the send timeout) while the client lags."""
-        if self.write is W_CLOSED:
-            raise ConnectionResetError("the client closed the connection")
-        self.transport.writelines(parts)
-        await self.flow.drain()
-
-    def pause_writing(self) -> None:
-        self.flow.pause_writing()
-        if self.write is not W_CLOSED:
-            self.write = W_DRAINING
-
-    def resume_writing(self) -> None:
-        self.flow.resume_writing()
-        if self.write is not W_DRAINING:
-            return
-        if self._pending is not None:
-            self.write = W_WRITING
-            self._pump()
-        else:
-            self.write = W_IDLE
-            if self.answering is A_BUSY:
-                self._next()  # the next request, or idle once the last answer is out
 
     def _send_timeout(self) -> None:
         """The client read nothing for ``--client-send-timeout``: cut it (nginx send_timeout)."""

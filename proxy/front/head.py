@@ -37,7 +37,7 @@ ALLOW = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
 #: Field lines a head may have; one more is answered 431.
 MAX_HEADER_FIELDS = 128
 
-HOST, CREDENTIAL, INM, ACCEPT_ENCODING, LENGTH, CODING, EXPECT, OTHER = range(8)
+HOST, CREDENTIAL, INM, ACCEPT_ENCODING, LENGTH, CODING, EXPECT, OTHER, ACCEPT = range(9)
 SINGLETONS = frozenset(name.encode() for name in SINGLETON_CREDENTIALS)
 
 
@@ -78,7 +78,7 @@ def field_kinds(credential_names: frozenset[bytes]) -> dict[bytes, int]:
     """What a lower-cased request field name means to the parser callbacks, in one lookup
     (a framing or precondition field first, as it takes the request off the fast path).
     The singleton credential fields are always collected, so a second line is always seen."""
-    kinds = {b"accept-encoding": ACCEPT_ENCODING, b"if-none-match": INM}
+    kinds = {b"accept-encoding": ACCEPT_ENCODING, b"if-none-match": INM, b"accept": ACCEPT}
     kinds.update(dict.fromkeys(credential_names | SINGLETONS, CREDENTIAL))
     kinds[b"host"] = HOST
     kinds.update(dict.fromkeys(UNUSUAL, OTHER))
@@ -100,6 +100,12 @@ class HeadFacts:
     #: An ``Expect`` field was sent: the front answers ``100 Continue`` itself on the body's
     #: first read (``BodyStream``); ``Expect`` is not forwarded.
     expects: bool = False
+
+
+def asks_event_stream(accept: bytes) -> bool:
+    """An ``Accept`` that may ask for server-sent events takes its request off the fast path
+    (``proxy.core.events.wants_event_stream`` decides; this only rules out the rest)."""
+    return b"event-stream" in accept.lower()
 
 
 def has_body(facts: HeadFacts | None) -> bool:

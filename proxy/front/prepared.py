@@ -62,7 +62,7 @@ class Prepared:
     requests: LoopCounterChild
     durations: LoopHistogramChild
     heads_304: dict[int, bytes] = field(default_factory=dict)
-    inm: tuple[str, int] | None = None
+    inm: tuple[str, int, str | None] | None = None
     held: Representation | None = None
     tail_key: tuple[int, int] = (-1, -1)
     tail: bytes = field(default=b"")
@@ -96,14 +96,20 @@ class Prepared:
             self.heads[index] = head
         return head
 
-    def not_modified(self, inm: str, index: int) -> Representation | None:
+    def not_modified(
+        self, inm: str, index: int, accept_encoding: str | None
+    ) -> Representation | None:
         """RFC 9110 §13.1.2: the representation the client holds when it gets a 304, memoised
-        for the last (``If-None-Match``, chosen representation) seen."""
-        if (inm, index) != self.inm:
+        for the last (``If-None-Match``, chosen representation, ``Accept-Encoding``) seen: the
+        client's codings say which representations it could hold."""
+        if (inm, index, accept_encoding) != self.inm:
             entry = self.entry
-            self.inm = (inm, index)
+            self.inm = (inm, index, accept_encoding)
+            fields = {"if-none-match": inm}
+            if accept_encoding is not None:
+                fields["accept-encoding"] = accept_encoding
             self.held = (
-                not_modified(entry, {"if-none-match": inm}, entry.representations[index])
+                not_modified(entry, fields, entry.representations[index])
                 if 200 <= entry.status < 300
                 else None
             )
@@ -223,7 +229,7 @@ class FastPath:
             connection = b""
         else:
             connection = connection_field(keep_alive, version == "1.0")
-        held = prepared.not_modified(inm, index) if inm is not None else None
+        held = prepared.not_modified(inm, index, accept_encoding) if inm is not None else None
         if held is not None:
             self.metrics.not_modified.inc()
             conn.write_response(

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from proxy.cache.exchange import Fields
+from proxy.cache.exchange import Fields, SharedAnswer
 from proxy.front.wire import (
     BODYLESS,
     CRLF,
@@ -23,11 +24,21 @@ if TYPE_CHECKING:
 class ConnectionResponder:
     """Writes one response of ``conn`` for ``request``: whole, or streamed with framing."""
 
-    __slots__ = ("_chunked", "_skip_body", "conn", "request", "sent", "started", "status")
+    __slots__ = ("_chunked", "_on_finish", "_skip_body", "conn", "deferred", "request", "sent",
+                 "started", "status")  # fmt: skip
 
-    def __init__(self, conn: Writer, request: Parsed) -> None:
+    def __init__(
+        self,
+        conn: Writer,
+        request: Parsed,
+        on_finish: Callable[[ConnectionResponder, str], None] | None = None,
+    ) -> None:
         self.conn = conn
         self.request = request
+        #: Called with the result label when a deferred answer is written (the listener's
+        #: access log and the connection's next request).
+        self._on_finish = on_finish
+        self.deferred = False
         self.status = 0
         self.sent = 0
         self.started = False
@@ -63,6 +74,37 @@ class ConnectionResponder:
             body = b""
         self.sent = len(body)
         self.conn.write_response(head, body)
+
+    def send_shared(self, answer: SharedAnswer) -> None:
+        """``send`` of an answer shared with other requests: its head is serialised once per
+        framing and kept in ``answer.wire``."""
+        if self.started:
+            return
+        self.started = True
+        status = answer.status
+        self.status = status
+        request = self.request
+        head_only = request.method == "HEAD" or status in BODYLESS or status < 200
+        framing = (request.keep_alive, request.http10, head_only)
+        head = answer.wire.get(framing)
+        if head is None:
+            bodyless = status in BODYLESS or status < 200
+            length = None if bodyless else len(answer.body)
+            head = answer.wire[framing] = self._head(status, answer.reason, answer.headers, length)
+        body = b"" if head_only else answer.body
+        self.sent = len(body)
+        self.conn.write_response(head, body)
+
+    def defer(self) -> Callable[[str], None] | None:
+        """The answer is written after the handler returns (a parked long poll)."""
+        if self._on_finish is None:
+            return None
+        self.deferred = True
+        return self._finish
+
+    def _finish(self, result: str) -> None:
+        assert self._on_finish is not None
+        self._on_finish(self, result)
 
     async def start(self, status: int, reason: str, headers: Fields) -> None:
         self.started = True

@@ -12,8 +12,11 @@ import asyncio
 import ssl
 from typing import TYPE_CHECKING, Protocol
 
+from proxy.cache.exchange import Responder
+
 if TYPE_CHECKING:
     from proxy.front.head import Parsed
+    from proxy.front.timers import DeadlineWheel
     from proxy.ops.config import Settings
 
 
@@ -30,8 +33,27 @@ class Writer(Protocol):
     def abort(self) -> None: ...
 
 
-class Client(Writer, Protocol):
-    """A client connection as the listener sees it: the cap, draining and held requests."""
+class Requester(Protocol):
+    """Where a request came from, as the cache needs it: the peer, and when it went away."""
+
+    @property
+    def peer(self) -> str: ...
+
+    def disconnected(self) -> asyncio.Future[None]: ...
+
+
+class Reply(Responder, Protocol):
+    """A ``Responder`` that tells the access log what it sent."""
+
+    status: int
+    sent: int
+
+
+class Client(Protocol):
+    """A client connection as the listener sees it (HTTP/1.1 or HTTP/2): the cap, draining."""
+
+    @property
+    def peer(self) -> str: ...
 
     @property
     def transport(self) -> asyncio.Transport: ...
@@ -52,7 +74,16 @@ class Client(Writer, Protocol):
 
     def evict(self) -> None: ...
 
+    def drain(self) -> None:
+        """The listener is closing: take no new request, close once idle."""
+
     def disconnected(self) -> asyncio.Future[None]: ...
+
+    def abort(self) -> None: ...
+
+
+class HttpClient(Client, Writer, Protocol):
+    """An HTTP/1.1 connection: a ``Client`` its answers are written to."""
 
 
 class FastAnswers(Protocol):
@@ -100,6 +131,10 @@ class Host(Protocol):
     @property
     def draining(self) -> bool: ...
 
+    @property
+    def heads(self) -> DeadlineWheel:
+        """The header timeouts of the listener's connections."""
+
     def admit(self, conn: Client) -> bool: ...
 
     def forget(self, conn: Client) -> None: ...
@@ -108,4 +143,11 @@ class Host(Protocol):
 
     def timed_out(self, phase: str) -> None: ...
 
-    async def answer(self, conn: Client, parsed: Parsed) -> None: ...
+    async def answer(self, conn: HttpClient, parsed: Parsed) -> bool: ...
+
+    async def respond(self, requester: Requester, parsed: Parsed, responder: Reply) -> bool: ...
+
+    def http2(self, conn: Client, data: bytes) -> None:
+        """Hand ``conn`` over to HTTP/2 (ALPN h2, or the preface in ``data``)."""
+
+    def http2_error(self, reason: str) -> None: ...

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import resource
 import ssl
 import time
 from typing import Any
@@ -32,16 +31,17 @@ from proxy.cache.exchange import ProxyRequest, envelope, send_rejected
 from proxy.front.access import AccessLog
 from proxy.front.connection import HttpConnection, Parsed
 from proxy.front.endpoints import ADMIN, PUBLIC, Endpoints
+from proxy.front.h2 import Http2Connection
 from proxy.front.prepared import FastPath
 from proxy.front.responder import ConnectionResponder
-from proxy.front.seams import Client
+from proxy.front.seams import Client, HttpClient, Reply, Requester
+from proxy.front.timers import DeadlineWheel
 from proxy.ops.config import Settings
+from proxy.ops.limits import max_connections
 from proxy.runtime import Runtime
 
 log = logging.getLogger("proxy.server")
 
-#: Descriptors kept besides client connections: listeners, admin connections, logs, Redis.
-RESERVE = 64
 _REFUSED_BODY = envelope("OVERLOADED", "Too many connections; retry.")
 REFUSED = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
@@ -50,23 +50,12 @@ REFUSED = (
 )
 
 
-def default_max_connections(settings: Settings) -> int:
-    """RLIMIT_NOFILE less the upstream pool, Redis's pool and a fixed reserve."""
-    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY:
-        soft = 65536
-    reserve = RESERVE + settings.upstream_max_connections
-    if settings.redis_url:
-        reserve += settings.redis_max_connections + 2
-    return max(16, soft - reserve)
-
-
 def tls_context(settings: Settings) -> ssl.SSLContext | None:
     if not settings.tls_cert:
         return None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(settings.tls_cert, settings.tls_key)
-    context.set_alpn_protocols(["http/1.1"])
+    context.set_alpn_protocols(["h2", "http/1.1"] if settings.http2 else ["http/1.1"])
     return context
 
 
@@ -102,8 +91,9 @@ class Front:
             if fast and role == PUBLIC and store_get is not None
             else None
         )
-        self.max_connections = settings.max_connections or default_max_connections(settings)
+        self.max_connections = max_connections(settings)
         self.connections: set[Client] = set()
+        self.heads = DeadlineWheel(loop)
         self.tasks: set[asyncio.Task[None]] = set()
         self.draining = False
         if role == PUBLIC:
@@ -145,9 +135,26 @@ class Front:
 
     # -- requests ---------------------------------------------------------------------------
 
-    async def answer(self, conn: Client, parsed: Parsed) -> None:
-        """A request the fast path did not take: refused, a local endpoint, or the cache."""
-        responder = ConnectionResponder(conn, parsed)
+    def http2(self, conn: Client, data: bytes) -> None:
+        """``conn`` speaks HTTP/2 from now on: the same transport and place under the cap."""
+        transport = conn.transport
+        h2 = Http2Connection(self, transport, conn.peer, getattr(conn, "local", ""))
+        self.connections.discard(conn)
+        self.connections.add(h2)
+        transport.set_protocol(h2)
+        h2.start(data)
+
+    def http2_error(self, reason: str) -> None:
+        self.metrics.http2_errors.labels(reason).inc()
+
+    async def answer(self, conn: HttpClient, parsed: Parsed) -> bool:
+        """A request the fast path did not take, on HTTP/1.1. True when its answer is deferred
+        (a parked long poll): ``finish`` ends it."""
+        return await self.respond(conn, parsed, ConnectionResponder(conn, parsed, self.finish))
+
+    async def respond(self, conn: Requester, parsed: Parsed, responder: Reply) -> bool:
+        """Refused, a local endpoint, or the cache: the same for HTTP/1.1 and each HTTP/2
+        stream (``conn`` is the stream there, whose responder cannot defer: it is awaited)."""
         path = parsed.target.split("?", 1)[0]
         result = "-"
         if parsed.rejected is not None:
@@ -161,10 +168,12 @@ class Front:
                 )
                 await endpoint(parsed.method, parsed.target, authorization, responder)
             else:
+                headers = CIMultiDict(parsed.headers)
+                parsed.headers = []  # the request's fields live on in ``headers`` alone
                 request = ProxyRequest(
                     parsed.method,
                     parsed.target,
-                    CIMultiDict(parsed.headers),
+                    headers,
                     parsed.body,
                     conn.peer,
                     self.scheme,
@@ -173,6 +182,8 @@ class Front:
                     conn,
                 )
                 result = await self.proxy.handle(request, responder)
+                if getattr(responder, "deferred", False) and result == "held":
+                    return True
                 body = parsed.body
                 if body is not None and body.rejected is not None:
                     parsed.keep_alive = False
@@ -183,6 +194,20 @@ class Front:
             self.access.record(
                 parsed.method, path, responder.status, result, elapsed, responder.sent
             )
+        return False
+
+    def finish(self, responder: ConnectionResponder, result: str) -> None:
+        """A deferred answer was written: log it, and let its connection go on."""
+        parsed = responder.request
+        if self.access is not None:
+            elapsed = time.perf_counter() - parsed.started
+            path = parsed.target.split("?", 1)[0]
+            self.access.record(
+                parsed.method, path, responder.status, result, elapsed, responder.sent
+            )
+        conn = responder.conn
+        assert isinstance(conn, HttpConnection)
+        conn.finished(parsed)
 
 
 class FrontServer:
@@ -245,14 +270,14 @@ class FrontServer:
         if front is not None:
             front.draining = True
             for conn in list(front.connections):
-                if conn.idle:
-                    conn.transport.close()
+                conn.drain()
             seconds = self.settings.drain_seconds if drain_seconds is None else drain_seconds
             deadline = front.loop.time() + seconds
             while front.busy() and front.loop.time() < deadline:
                 await asyncio.sleep(0.02)
             for conn in list(front.connections):
                 conn.abort()
+            front.heads.close()
             if front.access is not None:
                 front.access.flush()
 

@@ -31,6 +31,8 @@ class Securable(Protocol):
 
     def data_received(self, data: bytes) -> None: ...
 
+    def hand_over(self, data: bytes) -> None: ...
+
 
 class Handshake:
     """One server-side TLS handshake on an admitted connection; ``cut`` ends it.
@@ -102,6 +104,10 @@ class Handshake:
             return
         conn.transport = secured
         early, self.early = self.early, []
+        ssl_object = secured.get_extra_info("ssl_object")
+        if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
+            conn.hand_over(b"".join(early))  # HTTP/2 by ALPN (RFC 9113 §3.2)
+            return
         for data in early:
             if conn.lost:
                 break

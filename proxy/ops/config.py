@@ -7,138 +7,36 @@ A bad value raises ``ConfigError`` with a one-line message that names the option
 from __future__ import annotations
 
 import argparse
-import os
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, NoReturn
 
-from yarl import URL
-
 from proxy.core.coding import (
     DEFAULT_COMPRESS_MIN_BYTES,
     DEFAULT_COMPRESS_TYPES,
-    PREFERENCE,
-    available_codings,
 )
-from proxy.ops.redis_url import is_multi_node, parse_redis_nodes
+from proxy.ops.values import (
+    _bounded,
+    _choice,
+    parse_bool,
+    parse_codings,
+    parse_front,
+    parse_header_list,
+    parse_media_types,
+    parse_optional_count,
+    parse_optional_limit,
+    parse_optional_port,
+    parse_public_host,
+    parse_redis_prefix,
+    parse_redis_url,
+    parse_size,
+    parse_upstream,
+    parse_workers,
+)
 
 
 class ConfigError(ValueError):
     """A configuration value is invalid; the message names the option."""
-
-
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
-_SIZE_UNITS = {
-    "": 1, "b": 1,
-    "k": 1000, "kb": 1000, "kib": 1024, "ki": 1024,
-    "m": 1000**2, "mb": 1000**2, "mib": 1024**2, "mi": 1024**2,
-    "g": 1000**3, "gb": 1000**3, "gib": 1024**3, "gi": 1024**3,
-    "t": 1000**4, "tb": 1000**4, "tib": 1024**4, "ti": 1024**4,
-}  # fmt: skip
-
-
-def parse_size(text: str) -> int:
-    """``"256MiB"``, ``"10MB"``, ``"4096"`` as a number of bytes."""
-    match = _SIZE_RE.match(text)
-    if not match or match.group(2).lower() not in _SIZE_UNITS:
-        raise ValueError(f"expected a size such as 4096, 64KiB or 256MiB, got {text!r}")
-    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
-
-
-def parse_bool(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"expected true or false, got {text!r}")
-
-
-def parse_upstream(text: str) -> str:
-    url = URL(text)
-    if url.scheme not in ("http", "https") or not url.host:
-        raise ValueError(f"expected an http:// or https:// URL, got {text!r}")
-    if url.query_string or url.fragment:
-        raise ValueError("the upstream URL must not have a query or fragment")
-    return str(url).rstrip("/")
-
-
-def parse_header_list(text: str) -> tuple[str, ...]:
-    names = tuple(name.strip().lower() for name in text.split(",") if name.strip())
-    for name in names:
-        if not re.fullmatch(r"[!#$%&'*+\-.^_`|~0-9a-z]+", name):
-            raise ValueError(f"{name!r} is not a header name")
-    return names
-
-
-def parse_media_types(text: str) -> tuple[str, ...]:
-    """``text/*, application/json``: media types or ``type/*`` patterns, ``*`` for all."""
-    types = tuple(item.strip().lower() for item in text.split(",") if item.strip())
-    for item in types:
-        if item != "*" and not re.fullmatch(r"[a-z0-9!#$&^_.+-]+/(\*|[a-z0-9!#$&^_.+-]+)", item):
-            raise ValueError(f"{item!r} is not a media type")
-    return types
-
-
-def parse_codings(text: str) -> tuple[str, ...]:
-    """``zstd,br,gzip``: content codings this install can produce, in the cache's order."""
-    wanted = {item.strip().lower() for item in text.split(",") if item.strip()}
-    unknown = wanted - set(PREFERENCE)
-    if unknown:
-        raise ValueError(f"unknown coding {sorted(unknown)[0]!r}: expected {', '.join(PREFERENCE)}")
-    missing = wanted - set(available_codings())
-    if missing:
-        extra = "pip install 'aitronos-cache-proxy[compression]'"
-        raise ValueError(f"{sorted(missing)[0]} needs its package: {extra}")
-    return tuple(coding for coding in PREFERENCE if coding in wanted)
-
-
-def parse_public_host(text: str) -> str:
-    """A host[:port] as clients name the proxy; empty means "whatever the client sends"."""
-    text = text.strip()
-    if text and not re.fullmatch(
-        r"[A-Za-z0-9.\-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?", text
-    ):
-        raise ValueError(f"expected a host or host:port, got {text!r}")
-    return text
-
-
-def _bounded(
-    kind: Callable[[str], Any], low: float, high: float | None = None
-) -> Callable[[str], Any]:
-    def convert(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError as error:
-            raise ValueError(
-                str(error) if kind not in (int, float) else f"expected a number, got {text!r}"
-            ) from None
-        if value < low or (high is not None and value > high):
-            upper = f" and {high:g}" if high is not None else ""
-            raise ValueError(f"expected a value between {low:g}{upper}, got {text!r}")
-        return value
-
-    return convert
-
-
-def _choice(*choices: str) -> Callable[[str], str]:
-    def convert(text: str) -> str:
-        if text not in choices:
-            raise ValueError(f"expected one of {', '.join(choices)}, got {text!r}")
-        return text
-
-    return convert
-
-
-def parse_front(text: str) -> str:
-    """``--front``: kept so that ``own`` still starts; aiohttp's server left the product."""
-    if text == "aiohttp":
-        raise ValueError(
-            "aiohttp's server was removed; the proxy serves on its own front only "
-            "(drop the option, or say own)"
-        )
-    return _choice("own")(text)
 
 
 def _option(
@@ -150,84 +48,6 @@ def _option(
         repr=not secret,
         metadata={"parse": parse, "help": help, "metavar": metavar},
     )
-
-
-_REDIS_SCHEMES = ("redis", "rediss", "unix")
-_REDIS_PREFIX_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
-
-
-def parse_redis_url(text: str) -> str:
-    """A URL redis-py accepts, or one naming sentinels or cluster nodes (``proxy.ops.redis_url``);
-    the message never repeats the URL, which may hold a password.
-    """
-    if not text:
-        return ""
-    expected = (
-        "expected redis://[[user]:password@]host[:port][/db], rediss://..., unix:///path, "
-        "redis+sentinel://host[:port],.../service[/db] or redis+cluster://host[:port],..."
-    )
-    multi_node = is_multi_node(text)
-    if not multi_node:
-        try:
-            url = URL(text)
-        except ValueError:
-            raise ValueError(expected) from None
-        if url.scheme not in _REDIS_SCHEMES or not (url.host or url.path.strip("/")):
-            raise ValueError(expected)
-    try:
-        from redis.asyncio.connection import parse_url
-    except ImportError:
-        raise ValueError(
-            "redis-py is not installed: pip install 'aitronos-cache-proxy[redis]'"
-        ) from None
-    if multi_node:
-        parse_redis_nodes(text)
-        return text
-    try:
-        parse_url(text)
-    except (ValueError, TypeError):
-        raise ValueError("not a URL redis-py can use (check the port and the options)") from None
-    return text
-
-
-def parse_redis_prefix(text: str) -> str:
-    if not _REDIS_PREFIX_RE.fullmatch(text):
-        raise ValueError(f"expected 1 to 64 of A-Z a-z 0-9 _ . : -, got {text!r}")
-    return text
-
-
-def parse_optional_count(text: str) -> int | None:
-    """A positive count, or empty for "work it out"."""
-    if not text.strip():
-        return None
-    return int(_bounded(int, 1)(text))
-
-
-#: Most worker processes ``--workers`` starts; more would only add context switches.
-MAX_WORKERS = 256
-
-
-def parse_workers(text: str) -> int:
-    """A number of worker processes, or ``auto``: the CPUs this process may run on."""
-    if text.strip().lower() == "auto":
-        return (
-            len(os.sched_getaffinity(0))
-            if hasattr(os, "sched_getaffinity")
-            else (os.cpu_count() or 1)
-        )
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValueError(f"expected a number of processes or auto, got {text!r}") from None
-    if not 1 <= value <= MAX_WORKERS:
-        raise ValueError(f"expected auto or a number between 1 and {MAX_WORKERS}, got {text!r}")
-    return value
-
-
-def parse_optional_port(text: str) -> int | None:
-    if not text.strip():
-        return None
-    return int(_bounded(int, 0, 65535)(text))
 
 
 @dataclass(frozen=True)
@@ -329,6 +149,15 @@ class Settings:
         "seconds an expired entry with a validator is kept for conditional revalidation",
         "SECONDS",
     )
+    revalidate_window: float = _option(
+        1.0,
+        _bounded(float, 0),
+        "seconds within which the origin's answer for a stored response (its fetch or last "
+        "revalidation) satisfies a request's Cache-Control: max-age=0 / no-cache, and a long "
+        "poll asking that is held and answered from the proxy's own revalidations; 0: every "
+        "such request revalidates upstream",
+        "SECONDS",
+    )
     heuristic_max: float = _option(
         3600.0, _bounded(float, 0), "cap on heuristic freshness (RFC 9111 §4.2.2)", "SECONDS"
     )
@@ -352,11 +181,18 @@ class Settings:
         "long polling",
         "SECONDS",
     )
-    max_waiters: int = _option(
-        10_000,
-        _bounded(int, 0),
-        "held long-poll requests per replica; past it, requests are answered at once",
+    max_waiters: int | None = _option(
+        None,
+        parse_optional_limit,
+        "held long-poll requests per replica; past it, requests are answered at once "
+        "(default: the connection cap, --max-connections)",
         "N",
+    )
+    sse_heartbeat: float = _option(
+        15.0,
+        _bounded(float, 0.01),
+        "seconds between heartbeat comments on an idle event stream (Accept: text/event-stream)",
+        "SECONDS",
     )
     redis_url: str = _option(
         "",
@@ -440,10 +276,23 @@ class Settings:
         "", str, "PEM certificate chain: serve HTTPS on --port (needs --tls-key)", "PATH"
     )
     tls_key: str = _option("", str, "PEM private key of --tls-cert", "PATH")
+    http2: bool = _option(
+        True,
+        parse_bool,
+        "serve HTTP/2 besides HTTP/1.1: ALPN h2 with TLS, prior-knowledge h2c without",
+        "BOOL",
+    )
+    http2_max_streams: int = _option(
+        100,
+        _bounded(int, 1, 2**31 - 1),
+        "streams an HTTP/2 connection may have open or still being answered at once "
+        "(SETTINGS_MAX_CONCURRENT_STREAMS)",
+        "N",
+    )
     front: str = _option(
         "own",
         parse_front,
-        "client-facing HTTP/1.1 server: own (httptools, prepared responses), the only one",
+        "client-facing server: own (HTTP/1.1 on httptools, HTTP/2 on h2), the only one",
         "FRONT",
     )
     admin_token: str = _option(
@@ -528,6 +377,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             default=None,
             help=f"{spec.metadata['help']} (env {env_name(spec.name)}, default {shown})",
         )
+        if spec.metadata["parse"] is parse_bool:
+            parser.add_argument(
+                "--no-" + option_name(spec.name)[2:], dest=spec.name, action="store_const",
+                const="false", help=f"the same as {option_name(spec.name)} false",
+            )  # fmt: skip
 
 
 def build_settings(values: Mapping[str, str | None], environ: Mapping[str, str]) -> Settings:

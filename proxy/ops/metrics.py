@@ -25,6 +25,10 @@ RESULTS = ("hit", "miss", "revalidated", "stale", "bypass", "error")
 #: response arrived (the kind is then in ``cacheproxy_upstream_errors_total``).
 UPSTREAM_STATUSES = ("2xx", "3xx", "4xx", "5xx", "error")
 LONG_POLL_OUTCOMES = ("changed", "timeout", "shed", "error")
+#: How an event stream (``Accept: text/event-stream``) ended.
+EVENT_STREAM_OUTCOMES = ("final", "seen", "disconnected", "shed", "drained", "error")
+#: What an event stream writes: an event (a change) or a heartbeat comment.
+EVENT_KINDS = ("event", "heartbeat")
 UPSTREAM_ERROR_KINDS = ("refused", "timeout", "invalid", "5xx", "429")
 CLIENT_PHASES = ("head", "body", "send")
 TABLES = ("held_back", "invalidation")
@@ -286,6 +290,13 @@ class Metrics:
         )
         for phase in CLIENT_PHASES:
             self.client_timeouts.labels(phase)
+        self.http2_errors = Counter(
+            "cacheproxy_http2_errors",
+            "HTTP/2 connections ended by a GOAWAY for an error, by its code (protocol_error, "
+            "enhance_your_calm for floods, rapid resets and HPACK bombs, ...).",
+            ("code",),
+            registry=registry,
+        )
         self.waiting_requests = Gauge(
             "cacheproxy_waiting_requests",
             "Requests held for a change with 'Prefer: wait' (long polls) right now.",
@@ -298,8 +309,32 @@ class Metrics:
             ("outcome",),
             registry=registry,
         )
-        for outcome in LONG_POLL_OUTCOMES:
-            self.long_polls.labels(outcome)
+        self._long_polls = {
+            outcome: self.long_polls.labels(outcome) for outcome in LONG_POLL_OUTCOMES
+        }
+        self.event_streams = Counter(
+            "cacheproxy_event_streams",
+            "Event streams (Accept: text/event-stream) by how they ended: final (completed or "
+            "failed sent), seen (204: the final event was already seen), disconnected, shed "
+            "(--max-waiters reached), drained (shutdown) or error.",
+            ("outcome",),
+            registry=registry,
+        )
+        for outcome in EVENT_STREAM_OUTCOMES:
+            self.event_streams.labels(outcome)
+        self.events_sent = Counter(
+            "cacheproxy_events_sent",
+            "Server-sent events written, by kind: event (a change) or heartbeat (a comment).",
+            ("kind",),
+            registry=registry,
+        )
+        for kind in EVENT_KINDS:
+            self.events_sent.labels(kind)
+        self.open_event_streams = Gauge(
+            "cacheproxy_open_event_streams",
+            "Event streams open right now (each also counts in cacheproxy_waiting_requests).",
+            registry=registry,
+        )
         self.build_info = Info(
             "cacheproxy_build",
             "The version of aitronos-cache-proxy.",
@@ -338,6 +373,13 @@ class Metrics:
         """The request counter and duration histogram of a hit on ``route``, for the fast path
         to update with plain additions."""
         return self._requests[route, "hit"], self._durations["hit"]
+
+    def count_long_poll(self, outcome: str) -> None:
+        """A held request ended (``LONG_POLL_OUTCOMES``), without a ``labels`` look-up."""
+        child = self._long_polls.get(outcome)
+        if child is None:
+            child = self._long_polls[outcome] = self.long_polls.labels(outcome)
+        child.inc()
 
     def observe_request(self, route: str, result: str, seconds: float) -> None:
         self._requests[route, result].inc()

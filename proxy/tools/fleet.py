@@ -115,6 +115,9 @@ class FleetResult:
     completion_lags: tuple[float, ...] = ()
     held: tuple[float, ...] = ()
     cut: int = 0
+    #: Server-sent events received (an event-stream fleet; ``latencies`` is then each
+    #: stream's time to its first event).
+    events: int = 0
 
     def percentile(self, q: float) -> float | None:
         """Nearest-rank latency percentile, ``q`` in [0, 100]; ``None`` without any response."""
@@ -140,6 +143,7 @@ class _Tally:
     held: list[float] = field(default_factory=list)
     completion_lags: list[float] = field(default_factory=list)
     holding: set[int] = field(default_factory=set)
+    events: int = 0
 
 
 @dataclass(frozen=True)
@@ -211,6 +215,59 @@ async def _poll(
         delay = poller.interval * rng.uniform(1.0 - poller.jitter, 1.0 + poller.jitter)
 
 
+#: No total time for a stream: it lasts until the final event (or the fleet's end).
+_STREAM_TIMEOUT: Final = aiohttp.ClientTimeout(total=None, connect=10.0)
+
+
+async def _subscribe(
+    session: aiohttp.ClientSession,
+    poller: _Poller,
+    deadline: float,
+    rng: random.Random,
+    tally: _Tally,
+) -> None:
+    """One ``EventSource``-like client: ``Accept: text/event-stream``, one request for all the
+    changes; it reconnects with ``Last-Event-ID`` after an interval if a stream ends early."""
+    loop = asyncio.get_running_loop()
+    headers = {"Authorization": f"Bearer {poller.token}", "Accept": "text/event-stream"}
+    delay = rng.uniform(0.0, poller.interval)
+    received = 0
+    while deadline - loop.time() > delay:
+        await asyncio.sleep(delay)
+        delay = poller.interval
+        started = time.perf_counter()
+        tally.holding.add(poller.index)
+        try:
+            async with session.get(poller.url, headers=headers, timeout=_STREAM_TIMEOUT) as answer:
+                tally.requests += 1
+                tally.statuses[answer.status] += 1
+                if answer.status == 204:
+                    return  # seen to the end already
+                data: list[str] = []
+                async for raw in answer.content:
+                    tally.bytes_received += len(raw)
+                    line = raw.decode("utf-8", "replace").rstrip("\r\n")
+                    if line.startswith("id:"):
+                        headers["Last-Event-ID"] = line[3:].strip()
+                    elif line.startswith("data:"):
+                        data.append(line[5:].removeprefix(" "))
+                    elif not line and data:
+                        if not received:
+                            tally.latencies.append(time.perf_counter() - started)
+                        received += 1
+                        tally.events += 1
+                        became_final = final_at("\n".join(data).encode())
+                        data = []
+                        if became_final is not None:
+                            tally.done += 1
+                            tally.completion_lags.append(max(0.0, time.time() - became_final))
+                            return
+        except (aiohttp.ClientError, TimeoutError):
+            tally.errors += 1
+        finally:
+            tally.holding.discard(poller.index)
+
+
 def assign_pollers(
     transcriptions: Sequence[tuple[str, str]], pollers: int
 ) -> list[tuple[str, str]]:
@@ -233,13 +290,15 @@ async def run_fleet(
     progress_every: float = 1.0,
     spellings: Sequence[str | None] = SPELLINGS,
     wait: int | None = None,
+    events: bool = False,
 ) -> FleetResult:
     """Poll until every poller saw a final status or ``duration`` seconds passed.
 
     One poller per (token, id) element; poller ``i`` sends ``spellings[i % len]`` as its
     ``Accept-Encoding`` (``None``: no such field). Without ``session`` a private one is made
     (``fleet_session``), with enough connections for every poller at once.
-    With ``wait`` the pollers long-poll (``Prefer: wait``, RFC 7240) instead.
+    With ``wait`` the pollers long-poll (``Prefer: wait``, RFC 7240) instead; with ``events``
+    each subscribes once to server-sent events (``Accept: text/event-stream``).
     """
     if session is None:
         async with fleet_session(len(tokens_and_ids) + 16, REQUEST_TIMEOUT) as own:
@@ -255,8 +314,10 @@ async def run_fleet(
                 progress_every=progress_every,
                 spellings=spellings,
                 wait=wait,
+                events=events,
             )
     loop = asyncio.get_running_loop()
+    client = _subscribe if events else _poll
     rng = random.Random(seed)
     tally = _Tally(pollers=len(tokens_and_ids))
     started = loop.time()
@@ -268,7 +329,7 @@ async def run_fleet(
 
     pollers = [
         asyncio.create_task(
-            _poll(
+            client(
                 session,
                 _Poller(
                     index,
@@ -318,6 +379,7 @@ async def run_fleet(
         completion_lags=tuple(sorted(tally.completion_lags)),
         held=tuple(sorted(tally.held)),
         cut=cut,
+        events=tally.events,
     )
 
 

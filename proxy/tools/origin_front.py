@@ -23,8 +23,12 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 #: nginx's ``gzip_min_length`` default.
 MIN_LENGTH = 20
 COMPRESSED_TYPES = ("application/json", "text/*", "application/x-subrip")
-#: ``Prefer`` and ``Preference-Applied`` so a page on another origin can long-poll (RFC 7240).
-PREFLIGHT_HEADERS = "Authorization, Content-Type, If-None-Match, If-Modified-Since, Prefer"
+#: ``Prefer`` and ``Preference-Applied`` so a page on another origin can long-poll (RFC 7240);
+#: ``Last-Event-ID`` and ``Cache-Control`` for an ``EventSource`` that reconnects.
+PREFLIGHT_HEADERS = (
+    "Authorization, Content-Type, If-None-Match, If-Modified-Since, Prefer, Last-Event-ID, "
+    "Cache-Control"
+)
 EXPOSED_HEADERS = "ETag, Cache-Status, Age, Last-Modified, Preference-Applied"
 
 

@@ -20,12 +20,12 @@ import asyncio
 import shutil
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
-from types import TracebackType
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from proxy.ops.lifetime import StartsAndCloses
 from proxy.tools.replicas import LocalRedis
 
 SERVICE = "mymaster"
@@ -56,7 +56,7 @@ def _primary_address(client: Redis) -> Awaitable[Any]:
     return client.sentinel_get_master_addr_by_name(SERVICE)
 
 
-class _Processes:
+class _Processes(StartsAndCloses):
     """Closing a group of ``LocalRedis`` processes, also when starting them failed half-way."""
 
     def __init__(self) -> None:
@@ -72,14 +72,6 @@ class _Processes:
             with suppress(Exception):
                 await server.close()
         self.processes.clear()
-
-    async def __aexit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.close()
 
 
 class LocalSentinelGroup(_Processes):
@@ -195,14 +187,6 @@ class LocalSentinelGroup(_Processes):
                 return False
         return True
 
-    async def __aenter__(self) -> LocalSentinelGroup:
-        try:
-            await self.start()
-        except BaseException:
-            await self.close()
-            raise
-        return self
-
 
 class LocalCluster(_Processes):
     """``size`` primaries with cluster mode on, sharing the slots (no replicas)."""
@@ -244,11 +228,3 @@ class LocalCluster(_Processes):
             if int(info.get("cluster_known_nodes", 0)) != self.size:
                 return False
         return True
-
-    async def __aenter__(self) -> LocalCluster:
-        try:
-            await self.start()
-        except BaseException:
-            await self.close()
-            raise
-        return self

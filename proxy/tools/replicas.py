@@ -20,13 +20,13 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
-from types import TracebackType
 
 from prometheus_client import CollectorRegistry
 
 from proxy.cache.proxy import CachingProxy
 from proxy.front.server import FrontServer
 from proxy.ops.config import Settings
+from proxy.ops.lifetime import StartsAndCloses
 from proxy.runtime import Runtime
 
 READY_LINE = b"Ready to accept connections"
@@ -40,7 +40,7 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-class LocalRedis:
+class LocalRedis(StartsAndCloses):
     """A ``redis-server`` on a free loopback port, without persistence, in a temporary directory.
 
     ``kill`` (a crash), ``pause``/``resume`` (a Redis that stops answering) and ``restart`` (on
@@ -172,18 +172,6 @@ class LocalRedis:
         if self._process is not None:
             with suppress(ProcessLookupError):
                 os.kill(self._process.pid, number)
-
-    async def __aenter__(self) -> LocalRedis:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.close()
 
 
 async def _drain(stream: asyncio.StreamReader) -> None:

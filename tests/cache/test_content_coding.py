@@ -17,21 +17,13 @@ import pytest
 from aiohttp import web
 
 from proxy.core.coding import available_codings, decode, encode
+from proxy.tools.fleet import SPELLINGS
 from proxy.tools.origin_front import OriginFront
 from proxy.tools.simulator import Simulator, SimulatorConfig, create_simulator_app
 from tests.conftest import FakeClock, Harness, MakeHarness
 
 PATH = "/v1/audio/transcribe/trans_0123456789abcdef0123456789abcdef"
 JSON = json.dumps({"text": "the team agreed on the release plan " * 80}).encode()
-SPELLINGS = (
-    "",
-    "gzip",
-    "gzip, deflate",
-    "gzip,deflate",
-    "GZIP, DEFLATE",
-    "deflate, gzip, br, zstd",
-    "gzip, deflate, br, zstd",
-)
 CLIENT_CODINGS = {"": "identity", "gzip": "gzip", "br": "br", "zstd": "zstd"}
 
 
@@ -366,7 +358,7 @@ async def test_a_browser_style_cors_poll_through_the_proxy(
 
 
 async def test_an_unstored_error_in_a_coding_the_client_cannot_read_is_decoded(
-    make_harness: MakeHarness, raw: aiohttp.ClientSession, aiohttp_server: Any
+    make_harness: MakeHarness, raw: aiohttp.ClientSession
 ) -> None:
     """The cache asked in its own codings; a client that accepts none gets the error readable."""
     envelope = b'{"success": false, "error": {"code": "DOWN"}}'
@@ -378,10 +370,7 @@ async def test_an_unstored_error_in_a_coding_the_client_cannot_read_is_decoded(
             headers={"Content-Encoding": "gzip", "Content-Type": "application/json"},
         )
 
-    app = web.Application()
-    app.router.add_get("/{tail:.*}", failing)
-    server = await aiohttp_server(app)
-    harness = await make_harness(upstream=str(server.make_url("")))
+    harness = await make_harness(handler=failing)
     response, body = await fetch(raw, harness, "")
     assert response.status == 503
     assert "Content-Encoding" not in response.headers and body == envelope

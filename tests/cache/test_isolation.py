@@ -25,7 +25,8 @@ import pytest
 from aiohttp import web
 
 from proxy.ops.config import Settings
-from tests.support.rawkit import RunningProxy, serve_app, serve_proxy
+from tests.conftest import ServeOrigin
+from tests.support.rawkit import RunningProxy, serve_proxy
 
 PATH = "/v1/audio/transcribe/trans_00000000000000000000000000000001"
 REFLECTED = (
@@ -90,11 +91,6 @@ class NaiveOrigin:
         body = {"path": path, "token": token, "reflected": reflected}
         return web.json_response(body, headers=headers)
 
-    def app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self.handle)
-        return app
-
 
 @pytest.fixture
 def clock() -> Clock:
@@ -102,10 +98,9 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-async def naive() -> AsyncIterator[tuple[NaiveOrigin, str]]:
+async def naive(serve_origin: ServeOrigin) -> tuple[NaiveOrigin, str]:
     origin = NaiveOrigin()
-    async with serve_app(origin.app()) as url:
-        yield origin, url
+    return origin, await serve_origin(origin.handle)
 
 
 @pytest.fixture

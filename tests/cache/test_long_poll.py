@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -21,6 +20,8 @@ from redis.asyncio import Redis
 
 from proxy.ops.config import Settings
 from proxy.tools.replicas import Replica, run_replicas
+from tests.conftest import ServeOrigin
+from tests.support.origin import catch_all
 from tests.support.waiting import eventually
 
 pytest_plugins = ("tests.support.redis_fixtures",)
@@ -66,14 +67,9 @@ class ScopedOrigin:
 
 
 @pytest.fixture
-async def scoped() -> AsyncIterator[tuple[ScopedOrigin, str]]:
+async def scoped(serve_origin: ServeOrigin) -> tuple[ScopedOrigin, str]:
     origin = ScopedOrigin()
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", origin.handle)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    yield origin, str(server.make_url("")).rstrip("/")
-    await server.close()
+    return origin, await serve_origin(origin.handle)
 
 
 def waiting(replica: Replica) -> float:
@@ -243,6 +239,7 @@ async def test_a_change_stored_by_one_replica_wakes_the_waiters_on_another(
         redis_prefix=redis_prefix,
         redis_timeout_ms=1000,
         public_host="proxy.test",
+        revalidate_window=0,  # the no-cache below must reach the origin, however soon
     )
     async with run_replicas(settings, 2) as (first, second):
         _, headers, _ = await get(http, first)
@@ -382,9 +379,7 @@ async def test_an_unreachable_origin_ends_the_wait_with_502_and_the_wait_is_not_
 ) -> None:
     origin = ScopedOrigin()
     origin.set("a", b"{}")
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", origin.handle)
-    server = TestServer(app, host="127.0.0.1")
+    server = TestServer(catch_all(origin.handle), host="127.0.0.1")
     await server.start_server()
     upstream = str(server.make_url("")).rstrip("/")
     async with run_replicas(Settings(upstream=upstream, stale_grace=0), 1) as (proxy,):

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp import web
 
 from proxy.cache.entries import INVALIDATION_BUDGET
@@ -54,15 +55,10 @@ async def answer(request: web.Request, now: float) -> web.Response:
     )
 
 
-async def flood_harness(
-    make_harness: MakeHarness, aiohttp_server: Any, clock: FakeClock
-) -> Harness:
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", plain_origin(clock))
-    server = await aiohttp_server(app)
-    return await make_harness(
-        upstream=str(server.make_url("")), cache_max_bytes=BUDGET, access_log=False
-    )
+@pytest.fixture
+async def flooded(make_harness: MakeHarness, clock: FakeClock) -> Harness:
+    """A proxy with a small cache budget before ``plain_origin``."""
+    return await make_harness(handler=plain_origin(clock), cache_max_bytes=BUDGET, access_log=False)
 
 
 Send = Callable[[aiohttp.ClientSession, str, int], Awaitable[aiohttp.ClientResponse]]
@@ -106,51 +102,44 @@ def within(grown: int, budget: int, library: int = LIBRARY_CACHES) -> None:
     assert grown <= limit, f"grew {grown / MiB:.1f} MiB, more than {limit / MiB:.1f} MiB"
 
 
-async def test_a_flood_of_long_request_targets_stays_in_the_budget(
-    make_harness: MakeHarness, aiohttp_server: Any, clock: FakeClock
-) -> None:
-    h = await flood_harness(make_harness, aiohttp_server, clock)
+async def test_a_flood_of_long_request_targets_stays_in_the_budget(flooded: Harness) -> None:
     pad = "k" * 7000
-    grown = await grown_by(h, 2000, lambda s, base, n: s.get(f"{base}/long/{n}/{pad}"))
-    assert 0 < h.proxy.store.bytes <= BUDGET
+    grown = await grown_by(flooded, 2000, lambda s, base, n: s.get(f"{base}/long/{n}/{pad}"))
+    assert 0 < flooded.proxy.store.bytes <= BUDGET
     within(grown, BUDGET)
 
 
-async def test_a_flood_of_long_hosts_stays_in_the_budget(
-    make_harness: MakeHarness, aiohttp_server: Any, clock: FakeClock
-) -> None:
-    h = await flood_harness(make_harness, aiohttp_server, clock)
-    pad = "h" * 7000
-    grown = await grown_by(
-        h,
-        2000,
-        lambda s, base, n: s.get(f"{base}/host/{n}", headers={"Host": f"{n}.{pad}.example"}),
-    )
-    assert 0 < h.proxy.store.bytes <= BUDGET
+async def test_a_flood_of_long_hosts_stays_in_the_budget(flooded: Harness) -> None:
+    def send(s: aiohttp.ClientSession, base: str, n: int) -> Any:
+        return s.get(f"{base}/host/{n}", headers={"Host": f"{n}.{'h' * 7000}.example"})
+
+    grown = await grown_by(flooded, 2000, send)
+    assert 0 < flooded.proxy.store.bytes <= BUDGET
     # Short targets: the URL caches stay small; yarl's host caches hold 128 long hosts at most.
     within(grown, BUDGET, library=3 * MiB)
 
 
-async def test_a_flood_of_anonymous_429s_stays_in_the_back_off_budget(
-    make_harness: MakeHarness, aiohttp_server: Any, clock: FakeClock
+@pytest.mark.parametrize(
+    ("method", "prefix", "table", "budget"),
+    [
+        ("GET", "limited", "held_back", BACKOFF_BUDGET),  # anonymous 429s: the back-off table
+        ("POST", "post", "invalidation", INVALIDATION_BUDGET),  # successful POSTs: invalidations
+    ],
+)
+async def test_a_flood_of_answers_that_store_nothing_stays_in_its_tables_budget(
+    flooded: Harness, method: str, prefix: str, table: str, budget: int
 ) -> None:
-    h = await flood_harness(make_harness, aiohttp_server, clock)
-    pad = "r" * 7000
-    grown = await grown_by(h, 2000, lambda s, base, n: s.get(f"{base}/limited/{n}/{pad}"))
-    assert 0 < h.proxy.fetcher.held_back_bytes <= BACKOFF_BUDGET
-    assert h.metric("cacheproxy_table_bytes", table="held_back") == h.proxy.fetcher.held_back_bytes
-    within(grown, BUDGET + BACKOFF_BUDGET)
-
-
-async def test_a_flood_of_successful_posts_stays_in_the_invalidation_budget(
-    make_harness: MakeHarness, aiohttp_server: Any, clock: FakeClock
-) -> None:
-    h = await flood_harness(make_harness, aiohttp_server, clock)
-    pad = "p" * 7000
-    grown = await grown_by(h, 2000, lambda s, base, n: s.post(f"{base}/post/{n}/{pad}", data=b"x"))
-    assert 0 < h.proxy.entries.invalidation_bytes <= INVALIDATION_BUDGET
-    assert h.metric("cacheproxy_table_bytes", table="invalidation") > 0
-    within(grown, BUDGET + INVALIDATION_BUDGET)
+    pad, body = "r" * 7000, b"x" if method == "POST" else None
+    grown = await grown_by(
+        flooded, 2000, lambda s, base, n: s.request(method, f"{base}/{prefix}/{n}/{pad}", data=body)
+    )
+    held = {
+        "held_back": flooded.proxy.fetcher.held_back_bytes,
+        "invalidation": flooded.proxy.entries.invalidation_bytes,
+    }[table]
+    assert 0 < held <= budget
+    assert flooded.metric("cacheproxy_table_bytes", table=table) == held
+    within(grown, BUDGET + budget)
 
 
 def test_an_invalidation_mark_evicted_early_still_stops_an_older_fetch_from_storing() -> None:

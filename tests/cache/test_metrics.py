@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy import __version__
@@ -23,6 +22,8 @@ from proxy.core.models import Record
 from proxy.ops.config import Settings
 from proxy.ops.metrics import (
     CLIENT_PHASES,
+    EVENT_KINDS,
+    EVENT_STREAM_OUTCOMES,
     LONG_POLL_OUTCOMES,
     RESULTS,
     ROUTES,
@@ -32,7 +33,7 @@ from proxy.ops.metrics import (
 )
 from proxy.stores.base import StoreError
 from proxy.stores.memory import MemoryStore
-from tests.conftest import FrontClient, ServeFront
+from tests.conftest import FrontClient, ServeFront, ServeOrigin
 from tests.support.waiting import eventually
 
 ITEM = "/v1/audio/transcribe/trans_0123456789abcdef"
@@ -94,7 +95,7 @@ class Origin:
 
 
 @pytest.fixture
-async def origin() -> AsyncIterator[tuple[Origin, str]]:
+async def origin(serve_origin: ServeOrigin) -> AsyncIterator[tuple[Origin, str]]:
     origin = Origin()
     app = web.Application()
     app.router.add_get("/v1/audio/transcribe/{name}", origin.item)
@@ -104,12 +105,9 @@ async def origin() -> AsyncIterator[tuple[Origin, str]]:
     app.router.add_get("/hang", origin.hang)
     app.router.add_get("/big/{n}", origin.big)
     app.router.add_post("/v1/audio/transcribe", origin.accept)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    yield origin, str(server.make_url("")).rstrip("/")
+    yield origin, await serve_origin(app)
     origin.gate.set()
     origin.never.set()
-    await server.close()
 
 
 class Scrape:
@@ -385,6 +383,8 @@ async def test_labels_never_carry_ids_paths_or_credentials(make_proxy: MakeProxy
         *UPSTREAM_ERROR_KINDS,
         *TABLES,
         *LONG_POLL_OUTCOMES,
+        *EVENT_STREAM_OUTCOMES,
+        *EVENT_KINDS,
         *CLIENT_PHASES,
         "memory",
         __version__,

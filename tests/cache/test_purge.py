@@ -19,7 +19,8 @@ from proxy.ops.config import Settings
 from proxy.stores.base import StoreError
 from proxy.stores.memory import MemoryStore
 from proxy.tools.replicas import LocalRedis
-from tests.support.rawkit import RunningProxy, serve_app, serve_proxy
+from tests.conftest import ServeOrigin
+from tests.support.rawkit import RunningProxy, serve_proxy
 from tests.support.redis_support import JOB, CountingUpstream, Fleet, eventually, get
 
 pytest_plugins = ("tests.support.redis_fixtures",)
@@ -41,17 +42,11 @@ class CountingOrigin:
             headers={"Cache-Control": "public, max-age=600"},
         )
 
-    def app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self.handle)
-        return app
-
 
 @pytest.fixture
-async def counting() -> AsyncIterator[tuple[CountingOrigin, str]]:
+async def counting(serve_origin: ServeOrigin) -> tuple[CountingOrigin, str]:
     counting = CountingOrigin()
-    async with serve_app(counting.app()) as url:
-        yield counting, url
+    return counting, await serve_origin(counting.handle)
 
 
 async def call(

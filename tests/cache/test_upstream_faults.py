@@ -18,6 +18,7 @@ import pytest
 from aiohttp import web
 
 from proxy.ops.config import Settings
+from tests.conftest import ServeOrigin
 from tests.support.rawkit import (
     HOST,
     RawRequest,
@@ -25,7 +26,6 @@ from tests.support.rawkit import (
     RunningProxy,
     answer,
     response_bytes,
-    serve_app,
     serve_proxy,
 )
 
@@ -304,20 +304,15 @@ class ScriptedOrigin:
             )
         return web.Response(status=status, headers=headers, body=body)
 
-    def app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_get("/{tail:.*}", self.handle)
-        return app
-
 
 @pytest.fixture
-async def scripted() -> AsyncIterator[tuple[ScriptedOrigin, Clock, RunningProxy]]:
+async def scripted(
+    serve_origin: ServeOrigin,
+) -> AsyncIterator[tuple[ScriptedOrigin, Clock, RunningProxy]]:
     origin = ScriptedOrigin()
     clock = Clock()
-    async with (
-        serve_app(origin.app()) as url,
-        serve_proxy(Settings(upstream=url, stale_grace=60.0), clock=clock) as proxy,
-    ):
+    url = await serve_origin(origin.handle)
+    async with serve_proxy(Settings(upstream=url, stale_grace=60.0), clock=clock) as proxy:
         yield origin, clock, proxy
 
 

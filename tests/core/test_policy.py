@@ -484,16 +484,37 @@ def test_a_coded_only_response_is_selected_by_the_normalised_accept_encoding() -
     assert select_variant((entry,), facts(accept_encoding="")) is None
 
 
-def test_a_strong_etag_in_a_304_updates_only_the_same_strong_validator() -> None:
-    """§4.3.4: a strong validator identifies exactly the stored responses that carry it."""
+def test_a_304_to_our_conditional_request_refreshes_whatever_form_of_the_tag_it_echoes() -> None:
+    """§4.3.4 as nginx and Varnish apply it: the 304 answers the validators sent for this one
+    stored response, so the tags compare weakly (nginx's gzip weakens the 200's tag, not the
+    304's); another opaque tag, or an ETag where none is stored, selects nothing."""
     strong = stored(("ETag", '"v1"'))
     weak = stored(("ETag", 'W/"v1"'))
     assert validator_matches(strong, (("ETag", '"v1"'),))
-    assert not validator_matches(weak, (("ETag", '"v1"'),))
+    assert validator_matches(weak, (("ETag", '"v1"'),))
     assert validator_matches(weak, (("ETag", 'W/"v1"'),))
     assert validator_matches(strong, (("ETag", 'W/"v1"'),))
+    assert not validator_matches(weak, (("ETag", '"v2"'),))
+    assert not validator_matches(strong, (("ETag", 'W/"v2"'),))
     assert not validator_matches(stored(), (("ETag", '"v1"'),))
     assert validator_matches(stored(), ())
+
+
+def test_a_304_whose_last_modified_contradicts_the_stored_one_selects_nothing() -> None:
+    """§4.3.4: a 304 for another Last-Modified describes another response: fetch the body."""
+    last_modified = format_http_date(NOW - 3600)
+    entry = stored(("ETag", 'W/"v1"'), ("Last-Modified", last_modified))
+    assert validator_matches(entry, (("ETag", '"v1"'), ("Last-Modified", last_modified)))
+    later = format_http_date(NOW - 60)
+    assert not validator_matches(entry, (("ETag", '"v1"'), ("Last-Modified", later)))
+    assert not validator_matches(entry, (("Last-Modified", later),))
+    assert validator_matches(stored(("ETag", '"v1"')), (("Last-Modified", later),))
+
+
+def test_freshening_keeps_the_stored_etag_whatever_form_the_304_echoes() -> None:
+    entry = stored(("ETag", 'W/"v1"'), ("Cache-Control", "max-age=5"))
+    freshened = freshen(entry, (("ETag", '"v1"'), ("Cache-Control", "max-age=9")), NOW, NOW)
+    assert freshened.etag == 'W/"v1"' and freshened.header("cache-control") == "max-age=9"
 
 
 def test_a_304_with_a_narrower_vary_keeps_the_stored_vary() -> None:
@@ -516,9 +537,83 @@ def test_if_none_match_matches_the_representation_the_client_holds() -> None:
     gzip_rep = Representation("gzip", b"..", 'W/"v1-gzip"', derived=True)
     entry = replace(stored(("ETag", '"v1"')), derived=(gzip_rep,))
     identity = entry.representations[0]
-    assert not_modified(entry, {"if-none-match": 'W/"v1-gzip"'}, identity) is gzip_rep
+    gzip_client = {"if-none-match": 'W/"v1-gzip"', "accept-encoding": "gzip"}
+    assert not_modified(entry, gzip_client, identity) is gzip_rep
     assert not_modified(entry, {"if-none-match": '"v1"'}, gzip_rep) is identity
     assert not_modified(entry, {"if-none-match": '"v2"'}, gzip_rep) is None
     assert not_modified(entry, {"if-none-match": "*"}, gzip_rep) is gzip_rep
     headers = dict(not_modified_headers(entry, gzip_rep))
     assert headers["ETag"] == 'W/"v1-gzip"' and "Accept-Encoding" in headers["Vary"]
+
+
+def test_a_client_that_cannot_read_a_coding_never_holds_its_validator() -> None:
+    """RFC 9110 §8.8.3, §13.1.2: an identity client sending the gzip representation's tag is
+    compared with the identity representation it would be sent, and gets that one (200)."""
+    gzip_rep = Representation("gzip", b"..", 'W/"v1-gzip"', derived=True)
+    entry = replace(stored(("ETag", '"v1"')), derived=(gzip_rep,))
+    assert not_modified(entry, {"if-none-match": 'W/"v1-gzip"'}) is None
+    no_gzip = {"if-none-match": 'W/"v1-gzip"', "accept-encoding": "identity, gzip;q=0"}
+    assert not_modified(entry, no_gzip) is None
+    assert not_modified(entry, {"if-none-match": '"v1"'}) is entry.representations[0]
+
+
+# --revalidate-window: a request's demand to revalidate, satisfied by a recent one (issue 19)
+
+WINDOW = CachePolicy(keep_stale=600, revalidate_window=1.0, max_wait=30.0)
+
+
+def forced(**headers: str) -> RequestFacts:
+    multi = CIMultiDict({k.replace("_", "-"): v for k, v in headers.items()})
+    return request_facts(
+        multi,
+        scope="s",
+        cache_control=multi.getall("cache-control", []),
+        prefer=multi.getall("prefer", []),
+    )
+
+
+def test_max_age_0_is_satisfied_by_the_origins_answer_within_the_window() -> None:
+    entry = stored(("Cache-Control", "max-age=60"), ("ETag", '"v1"'))
+    request = forced(cache_control="max-age=0")
+    assert decide((entry,), request, NOW + 0.5, WINDOW) == Fresh(
+        entry, 0.5, 59.5, validated=True
+    )
+    assert isinstance(decide((entry,), request, NOW + 1.5, WINDOW), Revalidate)
+    assert isinstance(decide((entry,), request, NOW + 0.5, POLICY), Revalidate)  # window 0
+
+
+def test_no_cache_and_pragma_are_satisfied_within_the_window_but_not_an_origins_no_cache() -> None:
+    entry = stored(("Cache-Control", "max-age=60"))
+    for request in (forced(cache_control="no-cache"), forced(pragma="no-cache")):
+        assert decide((entry,), request, NOW + 0.5, WINDOW) == Fresh(
+            entry, 0.5, 59.5, validated=True
+        )
+    must = stored(("Cache-Control", "no-cache"), ("ETag", '"v1"'))
+    assert decide((must,), forced(cache_control="no-cache"), NOW + 0.5, WINDOW) == Revalidate(
+        must, 0.5, "stale"
+    )
+
+
+def test_a_recent_validation_does_not_satisfy_min_fresh_nor_make_a_stale_entry_fresh() -> None:
+    entry = stored(("Cache-Control", "max-age=1"), ("ETag", '"v1"'))
+    assert isinstance(
+        decide((entry,), forced(cache_control="min-fresh=5"), NOW + 0.5, WINDOW), Revalidate
+    )
+    stale = stored(("Cache-Control", "max-age=0"), ("ETag", '"v1"'))
+    decision = decide((stale,), forced(cache_control="no-cache"), NOW + 0.5, WINDOW)
+    assert isinstance(decision, Revalidate)
+
+
+def test_a_forced_long_poll_is_answered_from_the_watch_rather_than_its_own_revalidation() -> None:
+    from proxy.core.policy import lookup
+
+    entry = stored(("Cache-Control", "max-age=60"), ("ETag", '"v1"'))
+    poll = forced(cache_control="max-age=0", if_none_match='"v1"', prefer="wait=25")
+    decision = lookup((entry,), poll, NOW + 5, WINDOW)
+    assert decision.long_poll is not None  # type: ignore[union-attr]
+    assert 'detail="watched"' in decision.long_poll.cache_status  # type: ignore[union-attr]
+    plain = forced(cache_control="max-age=0", if_none_match='"v1"')
+    assert lookup((entry,), plain, NOW + 5, WINDOW).long_poll is None  # type: ignore[union-attr]
+    assert lookup((entry,), poll, NOW + 5, POLICY).long_poll is None  # type: ignore[union-attr]
+    expired = stored(("Cache-Control", "max-age=1"), ("ETag", '"v1"'))
+    assert lookup((expired,), poll, NOW + 5, WINDOW).long_poll is None  # type: ignore[union-attr]

@@ -170,3 +170,75 @@ def test_rfc9111_3_5_a_collapsed_caller_of_an_unshareable_answer_asks_itself() -
     assert isinstance(settle(fetch, waiter, facts(), NOW, POLICY), Forward)
     leader = Answer(503, None, False, False, False, led=True, collapsed=False, shareable=False)
     assert isinstance(settle(fetch, leader, facts(), NOW, POLICY), Relay)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "sun, 06 nov 1994 08:49:37 GMT",
+        "SUN, 06 NOV 1994 08:49:37 GMT",
+        "SUNDAY, 06-nOV-94 08:49:37 GMT",
+        "sun nov  6 08:49:37 1994",
+    ],
+)
+def test_rfc9110_5_6_7_day_and_month_names_are_read_in_any_case(value: str) -> None:
+    assert parse_http_date(value) == NOV_6_1994
+
+
+def test_rfc9111_5_3_an_expires_in_capitals_names_its_date_not_already_expired() -> None:
+    from proxy.core.models import StoredResponse
+    from proxy.core.policy import CachePolicy, freshness_lifetime
+
+    entry = StoredResponse(
+        status=200,
+        reason="OK",
+        headers=(
+            ("Date", "Sun, 06 Nov 1994 08:49:37 GMT"),
+            ("Expires", "SUN, 06 NOV 1994 08:59:37 GMT"),
+        ),
+        body=b"x",
+        request_time=NOV_6_1994,
+        response_time=NOV_6_1994,
+    )
+    assert freshness_lifetime(entry, CachePolicy()) == 600.0
+
+
+# -- RFC 9111 §4.1 Vary: nominated fields compared as their grammar allows ------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "one", "other"),
+    [
+        ("accept-encoding", ["gzip, br"], ["gzip,br"]),
+        ("accept-encoding", ["GZIP, BR"], ["gzip,br"]),
+        ("accept-language", ["en-US, de;q=0.5"], ["en-us,de; Q=0.5"]),
+        ("accept-language", ["en-US", "de;q=0.5"], ["en-US,de;q=0.5"]),
+        ("accept", ["Text/HTML ; Level=1, */*;q=0.1"], ["text/html;level=1,*/*;q=0.1"]),
+        ("accept-charset", ["UTF-8 , ISO-8859-1"], ["utf-8,iso-8859-1"]),
+        ("prefer", ["wait=25 , respond-async"], ["wait=25,respond-async"]),
+    ],
+)
+def test_rfc9111_4_1_list_fields_compare_after_normalising_whitespace_and_case(
+    name: str, one: list[str], other: list[str]
+) -> None:
+    from proxy.core.headers import normalise_selecting
+
+    assert normalise_selecting(name, one) == normalise_selecting(name, other)
+
+
+@pytest.mark.parametrize(
+    ("name", "one", "other"),
+    [
+        ("accept-language", ["en"], ["de"]),
+        ("accept", ['text/html;x="A"'], ['text/html;x="a"']),  # parameter values keep case
+        ("prefer", ["wait=25"], ["WAIT=25"]),  # not a case-insensitive list
+        ("x-tenant", ["A"], ["a"]),  # unknown grammar: case is significant
+        ("x-tenant", ["a,b"], ["a, b"]),  # unknown grammar: not a list
+    ],
+)
+def test_rfc9111_4_1_fields_that_differ_in_meaning_select_other_variants(
+    name: str, one: list[str], other: list[str]
+) -> None:
+    from proxy.core.headers import normalise_selecting
+
+    assert normalise_selecting(name, one) != normalise_selecting(name, other)

@@ -25,6 +25,7 @@ from proxy.front.server import FrontServer
 from proxy.ops.config import Settings
 from proxy.runtime import Runtime
 from proxy.stores.memory import MemoryStore
+from proxy.tools.fleet import SPELLINGS
 from tests.conftest import FakeClock
 from tests.support.rawkit import HOST, read_response
 
@@ -80,13 +81,7 @@ TAGS = ['"a"', 'W/"a"', '"b"', 'W/"a-gzip"', 'W/"a-identity"']
 #: The spellings real fleets send (transcription-api.md, "Clients seen in the wild"), and edges.
 ACCEPT_ENCODINGS = [
     None,
-    "",
-    "gzip",
-    "gzip, deflate",
-    "gzip,deflate",
-    "GZIP, DEFLATE",
-    "deflate, gzip, br, zstd",
-    "gzip, deflate, br, zstd",
+    *SPELLINGS,
     "identity;q=0",
     "br;q=0.5, gzip",
     "zstd",

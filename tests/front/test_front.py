@@ -22,6 +22,7 @@ import pytest
 from aiohttp import web
 
 from proxy.ops.config import Settings
+from tests.conftest import ServeOrigin
 from tests.support.rawkit import (
     HOST,
     RawRequest,
@@ -30,7 +31,6 @@ from tests.support.rawkit import (
     closed_by_peer,
     exchange,
     read_response,
-    serve_app,
     serve_proxy,
 )
 from tests.support.waiting import eventually
@@ -58,17 +58,11 @@ class Origin:
         payload = {"target": request.raw_path, "length": len(body), "method": request.method}
         return web.json_response(payload, headers={"Cache-Control": "max-age=600"})
 
-    def app(self) -> web.Application:
-        app = web.Application(client_max_size=2**24)
-        app.router.add_route("*", "/{tail:.*}", self.handle)
-        return app
-
 
 @pytest.fixture
-async def origin() -> AsyncIterator[tuple[Origin, str]]:
+async def origin(serve_origin: ServeOrigin) -> tuple[Origin, str]:
     o = Origin()
-    async with serve_app(o.app()) as url:
-        yield o, url
+    return o, await serve_origin(o.handle)
 
 
 @pytest.fixture

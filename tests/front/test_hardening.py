@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
@@ -16,6 +15,7 @@ from aiohttp import web
 
 from proxy.ops.config import ConfigError, Settings, parse_settings
 from tests.conftest import Harness, MakeHarness
+from tests.support.process import spawn_proxy
 from tests.support.rawkit import RawUpstream, answer, response_bytes, serve_proxy
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -114,28 +114,10 @@ async def test_api_key_callers_do_not_share_entries(make_harness: MakeHarness) -
 
 async def _startup_log(*flags: str) -> list[str]:
     """The proxy's log lines up to the moment it serves (Redis on a port nobody listens on)."""
-    from tests.system.test_lifecycle import ProcessLog
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PROXY_")}
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "proxy",
-        "--port",
-        "0",
-        "--upstream",
-        "http://127.0.0.1:9",
-        "--redis-url",
-        "redis://127.0.0.1:9/0",
+    process, log = await spawn_proxy(
+        "--port", "0", "--upstream", "http://127.0.0.1:9", "--redis-url", "redis://127.0.0.1:9/0",
         *flags,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-        cwd=ROOT,
-        env={**env, "PYTHONPATH": str(ROOT)},
-    )
-    assert process.stderr is not None
-    log = ProcessLog(process.stderr)
+    )  # fmt: skip
     try:
         await log.wait_for(r"Running on http://")
         return list(log.lines)
@@ -180,21 +162,12 @@ class CookieOrigin:
         return web.Response(status=self.status, body=self.body, headers=headers)
 
 
-async def harness_for(
-    make_harness: MakeHarness, aiohttp_server: Any, origin: Any, **settings: Any
-) -> Harness:
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", origin.handle)
-    server = await aiohttp_server(app)
-    return await make_harness(upstream=str(server.make_url("")), **settings)
-
-
 async def test_collapsed_callers_of_a_private_cookie_setting_error_each_get_their_own(
-    make_harness: MakeHarness, aiohttp_server: Any
+    make_harness: MakeHarness,
 ) -> None:
     origin = CookieOrigin(503, {"Cache-Control": "private"})
     origin.gate = asyncio.Event()
-    h = await harness_for(make_harness, aiohttp_server, origin)
+    h = await make_harness(handler=origin.handle)
     callers = [asyncio.create_task(h.get("/t/1", token=None)) for _ in range(3)]
     await h.wait_for(lambda: h.proxy.flights.waiting() == 3)
     origin.gate.set()
@@ -205,10 +178,10 @@ async def test_collapsed_callers_of_a_private_cookie_setting_error_each_get_thei
 
 
 async def test_a_retry_after_answer_setting_a_cookie_is_not_replayed(
-    make_harness: MakeHarness, aiohttp_server: Any
+    make_harness: MakeHarness,
 ) -> None:
     origin = CookieOrigin(503, {"Retry-After": "600"})
-    h = await harness_for(make_harness, aiohttp_server, origin)
+    h = await make_harness(handler=origin.handle)
     first = await h.get("/t/1", token=None)
     second = await h.get("/t/1", token=None)
     assert first.headers["Set-Cookie"] == "session=s1"
@@ -217,10 +190,10 @@ async def test_a_retry_after_answer_setting_a_cookie_is_not_replayed(
 
 
 async def test_shared_scope_never_replays_one_tokens_429_to_another(
-    make_harness: MakeHarness, aiohttp_server: Any
+    make_harness: MakeHarness,
 ) -> None:
     origin = CookieOrigin(429, {"Retry-After": "600"}, cookie=False)
-    h = await harness_for(make_harness, aiohttp_server, origin, cache_scope="shared")
+    h = await make_harness(handler=origin.handle, cache_scope="shared")
     assert (await h.get("/t/1", token="tok-a")).status == 429
     origin.status = 200
     origin.headers = {"Cache-Control": "public, max-age=60"}
@@ -230,11 +203,11 @@ async def test_shared_scope_never_replays_one_tokens_429_to_another(
 
 
 async def test_a_held_back_answer_is_replayed_without_a_large_body(
-    make_harness: MakeHarness, aiohttp_server: Any
+    make_harness: MakeHarness,
 ) -> None:
     big = b'{"success": false, "pad": "' + b"x" * 65_000 + b'"}'
     origin = CookieOrigin(429, {"Retry-After": "600"}, big, cookie=False)
-    h = await harness_for(make_harness, aiohttp_server, origin)
+    h = await make_harness(handler=origin.handle)
     first = await h.get("/t/1", token=None)
     assert await first.read() == big
     replayed = await h.get("/t/1", token=None)

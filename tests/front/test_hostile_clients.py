@@ -19,6 +19,7 @@ import pytest
 from aiohttp import web
 
 from proxy.ops.config import Settings
+from tests.conftest import ServeOrigin
 from tests.support.rawkit import (
     HOST,
     RawRequest,
@@ -29,7 +30,6 @@ from tests.support.rawkit import (
     get_ok,
     read_response,
     response_bytes,
-    serve_app,
     serve_proxy,
 )
 
@@ -56,17 +56,11 @@ class EchoOrigin:
         payload = {"raw_path": request.raw_path, "method": request.method, "length": len(body)}
         return web.json_response(payload, headers={"Cache-Control": "public, max-age=60"})
 
-    def app(self) -> web.Application:
-        app = web.Application(client_max_size=2**24)
-        app.router.add_route("*", "/{tail:.*}", self.handle)
-        return app
-
 
 @pytest.fixture
-async def origin() -> AsyncIterator[tuple[EchoOrigin, str]]:
+async def origin(serve_origin: ServeOrigin) -> tuple[EchoOrigin, str]:
     echo = EchoOrigin()
-    async with serve_app(echo.app()) as url:
-        yield echo, url
+    return echo, await serve_origin(echo.handle)
 
 
 @pytest.fixture
@@ -365,17 +359,17 @@ async def test_tricky_paths_are_forwarded_byte_for_byte_and_keyed_apart() -> Non
         assert [r.target.decode() for r in raw.requests] == TRICKY_TARGETS
 
 
-async def test_cache_busting_with_many_ids_stays_within_the_byte_budget() -> None:
+async def test_cache_busting_with_many_ids_stays_within_the_byte_budget(
+    serve_origin: ServeOrigin,
+) -> None:
     body = b"t" * 1024
 
     async def handle(request: web.Request) -> web.Response:
         return web.Response(body=body, headers={"Cache-Control": "public, max-age=600"})
 
-    app = web.Application()
-    app.router.add_get("/{tail:.*}", handle)
+    url = await serve_origin(handle)
     budget = 64 * 1024
     async with (
-        serve_app(app) as url,
         serve_proxy(Settings(upstream=url, cache_max_bytes=budget)) as proxy,
         aiohttp.ClientSession() as session,
     ):

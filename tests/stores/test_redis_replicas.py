@@ -174,7 +174,8 @@ async def test_a_poll_in_flight_on_one_replica_does_not_undo_a_delete_through_an
 async def test_a_write_by_one_replica_replaces_the_others_local_copy(
     fleet: Fleet, upstream: CountingUpstream, http: aiohttp.ClientSession
 ) -> None:
-    async with fleet(2, redis_local_ttl=3600) as (first, second):
+    # No window: the no-cache below must reach the origin however soon after the store.
+    async with fleet(2, redis_local_ttl=3600, revalidate_window=0) as (first, second):
         await get(http, first)
         await get(http, second)
         upstream.versions[JOB] = 7

@@ -13,14 +13,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import aiohttp
-from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from proxy.front.server import FrontServer
 from proxy.ops.config import Settings
 from proxy.runtime import Runtime
-
-HOST = "127.0.0.1"
+from tests.support.origin import HOST as HOST
+from tests.support.origin import serve_app as serve_app
 
 
 @dataclass
@@ -71,19 +70,6 @@ async def serve_proxy(settings: Settings, **create: Any) -> AsyncIterator[Runnin
             await front.close(drain_seconds=1.0)
             if admin is not None:
                 await admin.close(drain_seconds=1.0)
-
-
-@contextlib.asynccontextmanager
-async def serve_app(app: web.Application) -> AsyncIterator[str]:
-    """An aiohttp application on a free port; yields its base URL."""
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, HOST, 0)
-        await site.start()
-        yield f"http://{HOST}:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
 
 
 @dataclass

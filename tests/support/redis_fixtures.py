@@ -21,6 +21,7 @@ from redis.asyncio import Redis
 
 from proxy.ops.config import Settings
 from proxy.tools.replicas import LocalRedis, Replica, run_replicas
+from tests.support.origin import catch_all
 from tests.support.redis_support import CountingUpstream, Fleet
 
 
@@ -64,7 +65,7 @@ def upstream() -> CountingUpstream:
 async def origin(
     upstream: CountingUpstream, aiohttp_server: Callable[..., Awaitable[TestServer]]
 ) -> TestServer:
-    return await aiohttp_server(upstream.app())
+    return await aiohttp_server(catch_all(upstream.handle))
 
 
 @pytest.fixture

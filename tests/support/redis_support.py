@@ -41,11 +41,6 @@ class CountingUpstream:
     on_request: Callable[[web.Request], Awaitable[None]] | None = None
     padding: int = 0
 
-    def app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self.handle)
-        return app
-
     def count(self, path: str) -> int:
         return self.requests.get(path, 0)
 

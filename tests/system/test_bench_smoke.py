@@ -16,15 +16,11 @@ from typing import Any
 
 import pytest
 
+from bench.fleet import SYSTEMS
+
 ROOT = Path(__file__).resolve().parents[2]
-CACHES = (
-    "nginx proxy_cache",
-    "Varnish",
-    "aitronos-cache-proxy",
-    "3 replicas, no Redis",
-    "3 replicas + Redis",
-    "2 workers",
-)
+#: Every system the fleet mode measures, less the bare origin.
+CACHES = tuple(system for system in SYSTEMS if system != "no cache")
 BINARIES = {
     "nginx proxy_cache": "nginx",
     "Varnish": "varnishd",
@@ -189,3 +185,15 @@ def test_long_poll_bench_runs_both_fleets_and_judges_the_goals(tmp_path: Path) -
     assert held["waiting_peak"] > 0
     assert len(results["targets"]) == 4
     assert "| goal |" in (tmp_path / "results.md").read_text()
+
+
+def test_revalidate_bench_counts_the_upstream_requests_of_both_fleets(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "bench.revalidate", "--scale", "tiny", "--out", str(tmp_path)]
+    subprocess.run(command, cwd=ROOT, check=True, capture_output=True, timeout=300)
+    results = json.loads((tmp_path / "results.json").read_text())
+    plain, forced = results["runs"]
+    assert plain["pollers_done"] == plain["pollers"] == forced["pollers_done"]
+    assert plain["upstream_requests"] > 0 and forced["upstream_requests"] > 0
+    # Forced revalidations collapsed: at most one more upstream request per transcription.
+    assert forced["upstream_requests"] <= plain["upstream_requests"] + forced["transcriptions"]
+    assert "Goal (issue 19)" in (tmp_path / "results.md").read_text()

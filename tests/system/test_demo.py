@@ -59,6 +59,7 @@ ROW_NAMES = (
     "p50 latency",
     "p99 latency",
     "long polls held for (p50, count)",
+    "events received per client",
     "completion noticed after (p50)",
     "completion noticed after (max)",
 )
@@ -82,7 +83,7 @@ sys.exit(code)
 """
 
 
-def test_demo_cli_runs_the_proxy_as_python_m_proxy_and_prints_three_explained_columns() -> None:
+def test_demo_cli_runs_the_proxy_as_python_m_proxy_and_prints_four_explained_columns() -> None:
     """The proxy is a ``python -m proxy --upstream <sim> --host 127.0.0.1 --port <free>``
     process, not the product run in the demo's own process (none of it is imported there)."""
     done = subprocess.run(
@@ -103,12 +104,16 @@ def test_demo_cli_runs_the_proxy_as_python_m_proxy_and_prints_three_explained_co
     header = " ".join(out.split("\n\n")[0].split())
     assert "each ending once every poller saw the final status or after 1s" in header
     for name in ROW_NAMES:
-        assert len(row(out, name)) == 3, name
-    without, with_proxy, _ = (int(n) for n in row(out, "upstream requests"))
-    clients_without, clients_polling, clients_held = (int(n) for n in row(out, "client requests"))
+        assert len(row(out, name)) == 4, name
+    without, with_proxy, _, streamed = (int(n) for n in row(out, "upstream requests"))
+    clients_without, clients_polling, clients_held, subscribers = (
+        int(n) for n in row(out, "client requests")
+    )
     assert without == clients_without >= 10
-    assert with_proxy < without
+    assert with_proxy < without and streamed < without
     assert clients_held < clients_polling
+    assert 0 < subscribers <= 10  # one request each at most: every change came on its stream
+    assert row(out, "events received per client")[:3] == ["—", "—", "—"]
     assert row(out, "hit ratio")[1].endswith("%")
     for took in row(out, "phase took"):
         assert float(took.removesuffix(" s")) <= 1.0 + 0.2  # at most half of --duration 2
@@ -136,9 +141,13 @@ async def test_run_demo_reports_proxy_figures_from_its_metrics() -> None:
     options = DemoOptions(pollers=12, transcriptions=3, duration=2.0)
     results = await run_demo(options, out=out, err=err)
     assert results is not None
-    without, with_proxy, long_poll = results
+    without, with_proxy, long_poll, streamed = results
     # Held requests are answered when the entry's max-age=5 runs out, past this 1 s phase.
     assert long_poll.fleet.requests < with_proxy.fleet.requests
+    # A subscriber asks once; its events come on that stream (cut at the phase's end). The
+    # proxy counts a stream's request when it ends, which may be after the figures are read.
+    assert streamed.events and 0 < streamed.fleet.requests <= 12
+    assert streamed.fleet.events >= streamed.fleet.requests
     assert long_poll.proxy is not None and long_poll.proxy.results.get("miss", 0) > 0
     assert without.proxy is None
     assert with_proxy.proxy is not None

@@ -3,25 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import re
 import signal
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 from proxy.ops.config import Settings
-from tests.conftest import ServeFront
+from tests.conftest import ServeFront, ServeOrigin
+from tests.support.process import DEADLINE, ProcessLog, spawn_proxy
 from tests.support.waiting import eventually
 
-ROOT = Path(__file__).resolve().parents[2]
-DEADLINE = 15.0
 SLOW_REQUESTS = 6
 CHUNK = b"x" * 65536
 CHUNKS = 4
@@ -29,43 +23,6 @@ CHUNKS = 4
 
 def body_of(name: str) -> bytes:
     return name.encode() + CHUNK * CHUNKS
-
-
-class ProcessLog:
-    """A subprocess's stderr lines as they arrive, waitable by pattern."""
-
-    def __init__(self, stream: asyncio.StreamReader) -> None:
-        self.lines: list[str] = []
-        self._changed = asyncio.Condition()
-        self._task = asyncio.create_task(self._read(stream))
-
-    async def _read(self, stream: asyncio.StreamReader) -> None:
-        while line := await stream.readline():
-            async with self._changed:
-                self.lines.append(line.decode(errors="replace").rstrip())
-                self._changed.notify_all()
-        async with self._changed:
-            self.lines.append("<eof>")
-            self._changed.notify_all()
-
-    async def wait_for(self, pattern: str) -> re.Match[str]:
-        compiled = re.compile(pattern)
-
-        def found() -> re.Match[str] | None:
-            for line in self.lines:
-                if match := compiled.search(line):
-                    return match
-            return None
-
-        async with asyncio.timeout(DEADLINE), self._changed:
-            while (match := found()) is None:
-                if self.lines and self.lines[-1] == "<eof>":
-                    raise AssertionError(f"{pattern!r} never logged:\n" + "\n".join(self.lines))
-                await self._changed.wait()
-        return match
-
-    async def close(self) -> None:
-        await self._task
 
 
 @dataclass
@@ -97,15 +54,12 @@ class SlowUpstream:
 
 
 @pytest.fixture
-async def slow_upstream() -> AsyncIterator[tuple[SlowUpstream, str]]:
+async def slow_upstream(serve_origin: ServeOrigin) -> AsyncIterator[tuple[SlowUpstream, str]]:
     upstream = SlowUpstream(expected=SLOW_REQUESTS)
     app = web.Application()
     app.router.add_get("/v1/audio/transcribe/{name}", upstream.handle)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    yield upstream, str(server.make_url("")).rstrip("/")
+    yield upstream, await serve_origin(app)
     upstream.release.set()
-    await server.close()
 
 
 Proxy = tuple[asyncio.subprocess.Process, ProcessLog, str]
@@ -116,26 +70,9 @@ async def start_proxy() -> AsyncIterator[Callable[..., Awaitable[Proxy]]]:
     started: list[tuple[asyncio.subprocess.Process, ProcessLog]] = []
 
     async def start(upstream_url: str, *flags: str) -> Proxy:
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        env = {k: v for k, v in env.items() if not k.startswith("PROXY_")}
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "proxy",
-            "--upstream",
-            upstream_url,
-            "--port",
-            "0",
-            "--access-log",
-            "false",
-            *flags,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-            env=env,
+        process, log = await spawn_proxy(
+            "--upstream", upstream_url, "--port", "0", "--access-log", "false", *flags
         )
-        assert process.stderr is not None
-        log = ProcessLog(process.stderr)
         started.append((process, log))
         match = await log.wait_for(r"Running on (http://\S+)")
         return process, log, match.group(1)
@@ -238,20 +175,15 @@ async def test_closing_the_public_listener_drains_the_runtime_and_closing_it_clo
 
 
 async def test_sigterm_answers_held_long_polls_with_304_before_the_drain(
-    start_proxy: Callable[..., Awaitable[Proxy]],
+    start_proxy: Callable[..., Awaitable[Proxy]], serve_origin: ServeOrigin
 ) -> None:
     async def document(request: web.Request) -> web.Response:
         return web.json_response(
             {"status": "processing"}, headers={"Cache-Control": "max-age=600", "ETag": '"p"'}
         )
 
-    app = web.Application()
-    app.router.add_get("/v1/audio/transcribe/{name}", document)
-    origin = TestServer(app, host="127.0.0.1")
-    await origin.start_server()
-    process, _log, proxy_url = await start_proxy(
-        str(origin.make_url("")).rstrip("/"), "--drain-seconds", "25"
-    )
+    origin = await serve_origin(document)
+    process, _log, proxy_url = await start_proxy(origin, "--drain-seconds", "25")
     url = f"{proxy_url}/v1/audio/transcribe/job-1"
     held_headers = {"If-None-Match": '"p"', "Prefer": "wait=30"}
 
@@ -263,17 +195,14 @@ async def test_sigterm_answers_held_long_polls_with_304_before_the_drain(
         async with session.get(f"{proxy_url}/metrics") as response:
             return "cacheproxy_waiting_requests 3.0" in await response.text()
 
-    try:
-        async with aiohttp.ClientSession() as session:
-            assert (await fetch(session, url))[0] == 200
-            polls = [asyncio.create_task(held(session)) for _ in range(3)]
-            await eventually(lambda: waiting(session), within=DEADLINE, what="3 held")
-            process.send_signal(signal.SIGTERM)
-            # Answered at once, not when the 30 s wait or the 25 s drain runs out.
-            async with asyncio.timeout(DEADLINE):
-                answers = await asyncio.gather(*polls)
-                returncode = await process.wait()
-    finally:
-        await origin.close()
+    async with aiohttp.ClientSession() as session:
+        assert (await fetch(session, url))[0] == 200
+        polls = [asyncio.create_task(held(session)) for _ in range(3)]
+        await eventually(lambda: waiting(session), within=DEADLINE, what="3 held")
+        process.send_signal(signal.SIGTERM)
+        # Answered at once, not when the 30 s wait or the 25 s drain runs out.
+        async with asyncio.timeout(DEADLINE):
+            answers = await asyncio.gather(*polls)
+            returncode = await process.wait()
     assert answers == [(304, "wait=30")] * 3
     assert returncode == 0

@@ -727,10 +727,29 @@ async def test_cors_mode_allows_prefer_and_exposes_preference_applied(
     allowed = {
         h.strip().lower() for h in preflight.headers["Access-Control-Allow-Headers"].split(",")
     }
-    assert {"authorization", "if-none-match", "prefer"} <= allowed
+    # An EventSource that reconnects sends Last-Event-ID (and Chromium Cache-Control).
+    assert {"authorization", "if-none-match", "prefer", "last-event-id"} <= allowed
     transcription_id = await create(c)
     resp = await c.get(f"{API}/{transcription_id}", headers={**OWNER, **origin})
     assert resp.status == 200
     assert resp.headers["Access-Control-Allow-Origin"] == "https://app.example"
     exposed = {h.strip() for h in resp.headers["Access-Control-Expose-Headers"].split(",")}
     assert {"ETag", "Cache-Status", "Preference-Applied"} <= exposed
+
+
+async def test_an_access_token_query_parameter_authenticates_without_authorization(
+    make_sim: Callable[..., Awaitable[tuple[Simulator, Client]]],
+) -> None:
+    """RFC 6750 §2.3, for a browser's EventSource, which cannot send Authorization."""
+    _, c = await make_sim()
+    transcription_id = await create(c)
+    token = OWNER["Authorization"].removeprefix("Bearer ")
+    resp = await c.get(f"{API}/{transcription_id}?access_token={token}")
+    assert resp.status == 200
+    other = await c.get(f"{API}/{transcription_id}?access_token=someone-else")
+    assert other.status == 404
+    # Authorization, when sent, is the credential: the query does not override it.
+    mixed = await c.get(
+        f"{API}/{transcription_id}?access_token={token}", headers={"Authorization": "Bearer x"}
+    )
+    assert mixed.status == 404

@@ -30,22 +30,17 @@ from proxy.ops.config import ConfigError, parse_settings
 from proxy.ops.worker_metrics import merge_expositions
 from proxy.tools.replicas import LocalRedis
 from proxy.tools.simulator import SimulatorConfig, create_simulator_app
+from tests.conftest import ServeOrigin
+from tests.support.process import DEADLINE, ProcessLog, proxy_env, spawn_proxy
 from tests.support.waiting import eventually
-from tests.system.test_lifecycle import DEADLINE, ProcessLog
 
 pytest_plugins = ["tests.support.redis_fixtures"]
 
-ROOT = Path(__file__).resolve().parents[2]
 TOKEN = {"Authorization": "Bearer alice"}
 
 pytestmark = pytest.mark.skipif(
     sys.platform != "linux", reason="SO_REUSEPORT balancing and /proc are Linux's"
 )
-
-
-def proxy_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PROXY_")}
-    return {**env, "PYTHONPATH": str(ROOT), **extra}
 
 
 @dataclass
@@ -69,22 +64,7 @@ async def start_fleet() -> AsyncIterator[Callable[..., Awaitable[Fleet]]]:
     started: list[Fleet] = []
 
     async def start(upstream_url: str, *flags: str) -> Fleet:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "proxy",
-            "--upstream",
-            upstream_url,
-            "--port",
-            "0",
-            *flags,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-            env=proxy_env(),
-        )
-        assert process.stderr is not None
-        log = ProcessLog(process.stderr)
+        process, log = await spawn_proxy("--upstream", upstream_url, "--port", "0", *flags)
         fleet = Fleet(process, log, "")
         started.append(fleet)
         match = await log.wait_for(r"Running on (http://\S+) \(proxy, \d+ workers\)")
@@ -267,17 +247,12 @@ def owner_of_local_port(port: int, pids: dict[int, int]) -> int | None:
 
 
 async def test_sigterm_drains_every_worker_and_the_supervisor_exits_zero(
-    start_fleet: Callable[..., Awaitable[Fleet]],
+    start_fleet: Callable[..., Awaitable[Fleet]], serve_origin: ServeOrigin
 ) -> None:
     origin = HeldOrigin()
-    app = web.Application()
-    app.router.add_get("/slow/{name}", origin.handle)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
+    upstream = await serve_origin(origin.handle)
     try:
-        fleet = await start_fleet(
-            str(server.make_url("")).rstrip("/"), "--workers", "2", "--drain-seconds", "10"
-        )
+        fleet = await start_fleet(upstream, "--workers", "2", "--drain-seconds", "10")
         pids = await fleet.pids()
         holders: list[int | None] = []
         requests: list[asyncio.Task[str]] = []
@@ -305,7 +280,6 @@ async def test_sigterm_drains_every_worker_and_the_supervisor_exits_zero(
             returncode = await fleet.process.wait()
     finally:
         origin.release.set()
-        await server.close()
     assert results == [f"200 done /slow/{i}" for i in range(len(requests))]
     assert returncode == 0
     await fleet.log.wait_for("all workers stopped")

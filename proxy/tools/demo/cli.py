@@ -30,7 +30,7 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         "--duration",
         float,
         defaults.duration,
-        "each of the three phases lasts at most half of this many seconds, and ends sooner "
+        "each of the four phases lasts at most half of this many seconds, and ends sooner "
         "once every poller saw a final status",
     )
     option("--interval", float, defaults.interval, "seconds between a client's polls (±20%%)")

@@ -1,4 +1,5 @@
-"""The demo's three phases: the same polling fleet without the proxy, through it, and long-polling.
+"""The demo's four phases: the same polling fleet without the proxy, through it, long-polling, and
+subscribed to server-sent events.
 
 The simulated API runs in this process on a free loopback port; the proxy runs as
 ``python -m proxy`` in a process of its own (``proxy.tools.demo.process``), exactly as a user
@@ -115,6 +116,7 @@ async def run_phase(
     proxy_url: str | None = None,
     progress: TextIO | None = None,
     wait: int | None = None,
+    events: bool = False,
 ) -> PhaseResult:
     """Seed fresh transcriptions, zero the upstream counters, run the fleet, collect the figures."""
     async with fleet_session(options.pollers + 16, REQUEST_TIMEOUT) as session:
@@ -144,6 +146,7 @@ async def run_phase(
             seed=options.seed,
             on_progress=show,
             wait=wait,
+            events=events,
         )
         if progress is not None:
             final = FleetProgress(fleet.elapsed, fleet.requests, fleet.pollers_done, fleet.pollers)
@@ -153,7 +156,9 @@ async def run_phase(
         proxy = None
         if proxy_url and before is not None:
             proxy = (await fetch_proxy_stats(session, proxy_url)).since(before)
-    return PhaseResult(label=label, fleet=fleet, upstream=upstream, proxy=proxy, wait=wait)
+    return PhaseResult(
+        label=label, fleet=fleet, upstream=upstream, proxy=proxy, wait=wait, events=events
+    )
 
 
 async def _until(stop: asyncio.Event | None, work: Awaitable[T]) -> tuple[T | None, bool]:
@@ -188,6 +193,7 @@ def _usage(endpoints: DemoEndpoints, proxy: RunningProxy) -> str:
         f"  curl -si {item} {auth}",
         f"  curl -si {item} {auth} -H 'If-None-Match: <ETag from the previous answer>'",
         f"  curl -si {item} {auth} -H 'If-None-Match: <ETag>' -H 'Prefer: wait=25'",
+        f"  curl -sN {item} {auth} -H 'Accept: text/event-stream'",
         f"  curl -s {item}/subtitles/srt {auth}",
         f"  curl -s {endpoints.proxy_url}/metrics | grep '^cacheproxy_'",
         f"  curl -s {endpoints.simulator_url}/_sim/stats",
@@ -206,8 +212,9 @@ def _header(options: DemoOptions, proxy: RunningProxy) -> str:
     fleet_line = (
         f"polling fleet: {options.pollers} pollers on {options.transcriptions} transcriptions, "
         f"each asking every {options.interval:g}s (±20%), {len(SPELLINGS)} spellings of "
-        f"Accept-Encoding, in front of {origin}; three phases, each ending once every poller "
-        f"saw the final status or after {options.phase_seconds:g}s"
+        f"Accept-Encoding, in front of {origin}; four phases (polling without and with the "
+        "proxy, long polls, server-sent events), each ending once every poller saw the final "
+        f"status or after {options.phase_seconds:g}s"
     )
     return "\n".join([*wrapped(proxy_line), *wrapped(fleet_line)]) + "\n"
 
@@ -221,7 +228,7 @@ async def run_demo(
     on_serving: Callable[[DemoEndpoints], None] | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> list[PhaseResult] | None:
-    """The three phases, the table and its notes; ``None`` when ``stop`` interrupted them.
+    """The four phases, the table and its notes; ``None`` when ``stop`` interrupted them.
 
     ``environ`` is the proxy process's environment (its ``PROXY_*`` settings apply). With
     ``keep_running`` the servers stay up after the table until ``stop`` is set.
@@ -250,6 +257,15 @@ async def run_demo(
                         proxy_url=proxy_url,
                         progress=err,
                         wait=LONG_POLL_WAIT,
+                    ),
+                    await run_phase(
+                        "events (SSE)",
+                        proxy_url,
+                        sim_url,
+                        options,
+                        proxy_url=proxy_url,
+                        progress=err,
+                        events=True,
                     ),
                 ]
 

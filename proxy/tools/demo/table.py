@@ -22,7 +22,8 @@ _NOTE_WIDTH = 100
 class PhaseResult:
     """One column of the table: a fleet run through one path to the simulator.
 
-    ``wait``: the ``Prefer: wait`` its pollers sent (a long-poll phase), else ``None``.
+    ``wait``: the ``Prefer: wait`` its pollers sent (a long-poll phase), else ``None``;
+    ``events``: its clients subscribed to server-sent events instead of polling.
     """
 
     label: str
@@ -30,6 +31,7 @@ class PhaseResult:
     upstream: UpstreamStats
     proxy: ProxyStats | None = None
     wait: int | None = None
+    events: bool = False
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,10 @@ def _held(p: PhaseResult) -> str:
     return f"{_s(held)} ({len(p.fleet.held)})" if held is not None else "none"
 
 
+def _events(p: PhaseResult) -> str:
+    return f"{p.fleet.events / p.fleet.pollers:.1f}" if p.events and p.fleet.pollers else "—"
+
+
 def table_rows(phases: Sequence[PhaseResult]) -> list[tuple[str, list[str]]]:
     """The table's cells; the first phase is the baseline that "bandwidth saved" compares with."""
     if not phases:
@@ -102,6 +108,8 @@ def table_rows(phases: Sequence[PhaseResult]) -> list[tuple[str, list[str]]]:
     ]
     if any(p.wait is not None for p in phases):
         rows.append(("long polls held for (p50, count)", _held))
+    if any(p.events for p in phases):
+        rows.append(("events received per client", _events))
     if any(p.fleet.cut for p in phases):
         rows.append(("long polls cut at the phase's end", lambda p: str(p.fleet.cut)))
     rows += [
@@ -143,8 +151,9 @@ def notes(phases: Sequence[PhaseResult], setting: FleetSetting) -> list[tuple[st
     if not phases:
         raise ValueError("need at least one phase")
     baseline = phases[0]
-    polled = [p for p in phases[1:] if p.proxy is not None and p.wait is None]
+    polled = [p for p in phases[1:] if p.proxy is not None and p.wait is None and not p.events]
     held = [p for p in phases if p.wait is not None]
+    streamed = [p for p in phases if p.events]
     age = setting.pending_max_age
     every = f"{setting.interval:g} s"
     result = [
@@ -171,6 +180,13 @@ def notes(phases: Sequence[PhaseResult], setting: FleetSetting) -> list[tuple[st
             f" A long poller asks, then asks again with Prefer: wait={held[0].wait} and is "
             "answered only when the transcription changes: "
             f"{_per_poller(held[0]):.1f} requests a poller."
+        )
+    if streamed:
+        requests += (
+            " A subscriber (events column) sends one request, Accept: text/event-stream, and "
+            "is sent every change on it until the final status: "
+            f"{_per_poller(streamed[0]):.1f} requests a subscriber (more only if a stream "
+            "broke and it reconnected with Last-Event-ID)."
         )
     result.append(("client requests", requests))
     result.append(
@@ -201,13 +217,16 @@ def notes(phases: Sequence[PhaseResult], setting: FleetSetting) -> list[tuple[st
                 f"{held[0].wait} s wait runs out.",
             )
         )
-    result.append(
-        (
-            "bytes sent to clients",
-            "as received on the wire, before decoding: the proxy sends gzip to the pollers "
-            "whose Accept-Encoding allows it.",
-        )
+    sent = (
+        "as received on the wire, before decoding: the proxy sends gzip to the pollers "
+        "whose Accept-Encoding allows it."
     )
+    if streamed:
+        sent += (
+            " Event streams are sent uncompressed (each event must reach the client at once), "
+            "so the events column carries every changed JSON as it is."
+        )
+    result.append(("bytes sent to clients", sent))
     if held:
         result += [
             (
@@ -223,6 +242,16 @@ def notes(phases: Sequence[PhaseResult], setting: FleetSetting) -> list[tuple[st
                 f"{age} s old (max-age), when it revalidated and the change was there.",
             ),
         ]
+    if streamed:
+        result.append(
+            (
+                "events received per client",
+                "server-sent events a subscriber got: one per change of the transcription "
+                "(queued, processing, completed; fewer when a change fell within one max-age "
+                "window), heartbeat comments not counted. In the events column p50 and p99 "
+                "latency are each stream's time to its first event.",
+            )
+        )
     if any(p.fleet.cut for p in phases):
         result.append(
             (
@@ -249,9 +278,10 @@ def notes(phases: Sequence[PhaseResult], setting: FleetSetting) -> list[tuple[st
             + (f" ({', '.join(later)} at p50)" if later else "")
             + f", by design: the API sends a pending transcription with Cache-Control: "
             f"max-age={age}, so a shared cache answers from its copy until that copy is {age} s "
-            "old (RFC 9111 §4.2) and only then asks the API again. Long polls are woken by that "
-            "same revalidation, so they notice no sooner. This lag is the price of the upstream "
-            "requests saved; an API that wants completion seen sooner sends a shorter max-age."
+            "old (RFC 9111 §4.2) and only then asks the API again. Long polls and event "
+            "streams are woken by that same revalidation, so they notice no sooner. This lag is "
+            "the price of the upstream requests saved; an API that wants completion seen "
+            "sooner sends a shorter max-age."
         )
     result.append(("completion noticed after", completion))
     return result

@@ -88,6 +88,12 @@ def error_response(status: int, code: str, message: str) -> web.Response:
 
 
 def bearer_token(request: web.Request) -> str | None:
+    """The bearer token of ``Authorization``, or (RFC 6750 §2.3) of an ``access_token`` query
+    parameter when the request has no ``Authorization``: a browser's ``EventSource`` cannot
+    send fields of its own."""
+    if "Authorization" not in request.headers:
+        token = request.query.get("access_token", "")
+        return token if token and " " not in token else None
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token or " " in token:

@@ -18,7 +18,8 @@ from typing import Final
 
 from aiohttp import web
 
-from proxy.ops.config import env_backed_options, parse_bool
+from proxy.ops.config import env_backed_options
+from proxy.ops.values import parse_bool
 from proxy.tools.origin_front import OriginFront
 from proxy.tools.simulator.api import create_simulator_app
 from proxy.tools.simulator.model import API_PREFIX, Simulator, SimulatorConfig

@@ -1,0 +1,411 @@
+"""``python -m bench.held``: many long polls held at once on one proxy, and one change waking them.
+
+One proxy process in front of a tiny origin of this module (``--origin PORT``) whose one resource
+``/v1/audio/transcribe/held`` carries ``ETag: "v<n>"`` and ``max-age=3600``; a ``POST`` to it bumps
+``n``. The load generator (one process, plain non-blocking sockets on ``epoll``, so that it is
+not what is measured) opens ``--clients`` connections, spread over several loopback source
+addresses (one address has fewer ephemeral ports than 100,000), each sending one
+``GET`` with ``If-None-Match`` of the current ETag and ``Prefer: wait=N``. Once
+``cacheproxy_waiting_requests`` shows them all held it reads the proxy's RSS (per held request:
+above the RSS with the entry cached and nothing held), then sends the ``POST`` through the
+proxy: the invalidation wakes every waiter, which must each get the new ``200``. Measured:
+RSS per held request, the time from the first answer to the last (client side, the receive
+times of the first bytes), and the bodies' correctness.
+
+The proxy runs with its default limits under a hard ``RLIMIT_NOFILE`` that fits the run (set
+with ``prlimit``), so the raising of the soft limit at start is part of what is measured;
+``--max-wait`` is raised only so that opening 100,000 connections fits in one wait.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import resource
+import select
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench import client, processes, report
+from bench.processes import REPO_ROOT, Pinning, Service
+
+PATH = "/v1/audio/transcribe/held"
+TOKEN = "held-bench-token"
+
+
+# -- the origin ----------------------------------------------------------------------------------
+
+
+def serve_origin(port: int) -> None:
+    """The origin: one resource whose ETag changes on each POST (run as ``--origin PORT``)."""
+    from aiohttp import web
+
+    version = [1]
+
+    def body() -> bytes:
+        n = version[0]
+        return json.dumps(
+            {"success": True, "data": {"id": "held", "status": "processing", "version": n,
+                                      "text": "x" * 200}}
+        ).encode()  # fmt: skip
+
+    async def get(request: web.Request) -> web.Response:
+        etag = f'"v{version[0]}"'
+        headers = {"ETag": etag, "Cache-Control": "public, max-age=3600"}
+        if request.headers.get("If-None-Match") == etag:
+            return web.Response(status=304, headers=headers)
+        return web.Response(body=body(), headers=headers, content_type="application/json")
+
+    async def post(request: web.Request) -> web.Response:
+        version[0] += 1
+        return web.json_response({"success": True, "version": version[0]})
+
+    async def ready(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get(PATH, get)
+    app.router.add_post(PATH, post)
+    app.router.add_get("/ready", ready)
+    web.run_app(app, host="127.0.0.1", port=port, print=None)
+
+
+# -- the load generator ------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    clients: int
+    sources: int
+    held: float = 0.0
+    rss_before: int = 0
+    rss_held: int = 0
+    connect_seconds: float = 0.0
+    answered: int = 0
+    correct: int = 0
+    first_to_last_ms: float = 0.0
+    change_to_last_ms: float = 0.0
+    #: The proxy's CPU time from the change to the last answer (what load elsewhere inflates
+    #: least).
+    wake_cpu_ms: float = 0.0
+    p50_ms: float = 0.0
+    p99_ms: float = 0.0
+    proxy_log: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def per_held(self) -> float:
+        return (self.rss_held - self.rss_before) / self.held if self.held else 0.0
+
+
+def raise_own_limit(needed: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= needed:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, max(hard, needed)))
+    except (ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < needed:
+        print(f"held: only {soft} descriptors here (hard limit {hard}; raising it needs "
+              "CAP_SYS_RESOURCE): the run may hold fewer", file=sys.stderr)  # fmt: skip
+
+
+def request_bytes(etag: str, wait: int) -> bytes:
+    return (
+        f"GET {PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n"
+        f"Accept-Encoding: gzip\r\nIf-None-Match: {etag}\r\nPrefer: wait={wait}\r\n\r\n"
+    ).encode()
+
+
+def open_held(port: int, count: int, sources: int, payload: bytes) -> dict[int, socket.socket]:
+    """``count`` connections, each with the held request sent; by descriptor."""
+    socks: dict[int, socket.socket] = {}
+    ep = select.epoll()
+    pending: dict[int, socket.socket] = {}
+    batch = 256
+    made = 0
+    try:
+        while made < count or pending:
+            while made < count and len(pending) < batch:
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                sock.setblocking(False)
+                sock.bind((f"127.0.0.{2 + made % sources}", 0))
+                with contextlib.suppress(BlockingIOError):
+                    sock.connect(("127.0.0.1", port))
+                pending[sock.fileno()] = sock
+                ep.register(sock.fileno(), select.EPOLLOUT)
+                made += 1
+            for fd, _ in ep.poll(5.0):
+                sock = pending.pop(fd)
+                ep.unregister(fd)
+                error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if error:
+                    raise OSError(error, os.strerror(error))
+                sock.send(payload)
+                socks[fd] = sock
+    finally:
+        ep.close()
+    return socks
+
+
+def collect(socks: dict[int, socket.socket], deadline: float) -> dict[int, tuple[float, bytes]]:
+    """Read every connection's answer: the time its first bytes arrived, and the bytes."""
+    ep = select.epoll(sizehint=len(socks))
+    for fd in socks:
+        ep.register(fd, select.EPOLLIN)
+    first: dict[int, float] = {}
+    data: dict[int, bytearray] = {}
+    done: dict[int, tuple[float, bytes]] = {}
+    clock = time.perf_counter
+    try:
+        while len(done) < len(socks) and time.monotonic() < deadline:
+            events = ep.poll(1.0, 4096)
+            now = clock()
+            for fd, _ in events:
+                chunk = socks[fd].recv(65536)
+                if fd not in first:
+                    first[fd] = now
+                    data[fd] = bytearray()
+                buffer = data[fd]
+                buffer += chunk
+                if not chunk or _complete(buffer):
+                    ep.unregister(fd)
+                    done[fd] = (first[fd], bytes(buffer))
+    finally:
+        ep.close()
+    return done
+
+
+def _complete(buffer: bytearray) -> bool:
+    end = buffer.find(b"\r\n\r\n")
+    if end < 0:
+        return False
+    head = bytes(buffer[:end]).lower()
+    marker = head.find(b"content-length:")
+    if marker < 0:
+        return True
+    length = int(head[marker + 15 :].split(b"\r\n", 1)[0])
+    return len(buffer) >= end + 4 + length
+
+
+def run(
+    workdir: Path,
+    clients: int,
+    sources: int,
+    pinning: Pinning,
+    max_wait: int,
+    loop: str,
+    soft_limit: int = 1024,
+    profile: Path | None = None,
+) -> Result:
+    result = Result(clients, sources)
+    raise_own_limit(clients + 1024)
+    origin_port = processes.free_port()
+    origin = processes.launch(
+        "origin",
+        [sys.executable, "-m", "bench.held", "--origin", str(origin_port)],
+        workdir,
+        port=origin_port,
+        ready_path="/ready",
+        pinning=pinning,
+        env=processes.python_env(),
+    )
+    # As high as the run needs, where this process may give it (raising a hard limit needs
+    # CAP_SYS_RESOURCE): the proxy's own limit line says what it got.
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    soft = min(soft_limit, hard)
+    try:
+        port = processes.free_port()
+        command = [
+            "prlimit", f"--nofile={soft}:{hard}", "--",
+            sys.executable, "-m", "proxy", "--upstream", origin.url, "--port", str(port),
+            "--log-level", "info", "--max-wait", str(max_wait), "--event-loop", loop,
+        ]  # fmt: skip
+        proxy = processes.launch(
+            "proxy", command, workdir, port=port, ready_path="/healthz", pinning=pinning,
+            env=processes.python_env(),
+        )  # fmt: skip
+        try:
+            _measure(result, proxy, clients, sources, max_wait, profile)
+        finally:
+            proxy.stop()
+            text = proxy.log_path.read_text(errors="replace")
+            result.proxy_log = "\n".join(
+                line
+                for line in text.splitlines()
+                if "descriptor limit" in line or "--max-connections" in line
+            )
+    finally:
+        origin.stop()
+    return result
+
+
+def _measure(
+    result: Result,
+    proxy: Service,
+    clients: int,
+    sources: int,
+    max_wait: int,
+    profile: Path | None,
+) -> None:
+    url = proxy.url + PATH
+    auth = {"Authorization": f"Bearer {TOKEN}", "Accept-Encoding": "gzip"}
+    status, headers, _ = client.http_get(url, auth)
+    etag = dict((k.lower(), v) for k, v in headers)["etag"]
+    assert status == 200, status
+    client.http_get(url, auth)  # a hit: everything a held request touches is warm
+    result.rss_before = processes.rss_bytes(proxy.pid)
+    started = time.monotonic()
+    socks = open_held(proxy.port, clients, sources, request_bytes(etag, max_wait))
+    deadline = time.monotonic() + max_wait / 2
+    held = 0.0
+    while time.monotonic() < deadline:
+        held = client.metric_value(proxy.url, "cacheproxy_waiting_requests") or 0.0
+        if held >= clients:
+            break
+        time.sleep(0.2)
+    result.connect_seconds = time.monotonic() - started
+    result.held = held
+    time.sleep(1.0)  # let allocations settle
+    result.rss_held = processes.rss_bytes(proxy.pid)
+    profiler = None
+    if profile is not None:
+        profile.parent.mkdir(parents=True, exist_ok=True)
+        profiler = subprocess.Popen(
+            [str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(proxy.pid),
+             "--rate", "500", "--format", "raw", "--output", str(profile), "--nonblocking"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        time.sleep(1.0)
+    cpu_before = processes.cpu_seconds(proxy.pid)
+    changed = time.perf_counter()
+    poster = socket.create_connection(("127.0.0.1", proxy.port))
+    poster.sendall(
+        f"POST {PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n"
+        "Content-Length: 0\r\nConnection: close\r\n\r\n".encode()
+    )
+    answers = collect(socks, time.monotonic() + 60)
+    result.wake_cpu_ms = 1000 * (processes.cpu_seconds(proxy.pid) - cpu_before)
+    if profiler is not None:
+        profiler.send_signal(signal.SIGINT)
+        profiler.wait(30)
+    poster.close()
+    for sock in socks.values():
+        sock.close()
+    times = sorted(at for at, _ in answers.values())
+    result.answered = len(answers)
+    new_etag = f'"v{int(etag.strip(chr(34))[1:]) + 1}"'.encode()
+    result.correct = sum(
+        1
+        for _, raw in answers.values()
+        if raw.startswith(b"HTTP/1.1 200")
+        and b"\r\netag: " + new_etag in raw.lower()
+        and b"preference-applied: wait=" in raw.lower()
+    )
+    if times:
+        result.first_to_last_ms = 1000 * (times[-1] - times[0])
+        result.change_to_last_ms = 1000 * (times[-1] - changed)
+        result.p50_ms = 1000 * (times[len(times) // 2] - times[0])
+        result.p99_ms = 1000 * (times[min(len(times) - 1, len(times) * 99 // 100)] - times[0])
+
+
+def markdown(results: list[Result], meta: dict[str, Any]) -> str:
+    lines = [
+        "# Held long polls on one proxy, and one change waking them",
+        "",
+        f"Command: `{meta['command']}`  ",
+        f"Started {meta['started']}; load average before {meta['load_before']}, "
+        f"after {meta['load_after']}; {meta['pinning']}; event loop {meta['loop']}.",
+        "",
+        "| held requests | RSS per held request (connection included) | first to last answer "
+        "| answers: p50 / p99 after the first | change to last answer | proxy CPU for the wake "
+        "| correct 200s | opened in |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r.held:,.0f} of {r.clients:,} | {r.per_held / 1024:.2f} KiB "
+            f"| {r.first_to_last_ms:.0f} ms | {r.p50_ms:.0f} / {r.p99_ms:.0f} ms "
+            f"| {r.change_to_last_ms:.0f} ms | {r.wake_cpu_ms:.0f} ms "
+            f"| {r.correct:,} of {r.answered:,} "
+            f"| {r.connect_seconds:.1f} s |"
+        )
+    lines += ["", "The proxy's last log lines (its descriptor limit at start):", ""]
+    for r in results:
+        lines += ["```", r.proxy_log, "```"]
+    lines += ["", "Machine:", ""]
+    lines += [f"- {key}: {value}" for key, value in meta["machine"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.held", description=__doc__)
+    parser.add_argument("--clients", type=int, action="append", help="repeatable (10000)")
+    parser.add_argument("--sources", type=int, default=0, help="source addresses (auto)")
+    parser.add_argument("--max-wait", type=int, default=120)
+    parser.add_argument("--event-loop", default="auto", choices=("auto", "uvloop", "asyncio"))
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--no-pin", action="store_true")
+    parser.add_argument(
+        "--soft-limit", type=int, default=1024, help="the proxy's soft RLIMIT_NOFILE at start"
+    )
+    parser.add_argument("--profile", type=Path, default=None, help="py-spy raw output of the wake")
+    parser.add_argument("--origin", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.origin is not None:
+        serve_origin(args.origin)
+        return 0
+    arguments = sys.argv[1:] if argv is None else argv
+    pinning = Pinning.choose(not args.no_pin)
+    meta: dict[str, Any] = {
+        "command": shlex.join(["python", "-m", "bench.held", *arguments]),
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        "load_before": report.load_average(),
+        "pinning": pinning.describe(),
+        "loop": args.event_loop,
+        "machine": report.machine(),
+    }
+    results = []
+    for clients in args.clients or [10_000]:
+        sources = args.sources or max(1, -(-clients // 20_000))
+        with tempfile.TemporaryDirectory(prefix="aitronos-held-") as workdir:
+            result = run(
+                Path(workdir), clients, sources, pinning, args.max_wait, args.event_loop,
+                args.soft_limit, args.profile,
+            )  # fmt: skip
+        print(
+            f"held: {result.held:.0f} held, {result.per_held / 1024:.2f} KiB each, "
+            f"first to last {result.first_to_last_ms:.0f} ms, "
+            f"{result.correct}/{result.answered} correct",
+            file=sys.stderr,
+        )
+        results.append(result)
+    meta["load_after"] = report.load_average()
+    out = args.out or REPO_ROOT / "bench" / "results" / "held"
+    out.mkdir(parents=True, exist_ok=True)
+    payload = {
+        **meta,
+        "results": [asdict(r) | {"per_held": r.per_held} for r in results],
+    }
+    (out / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
+    text = markdown(results, meta)
+    (out / "results.md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
