@@ -22,10 +22,19 @@ from proxy.core.headers import format_http_date, parse_entity_tag_list, weak_mat
 from proxy.front.server import FrontServer
 from proxy.ops.config import Settings
 from proxy.runtime import Runtime
+from tests.support import podman_storage
 from tests.support.origin import Handler, catch_all, serving
 from tests.support.waiting import eventually
 
 START = 1_800_000_000.0
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Name the podman storage the image and compose tests ran with
+    (tests/support/podman_storage.py): the machine's default, or inside a container a tests-owned
+    fuse-overlayfs or vfs one."""
+    if podman_storage.CHOSEN:
+        terminalreporter.write_line(f"podman storage: {', '.join(podman_storage.CHOSEN)}")
 
 
 class FakeClock:

@@ -284,6 +284,12 @@ async def test_concurrent_misses_on_a_cluster_make_one_upstream_request(
             lambda: sum(r.proxy.coordinator.waiting for r in replicas) == 1,  # type: ignore[union-attr]
             what="the other replica to wait for the one fetching",
         )
+        # Every call must have joined its replica's flight, not merely be late (on a busy machine
+        # one may reach its replica after the fetch ended, and hit): only then is each collapsed.
+        await eventually(
+            lambda: sum(r.proxy.flights.waiting() for r in replicas) == len(calls),
+            what="every call to wait on its replica's flight",
+        )
         upstream.gate.set()
         answers = await asyncio.gather(*calls)
         # Records spread over the cluster's nodes by hash slot.

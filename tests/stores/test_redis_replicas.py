@@ -105,6 +105,12 @@ async def test_concurrent_misses_across_replicas_make_one_upstream_request(
             lambda: sum(p.proxy.coordinator.waiting for p in proxies) == replicas - 1,  # type: ignore[union-attr]
             what="the other replicas to wait for the one fetching",
         )
+        # And every call on its replica's flight (a call reaching its replica after the fetch
+        # ended, on a busy machine, would hit instead of being collapsed).
+        await eventually(
+            lambda: sum(p.proxy.flights.waiting() for p in proxies) == len(calls),
+            what="every call to wait on its replica's flight",
+        )
         upstream.gate.set()
         answers = await asyncio.gather(*calls)
         coalesced = sum(p.metric("cacheproxy_coalesced_requests_total") for p in proxies)

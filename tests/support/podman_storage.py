@@ -29,6 +29,10 @@ PROBE_TIMEOUT = 120
 LOG = Path("/var/tmp/cacheproxy-podman-probe.log")
 #: Names the only storage to try: default, fuse-overlayfs or vfs.
 FORCE = "CACHEPROXY_TEST_PODMAN_STORAGE"
+#: The storage tests/system/test_deploy.py chose this session, for the test report's summary:
+#: which path a run took (the machine's default or a tests-owned one) shows there, not only that
+#: it passed.
+CHOSEN: list[str] = []
 
 
 class StorageUnusable(Exception):

@@ -32,7 +32,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.support.podman_storage import PodmanStorage, StorageUnusable, choose
+from tests.support.podman_storage import CHOSEN, PodmanStorage, StorageUnusable, choose
 from tests.support.waiting import eventually_sync
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -188,6 +188,7 @@ def podman_storage() -> Iterator[PodmanStorage]:
     if unusable:  # outside the except: the report shows this line, not a chain of exceptions
         pytest.fail(unusable, pytrace=False)
     STORAGE_ENV.update(storage.env)
+    CHOSEN.append(storage.name)
     yield storage
     STORAGE_ENV.clear()
     storage.release(podman_env())
