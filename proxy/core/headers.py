@@ -89,28 +89,12 @@ def split_list(values: Iterable[str] | str | None) -> list[str]:
         return []
     if isinstance(values, str):
         values = (values,)
-    items: list[str] = []
-    for value in values:
-        current: list[str] = []
-        in_quotes = escaped = False
-        for char in value:
-            if escaped:
-                escaped = False
-            elif char == "\\" and in_quotes:
-                escaped = True
-            elif char == '"':
-                in_quotes = not in_quotes
-            elif char == "," and not in_quotes:
-                item = "".join(current).strip()
-                if item:
-                    items.append(item)
-                current = []
-                continue
-            current.append(char)
-        item = "".join(current).strip()
-        if item:
-            items.append(item)
-    return items
+    return [
+        item
+        for value in values
+        for part in _split_outside_quotes(value, ",")
+        if (item := part.strip())
+    ]
 
 
 def connection_tokens(values: Iterable[str]) -> frozenset[str]:
