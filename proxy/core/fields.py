@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import sys
+from typing import Any
 
 from proxy.core.coding import IDENTITY, Representation
 from proxy.core.headers import (
@@ -59,6 +60,19 @@ def shared_pair(name: str, value: str) -> tuple[str, str]:
 def shared_fields(fields: Headers) -> Headers:
     """One tuple for every stored response whose fields are the same (apart from ``ETag``)."""
     return fields
+
+
+#: What most stored responses of one API repeat (``StoredResponse``'s shape): status, reason,
+#: fields (``ETag`` apart), where the ``ETag`` goes, stored coding, scope, selecting fields,
+#: targeted, directives, ``Vary``, its selection part, the ``Date`` as a time and the ``Age``.
+Shape = tuple[Any, ...]
+
+
+@functools.lru_cache(maxsize=1024)
+def shared_shape(shape: Shape) -> Shape:
+    """One shape tuple for every stored response that repeats it: a completed transcription
+    then costs its body, its ``ETag``, two times and a small object of five slots."""
+    return shape
 
 
 @functools.lru_cache(maxsize=4096)

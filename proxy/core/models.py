@@ -14,6 +14,7 @@ from proxy.core.fields import (
     NOT_SERVED,
     NOT_SERVED_WITH_RANGES,
     Headers,
+    Shape,
     coding_token,
     date_of,
     header_value,
@@ -23,6 +24,7 @@ from proxy.core.fields import (
     response_cache_control,
     served_fields,
     shared_fields,
+    shared_shape,
     shared_pair,
 )
 from proxy.core.headers import CacheControl, parse_age, parse_entity_tag
@@ -50,50 +52,24 @@ class StoredResponse:
     the bodies of other configured codings. ``representations`` lists what is served, the
     origin's own first, each with its validator (RFC 9110 §8.8.3).
 
-    Memory is the point of this shape (issue 19): slots only; the fields tuple and its pairs are
-    shared between responses that repeat them, the ``ETag`` kept apart so that the rest can be;
-    dates, sizes, representations and their fields are computed when asked, not stored. The
-    facts a hit needs (``cache_control``, ``etag``, ``vary``, ``corrected_initial_age``) are
-    computed once here.
+    Memory is the point of this layout (issue 19): four slots per response (its ``ETag``, body,
+    derived bodies and two times) and one ``shape`` tuple shared by every response that repeats
+    the rest (status, reason, fields, coding, scope, directives, ``Vary``, ``Date``, ``Age``:
+    ``fields.shared_shape``), the ``ETag`` kept apart so that the rest can be shared. Derived
+    facts (``corrected_initial_age``, dates, representations) are computed when asked. The last
+    slot, ``expires``, belongs to the memory store (``proxy.stores.memory``), which keeps the
+    retention of a one-variant record on it rather than in a tuple per key.
     """
 
-    __slots__ = (
-        "_etag_at",
-        "_fields",
-        "body",
-        "cache_control",
-        "coding",
-        "corrected_initial_age",
-        "derived",
-        "etag",
-        "reason",
-        "request_time",
-        "response_time",
-        "scope",
-        "selecting",
-        "selection_vary",
-        "status",
-        "targeted",
-        "vary",
-    )  # fmt: skip
+    __slots__ = ("_shape", "body", "derived", "etag", "expires", "request_time", "response_time")
 
-    status: int
-    reason: str
-    _fields: Headers
-    _etag_at: int
+    _shape: Shape
     etag: str | None
     body: bytes
-    coding: str | None
     derived: tuple[Representation, ...]
     request_time: float
     response_time: float
-    corrected_initial_age: float
-    scope: str
-    selecting: tuple[tuple[str, str], ...]
-    targeted: bool
-    cache_control: CacheControl
-    vary: tuple[str, ...]
-    selection_vary: tuple[str, ...]
+    expires: float | None
 
     def __init__(
         self,
@@ -120,13 +96,6 @@ class StoredResponse:
             at = tags[0]
             del kept[at]
         fields = shared_fields(tuple(shared_pair(name, value) for name, value in kept))
-        cache_control = response_cache_control(fields, targeted=targeted)
-        date = date_of(header_value(fields, "date"), response_time)
-        age = parse_age(header_values(fields, "age")) or 0
-        # §4.2.3 apparent_age, with the receipt time at the one-second resolution of the Date it
-        # is compared with: a response dated in the second it arrives is not up to 1 s old.
-        apparent_age = max(0.0, math.floor(response_time) - date) if date is not None else 0.0
-        corrected_age_value = age + (response_time - request_time)
         vary = parsed_vary(tuple(header_values(fields, "vary")))
         if "accept-encoding" in vary and (
             coding is not None
@@ -141,25 +110,44 @@ class StoredResponse:
             selection_vary = tuple(name for name in vary if name != "accept-encoding")
         else:
             selection_vary = vary
+        shape = (
+            status, sys.intern(reason), fields, at, coding,
+            # One string per credential scope, however many responses it holds.
+            sys.intern(scope), selecting, targeted,
+            response_cache_control(fields, targeted=targeted), vary, selection_vary,
+            date_of(header_value(fields, "date"), response_time),
+            parse_age(header_values(fields, "age")) or 0,
+        )  # fmt: skip
         setter = object.__setattr__
-        setter(self, "status", status)
-        setter(self, "reason", sys.intern(reason))
-        setter(self, "_fields", fields)
-        setter(self, "_etag_at", at)
+        setter(self, "_shape", shared_shape(shape))
         setter(self, "etag", etag)
         setter(self, "body", body)
-        setter(self, "coding", coding)
         setter(self, "derived", derived)
         setter(self, "request_time", request_time)
         setter(self, "response_time", response_time)
-        setter(self, "corrected_initial_age", max(apparent_age, corrected_age_value))
-        # One string per credential scope, however many responses it holds.
-        setter(self, "scope", sys.intern(scope))
-        setter(self, "selecting", selecting)
-        setter(self, "targeted", targeted)
-        setter(self, "cache_control", cache_control)
-        setter(self, "vary", vary)
-        setter(self, "selection_vary", selection_vary)
+        setter(self, "expires", None)
+
+    status = property(lambda self: self._shape[0])
+    reason = property(lambda self: self._shape[1])
+    _fields = property(lambda self: self._shape[2])
+    _etag_at = property(lambda self: self._shape[3])
+    coding = property(lambda self: self._shape[4])
+    scope = property(lambda self: self._shape[5])
+    selecting = property(lambda self: self._shape[6])
+    targeted = property(lambda self: self._shape[7])
+    cache_control = property(lambda self: self._shape[8])
+    vary = property(lambda self: self._shape[9])
+    selection_vary = property(lambda self: self._shape[10])
+
+    @property
+    def corrected_initial_age(self) -> float:
+        """§4.2.3 corrected_initial_age, with the receipt time at the one-second resolution of
+        the Date it is compared with: a response dated in the second it arrives is not up to
+        1 s old."""
+        shape, response_time = self._shape, self.response_time
+        date = shape[11]
+        apparent_age = max(0.0, math.floor(response_time) - date) if date is not None else 0.0
+        return max(apparent_age, shape[12] + (response_time - self.request_time))
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"StoredResponse is immutable: {name}")
@@ -221,7 +209,7 @@ class StoredResponse:
 
     @property
     def date(self) -> float | None:
-        return date_of(header_value(self._fields, "date"), self.response_time)
+        return self._shape[11]  # type: ignore[no-any-return]
 
     @property
     def last_modified(self) -> float | None:
