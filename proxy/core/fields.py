@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import sys
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from proxy.core.coding import IDENTITY, Representation
 from proxy.core.headers import (
@@ -24,6 +24,7 @@ from proxy.core.headers import (
 )
 
 Headers = tuple[tuple[str, str], ...]
+T = TypeVar("T")
 
 #: Fields not copied from a stored response onto a response built from it: recomputed per
 #: response (``Age``, ``Cache-Status``, ``Content-Length``) or connection-specific.
@@ -73,6 +74,19 @@ def shared_shape(shape: Shape) -> Shape:
     """One shape tuple for every stored response that repeats it: a completed transcription
     then costs its body, its ``ETag``, two times and a small object of five slots."""
     return shape
+
+
+class ShapePart(Generic[T]):
+    """A ``StoredResponse`` attribute read from its shared shape (``shape[index]``)."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+    def __get__(self, entry: Any, owner: Any = None) -> T:
+        value: T = entry._shape[self.index]
+        return value
 
 
 @functools.lru_cache(maxsize=4096)

@@ -15,6 +15,7 @@ from proxy.core.fields import (
     NOT_SERVED_WITH_RANGES,
     Headers,
     Shape,
+    ShapePart,
     coding_token,
     date_of,
     header_value,
@@ -24,8 +25,8 @@ from proxy.core.fields import (
     response_cache_control,
     served_fields,
     shared_fields,
-    shared_shape,
     shared_pair,
+    shared_shape,
 )
 from proxy.core.headers import CacheControl, parse_age, parse_entity_tag
 
@@ -52,8 +53,8 @@ class StoredResponse:
     the bodies of other configured codings. ``representations`` lists what is served, the
     origin's own first, each with its validator (RFC 9110 §8.8.3).
 
-    Memory is the point of this layout (issue 19): four slots per response (its ``ETag``, body,
-    derived bodies and two times) and one ``shape`` tuple shared by every response that repeats
+    Memory is the point of this layout (issue 19): a few slots per response (its ``ETag``, body,
+    derived bodies, two times) and one ``shape`` tuple shared by every response that repeats
     the rest (status, reason, fields, coding, scope, directives, ``Vary``, ``Date``, ``Age``:
     ``fields.shared_shape``), the ``ETag`` kept apart so that the rest can be shared. Derived
     facts (``corrected_initial_age``, dates, representations) are computed when asked. The last
@@ -127,17 +128,18 @@ class StoredResponse:
         setter(self, "response_time", response_time)
         setter(self, "expires", None)
 
-    status = property(lambda self: self._shape[0])
-    reason = property(lambda self: self._shape[1])
-    _fields = property(lambda self: self._shape[2])
-    _etag_at = property(lambda self: self._shape[3])
-    coding = property(lambda self: self._shape[4])
-    scope = property(lambda self: self._shape[5])
-    selecting = property(lambda self: self._shape[6])
-    targeted = property(lambda self: self._shape[7])
-    cache_control = property(lambda self: self._shape[8])
-    vary = property(lambda self: self._shape[9])
-    selection_vary = property(lambda self: self._shape[10])
+    status = ShapePart[int](0)
+    reason = ShapePart[str](1)
+    _fields = ShapePart[Headers](2)
+    _etag_at = ShapePart[int](3)
+    coding = ShapePart["str | None"](4)
+    scope = ShapePart[str](5)
+    selecting = ShapePart[tuple[tuple[str, str], ...]](6)
+    targeted = ShapePart[bool](7)
+    cache_control = ShapePart[CacheControl](8)
+    vary = ShapePart[tuple[str, ...]](9)
+    selection_vary = ShapePart[tuple[str, ...]](10)
+    date = ShapePart["float | None"](11)
 
     @property
     def corrected_initial_age(self) -> float:
@@ -145,9 +147,10 @@ class StoredResponse:
         the Date it is compared with: a response dated in the second it arrives is not up to
         1 s old."""
         shape, response_time = self._shape, self.response_time
-        date = shape[11]
+        date: float | None = shape[11]
         apparent_age = max(0.0, math.floor(response_time) - date) if date is not None else 0.0
-        return max(apparent_age, shape[12] + (response_time - self.request_time))
+        corrected_age_value: float = shape[12] + (response_time - self.request_time)
+        return max(apparent_age, corrected_age_value)
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"StoredResponse is immutable: {name}")
@@ -206,10 +209,6 @@ class StoredResponse:
     def served(self) -> Headers:
         """The stored fields a response built from this one carries."""
         return served_fields(self.headers, self.status)
-
-    @property
-    def date(self) -> float | None:
-        return self._shape[11]  # type: ignore[no-any-return]
 
     @property
     def last_modified(self) -> float | None:
