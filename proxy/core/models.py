@@ -62,14 +62,14 @@ class StoredResponse:
     retention of a one-variant record on it rather than in a tuple per key.
     """
 
-    __slots__ = ("_shape", "body", "derived", "etag", "expires", "request_time", "response_time")
+    __slots__ = ("_shape", "_times", "body", "etag", "expires")
 
     _shape: Shape
+    #: ``request_time`` and ``response_time`` as one object (a complex number holds two
+    #: doubles in 32 bytes, where two floats take 64 and a slot more).
+    _times: complex
     etag: str | None
     body: bytes
-    derived: tuple[Representation, ...]
-    request_time: float
-    response_time: float
     expires: float | None
 
     def __init__(
@@ -118,14 +118,15 @@ class StoredResponse:
             response_cache_control(fields, targeted=targeted), vary, selection_vary,
             date_of(header_value(fields, "date"), response_time),
             parse_age(header_values(fields, "age")) or 0,
+            derived,
         )  # fmt: skip
         setter = object.__setattr__
-        setter(self, "_shape", shared_shape(shape))
+        # Derived bodies are each response's own: a shape holding them is not shared (nor kept
+        # alive by the sharing table).
+        setter(self, "_shape", shape if derived else shared_shape(shape))
+        setter(self, "_times", complex(request_time, response_time))
         setter(self, "etag", etag)
         setter(self, "body", body)
-        setter(self, "derived", derived)
-        setter(self, "request_time", request_time)
-        setter(self, "response_time", response_time)
         setter(self, "expires", None)
 
     status = ShapePart[int](0)
@@ -140,16 +141,26 @@ class StoredResponse:
     vary = ShapePart[tuple[str, ...]](9)
     selection_vary = ShapePart[tuple[str, ...]](10)
     date = ShapePart["float | None"](11)
+    derived = ShapePart[tuple[Representation, ...]](13)
+
+    @property
+    def request_time(self) -> float:
+        return self._times.real
+
+    @property
+    def response_time(self) -> float:
+        return self._times.imag
 
     @property
     def corrected_initial_age(self) -> float:
         """§4.2.3 corrected_initial_age, with the receipt time at the one-second resolution of
         the Date it is compared with: a response dated in the second it arrives is not up to
         1 s old."""
-        shape, response_time = self._shape, self.response_time
+        shape, times = self._shape, self._times
+        response_time = times.imag
         date: float | None = shape[11]
         apparent_age = max(0.0, math.floor(response_time) - date) if date is not None else 0.0
-        corrected_age_value: float = shape[12] + (response_time - self.request_time)
+        corrected_age_value: float = shape[12] + (response_time - times.real)
         return max(apparent_age, corrected_age_value)
 
     def __setattr__(self, name: str, value: object) -> None:
