@@ -65,7 +65,8 @@ def shared_fields(fields: Headers) -> Headers:
 
 #: What most stored responses of one API repeat (``StoredResponse``'s shape): status, reason,
 #: fields (``ETag`` apart), where the ``ETag`` goes, stored coding, scope, selecting fields,
-#: targeted, directives, ``Vary``, its selection part, the ``Date`` as a time and the ``Age``.
+#: targeted, directives, ``Vary``, its selection part, the ``Date`` as a time, the ``Age`` and the
+#: derived bodies (a shape with some is the response's own, not shared).
 Shape = tuple[Any, ...]
 
 
