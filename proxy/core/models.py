@@ -53,8 +53,8 @@ class StoredResponse:
     the bodies of other configured codings. ``representations`` lists what is served, the
     origin's own first, each with its validator (RFC 9110 §8.8.3).
 
-    Memory is the point of this layout (issue 19): four slots per response (its ``ETag``, body,
-    its two times as one complex number, and ``expires``) and one ``shape`` tuple shared by every
+    Memory is the point of this layout (issue 19): five slots per response (the shape, its
+    ``ETag``, body, its two times as one complex number, and ``expires``) and one ``shape`` tuple shared by every
     response that repeats the rest (status, reason, fields, coding, scope, directives, ``Vary``,
     ``Date``, ``Age``, no derived bodies: ``fields.shared_shape``), the ``ETag`` kept apart so
     that the rest can be shared. Derived
