@@ -54,11 +54,11 @@ class StoredResponse:
     origin's own first, each with its validator (RFC 9110 §8.8.3).
 
     Memory is the point of this layout (issue 19): five slots per response (the shape, its
-    ``ETag``, body, its two times as one complex number, and ``expires``) and one ``shape`` tuple shared by every
-    response that repeats the rest (status, reason, fields, coding, scope, directives, ``Vary``,
-    ``Date``, ``Age``, no derived bodies: ``fields.shared_shape``), the ``ETag`` kept apart so
-    that the rest can be shared. Derived
-    facts (``corrected_initial_age``, dates, representations) are computed when asked. The last
+    ``ETag``, body, its two times as one complex number, ``expires``), the shape one tuple
+    shared by every response that repeats the rest (status, reason, fields, coding, scope,
+    directives, ``Vary``, ``Date``, ``Age``, no derived bodies: ``fields.shared_shape``), the
+    ``ETag`` kept apart so that the rest can be shared. Derived facts
+    (``corrected_initial_age``, dates, representations) are computed when asked. The last
     slot, ``expires``, belongs to the memory store (``proxy.stores.memory``), which keeps the
     retention of a one-variant record on it rather than in a tuple per key.
     """
