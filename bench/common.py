@@ -1,26 +1,19 @@
 """What the benchmarks share: the run context, the staggered simulator, the standalone CLI frame.
 
 Each bench used to take the same six arguments, start the simulator with the same five flags and
-end its ``main`` with the same meta block and the same two result files; they are here once.
+count the same fleet figures; they are here once (the standalone CLI frame is ``bench.standalone``).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import shlex
-import shutil
 import sys
-import tempfile
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from bench import processes, report
-from bench.processes import REPO_ROOT, Pinning, Service
+from bench import processes
+from bench.processes import Pinning, Service
 
 
 def log_to_stderr(message: str) -> None:
@@ -39,20 +32,26 @@ class Bench:
     #: Limits a run to these named systems; empty: every system.
     only: frozenset[str] = frozenset()
 
+    def wants(self, system: str) -> bool:
+        """Whether ``only`` leaves ``system`` in the run."""
+        return not self.only or system in self.only
 
-class Staggered(Protocol):
-    """A scale whose transcriptions start ``stagger`` seconds apart in all."""
 
-    @property
-    def queued(self) -> float: ...
-    @property
-    def processing(self) -> float: ...
-    @property
-    def stagger(self) -> float: ...
-    @property
-    def transcriptions(self) -> int: ...
-    @property
-    def max_age(self) -> int: ...
+@dataclass(frozen=True)
+class Staggered:
+    """A scale whose ``transcriptions`` start ``stagger`` seconds apart in all, each ``queued``
+    then ``processing`` seconds, answered with ``max-age=max_age`` while pending."""
+
+    transcriptions: int
+    queued: float
+    processing: float
+    stagger: float
+    max_age: int
+
+    def poll_seconds(self, interval: float) -> float:
+        """How long pollers asking every ``interval`` run: until the last job has been final
+        for one ``max_age`` window and three intervals, and two seconds more."""
+        return self.queued + self.processing + self.stagger + self.max_age + 3 * interval + 2.0
 
 
 def start_staggered(
@@ -93,72 +92,23 @@ def table(runs: Sequence[Any], rows: Sequence[tuple[str, Callable[[Any], str]]])
     return lines
 
 
+def heading(title: str, meta: dict[str, Any], *, proxy: str = "", then: str = "") -> list[str]:
+    """A standalone report's title, command and when/load/pinning line (``proxy``: a revision
+    before it; ``then``: more after it)."""
+    started = f"started {meta['started']}" if proxy else f"Started {meta['started']}"
+    return [
+        f"# {title}",
+        "",
+        f"Command: `{meta['command']}`  ",
+        f"{f'Proxy: `{proxy}`; ' if proxy else ''}{started}; load average before "
+        f"{meta['load_before']}, after {meta['load_after']}; {meta['pinning']}{then}.",
+        "",
+    ]
+
+
 def machine_lines(meta: dict[str, Any]) -> list[str]:
     return ["", "Machine:", "", *(f"- {key}: {value}" for key, value in meta["machine"].items())]
 
 
 def seconds(value: float | None) -> str:
     return "—" if value is None else f"{value:.2f} s"
-
-
-def parser(
-    module: str, doc: str | None, *, scales: Sequence[str] = ()
-) -> argparse.ArgumentParser:
-    """A standalone bench's parser with the flags they all take: --out, --no-pin (and --scale
-    when it has ``scales``)."""
-    parsed = argparse.ArgumentParser(prog=f"python -m bench.{module}", description=doc)
-    if scales:
-        parsed.add_argument("--scale", choices=tuple(scales), default="full")
-    parsed.add_argument("--out", type=Path, default=None)
-    parsed.add_argument("--no-pin", action="store_true")
-    return parsed
-
-
-@dataclass
-class Standalone:
-    """One run of a standalone bench (``python -m bench.NAME``): its meta block and its results."""
-
-    module: str
-    args: argparse.Namespace
-    pinning: Pinning
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def start(
-        cls, module: str, args: argparse.Namespace, argv: list[str] | None, **extra: Any
-    ) -> Standalone:
-        arguments = sys.argv[1:] if argv is None else argv
-        pinning = Pinning.choose(not args.no_pin)
-        meta: dict[str, Any] = {
-            "command": shlex.join(["python", "-m", f"bench.{module}", *arguments]),
-            **extra,
-            "started": datetime.now(UTC).isoformat(timespec="seconds"),
-            "load_before": report.load_average(),
-            "pinning": pinning.describe(),
-        }
-        return cls(module, args, pinning, meta)
-
-    @contextmanager
-    def workdir(self) -> Iterator[Path]:
-        path = Path(tempfile.mkdtemp(prefix=f"aitronos-{self.module}-"))
-        try:
-            yield path
-        finally:
-            shutil.rmtree(path, ignore_errors=True)
-
-    def default_out(self) -> Path:
-        """``bench/results/NAME``, or ``bench/results/tmp/NAME`` below full scale."""
-        tmp = "tmp/" if getattr(self.args, "scale", "full") != "full" else ""
-        return REPO_ROOT / "bench" / "results" / f"{tmp}{self.module}"
-
-    def finish(self, payload: dict[str, Any], markdown: Callable[[dict[str, Any]], str]) -> int:
-        """Write ``results.json`` (meta and ``payload``) and ``results.md``, print the latter."""
-        self.meta["load_after"] = report.load_average()
-        self.meta["machine"] = report.machine()
-        out: Path = self.args.out or self.default_out()
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(json.dumps({**self.meta, **payload}, indent=2) + "\n")
-        text = markdown(self.meta)
-        (out / "results.md").write_text(text)
-        print(text)
-        return 0

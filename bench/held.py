@@ -35,9 +35,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import client, common, processes
-from bench.common import Standalone
+from bench import client, common, processes, standalone
 from bench.processes import Pinning, Service
+from bench.standalone import Standalone
 
 PATH = "/v1/audio/transcribe/held"
 TOKEN = "held-bench-token"
@@ -322,13 +322,9 @@ def _measure(
 
 
 def markdown(results: list[Result], meta: dict[str, Any]) -> str:
+    title = "Held long polls on one proxy, and one change waking them"
     lines = [
-        "# Held long polls on one proxy, and one change waking them",
-        "",
-        f"Command: `{meta['command']}`  ",
-        f"Started {meta['started']}; load average before {meta['load_before']}, "
-        f"after {meta['load_after']}; {meta['pinning']}; event loop {meta['loop']}.",
-        "",
+        *common.heading(title, meta, then=f"; event loop {meta['loop']}"),
         "| held requests | RSS per held request (connection included) | first to last answer "
         "| answers: p50 / p99 after the first | change to last answer | proxy CPU for the wake "
         "| correct 200s | opened in |",
@@ -350,7 +346,7 @@ def markdown(results: list[Result], meta: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = common.parser("held", __doc__)
+    parser = standalone.parser("held", __doc__)
     parser.add_argument("--clients", type=int, action="append", help="repeatable (10000)")
     parser.add_argument("--sources", type=int, default=0, help="source addresses (auto)")
     parser.add_argument("--max-wait", type=int, default=120)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import client, processes
+from bench.common import Bench
 from bench.processes import Pinning, Service, Unavailable
 
 TOKEN = "bench-hit-token"
@@ -202,17 +203,15 @@ def missing_loop(loop: str) -> str | None:
     return None
 
 
-def measure(
-    workdir: Path,
-    scale_name: str,
-    pinning: Pinning,
-    *,
-    install: bool,
-    log: Callable[[str], None],
-    only: frozenset[str] = frozenset(),
-) -> list[HitResult]:
-    """wrk against every system in turn, ``rounds`` times; ``only`` limits it to named systems."""
-    scale = SCALES[scale_name]
+def measure(bench: Bench) -> list[HitResult]:
+    """wrk against every system in turn, ``rounds`` times; ``bench.only`` limits it to named
+    systems."""
+    scale, workdir, pinning, install = (
+        SCALES[bench.scale],
+        bench.workdir,
+        bench.pinning,
+        bench.install,
+    )
     try:
         wrk = processes.ensure_binary("wrk", install=install)
     except Unavailable as error:
@@ -321,8 +320,7 @@ def measure(
                 note="malloc storage, grace 1h, keep 1h",
             ),
         ]
-        if only:
-            systems = [system for system in systems if system.name in only]
+        systems = [system for system in systems if bench.wants(system.name)]
         results = {
             system.name: HitResult(system.name, system.ceiling, system.note, [])
             for system in systems
@@ -333,13 +331,13 @@ def measure(
                 reason = missing_loop(system.loop)
                 if reason is not None:
                     results[system.name].skipped = reason
-                    log(f"hit: {system.name} skipped: {reason}")
+                    bench.log(f"hit: {system.name} skipped: {reason}")
                     continue
                 try:
                     service = system.start()
                 except Unavailable as error:
                     results[system.name].skipped = str(error)
-                    log(f"hit: {system.name} skipped: {error}")
+                    bench.log(f"hit: {system.name} skipped: {error}")
                     continue
                 services[system.name] = service
                 try:
@@ -368,7 +366,7 @@ def measure(
                         del services[system.name]
                         continue
                     results[system.name].runs.append(run)
-                    log(
+                    bench.log(
                         f"hit: round {round_number + 1}/{scale.rounds} {system.name}: "
                         f"{run.rps:,.0f} req/s, p50 {run.p50_ms:.2f} ms, p99 {run.p99_ms:.2f} ms, "
                         f"{run.cpu_us_per_request:.1f} CPU us/request"

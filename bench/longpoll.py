@@ -21,10 +21,11 @@ from typing import Any
 
 import aiohttp
 
-from bench import client, common, processes
-from bench.common import PollerRun, Standalone
+from bench import client, common, processes, standalone
+from bench.common import PollerRun
 from bench.fleet import id_floors
 from bench.processes import Pinning, Service
+from bench.standalone import Standalone
 from proxy.tools.fleet import (
     LONG_POLL_WAIT,
     assign_pollers,
@@ -38,21 +39,18 @@ WAIT = LONG_POLL_WAIT
 
 
 @dataclass(frozen=True)
-class Scale:
+class Scale(common.Staggered):
     pollers: int
-    transcriptions: int
     tokens: int
     interval: float
-    queued: float
-    processing: float
-    stagger: float
-    max_age: int
 
 
 SCALES = {
-    "tiny": Scale(20, 4, 2, 0.2, 0.0, 1.0, 0.5, 1),
-    "full": Scale(1000, 50, 10, 0.5, 1.0, 12.0, 4.0, 5),
-}
+    "tiny": Scale(pollers=20, transcriptions=4, tokens=2, interval=0.2,
+                  queued=0.0, processing=1.0, stagger=0.5, max_age=1),
+    "full": Scale(pollers=1000, transcriptions=50, tokens=10, interval=0.5,
+                  queued=1.0, processing=12.0, stagger=4.0, max_age=5),
+}  # fmt: skip
 
 
 @dataclass
@@ -103,8 +101,7 @@ async def run_one(
         created = await seed_simulator(session, simulator_url, tokens, scale.transcriptions)
         client.reset_stats(simulator_url)
         started_wall = time.time()
-        horizon = scale.queued + scale.processing + scale.stagger
-        duration = horizon + scale.max_age + 3 * scale.interval + 2.0
+        duration = scale.poll_seconds(scale.interval)
         cpu_before = processes.cpu_seconds(proxy.pid)
         rss_before = processes.rss_bytes(proxy.pid)
         peak, stop = [0.0, float(rss_before)], asyncio.Event()
@@ -196,14 +193,7 @@ def targets(runs: list[Run]) -> list[tuple[str, str, bool]]:
 
 
 def markdown(runs: list[Run], meta: dict[str, Any]) -> str:
-    lines = [
-        "# Long polling against polling, same run",
-        "",
-        f"Command: `{meta['command']}`  ",
-        f"Started {meta['started']}; load average before {meta['load_before']}, "
-        f"after {meta['load_after']}; {meta['pinning']}.",
-        "",
-    ]
+    lines = common.heading("Long polling against polling, same run", meta)
     rows: list[tuple[str, Callable[[Run], str]]] = [
         ("pollers / transcriptions", lambda r: f"{r.pollers} / {r.transcriptions}"),
         ("client requests", lambda r: f"{r.client_requests:,}"),
@@ -233,7 +223,7 @@ _s = common.seconds
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = common.parser("longpoll", __doc__, scales=SCALES).parse_args(argv)
+    args = standalone.parser("longpoll", __doc__, scales=SCALES).parse_args(argv)
     bench = Standalone.start("longpoll", args, argv)
     with bench.workdir() as workdir:
         runs = measure(workdir, SCALES[args.scale], bench.pinning, common.log_to_stderr)

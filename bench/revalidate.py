@@ -25,9 +25,10 @@ from typing import Any
 
 import httpx
 
-from bench import client, common, processes
-from bench.common import PollerRun, Standalone
+from bench import client, common, processes, standalone
+from bench.common import PollerRun
 from bench.processes import REPO_ROOT, Pinning, Service
+from bench.standalone import Standalone
 from proxy.tools.fleet import assign_pollers, final_at, percentile
 from proxy.tools.simulator import API_PREFIX
 
@@ -36,19 +37,16 @@ WAIT = 25
 
 
 @dataclass(frozen=True)
-class Scale:
+class Scale(common.Staggered):
     pollers: int
-    transcriptions: int
-    queued: float
-    processing: float
-    stagger: float
-    max_age: int
 
 
 SCALES = {
-    "tiny": Scale(10, 2, 0.0, 1.0, 0.5, 1),
-    "full": Scale(100, 5, 1.0, 6.0, 4.0, 5),
-}
+    "tiny": Scale(pollers=10, transcriptions=2,
+                  queued=0.0, processing=1.0, stagger=0.5, max_age=1),
+    "full": Scale(pollers=100, transcriptions=5,
+                  queued=1.0, processing=6.0, stagger=4.0, max_age=5),
+}  # fmt: skip
 
 
 @dataclass
@@ -180,14 +178,7 @@ def measure(workdir: Path, scale: Scale, options: list[str], pinning: Pinning) -
 
 
 def markdown(runs: list[Run], meta: dict[str, Any]) -> str:
-    lines = [
-        f"# Forced revalidations: {meta['label']}",
-        "",
-        f"Command: `{meta['command']}`  ",
-        f"Proxy: `{meta['revision']}`; started {meta['started']}; load average before "
-        f"{meta['load_before']}, after {meta['load_after']}; {meta['pinning']}.",
-        "",
-    ]
+    lines = common.heading(f"Forced revalidations: {meta['label']}", meta, proxy=meta["revision"])
     rows: list[tuple[str, Callable[[Run], str]]] = [
         ("pollers / transcriptions", lambda r: f"{r.pollers} / {r.transcriptions}"),
         ("client requests", lambda r: f"{r.client_requests:,}"),
@@ -233,7 +224,7 @@ def _revision() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = common.parser("revalidate", __doc__, scales=SCALES)
+    parser = standalone.parser("revalidate", __doc__, scales=SCALES)
     parser.add_argument("--label", default="the proxy's defaults")
     parser.add_argument("--proxy-option", action="append", default=[])
     args = parser.parse_args(argv)
