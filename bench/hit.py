@@ -251,45 +251,46 @@ def measure(bench: Bench) -> list[HitResult]:
 
             return start
 
+        def proxied(
+            label: str, name: str, loop: str, access_log: bool, note: str, workers: int = 1
+        ) -> System:
+            """The proxy as a system, measured against the bare handler on the same loop."""
+            ceiling = "bare aiohttp (uvloop)" if loop == "uvloop" else "bare aiohttp"
+            start = proxy(name, loop, access_log, workers)
+            return System(label, start, ceiling=ceiling, note=note, loop=loop)
+
         replay = "replays the proxy's hit response"
         systems = [
-            System(
-                PROXY,
-                proxy(PROXY, "asyncio", False),
-                ceiling="bare aiohttp",
-                note="asyncio loop, access log off",
-            ),
+            proxied(PROXY, PROXY, "asyncio", False, "asyncio loop, access log off"),
             System("bare aiohttp", bare("asyncio"), note=f"asyncio loop; {replay}"),
-            System(
-                f"{PROXY} (uvloop)",
-                proxy(f"{PROXY}-uvloop", "uvloop", False),
-                ceiling="bare aiohttp (uvloop)",
-                note="uvloop, access log off",
-                loop="uvloop",
+            proxied(
+                f"{PROXY} (uvloop)", f"{PROXY}-uvloop", "uvloop", False, "uvloop, access log off"
             ),
             System(
                 "bare aiohttp (uvloop)", bare("uvloop"), note=f"uvloop; {replay}", loop="uvloop"
             ),
-            System(
+            proxied(
                 f"{PROXY} (access log on)",
-                proxy(f"{PROXY}-logging", "uvloop", True),
-                ceiling="bare aiohttp (uvloop)",
-                note="default settings: uvloop, JSON access log to a file",
-                loop="uvloop",
+                f"{PROXY}-logging",
+                "uvloop",
+                True,
+                "default settings: uvloop, JSON access log to a file",
             ),
-            System(
+            proxied(
                 f"{PROXY} (asyncio, access log on)",
-                proxy(f"{PROXY}-asyncio-logging", "asyncio", True),
-                ceiling="bare aiohttp",
-                note="asyncio loop, JSON access log to a file",
+                f"{PROXY}-asyncio-logging",
+                "asyncio",
+                True,
+                "asyncio loop, JSON access log to a file",
             ),
-            System(
+            proxied(
                 f"{PROXY} (2 workers, uvloop)",
-                proxy(f"{PROXY}-workers", "uvloop", False, workers=2),
-                ceiling="bare aiohttp (uvloop)",
-                note="--workers 2 (private redis-server), uvloop, access log off; CPU of all "
+                f"{PROXY}-workers",
+                "uvloop",
+                False,
+                "--workers 2 (private redis-server), uvloop, access log off; CPU of all "
                 "processes, pinned to the same CPU as the others",
-                loop="uvloop",
+                workers=2,
             ),
             System(
                 "floor: httptools Protocol (uvloop)",
