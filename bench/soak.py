@@ -69,6 +69,13 @@ class Tally:
         if len(self.wrong) < 50:
             self.wrong.append(description)
 
+    def judge(self, right: bool, category: str, description: str) -> None:
+        """Count a right answer in ``category``, or a wrong one as ``description``."""
+        if right:
+            self.ok(category)
+        else:
+            self.bad(description)
+
 
 @dataclass
 class Owned:
@@ -219,10 +226,8 @@ class Traffic:
         transcription_id = rng.choice(owner.ids)
         url = self._url(transcription_id)
         status, _, body = await self._fetch(session, "HEAD", url, owner.token)
-        if status in (200, *DELIBERATE_UPSTREAM) and body == b"":
-            self.tally.ok("head")
-        else:
-            self.tally.bad(f"HEAD {transcription_id}: {status}")
+        right = status in (200, *DELIBERATE_UPSTREAM) and body == b""
+        self.tally.judge(right, "head", f"HEAD {transcription_id}: {status}")
 
     async def _resource(
         self, session: aiohttp.ClientSession, rng: random.Random, owner: Owned
@@ -305,10 +310,8 @@ class Traffic:
         transcription_id = rng.choice(owner.ids)
         url = self._url(transcription_id)
         status, _, body = await self._fetch(session, "PURGE", url, ADMIN_TOKEN)
-        if status == 200 and b'"success": true' in body:
-            self.tally.ok("purge")
-        else:
-            self.tally.bad(f"PURGE {transcription_id}: {status} {body[:120]!r}")
+        right = status == 200 and b'"success": true' in body
+        self.tally.judge(right, "purge", f"PURGE {transcription_id}: {status} {body[:120]!r}")
 
     async def _hostile(
         self, session: aiohttp.ClientSession, rng: random.Random, owner: Owned
@@ -328,10 +331,8 @@ class Traffic:
         parts = status_line.split()
         status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
         body = rest.partition(b"\r\n\r\n")[2]
-        if status == expected and envelope_error(body):
-            self.tally.ok(f"hostile {name}")
-        else:
-            self.tally.bad(f"hostile {name}: {status_line!r}")
+        right = status == expected and bool(envelope_error(body))
+        self.tally.judge(right, f"hostile {name}", f"hostile {name}: {status_line!r}")
 
 
 @contextlib.asynccontextmanager
