@@ -41,6 +41,19 @@ __all__ = [
 ]
 
 
+class _Time:
+    """``StoredResponse.request_time`` or ``response_time``, read from its one ``complex``."""
+
+    __slots__ = ("response",)
+
+    def __init__(self, *, response: bool) -> None:
+        self.response = response
+
+    def __get__(self, entry: Any, owner: Any = None) -> float:
+        times: complex = entry._times
+        return times.imag if self.response else times.real
+
+
 class StoredResponse:
     """One stored response (RFC 9111 §3) and the request facts needed to reuse it.
 
@@ -144,13 +157,8 @@ class StoredResponse:
     date = ShapePart["float | None"](11)
     derived = ShapePart[tuple[Representation, ...]](13)
 
-    @property
-    def request_time(self) -> float:
-        return self._times.real
-
-    @property
-    def response_time(self) -> float:
-        return self._times.imag
+    request_time = _Time(response=False)
+    response_time = _Time(response=True)
 
     @property
     def corrected_initial_age(self) -> float:
