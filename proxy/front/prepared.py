@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from proxy.cache.proxy import CachingProxy
     from proxy.front.access import AccessLog
     from proxy.front.head import Parsed
-    from proxy.front.seams import Writer
+    from proxy.front.seams import HeadValues, Writer
     from proxy.ops.metrics import Metrics
 
 #: Memoised hits kept at most; past it (or past its byte budget) the memo starts over.
@@ -44,10 +44,6 @@ MEMO_SHARE = 16
 #: Request heads kept by their exact bytes (``FastPath.heads``), and the longest one kept.
 MAX_HEADS = 1024
 MAX_HEAD_BYTES = 4096
-
-#: What parsing a memoised head found: method, target, Host, credential fields,
-#: ``If-None-Match`` and ``Accept-Encoding`` (``FastPath.answer``'s request arguments).
-HeadValues = tuple[str, str, str, tuple[tuple[bytes, str], ...], str | None, str | None]
 
 
 class NowaitStore(Protocol):

@@ -95,7 +95,7 @@ async def test_pipelined_mixtures_and_split_heads_are_answered_in_order(
 ) -> None:
     head = get("/a")
     reader, writer = await memoised(proxy, head)
-    burst = head * 3 + get("/b") + head + get("/a", "If-None-Match: \"t\"") + head[:7]
+    burst = head * 3 + get("/b") + head + get("/a", 'If-None-Match: "t"') + head[:7]
     answers = await ask(reader, writer, burst, 6)
     assert [a.status for a in answers] == [200, 200, 200, 200, 200, 304]
     assert [json.loads(a.body)["target"] for a in answers[:5]] == ["/a"] * 3 + ["/b", "/a"]
