@@ -41,6 +41,9 @@ def get(target: str, *lines: str, method: str = "GET") -> bytes:
     return ("\r\n".join(head) + "\r\n\r\n").encode()
 
 
+HEAD_A = get("/a")
+
+
 @pytest.fixture
 async def proxy(origin: tuple[Origin, str]) -> AsyncIterator[RunningProxy]:
     async with serve_proxy(Settings(upstream=origin[1]), clock=origin[0].clock) as running:
@@ -71,6 +74,14 @@ async def memoised(running: RunningProxy, head: bytes) -> tuple[Any, Any]:
     return reader, writer
 
 
+@pytest.fixture
+async def conn(proxy: RunningProxy) -> AsyncIterator[tuple[Any, Any]]:
+    """A connection on which ``HEAD_A`` is memoised by its bytes."""
+    reader, writer = await memoised(proxy, HEAD_A)
+    yield reader, writer
+    writer.close()
+
+
 def same(a: RawResponse, b: RawResponse) -> None:
     assert (a.status, a.body) == (b.status, b.body)
     assert {k: v for k, v in a.headers.items() if k != "date"} == {
@@ -91,25 +102,24 @@ async def test_a_memoised_head_gets_the_parsed_answer(proxy: RunningProxy) -> No
 
 
 async def test_pipelined_mixtures_and_split_heads_are_answered_in_order(
-    proxy: RunningProxy, origin: tuple[Origin, str]
+    conn: tuple[Any, Any], origin: tuple[Origin, str]
 ) -> None:
-    head = get("/a")
-    reader, writer = await memoised(proxy, head)
-    burst = head * 3 + get("/b") + head + get("/a", 'If-None-Match: "t"') + head[:7]
-    answers = await ask(reader, writer, burst, 6)
+    (reader, writer), head = conn, HEAD_A
+    burst = head * 3 + get("/b") + head + get("/a", 'If-None-Match: "t"')
+    answers = await ask(reader, writer, burst, 6)  # ends with a whole head: read by bytes
     assert [a.status for a in answers] == [200, 200, 200, 200, 200, 304]
     assert [json.loads(a.body)["target"] for a in answers[:5]] == ["/a"] * 3 + ["/b", "/a"]
+    answers = await ask(reader, writer, head * 2 + head[:7], 2)  # ends mid-head: parsed
+    assert [json.loads(a.body)["target"] for a in answers] == ["/a"] * 2
     (last,) = await ask(reader, writer, head[7:])  # the rest of a split head
     assert last.status == 200 and json.loads(last.body)["target"] == "/a"
     assert origin[0].seen == ["/a", "/b"]
-    writer.close()
 
 
 async def test_connection_close_a_credential_and_head_are_decided_as_parsed(
-    proxy: RunningProxy, origin: tuple[Origin, str]
+    proxy: RunningProxy, conn: tuple[Any, Any], origin: tuple[Origin, str]
 ) -> None:
-    head = get("/a")
-    reader, writer = await memoised(proxy, head)
+    (reader, writer), head = conn, HEAD_A
     writer.write(get("/a", method="HEAD") * 2)  # the second from its bytes
     for _ in range(2):
         answer = await read_response(reader, head=True)
@@ -124,29 +134,26 @@ async def test_connection_close_a_credential_and_head_are_decided_as_parsed(
         assert answer.closed and await r.read() == b""
         w.close()
     assert closing not in fast(proxy).heads
-    writer.close()
 
 
 async def test_a_stale_or_evicted_entry_is_not_answered_from_the_head(
-    proxy: RunningProxy, origin: tuple[Origin, str]
+    proxy: RunningProxy, conn: tuple[Any, Any], origin: tuple[Origin, str]
 ) -> None:
-    head = get("/a")
-    reader, writer = await memoised(proxy, head)
+    (reader, writer), head = conn, HEAD_A
     origin[0].clock.advance(61)
     (answer,) = await ask(reader, writer, head)
     assert answer.status == 200 and origin[0].seen == ["/a", "/a"]  # stale: asked again
     proxy.runtime.cache.store.clear()  # type: ignore[attr-defined]
     (answer,) = await ask(reader, writer, head)
     assert answer.status == 200 and origin[0].seen == ["/a", "/a", "/a"]
-    writer.close()
 
 
 async def test_metrics_and_access_lines_are_the_parsed_paths(
     origin: tuple[Origin, str], caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level("INFO", logger="proxy.access")
-    access = logging.getLogger("proxy.access")
-    async with serve_proxy(Settings(upstream=origin[1]), access=access) as running:
+    caplog.set_level("INFO", "proxy.access")
+    settings = Settings(upstream=origin[1])
+    async with serve_proxy(settings, access=logging.getLogger("proxy.access")) as running:
         head = get("/log?token=secret")
         reader, writer = await memoised(running, head)
 
