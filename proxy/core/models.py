@@ -343,6 +343,14 @@ REPRESENTATION_OVERHEAD = 160
 Record = tuple[StoredResponse, ...]
 
 
+def same_record(a: Record, b: Record) -> bool:
+    """Whether two records hold the very same stored responses: the memory store hands a
+    one-variant record out as a new tuple on each read (``proxy.stores.memory``)."""
+    if a is b:
+        return True
+    return len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
+
+
 def record_size(record: Record) -> int:
     return sum(entry.size for entry in record)
 
