@@ -407,16 +407,22 @@ def cache_status(
     detail: str | None = None,
 ) -> str:
     """The RFC 9211 ``Cache-Status`` member for this cache."""
-    members = (  # the parameters in RFC 9211's order; None: not sent
-        "hit" if hit else None,
-        None if fwd is None else f"fwd={fwd}",
-        None if fwd_status is None else f"fwd-status={fwd_status}",
-        "stored" if stored else None,
-        "collapsed" if collapsed else None,
-        None if ttl is None else f"ttl={int(ttl)}",
-        None if detail is None else f'detail="{detail}"',
-    )
-    return "; ".join(["aitronos-cache-proxy", *filter(None, members)])
+    parts = ["aitronos-cache-proxy"]
+    if hit:
+        parts.append("hit")
+    if fwd is not None:
+        parts.append(f"fwd={fwd}")
+    if fwd_status is not None:
+        parts.append(f"fwd-status={fwd_status}")
+    if stored:
+        parts.append("stored")
+    if collapsed:
+        parts.append("collapsed")
+    if ttl is not None:
+        parts.append(f"ttl={int(ttl)}")
+    if detail is not None:
+        parts.append(f'detail="{detail}"')
+    return "; ".join(parts)
 
 
 # -- whole decisions ------------------------------------------------------------------------------
