@@ -256,6 +256,12 @@ class Harness:
             headers.setdefault("Authorization", f"Bearer {token}")
         return await self.client.get(path, headers=headers)
 
+    async def fill(self, path: str, body: bytes | str, **kwargs: Any) -> Any:
+        """The origin serves ``body`` at ``path`` (``Origin.put`` options) and the proxy has
+        fetched it once: returns that first response."""
+        self.origin.put(path, body, **kwargs)
+        return await self.get(path)
+
     async def wait_for(self, condition: Callable[[], bool], timeout: float = 5.0) -> None:
         """Wait until a condition on the proxy's state holds (a bounded wait on state, not time)."""
         await eventually(condition, within=timeout)
@@ -355,8 +361,11 @@ async def make_harness(
 
 
 @pytest.fixture
-async def harness(make_harness: MakeHarness) -> Harness:
-    return await make_harness()
+async def harness(make_harness: MakeHarness, request: pytest.FixtureRequest) -> Harness:
+    """A proxy before the recording origin, with the settings of the test's
+    ``@pytest.mark.settings(**settings)`` marker if it has one."""
+    marker = request.node.get_closest_marker("settings")
+    return await make_harness(**(marker.kwargs if marker else {}))
 
 
 @pytest.fixture
