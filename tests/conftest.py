@@ -23,6 +23,7 @@ from proxy.front.server import FrontServer
 from proxy.ops.config import Settings
 from proxy.runtime import Runtime
 from tests.support import podman_storage
+from tests.support.access import AccessLog
 from tests.support.origin import Handler, catch_all, serving
 from tests.support.waiting import eventually
 
@@ -375,3 +376,9 @@ async def raw() -> AsyncIterator[aiohttp.ClientSession]:
         auto_decompress=False, skip_auto_headers=("Accept-Encoding",)
     ) as session:
         yield session
+
+
+@pytest.fixture
+def access_log(caplog: pytest.LogCaptureFixture) -> AccessLog:
+    """The access log's logger (INFO captured) and the lines it writes."""
+    return AccessLog(caplog)

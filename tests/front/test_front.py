@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import logging
 import os
 import socket
 import ssl
@@ -22,6 +20,7 @@ from aiohttp import web
 
 from proxy.ops.config import Settings
 from tests.conftest import origin_fixture
+from tests.support.access import AccessLog
 from tests.support.rawkit import (
     HOST,
     RawRequest,
@@ -359,23 +358,17 @@ async def test_tls_end_to_end_with_an_https_base_url(
 
 
 async def test_the_access_log_is_batched_with_the_same_fields_and_no_secrets(
-    origin: tuple[Origin, str], caplog: pytest.LogCaptureFixture
+    origin: tuple[Origin, str], access_log: AccessLog
 ) -> None:
-    caplog.set_level("INFO", logger="proxy.access")
-    access = logging.getLogger("proxy.access")
-    async with serve_proxy(Settings(upstream=origin[1]), access=access) as running:
+    async with serve_proxy(Settings(upstream=origin[1]), access=access_log.logger) as running:
         async with aiohttp.ClientSession() as session:
             for _ in range(2):
                 url = f"{running.url}/log?token=secret"
                 headers = {"X-Api-Key": "very-secret-token"}
                 async with session.get(url, headers=headers) as response:
                     await response.read()
-
-        def lines() -> list[dict[str, Any]]:
-            return [json.loads(r.getMessage()) for r in caplog.records if r.name == "proxy.access"]
-
-        await eventually(lambda: len(lines()) == 2, what="two access lines")
-    first, second = lines()
+        await access_log.count(2)
+    first, second = access_log.lines()
     assert {k: v for k, v in first.items() if k != "duration_ms"} == {
         "method": "GET",
         "path": "/log",
@@ -384,7 +377,7 @@ async def test_the_access_log_is_batched_with_the_same_fields_and_no_secrets(
         "bytes": first["bytes"],
     }
     assert second["cache"] == "hit" and second["bytes"] == first["bytes"] > 0
-    assert "secret" not in caplog.text
+    assert "secret" not in access_log.caplog.text
 
 
 async def test_the_proxy_object_is_the_one_behind_the_front(proxy: RunningProxy) -> None:
