@@ -28,6 +28,7 @@ from tests.support.redis_support import (
     JOB,
     CountingUpstream,
     assert_fetched_again,
+    collapsed_gets,
     eventually,
     get,
     readiness,
@@ -278,27 +279,14 @@ async def test_concurrent_misses_on_a_cluster_make_one_upstream_request(
 ) -> None:
     upstream.gate = asyncio.Event()
     async with fleet(cluster.url, 2) as replicas:
-        calls = [asyncio.create_task(get(http, replica)) for replica in replicas for _ in range(3)]
-        await upstream.arrived.wait()
-        await eventually(
-            lambda: sum(r.proxy.coordinator.waiting for r in replicas) == 1,  # type: ignore[union-attr]
-            what="the other replica to wait for the one fetching",
-        )
-        # Every call must have joined its replica's flight, not merely be late (on a busy machine
-        # one may reach its replica after the fetch ended, and hit): only then is each collapsed.
-        await eventually(
-            lambda: sum(r.proxy.flights.waiting() for r in replicas) == len(calls),
-            what="every call to wait on its replica's flight",
-        )
-        upstream.gate.set()
-        answers = await asyncio.gather(*calls)
+        answers = await collapsed_gets(http, replicas, upstream)
         # Records spread over the cluster's nodes by hash slot.
         paths = [f"/v1/audio/transcribe/spread-{i}" for i in range(12)]
         for path in paths:
             await get(http, replicas[0], path)
     assert upstream.count(JOB) == 1
-    assert [status for status, _, _ in answers] == [200] * len(calls)
-    assert sum("collapsed" in cache_status for _, cache_status, _ in answers) == len(calls) - 1
+    assert [status for status, _, _ in answers] == [200] * len(answers)
+    assert sum("collapsed" in cache_status for _, cache_status, _ in answers) == len(answers) - 1
     keys = RedisKeys(redis_prefix)
     holders = set()
     for node in cluster.nodes:
