@@ -20,11 +20,10 @@ from aiohttp import web
 
 from proxy.ops.config import Settings
 from tests.conftest import origin_fixture
+from tests.support import rawkit
 from tests.support.access import AccessLog
 from tests.support.rawkit import (
     HOST,
-    RawRequest,
-    RawUpstream,
     RunningProxy,
     closed_by_peer,
     exchange,
@@ -257,7 +256,7 @@ async def test_a_streamed_upstream_body_is_released_when_the_client_stops_readin
     released = asyncio.Event()
 
     async def endless(
-        request: RawRequest, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        request: rawkit.RawRequest, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         writer.write(
             b"HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nContent-Length: %d\r\n\r\n" % 2**30
@@ -270,7 +269,7 @@ async def test_a_streamed_upstream_body_is_released_when_the_client_stops_readin
             released.set()
             writer.close()
 
-    async with RawUpstream(endless) as upstream:
+    async with rawkit.RawUpstream(endless) as upstream:
         settings = Settings(upstream=upstream.url, client_send_timeout=0.5)
         async with serve_proxy(settings) as running:
             _reader, writer = await connect(running.port, rcvbuf=4096)

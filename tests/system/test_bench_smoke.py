@@ -55,9 +55,9 @@ def fail_if_skipped(system: str, skipped: str | None) -> None:
     pytest.fail(f"{system} was skipped: {skipped}")
 
 
-def run_bench(out: Path, module: str, *args: str) -> None:
-    """``python -m module --scale tiny *args --out out``, which must succeed."""
-    command = [sys.executable, "-m", module, "--scale", "tiny", *args, "--out", str(out)]
+def run_bench(out: Path, *args: str) -> None:
+    """``python -m *args --out out``, which must succeed."""
+    command = [sys.executable, "-m", *args, "--out", str(out)]
     completed = subprocess.run(
         command, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False
     )
@@ -73,7 +73,7 @@ def report(directory: Path) -> tuple[dict[str, Any], str]:
 @pytest.fixture(scope="module")
 def out(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("bench")
-    run_bench(directory, "bench", "--mode", "all", "--no-install")
+    run_bench(directory, "bench", "--mode", "all", "--scale", "tiny", "--no-install")
     return directory
 
 
@@ -167,7 +167,7 @@ def test_coding_mode_runs_behind_the_compressing_origin(tmp_path: Path) -> None:
     """``--mode coding`` end to end for the proxy alone: the mixed fleet, the unchanged poll
     (one full download) and the 20 KB transcript (gzip at most a third of identity)."""
     only = ("--only", "aitronos-cache-proxy")
-    run_bench(tmp_path, "bench", "--mode", "coding", "--no-install", *only)
+    run_bench(tmp_path, "bench", "--mode", "coding", "--scale", "tiny", "--no-install", *only)
     results, text = report(tmp_path / "coding")
     assert "python -m bench --mode coding --scale tiny" in text
     (poll,) = results["polls"]
@@ -180,7 +180,7 @@ def test_coding_mode_runs_behind_the_compressing_origin(tmp_path: Path) -> None:
 
 
 def test_long_poll_bench_runs_both_fleets_and_judges_the_goals(tmp_path: Path) -> None:
-    run_bench(tmp_path, "bench.longpoll")
+    run_bench(tmp_path, "bench.longpoll", "--scale", "tiny")
     results, text = report(tmp_path)
     polling, held = results["runs"]
     assert polling["pollers_done"] == polling["pollers"] == held["pollers_done"]
@@ -191,7 +191,7 @@ def test_long_poll_bench_runs_both_fleets_and_judges_the_goals(tmp_path: Path) -
 
 
 def test_revalidate_bench_counts_the_upstream_requests_of_both_fleets(tmp_path: Path) -> None:
-    run_bench(tmp_path, "bench.revalidate")
+    run_bench(tmp_path, "bench.revalidate", "--scale", "tiny")
     results, text = report(tmp_path)
     plain, forced = results["runs"]
     assert plain["pollers_done"] == plain["pollers"] == forced["pollers_done"]
