@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench import coding, fleet, hit, memory, profile, report
+from bench.common import Bench
 from bench.processes import REPO_ROOT, Pinning, Unavailable
 
 MODES = ("hit", "fleet", "memory", "profile")
@@ -64,26 +65,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.mode == "coding":
         return run_coding(args, command, out)
     modes = MODES if args.mode == "all" else (args.mode,)
-    pinning = Pinning.choose(not args.no_pin)
-    install = not args.no_install
-    only = frozenset(args.only)
-    workdir = Path(tempfile.mkdtemp(prefix="aitronos-bench-"))
+    bench = _bench(args)
+    workdir, pinning, install, log = bench.workdir, bench.pinning, bench.install, bench.log
     started = datetime.now(UTC)
     load_before = report.load_average()
-
-    def log(message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
-
     log(f"bench: {', '.join(modes)} at scale {args.scale}; {pinning.describe()}; work in {workdir}")
     hits = fleets = points = None
     profiles: list[profile.Profile] | str | None = None
     try:
         if "hit" in modes:
-            hits = hit.measure(workdir, args.scale, pinning, install=install, log=log, only=only)
+            hits = hit.measure(bench)
         if "fleet" in modes:
-            fleets = fleet.measure(
-                workdir, args.scale, pinning, install=install, log=log, only=only
-            )
+            fleets = fleet.measure(bench)
         if "memory" in modes:
             points = memory.measure(workdir, args.scale, pinning, log=log)
         if "profile" in modes:
@@ -119,26 +112,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_coding(args: argparse.Namespace, command: str, out: Path) -> int:
     """``--mode coding``: its own report, in ``coding/`` under the results directory."""
-    pinning = Pinning.choose(not args.no_pin)
-    workdir = Path(tempfile.mkdtemp(prefix="aitronos-bench-"))
+    bench = _bench(args)
     started = datetime.now(UTC)
     load_before = report.load_average()
-
-    def log(message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
-
     try:
-        results = coding.measure(
-            workdir,
-            args.scale,
-            pinning,
-            install=not args.no_install,
-            log=log,
-            only=frozenset(args.only),
-        )
+        results = coding.measure(bench)
     finally:
         if not args.keep_workdir:
-            shutil.rmtree(workdir, ignore_errors=True)
+            shutil.rmtree(bench.workdir, ignore_errors=True)
     header = [
         "# Content coding behind a compressing origin",
         "",
@@ -152,7 +133,7 @@ def run_coding(args: argparse.Namespace, command: str, out: Path) -> int:
         "| | |",
         "|---|---|",
         *(f"| {key} | {value} |" for key, value in report.machine().items()),
-        f"| CPU pinning | {pinning.describe()} |",
+        f"| CPU pinning | {bench.pinning.describe()} |",
         f"| load average (1, 5, 15 min) | {load_before} before, {report.load_average()} after |",
         "",
         *args.note,
@@ -161,8 +142,19 @@ def run_coding(args: argparse.Namespace, command: str, out: Path) -> int:
     ]
     written = coding.write(out / "coding", results, header)
     print(written.read_text())
-    log(f"bench: wrote {written}")
+    bench.log(f"bench: wrote {written}")
     return 0
+
+
+def _bench(args: argparse.Namespace) -> Bench:
+    """The run's context from the command line, in a fresh working directory."""
+    return Bench(
+        workdir=Path(tempfile.mkdtemp(prefix="aitronos-bench-")),
+        scale=args.scale,
+        pinning=Pinning.choose(not args.no_pin),
+        install=not args.no_install,
+        only=frozenset(args.only),
+    )
 
 
 if __name__ == "__main__":

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bench import client, fleet, hit, processes
+from bench.common import Bench
 from bench.processes import Pinning, Service, Unavailable
 
 ORIGIN_OPTIONS = ("--compress", "gzip", "--narrow-304-vary", "true", "--cors", "true")
@@ -166,24 +166,16 @@ def sizes_and_hits(
     return run
 
 
-def measure(
-    workdir: Path,
-    scale_name: str,
-    pinning: Pinning,
-    *,
-    install: bool,
-    log: Callable[[str], None],
-    only: frozenset[str] = frozenset(),
-) -> CodingResults:
-    scale = SCALES[scale_name]
+def measure(bench: Bench) -> CodingResults:
+    scale, workdir, pinning, install = (
+        SCALES[bench.scale],
+        bench.workdir,
+        bench.pinning,
+        bench.install,
+    )
     results = CodingResults()
     results.fleet = fleet.measure(
-        workdir,
-        scale_name,
-        pinning,
-        install=install,
-        log=log,
-        only=only,
+        bench,
         origin_options=ORIGIN_OPTIONS,
         systems=SYSTEMS,
         nginx_gzip=True,
@@ -202,12 +194,12 @@ def measure(
     )  # fmt: skip
     try:
         for system in SYSTEMS:
-            if only and system not in only:
+            if not bench.wants(system):
                 continue
             try:
                 service = _start(system, workdir, simulator, pinning, install)
             except Unavailable as error:
-                log(f"coding: {system} skipped: {error}")
+                bench.log(f"coding: {system} skipped: {error}")
                 results.polls.append(PollRun(system, skipped=str(error)))
                 results.sizes.append(BytesRun(system, skipped=str(error)))
                 continue
@@ -215,7 +207,7 @@ def measure(
                 base = service.url if service is not None else simulator.url
                 poll = poll_unchanged(base, simulator, scale, system)
                 results.polls.append(poll)
-                log(
+                bench.log(
                     f"coding: {system} polled {poll.client_requests} times in "
                     f"{poll.seconds:.0f}s: upstream {poll.upstream_200} x 200, "
                     f"{poll.upstream_304} x 304"
@@ -227,7 +219,7 @@ def measure(
                         sized = BytesRun(system, skipped=str(error))
                     sized.system = system
                     results.sizes.append(sized)
-                    log(
+                    bench.log(
                         f"coding: {system} bytes identity {sized.identity_bytes}, gzip "
                         f"{sized.gzip_bytes} ({sized.ratio:.2f}); CPU per hit identity "
                         f"{sized.identity_cpu_us:.1f} us, gzip {sized.gzip_cpu_us:.1f} us"

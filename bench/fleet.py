@@ -18,13 +18,13 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from bench import client, processes
-from bench.processes import Pinning, Service, Unavailable
+from bench import client, common, processes
+from bench.common import Bench
+from bench.processes import Service, Unavailable
 from proxy.tools.fleet import (
     assign_pollers,
     final_at,
@@ -37,22 +37,17 @@ from proxy.tools.simulator import API_PREFIX
 
 
 @dataclass(frozen=True)
-class FleetScale:
+class FleetScale(common.Staggered):
     sizes: tuple[int, ...]
-    transcriptions: int
     tokens: int
     interval: float
-    queued: float
-    processing: float
-    stagger: float
-    pending_max_age: int
 
 
 SCALES = {
     "tiny": FleetScale(sizes=(2, 6), transcriptions=2, tokens=2, interval=0.15,
-                       queued=0.0, processing=0.5, stagger=0.2, pending_max_age=1),
+                       queued=0.0, processing=0.5, stagger=0.2, max_age=1),
     "full": FleetScale(sizes=(10, 100, 1000), transcriptions=10, tokens=5, interval=1.0,
-                       queued=1.0, processing=12.0, stagger=4.0, pending_max_age=5),
+                       queued=1.0, processing=12.0, stagger=4.0, max_age=5),
 }  # fmt: skip
 
 SYSTEMS = (
@@ -131,8 +126,7 @@ async def run_one(
         created = await seed_simulator(session, simulator_url, tokens, ids)
         client.reset_stats(simulator_url)
         started_wall = time.time()
-        horizon = scale.queued + scale.processing + scale.stagger
-        duration = horizon + scale.pending_max_age + 3 * scale.interval + 2.0
+        duration = scale.poll_seconds(scale.interval)
         assignments = assign_pollers(created, pollers)
         fleet = await spread_fleet(
             base_urls,
@@ -165,7 +159,7 @@ async def run_one(
         lag = percentile(fleet.completion_lags, 50)
         run.completion_lag_p50_s = lag
         ratios = []
-        floors = id_floors(simulator_url, created, started_wall, scale.pending_max_age)
+        floors = id_floors(simulator_url, created, started_wall, scale.max_age)
         for transcription_id, windows in floors.items():
             got = during["transcription_gets"].get(transcription_id, 0)
             run.floor += windows
@@ -178,33 +172,20 @@ async def run_one(
 
 
 def measure(
-    workdir: Path,
-    scale_name: str,
-    pinning: Pinning,
+    bench: Bench,
     *,
-    install: bool,
-    log: Callable[[str], None],
-    only: frozenset[str] = frozenset(),
     origin_options: Sequence[str] = (),
     systems: Sequence[str] = SYSTEMS,
     nginx_gzip: bool = False,
 ) -> list[FleetRun]:
     """Every system in turn against one simulator (``origin_options`` added to its flags)."""
-    scale = SCALES[scale_name]
-    simulator = processes.start_simulator(
-        workdir,
-        [
-            *processes.staggered_jobs(
-                queued=scale.queued,
-                processing=scale.processing,
-                max_age=scale.pending_max_age,
-                stagger=scale.stagger,
-                transcriptions=scale.transcriptions,
-            ),
-            *origin_options,
-        ],
-        pinning,
+    scale, workdir, pinning, install = (
+        SCALES[bench.scale],
+        bench.workdir,
+        bench.pinning,
+        bench.install,
     )
+    simulator = common.start_staggered(workdir, scale, pinning, origin_options)
     port = simulator.port
 
     def replicas(shared: bool) -> list[Service]:
@@ -261,12 +242,12 @@ def measure(
     runs: list[FleetRun] = []
     try:
         for system in systems:
-            if only and system not in only:
+            if not bench.wants(system):
                 continue
             try:
                 services = starters[system]()
             except Unavailable as error:
-                log(f"fleet: {system} skipped: {error}")
+                bench.log(f"fleet: {system} skipped: {error}")
                 runs += [FleetRun(system, size, 0, skipped=str(error)) for size in scale.sizes]
                 continue
             try:
@@ -275,7 +256,7 @@ def measure(
                 for size in scale.sizes:
                     run = asyncio.run(run_one(system, base_urls, simulator.url, scale, size))
                     runs.append(run)
-                    log(
+                    bench.log(
                         f"fleet: {system} x{size}: {run.client_requests} client requests, "
                         f"{run.upstream_requests} upstream ({run.per_window:.2f} per ID per "
                         f"window, floor {run.floor}), {run.upstream_after_final} after final"

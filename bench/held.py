@@ -25,7 +25,6 @@ import json
 import os
 import resource
 import select
-import shlex
 import signal
 import socket
 import subprocess
@@ -33,12 +32,12 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import client, processes, report
-from bench.processes import REPO_ROOT, Pinning, Service
+from bench import client, common, processes, standalone
+from bench.processes import Pinning, Service
+from bench.standalone import Standalone
 
 PATH = "/v1/audio/transcribe/held"
 TOKEN = "held-bench-token"
@@ -331,13 +330,9 @@ def _measure(
 
 
 def markdown(results: list[Result], meta: dict[str, Any]) -> str:
+    title = "Held long polls on one proxy, and one change waking them"
     lines = [
-        "# Held long polls on one proxy, and one change waking them",
-        "",
-        f"Command: `{meta['command']}`  ",
-        f"Started {meta['started']}; load average before {meta['load_before']}, "
-        f"after {meta['load_after']}; {meta['pinning']}; event loop {meta['loop']}.",
-        "",
+        *common.heading(title, meta, then=f"; event loop {meta['loop']}"),
         "| held requests | RSS per held request (connection included) | first to last answer "
         "| answers: p50 / p99 after the first | change to last answer | proxy CPU for the wake "
         "| correct 200s | opened in |",
@@ -354,19 +349,16 @@ def markdown(results: list[Result], meta: dict[str, Any]) -> str:
     lines += ["", "The proxy's last log lines (its descriptor limit at start):", ""]
     for r in results:
         lines += ["```", r.proxy_log, "```"]
-    lines += ["", "Machine:", ""]
-    lines += [f"- {key}: {value}" for key, value in meta["machine"].items()]
+    lines += common.machine_lines(meta)
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.held", description=__doc__)
+    parser = standalone.parser("held", __doc__)
     parser.add_argument("--clients", type=int, action="append", help="repeatable (10000)")
     parser.add_argument("--sources", type=int, default=0, help="source addresses (auto)")
     parser.add_argument("--max-wait", type=int, default=120)
     parser.add_argument("--event-loop", default="auto", choices=("auto", "uvloop", "asyncio"))
-    parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--no-pin", action="store_true")
     parser.add_argument(
         "--soft-limit", type=int, default=1024, help="the proxy's soft RLIMIT_NOFILE at start"
     )
@@ -376,16 +368,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.origin is not None:
         serve_origin(args.origin)
         return 0
-    arguments = sys.argv[1:] if argv is None else argv
-    pinning = Pinning.choose(not args.no_pin)
-    meta: dict[str, Any] = {
-        "command": shlex.join(["python", "-m", "bench.held", *arguments]),
-        "started": datetime.now(UTC).isoformat(timespec="seconds"),
-        "load_before": report.load_average(),
-        "pinning": pinning.describe(),
-        "loop": args.event_loop,
-        "machine": report.machine(),
-    }
+    bench = Standalone.start("held", args, argv, loop=args.event_loop)
+    pinning = bench.pinning
     results = []
     for clients in args.clients or [10_000]:
         sources = args.sources or max(1, -(-clients // 20_000))
@@ -401,18 +385,8 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         results.append(result)
-    meta["load_after"] = report.load_average()
-    out = args.out or REPO_ROOT / "bench" / "results" / "held"
-    out.mkdir(parents=True, exist_ok=True)
-    payload = {
-        **meta,
-        "results": [asdict(r) | {"per_held": r.per_held} for r in results],
-    }
-    (out / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
-    text = markdown(results, meta)
-    (out / "results.md").write_text(text)
-    print(text)
-    return 0
+    payload = {"results": [asdict(r) | {"per_held": r.per_held} for r in results]}
+    return bench.finish(payload, lambda meta: markdown(results, meta))
 
 
 if __name__ == "__main__":

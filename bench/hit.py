@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import client, processes
+from bench.common import Bench
 from bench.processes import Pinning, Service, Unavailable
 
 TOKEN = "bench-hit-token"
@@ -202,17 +203,15 @@ def missing_loop(loop: str) -> str | None:
     return None
 
 
-def measure(
-    workdir: Path,
-    scale_name: str,
-    pinning: Pinning,
-    *,
-    install: bool,
-    log: Callable[[str], None],
-    only: frozenset[str] = frozenset(),
-) -> list[HitResult]:
-    """wrk against every system in turn, ``rounds`` times; ``only`` limits it to named systems."""
-    scale = SCALES[scale_name]
+def measure(bench: Bench) -> list[HitResult]:
+    """wrk against every system in turn, ``rounds`` times; ``bench.only`` limits it to named
+    systems."""
+    scale, workdir, pinning, install = (
+        SCALES[bench.scale],
+        bench.workdir,
+        bench.pinning,
+        bench.install,
+    )
     try:
         wrk = processes.ensure_binary("wrk", install=install)
     except Unavailable as error:
@@ -252,45 +251,46 @@ def measure(
 
             return start
 
+        def proxied(
+            label: str, name: str, loop: str, access_log: bool, note: str, workers: int = 1
+        ) -> System:
+            """The proxy as a system, measured against the bare handler on the same loop."""
+            ceiling = "bare aiohttp (uvloop)" if loop == "uvloop" else "bare aiohttp"
+            start = proxy(name, loop, access_log, workers)
+            return System(label, start, ceiling=ceiling, note=note, loop=loop)
+
         replay = "replays the proxy's hit response"
         systems = [
-            System(
-                PROXY,
-                proxy(PROXY, "asyncio", False),
-                ceiling="bare aiohttp",
-                note="asyncio loop, access log off",
-            ),
+            proxied(PROXY, PROXY, "asyncio", False, "asyncio loop, access log off"),
             System("bare aiohttp", bare("asyncio"), note=f"asyncio loop; {replay}"),
-            System(
-                f"{PROXY} (uvloop)",
-                proxy(f"{PROXY}-uvloop", "uvloop", False),
-                ceiling="bare aiohttp (uvloop)",
-                note="uvloop, access log off",
-                loop="uvloop",
+            proxied(
+                f"{PROXY} (uvloop)", f"{PROXY}-uvloop", "uvloop", False, "uvloop, access log off"
             ),
             System(
                 "bare aiohttp (uvloop)", bare("uvloop"), note=f"uvloop; {replay}", loop="uvloop"
             ),
-            System(
+            proxied(
                 f"{PROXY} (access log on)",
-                proxy(f"{PROXY}-logging", "uvloop", True),
-                ceiling="bare aiohttp (uvloop)",
-                note="default settings: uvloop, JSON access log to a file",
-                loop="uvloop",
+                f"{PROXY}-logging",
+                "uvloop",
+                True,
+                "default settings: uvloop, JSON access log to a file",
             ),
-            System(
+            proxied(
                 f"{PROXY} (asyncio, access log on)",
-                proxy(f"{PROXY}-asyncio-logging", "asyncio", True),
-                ceiling="bare aiohttp",
-                note="asyncio loop, JSON access log to a file",
+                f"{PROXY}-asyncio-logging",
+                "asyncio",
+                True,
+                "asyncio loop, JSON access log to a file",
             ),
-            System(
+            proxied(
                 f"{PROXY} (2 workers, uvloop)",
-                proxy(f"{PROXY}-workers", "uvloop", False, workers=2),
-                ceiling="bare aiohttp (uvloop)",
-                note="--workers 2 (private redis-server), uvloop, access log off; CPU of all "
+                f"{PROXY}-workers",
+                "uvloop",
+                False,
+                "--workers 2 (private redis-server), uvloop, access log off; CPU of all "
                 "processes, pinned to the same CPU as the others",
-                loop="uvloop",
+                workers=2,
             ),
             System(
                 "floor: httptools Protocol (uvloop)",
@@ -321,8 +321,7 @@ def measure(
                 note="malloc storage, grace 1h, keep 1h",
             ),
         ]
-        if only:
-            systems = [system for system in systems if system.name in only]
+        systems = [system for system in systems if bench.wants(system.name)]
         results = {
             system.name: HitResult(system.name, system.ceiling, system.note, [])
             for system in systems
@@ -333,13 +332,13 @@ def measure(
                 reason = missing_loop(system.loop)
                 if reason is not None:
                     results[system.name].skipped = reason
-                    log(f"hit: {system.name} skipped: {reason}")
+                    bench.log(f"hit: {system.name} skipped: {reason}")
                     continue
                 try:
                     service = system.start()
                 except Unavailable as error:
                     results[system.name].skipped = str(error)
-                    log(f"hit: {system.name} skipped: {error}")
+                    bench.log(f"hit: {system.name} skipped: {error}")
                     continue
                 services[system.name] = service
                 try:
@@ -368,7 +367,7 @@ def measure(
                         del services[system.name]
                         continue
                     results[system.name].runs.append(run)
-                    log(
+                    bench.log(
                         f"hit: round {round_number + 1}/{scale.rounds} {system.name}: "
                         f"{run.rps:,.0f} req/s, p50 {run.p50_ms:.2f} ms, p99 {run.p99_ms:.2f} ms, "
                         f"{run.cpu_us_per_request:.1f} CPU us/request"

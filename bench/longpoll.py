@@ -10,26 +10,22 @@ ID per ``max-age`` window (1.0 is the floor, as in ``bench.fleet``) and the prox
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
-import shlex
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from bench import client, processes, report
+from bench import client, common, processes, standalone
+from bench.common import PollerRun
 from bench.fleet import id_floors
-from bench.processes import REPO_ROOT, Pinning, Service
+from bench.processes import Pinning, Service
+from bench.standalone import Standalone
 from proxy.tools.fleet import (
     LONG_POLL_WAIT,
     assign_pollers,
@@ -43,32 +39,22 @@ WAIT = LONG_POLL_WAIT
 
 
 @dataclass(frozen=True)
-class Scale:
+class Scale(common.Staggered):
     pollers: int
-    transcriptions: int
     tokens: int
     interval: float
-    queued: float
-    processing: float
-    stagger: float
-    max_age: int
 
 
 SCALES = {
-    "tiny": Scale(20, 4, 2, 0.2, 0.0, 1.0, 0.5, 1),
-    "full": Scale(1000, 50, 10, 0.5, 1.0, 12.0, 4.0, 5),
-}
+    "tiny": Scale(pollers=20, transcriptions=4, tokens=2, interval=0.2,
+                  queued=0.0, processing=1.0, stagger=0.5, max_age=1),
+    "full": Scale(pollers=1000, transcriptions=50, tokens=10, interval=0.5,
+                  queued=1.0, processing=12.0, stagger=4.0, max_age=5),
+}  # fmt: skip
 
 
 @dataclass
-class Run:
-    fleet: str
-    pollers: int
-    transcriptions: int
-    client_requests: int = 0
-    client_errors: int = 0
-    pollers_done: int = 0
-    upstream_requests: int = 0
+class Run(PollerRun):
     floor: int = 0
     completion_lag_p50_s: float | None = None
     completion_lag_p99_s: float | None = None
@@ -115,8 +101,7 @@ async def run_one(
         created = await seed_simulator(session, simulator_url, tokens, scale.transcriptions)
         client.reset_stats(simulator_url)
         started_wall = time.time()
-        horizon = scale.queued + scale.processing + scale.stagger
-        duration = horizon + scale.max_age + 3 * scale.interval + 2.0
+        duration = scale.poll_seconds(scale.interval)
         cpu_before = processes.cpu_seconds(proxy.pid)
         rss_before = processes.rss_bytes(proxy.pid)
         peak, stop = [0.0, float(rss_before)], asyncio.Event()
@@ -150,17 +135,7 @@ async def run_one(
 
 
 def measure(workdir: Path, scale: Scale, pinning: Pinning, log: Callable[[str], None]) -> list[Run]:
-    simulator = processes.start_simulator(
-        workdir,
-        processes.staggered_jobs(
-            queued=scale.queued,
-            processing=scale.processing,
-            max_age=scale.max_age,
-            stagger=scale.stagger,
-            transcriptions=scale.transcriptions,
-        ),
-        pinning,
-    )
+    simulator = common.start_staggered(workdir, scale, pinning)
     runs = []
     try:
         proxy = processes.start_proxy(
@@ -218,16 +193,7 @@ def targets(runs: list[Run]) -> list[tuple[str, str, bool]]:
 
 
 def markdown(runs: list[Run], meta: dict[str, Any]) -> str:
-    lines = [
-        "# Long polling against polling, same run",
-        "",
-        f"Command: `{meta['command']}`  ",
-        f"Started {meta['started']}; load average before {meta['load_before']}, "
-        f"after {meta['load_after']}; {meta['pinning']}.",
-        "",
-        "| | " + " | ".join(run.fleet for run in runs) + " |",
-        "|---|" + "---:|" * len(runs),
-    ]
+    lines = common.heading("Long polling against polling, same run", meta)
     rows: list[tuple[str, Callable[[Run], str]]] = [
         ("pollers / transcriptions", lambda r: f"{r.pollers} / {r.transcriptions}"),
         ("client requests", lambda r: f"{r.client_requests:,}"),
@@ -245,47 +211,23 @@ def markdown(runs: list[Run], meta: dict[str, Any]) -> str:
             lambda r: f"{r.bytes_per_held / 1024:.1f} KiB" if r.waiting_peak else "—",
         ),
     ]
-    for name, cell in rows:
-        lines.append(f"| {name} | " + " | ".join(cell(run) for run in runs) + " |")
+    lines += common.table(runs, rows)
     lines += ["", "| goal | measured | |", "|---|---:|---|"]
     for goal, value, ok in targets(runs):
         lines.append(f"| {goal} | {value} | {'met' if ok else '**not met**'} |")
-    lines += ["", "Machine:", ""]
-    lines += [f"- {key}: {value}" for key, value in meta["machine"].items()]
+    lines += common.machine_lines(meta)
     return "\n".join(lines) + "\n"
 
 
-def _s(value: float | None) -> str:
-    return "—" if value is None else f"{value:.2f} s"
+_s = common.seconds
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.longpoll", description=__doc__)
-    parser.add_argument("--scale", choices=tuple(SCALES), default="full")
-    parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--no-pin", action="store_true")
-    args = parser.parse_args(argv)
-    arguments = sys.argv[1:] if argv is None else argv
-    out = args.out or REPO_ROOT / "bench" / "results" / (
-        "longpoll" if args.scale == "full" else "tmp/longpoll"
-    )
-    pinning = Pinning.choose(not args.no_pin)
-    workdir = Path(tempfile.mkdtemp(prefix="aitronos-longpoll-"))
-    meta: dict[str, Any] = {
-        "command": shlex.join(["python", "-m", "bench.longpoll", *arguments]),
-        "started": datetime.now(UTC).isoformat(timespec="seconds"),
-        "load_before": report.load_average(),
-        "pinning": pinning.describe(),
-        "machine": report.machine(),
-    }
-    try:
-        runs = measure(workdir, SCALES[args.scale], pinning, lambda m: print(m, file=sys.stderr))
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    meta["load_after"] = report.load_average()
-    out.mkdir(parents=True, exist_ok=True)
+    args = standalone.parser("longpoll", __doc__, scales=SCALES).parse_args(argv)
+    bench = Standalone.start("longpoll", args, argv)
+    with bench.workdir() as workdir:
+        runs = measure(workdir, SCALES[args.scale], bench.pinning, common.log_to_stderr)
     payload = {
-        **meta,
         "runs": [
             asdict(run)
             | {
@@ -297,11 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         ],
         "targets": [{"goal": g, "measured": v, "met": ok} for g, v, ok in targets(runs)],
     }
-    (out / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
-    text = markdown(runs, meta)
-    (out / "results.md").write_text(text)
-    print(text)
-    return 0
+    return bench.finish(payload, lambda meta: markdown(runs, meta))
 
 
 if __name__ == "__main__":

@@ -15,24 +15,20 @@ for the behaviour before the window); ``--label`` names the run in the report.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
-import shlex
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from bench import client, processes, report
+from bench import client, common, processes, standalone
+from bench.common import PollerRun
 from bench.processes import REPO_ROOT, Pinning, Service
+from bench.standalone import Standalone
 from proxy.tools.fleet import assign_pollers, final_at, percentile
 from proxy.tools.simulator import API_PREFIX
 
@@ -41,30 +37,20 @@ WAIT = 25
 
 
 @dataclass(frozen=True)
-class Scale:
+class Scale(common.Staggered):
     pollers: int
-    transcriptions: int
-    queued: float
-    processing: float
-    stagger: float
-    max_age: int
 
 
 SCALES = {
-    "tiny": Scale(10, 2, 0.0, 1.0, 0.5, 1),
-    "full": Scale(100, 5, 1.0, 6.0, 4.0, 5),
-}
+    "tiny": Scale(pollers=10, transcriptions=2,
+                  queued=0.0, processing=1.0, stagger=0.5, max_age=1),
+    "full": Scale(pollers=100, transcriptions=5,
+                  queued=1.0, processing=6.0, stagger=4.0, max_age=5),
+}  # fmt: skip
 
 
 @dataclass
-class Run:
-    fleet: str
-    pollers: int
-    transcriptions: int
-    client_requests: int = 0
-    client_errors: int = 0
-    pollers_done: int = 0
-    upstream_requests: int = 0
+class Run(PollerRun):
     upstream_per_id: dict[str, int] = field(default_factory=dict)
     statuses: dict[str, int] = field(default_factory=dict)
     completion_lag_p50_s: float | None = None
@@ -166,20 +152,7 @@ async def run_one(name: str, proxy: Service, simulator_url: str, scale: Scale, f
 
 
 def measure(workdir: Path, scale: Scale, options: list[str], pinning: Pinning) -> list[Run]:
-    simulator = processes.start_simulator(
-        workdir,
-        [
-            "--queued-seconds", str(scale.queued),
-            "--processing-seconds", str(scale.processing),
-            "--pending-max-age", str(scale.max_age),
-            "--start-offsets", ",".join(
-                f"{scale.stagger * i / scale.transcriptions:.3f}"
-                for i in range(scale.transcriptions)
-            ),
-            "--seed", "7",
-        ],
-        pinning,
-    )  # fmt: skip
+    simulator = common.start_staggered(workdir, scale, pinning)
     runs = []
     try:
         proxy = processes.start_proxy(
@@ -205,16 +178,7 @@ def measure(workdir: Path, scale: Scale, options: list[str], pinning: Pinning) -
 
 
 def markdown(runs: list[Run], meta: dict[str, Any]) -> str:
-    lines = [
-        f"# Forced revalidations: {meta['label']}",
-        "",
-        f"Command: `{meta['command']}`  ",
-        f"Proxy: `{meta['revision']}`; started {meta['started']}; load average before "
-        f"{meta['load_before']}, after {meta['load_after']}; {meta['pinning']}.",
-        "",
-        "| | " + " | ".join(run.fleet for run in runs) + " |",
-        "|---|" + "---:|" * len(runs),
-    ]
+    lines = common.heading(f"Forced revalidations: {meta['label']}", meta, proxy=meta["revision"])
     rows: list[tuple[str, Callable[[Run], str]]] = [
         ("pollers / transcriptions", lambda r: f"{r.pollers} / {r.transcriptions}"),
         ("client requests", lambda r: f"{r.client_requests:,}"),
@@ -229,24 +193,19 @@ def markdown(runs: list[Run], meta: dict[str, Any]) -> str:
         ("upstream requests per ID", lambda r: " ".join(map(str, r.upstream_per_id.values()))),
         ("seconds", lambda r: f"{r.seconds:.1f}"),
     ]
-    for name, cell in rows:
-        lines.append(f"| {name} | " + " | ".join(cell(run) for run in runs) + " |")
+    lines += common.table(runs, rows)
     forced = runs[-1]
     goal = forced.upstream_requests <= 20
     lines += [
         "",
         f"Goal (issue 19): the `max-age=0` fleet makes at most 20 upstream requests: "
         f"{forced.upstream_requests}, {'met' if goal else '**not met**'}.",
-        "",
-        "Machine:",
-        "",
     ]
-    lines += [f"- {key}: {value}" for key, value in meta["machine"].items()]
+    lines += common.machine_lines(meta)
     return "\n".join(lines) + "\n"
 
 
-def _s(value: float | None) -> str:
-    return "—" if value is None else f"{value:.2f} s"
+_s = common.seconds
 
 
 def _revision() -> str:
@@ -265,40 +224,15 @@ def _revision() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.revalidate", description=__doc__)
-    parser.add_argument("--scale", choices=tuple(SCALES), default="full")
-    parser.add_argument("--out", type=Path, default=None)
+    parser = standalone.parser("revalidate", __doc__, scales=SCALES)
     parser.add_argument("--label", default="the proxy's defaults")
     parser.add_argument("--proxy-option", action="append", default=[])
-    parser.add_argument("--no-pin", action="store_true")
     args = parser.parse_args(argv)
-    arguments = sys.argv[1:] if argv is None else argv
-    out = args.out or REPO_ROOT / "bench" / "results" / (
-        "revalidate" if args.scale == "full" else "tmp/revalidate"
-    )
-    pinning = Pinning.choose(not args.no_pin)
-    workdir = Path(tempfile.mkdtemp(prefix="aitronos-revalidate-"))
-    meta: dict[str, Any] = {
-        "command": shlex.join(["python", "-m", "bench.revalidate", *arguments]),
-        "label": args.label,
-        "revision": _revision(),
-        "started": datetime.now(UTC).isoformat(timespec="seconds"),
-        "load_before": report.load_average(),
-        "pinning": pinning.describe(),
-        "machine": report.machine(),
-    }
-    try:
-        runs = measure(workdir, SCALES[args.scale], list(args.proxy_option), pinning)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    meta["load_after"] = report.load_average()
-    out.mkdir(parents=True, exist_ok=True)
-    payload = {**meta, "runs": [asdict(run) for run in runs]}
-    (out / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
-    text = markdown(runs, meta)
-    (out / "results.md").write_text(text)
-    print(text)
-    return 0
+    bench = Standalone.start("revalidate", args, argv, label=args.label, revision=_revision())
+    with bench.workdir() as workdir:
+        runs = measure(workdir, SCALES[args.scale], list(args.proxy_option), bench.pinning)
+    payload = {"runs": [asdict(run) for run in runs]}
+    return bench.finish(payload, lambda meta: markdown(runs, meta))
 
 
 if __name__ == "__main__":

@@ -69,6 +69,13 @@ class Tally:
         if len(self.wrong) < 50:
             self.wrong.append(description)
 
+    def judge(self, right: bool, category: str, description: str) -> None:
+        """Count a right answer in ``category``, or a wrong one as ``description``."""
+        if right:
+            self.ok(category)
+        else:
+            self.bad(description)
+
 
 @dataclass
 class Owned:
@@ -77,31 +84,27 @@ class Owned:
     etags: dict[str, str] = field(default_factory=dict)
 
 
-def envelope_error(body: bytes) -> str | None:
-    """The error code of an API error envelope, or ``None`` when the body is not one."""
+def _envelope_field(body: bytes, success: bool, part: str, key: str) -> str | None:
+    """``body[part][key]`` when ``body`` is an API envelope with that ``success`` and the field a
+    string; ``None`` otherwise."""
     try:
         payload = json.loads(body)
     except ValueError:
         return None
-    if isinstance(payload, dict) and payload.get("success") is False:
-        error = payload.get("error")
-        code = error.get("code") if isinstance(error, dict) else None
-        if isinstance(code, str):
-            return code
-    return None
+    if not isinstance(payload, dict) or payload.get("success") is not success:
+        return None
+    inner = payload.get(part)
+    value = inner.get(key) if isinstance(inner, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def envelope_error(body: bytes) -> str | None:
+    """The error code of an API error envelope, or ``None`` when the body is not one."""
+    return _envelope_field(body, False, "error", "code")
 
 
 def data_id(body: bytes) -> str | None:
-    try:
-        payload = json.loads(body)
-    except ValueError:
-        return None
-    if isinstance(payload, dict) and payload.get("success") is True:
-        data = payload.get("data")
-        if isinstance(data, dict):
-            value = data.get("transcription_id")
-            return value if isinstance(value, str) else None
-    return None
+    return _envelope_field(body, True, "data", "transcription_id")
 
 
 class Traffic:
@@ -164,25 +167,41 @@ class Traffic:
     def _url(self, transcription_id: str, suffix: str = "") -> str:
         return f"{self.proxy_url}/v1/audio/transcribe/{transcription_id}{suffix}"
 
+    async def _fetch(
+        self, session: aiohttp.ClientSession, method: str, url: str, token: str | None, **kw: Any
+    ) -> tuple[int, Any, bytes]:
+        """One request (with ``token`` as its bearer, if any): status, headers, body."""
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        headers.update(kw.pop("headers", {}))
+        async with session.request(method, url, headers=headers, **kw) as response:
+            return response.status, response.headers, await response.read()
+
+    def _judge(self, kind: str, status: int, body: bytes, ok: str | None, bad: str) -> None:
+        """``ok`` names a right answer; else a deliberate upstream error envelope passes as
+        ``KIND upstream error`` and anything else is ``bad``."""
+        if ok is not None:
+            self.tally.ok(ok)
+        elif status in DELIBERATE_UPSTREAM and envelope_error(body):
+            self.tally.ok(f"{kind} upstream error")
+        else:
+            self.tally.bad(bad)
+
     def _judge_poll(
         self, what: str, status: int, body: bytes, headers: Any, expected_id: str
     ) -> None:
+        ok = None
         if status == 200 and data_id(body) == expected_id:
-            cache = headers.get("Cache-Status", "")
-            self.tally.ok(f"{what} hit" if "; hit" in cache else f"{what} forwarded")
-        elif status in DELIBERATE_UPSTREAM and envelope_error(body):
-            self.tally.ok(f"{what} upstream error")
-        else:
-            self.tally.bad(f"{what} {expected_id}: {status} {body[:120]!r}")
+            hit = "; hit" in headers.get("Cache-Status", "")
+            ok = f"{what} hit" if hit else f"{what} forwarded"
+        self._judge(what, status, body, ok, f"{what} {expected_id}: {status} {body[:120]!r}")
 
     async def _get(self, session: aiohttp.ClientSession, rng: random.Random, owner: Owned) -> None:
         transcription_id = rng.choice(owner.ids)
-        headers = {"Authorization": f"Bearer {owner.token}"}
-        async with session.get(self._url(transcription_id), headers=headers) as response:
-            body = await response.read()
-            if response.status == 200 and "ETag" in response.headers:
-                owner.etags[transcription_id] = response.headers["ETag"]
-            self._judge_poll("poll", response.status, body, response.headers, transcription_id)
+        url = self._url(transcription_id)
+        status, headers, body = await self._fetch(session, "GET", url, owner.token)
+        if status == 200 and "ETag" in headers:
+            owner.etags[transcription_id] = headers["ETag"]
+        self._judge_poll("poll", status, body, headers, transcription_id)
 
     async def _conditional(
         self, session: aiohttp.ClientSession, rng: random.Random, owner: Owned
@@ -191,50 +210,52 @@ class Traffic:
         etag = owner.etags.get(transcription_id)
         if etag is None:
             return await self._get(session, rng, owner)
-        headers = {"Authorization": f"Bearer {owner.token}", "If-None-Match": etag}
-        async with session.get(self._url(transcription_id), headers=headers) as response:
-            body = await response.read()
-            if response.status == 304 and body == b"":
-                self.tally.ok("conditional 304")
-            else:
-                self._judge_poll(
-                    "conditional", response.status, body, response.headers, transcription_id
-                )
+        status, headers, body = await self._fetch(
+            session,
+            "GET",
+            self._url(transcription_id),
+            owner.token,
+            headers={"If-None-Match": etag},
+        )
+        if status == 304 and body == b"":
+            self.tally.ok("conditional 304")
+        else:
+            self._judge_poll("conditional", status, body, headers, transcription_id)
 
     async def _head(self, session: aiohttp.ClientSession, rng: random.Random, owner: Owned) -> None:
         transcription_id = rng.choice(owner.ids)
-        headers = {"Authorization": f"Bearer {owner.token}"}
-        async with session.head(self._url(transcription_id), headers=headers) as response:
-            body = await response.read()
-            if response.status in (200, *DELIBERATE_UPSTREAM) and body == b"":
-                self.tally.ok("head")
-            else:
-                self.tally.bad(f"HEAD {transcription_id}: {response.status}")
+        url = self._url(transcription_id)
+        status, _, body = await self._fetch(session, "HEAD", url, owner.token)
+        right = status in (200, *DELIBERATE_UPSTREAM) and body == b""
+        self.tally.judge(right, "head", f"HEAD {transcription_id}: {status}")
 
     async def _resource(
         self, session: aiohttp.ClientSession, rng: random.Random, owner: Owned
     ) -> None:
         transcription_id = rng.choice(owner.ids)
-        headers = {"Authorization": f"Bearer {owner.token}"}
         url = self._url(transcription_id, "/paragraphs")
-        async with session.get(url, headers=headers) as response:
-            body = await response.read()
-            code = envelope_error(body)
-            if (
-                response.status == 200
-                and b'"paragraphs"' in body
-                and transcription_id.encode() in body
-            ):
-                self.tally.ok("resource")
-            elif response.status == 409 and code in (
-                "TRANSCRIPTION_NOT_COMPLETED",
-                "TRANSCRIPTION_FAILED",
-            ):
-                self.tally.ok("resource not ready")
-            elif response.status in DELIBERATE_UPSTREAM and code:
-                self.tally.ok("resource upstream error")
-            else:
-                self.tally.bad(f"paragraphs {transcription_id}: {response.status} {body[:120]!r}")
+        status, _, body = await self._fetch(session, "GET", url, owner.token)
+        not_ready = ("TRANSCRIPTION_NOT_COMPLETED", "TRANSCRIPTION_FAILED")
+        if status == 409 and envelope_error(body) in not_ready:
+            self.tally.ok("resource not ready")
+            return
+        good = status == 200 and b'"paragraphs"' in body and transcription_id.encode() in body
+        bad = f"paragraphs {transcription_id}: {status} {body[:120]!r}"
+        self._judge("resource", status, body, "resource" if good else None, bad)
+
+    async def _refused(
+        self,
+        session: aiohttp.ClientSession,
+        kind: str,
+        transcription_id: str,
+        token: str | None,
+        expected: tuple[int, str, str],
+        leak: str,
+    ) -> None:
+        """A GET the proxy must refuse with ``expected`` (status, error code, tally name)."""
+        status, _, body = await self._fetch(session, "GET", self._url(transcription_id), token)
+        refused = status == expected[0] and envelope_error(body) == expected[1]
+        self._judge(kind, status, body, expected[2] if refused else None, f"{leak}: {status}")
 
     async def _foreign(
         self, session: aiohttp.ClientSession, rng: random.Random, owner: Owned
@@ -243,79 +264,54 @@ class Traffic:
         others = [o for o in self.owned if o.token != owner.token]
         victim = rng.choice(others)
         transcription_id = rng.choice(victim.ids)
-        headers = {"Authorization": f"Bearer {owner.token}"}
-        async with session.get(self._url(transcription_id), headers=headers) as response:
-            body = await response.read()
-            code = envelope_error(body)
-            if response.status == 404 and code == "TRANSCRIPTION_NOT_FOUND":
-                self.tally.ok("foreign refused")
-            elif response.status in DELIBERATE_UPSTREAM and code:
-                self.tally.ok("foreign upstream error")
-            else:
-                self.tally.bad(f"LEAK? {owner.token} got {transcription_id}: {response.status}")
+        leak = f"LEAK? {owner.token} got {transcription_id}"
+        expected = (404, "TRANSCRIPTION_NOT_FOUND", "foreign refused")
+        await self._refused(session, "foreign", transcription_id, owner.token, expected, leak)
 
     async def _unknown(
         self, session: aiohttp.ClientSession, rng: random.Random, owner: Owned
     ) -> None:
         transcription_id = f"trans_{rng.getrandbits(128):032x}"
-        headers = {"Authorization": f"Bearer {owner.token}"}
-        async with session.get(self._url(transcription_id), headers=headers) as response:
-            body = await response.read()
-            code = envelope_error(body)
-            if response.status == 404 and code == "TRANSCRIPTION_NOT_FOUND":
-                self.tally.ok("unknown")
-            elif response.status in DELIBERATE_UPSTREAM and code:
-                self.tally.ok("unknown upstream error")
-            else:
-                self.tally.bad(f"unknown {transcription_id}: {response.status}")
+        expected = (404, "TRANSCRIPTION_NOT_FOUND", "unknown")
+        await self._refused(
+            session,
+            "unknown",
+            transcription_id,
+            owner.token,
+            expected,
+            f"unknown {transcription_id}",
+        )
 
     async def _anonymous(
         self, session: aiohttp.ClientSession, rng: random.Random, owner: Owned
     ) -> None:
         transcription_id = rng.choice(owner.ids)
-        async with session.get(self._url(transcription_id)) as response:
-            body = await response.read()
-            code = envelope_error(body)
-            if response.status == 401 and code == "UNAUTHORIZED":
-                self.tally.ok("anonymous refused")
-            elif response.status in DELIBERATE_UPSTREAM and code:
-                self.tally.ok("anonymous upstream error")
-            else:
-                self.tally.bad(f"LEAK? anonymous got {transcription_id}: {response.status}")
+        leak = f"LEAK? anonymous got {transcription_id}"
+        expected = (401, "UNAUTHORIZED", "anonymous refused")
+        await self._refused(session, "anonymous", transcription_id, None, expected, leak)
 
     async def _create(
         self, session: aiohttp.ClientSession, rng: random.Random, owner: Owned
     ) -> None:
-        headers = {"Authorization": f"Bearer {owner.token}"}
         payload = {"audio_url": f"https://example.test/{rng.getrandbits(32)}.mp3"}
-        async with session.post(
-            f"{self.proxy_url}/v1/audio/transcribe", json=payload, headers=headers
-        ) as response:
-            body = await response.read()
-            created = data_id(body)
-            if response.status == 201 and created:
-                owner.ids.append(created)
-                if len(owner.ids) > 200:
-                    del owner.ids[: len(owner.ids) - 200]
-                self.tally.ok("create")
-            elif response.status in DELIBERATE_UPSTREAM and envelope_error(body):
-                self.tally.ok("create upstream error")
-            else:
-                self.tally.bad(f"POST: {response.status} {body[:120]!r}")
+        url = f"{self.proxy_url}/v1/audio/transcribe"
+        status, _, body = await self._fetch(session, "POST", url, owner.token, json=payload)
+        created = data_id(body) if status == 201 else None
+        if created:
+            owner.ids.append(created)
+            if len(owner.ids) > 200:
+                del owner.ids[: len(owner.ids) - 200]
+        bad = f"POST: {status} {body[:120]!r}"
+        self._judge("create", status, body, "create" if created else None, bad)
 
     async def _purge(
         self, session: aiohttp.ClientSession, rng: random.Random, owner: Owned
     ) -> None:
         transcription_id = rng.choice(owner.ids)
-        headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-        async with session.request(
-            "PURGE", self._url(transcription_id), headers=headers
-        ) as response:
-            body = await response.read()
-            if response.status == 200 and b'"success": true' in body:
-                self.tally.ok("purge")
-            else:
-                self.tally.bad(f"PURGE {transcription_id}: {response.status} {body[:120]!r}")
+        url = self._url(transcription_id)
+        status, _, body = await self._fetch(session, "PURGE", url, ADMIN_TOKEN)
+        right = status == 200 and b'"success": true' in body
+        self.tally.judge(right, "purge", f"PURGE {transcription_id}: {status} {body[:120]!r}")
 
     async def _hostile(
         self, session: aiohttp.ClientSession, rng: random.Random, owner: Owned
@@ -335,10 +331,8 @@ class Traffic:
         parts = status_line.split()
         status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
         body = rest.partition(b"\r\n\r\n")[2]
-        if status == expected and envelope_error(body):
-            self.tally.ok(f"hostile {name}")
-        else:
-            self.tally.bad(f"hostile {name}: {status_line!r}")
+        right = status == expected and bool(envelope_error(body))
+        self.tally.judge(right, f"hostile {name}", f"hostile {name}: {status_line!r}")
 
 
 @contextlib.asynccontextmanager
