@@ -335,14 +335,14 @@ def markdown(results: list[Result], meta: dict[str, Any]) -> str:
         *common.heading(title, meta, then=f"; event loop {meta['loop']}"),
         "| held requests | RSS per held request (connection included) | first to last answer "
         "| answers: p50 / p99 after the first | change to last answer | proxy CPU for the wake "
-        "| correct 200s | opened in |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| client CPU for the wake | correct 200s | opened in |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         lines.append(
             f"| {r.held:,.0f} of {r.clients:,} | {r.per_held / 1024:.2f} KiB "
             f"| {r.first_to_last_ms:.0f} ms | {r.p50_ms:.0f} / {r.p99_ms:.0f} ms "
-            f"| {r.change_to_last_ms:.0f} ms | {r.wake_cpu_ms:.0f} ms "
+            f"| {r.change_to_last_ms:.0f} ms | {r.wake_cpu_ms:.0f} ms | {r.client_cpu_ms:.0f} ms "
             f"| {r.correct:,} of {r.answered:,} "
             f"| {r.connect_seconds:.1f} s |"
         )
