@@ -125,7 +125,8 @@ def profile_hits(
     workdir: Path, pinning: Pinning, *, loop: str, seconds: float, install: bool
 ) -> list[Profile]:
     """Profile the proxy and the bare handler on the same hit, one after the other."""
-    py_spy = shutil.which("py-spy")
+    # The venv's own py-spy (bench extra) when its bin directory is not on PATH.
+    py_spy = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
     if py_spy is None:
         raise Unavailable("py-spy is not installed (pip install py-spy)")
     wrk = processes.ensure_binary("wrk", install=install)

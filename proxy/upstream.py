@@ -52,11 +52,13 @@ class UpstreamTimeout(UpstreamError):
 
 @dataclass(frozen=True, slots=True)
 class UpstreamConfig:
+    """The client's knobs; the runtime fills them from ``Settings``, which holds the defaults."""
+
     base_url: str
-    connect_timeout: float = 5.0
-    timeout: float = 30.0
-    max_connections: int = 256
-    pool_timeout: float = 60.0
+    connect_timeout: float
+    timeout: float
+    max_connections: int
+    pool_timeout: float
 
 
 def translate_error(error: BaseException) -> UpstreamError:

@@ -52,7 +52,7 @@ from proxy.core.policy import (
     settle_error,
 )
 from proxy.core.prefer import Hold
-from proxy.ops.config import Settings
+from proxy.ops.config import Settings, from_attributes
 from proxy.ops.metrics import Metrics
 from proxy.stores.base import Store
 from proxy.stores.coordination import Coordinator
@@ -81,15 +81,7 @@ class CachingProxy:
         self.metrics = metrics
         self.clock = clock
         self.coordinator = coordinator
-        self.policy = CachePolicy(
-            heuristic_max=settings.heuristic_max,
-            keep_stale=settings.keep_stale,
-            stale_grace=settings.stale_grace,
-            max_entry_bytes=settings.max_entry_bytes,
-            shared_scope=settings.shared_scope,
-            revalidate_window=settings.revalidate_window,
-            max_wait=settings.max_wait,
-        )
+        self.policy = from_attributes(CachePolicy, settings)
         self._credential_headers = settings.credential_headers
         self._scope_secret = settings.scope_secret.encode()
         self.entries = Entries(store, metrics, clock, self.policy, settings.upstream_timeout)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from proxy.core.coding import (
     DEFAULT_COMPRESS_MIN_BYTES,
@@ -33,6 +33,11 @@ from proxy.ops.values import (
     parse_upstream,
     parse_workers,
 )
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+Record = TypeVar("Record", bound="DataclassInstance")
 
 
 class ConfigError(ValueError):
@@ -371,6 +376,15 @@ def env_backed_options(
         )
 
     return option
+
+
+def from_attributes(kind: type[Record], source: object, **given: Any) -> Record:
+    """A ``kind`` (a dataclass) with each field read from the attribute of the same name of
+    ``source`` (``Settings``, an argparse namespace), except those ``given``; a field
+    ``source`` lacks keeps its default."""
+    names = {spec.name for spec in fields(kind) if spec.init} - given.keys()
+    read = {name: getattr(source, name) for name in names if hasattr(source, name)}
+    return kind(**read, **given)
 
 
 def env_name(name: str) -> str:

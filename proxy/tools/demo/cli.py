@@ -9,7 +9,7 @@ import sys
 from collections.abc import Mapping
 from contextlib import suppress
 
-from proxy.ops.config import env_backed_options
+from proxy.ops.config import env_backed_options, from_attributes
 from proxy.tools.demo.process import ProxyProcessError
 from proxy.tools.demo.run import DemoOptions, run_demo
 
@@ -76,15 +76,7 @@ def main(argv: list[str], environ: Mapping[str, str]) -> int:
     parser = build_parser(environ)
     args = parser.parse_args(argv)
     try:
-        options = DemoOptions(
-            pollers=args.pollers,
-            transcriptions=args.transcriptions,
-            duration=args.duration,
-            interval=args.interval,
-            keep_running=args.keep_running,
-            seed=args.seed,
-            compressing_origin=args.compressing_origin,
-        )
+        options = from_attributes(DemoOptions, args)
     except ValueError as exc:
         parser.error(str(exc))
     return asyncio.run(_main(options, environ))

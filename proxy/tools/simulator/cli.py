@@ -18,7 +18,7 @@ from typing import Final
 
 from aiohttp import web
 
-from proxy.ops.config import env_backed_options
+from proxy.ops.config import env_backed_options, from_attributes
 from proxy.ops.values import parse_bool
 from proxy.tools.origin_front import OriginFront
 from proxy.tools.simulator.api import create_simulator_app
@@ -82,23 +82,9 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
-    return SimulatorConfig(
-        queued_seconds=args.queued_seconds,
-        processing_seconds=args.processing_seconds,
-        failure_ratio=args.failure_ratio,
-        seed=args.seed,
-        transcript_words=args.transcript_words,
-        pending_max_age=args.pending_max_age,
-        final_max_age=args.final_max_age,
-        start_offsets=tuple(args.start_offsets),
-        seed_tokens=tuple(args.seed_tokens),
-        seed_count=args.seed_count,
-        front=OriginFront(
-            compress=tuple(args.compress),
-            narrow_304_vary=args.narrow_304_vary,
-            cors=args.cors,
-        ),
-    )
+    """The flags of the same names; ``--compress``, ``--narrow-304-vary`` and ``--cors`` make the
+    ``OriginFront`` (every list flag is already a tuple: argparse applies ``type`` to defaults)."""
+    return from_attributes(SimulatorConfig, args, front=from_attributes(OriginFront, args))
 
 
 def listening_url(runner: web.AppRunner) -> str:
