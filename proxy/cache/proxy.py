@@ -15,7 +15,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import assert_never
 
 from proxy.cache.bodies import Bodies
@@ -63,24 +63,20 @@ log = logging.getLogger("proxy")
 RELAY_DECODE_LIMIT = 1024 * 1024
 
 
+@dataclass(eq=False, repr=False)
 class CachingProxy:
     """Carries out the policy's decisions: serve, revalidate, fetch, stream, invalidate."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        store: Store,
-        upstream: Upstream,
-        metrics: Metrics,
-        clock: Callable[[], float],
-        coordinator: Coordinator | None = None,
-    ) -> None:
-        self.settings = settings
-        self.store = store
-        self.upstream = upstream
-        self.metrics = metrics
-        self.clock = clock
-        self.coordinator = coordinator
+    settings: Settings
+    store: Store
+    upstream: Upstream
+    metrics: Metrics
+    clock: Callable[[], float]
+    coordinator: Coordinator | None = None
+
+    def __post_init__(self) -> None:
+        settings, store, upstream = self.settings, self.store, self.upstream
+        metrics, clock, coordinator = self.metrics, self.clock, self.coordinator
         self.policy = from_attributes(CachePolicy, settings)
         self._credential_headers = settings.credential_headers
         self._scope_secret = settings.scope_secret.encode()
