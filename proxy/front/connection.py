@@ -76,7 +76,7 @@ class HttpConnection(ResponseWriting):
     __slots__ = ("_accept_encoding", "_credentials", "_current", "_disconnected", "_facts",
         "_fast", "_handshake", "_head_bytes", "_head_deadline", "_head_size", "_head_slot",
         "_hosts", "_inm", "_kinds", "_max_header_bytes", "_plain",
-        "_queue", "_raw", "_ready", "_url", "answering", "flow", "front", "local", "loop",
+        "_queue", "_raw", "_ready", "_url", "_whole", "answering", "flow", "front", "local", "loop",
         "parser", "peer", "read", "settings", "transport")  # fmt: skip
 
     def __init__(self, front: Host) -> None:
@@ -116,6 +116,8 @@ class HttpConnection(ResponseWriting):
         self._head_deadline = 0.0
         self._disconnected: asyncio.Future[None] | None = None
         self._handshake: Handshake | None = None
+        #: The chunk being parsed if it is one whole head: remembered if answered inline.
+        self._whole: bytes | None = None
 
     # -- what the listener asks, derived from the states ----------------------------------------
 
@@ -217,6 +219,13 @@ class HttpConnection(ResponseWriting):
             handshake.early.append(data)  # decrypted before the TLS transport is ours
             return
         continued = self.read is R_HEAD
+        if not continued and self.read is R_IDLE and data[-4:] == b"\r\n\r\n":
+            # At a message boundary: heads seen before are answered without parsing them.
+            data = self._answer_heads(data)
+            if not data:
+                return
+            if data.find(b"\r\n\r\n") == len(data) - 4:
+                self._whole = data
         try:
             self.parser.feed_data(data)
             if self.read is R_HEAD:
@@ -244,12 +253,37 @@ class HttpConnection(ResponseWriting):
                 self.hand_over(data)  # the HTTP/2 preface: prior knowledge (RFC 9113 §3.3)
                 return
             self._refuse_unparseable(error)
+        self._whole = None
         # Dispatched once the whole chunk parsed: a request whose body turns out malformed in
         # the same chunk never reaches the origin.
         if self._ready:
             ready, self._ready = self._ready, []
             for parsed in ready:
                 self._dispatch(parsed)
+
+    def _answer_heads(self, data: bytes) -> bytes:
+        """Answer the leading heads memoised by their bytes; the rest is for the parser."""
+        fast = self._fast
+        if fast is None or self.front.draining:
+            return data
+        heads = fast.heads
+        start, end = 0, len(data)
+        while start < end:
+            stop = data.find(b"\r\n\r\n", start) + 4
+            if stop == 3:
+                break
+            values = heads.get(data if start == 0 and stop == end else data[start:stop])
+            if values is None or self.answering is not A_IDLE or self.write is not W_IDLE:
+                break
+            method, target, host, credentials, inm, accept_encoding = values
+            if not fast.answer(
+                self, method, target, host, credentials, inm, accept_encoding, True, "1.1",
+                time.perf_counter(), None,
+            ):  # fmt: skip
+                break
+            start = stop
+            self._answered()
+        return data[start:] if start else data
 
     def _refuse_unparseable(self, error: Exception) -> None:
         log.info("rejected an unparseable request from %s: 400 %s", self.peer, type(error).__name__)
@@ -422,20 +456,30 @@ class HttpConnection(ResponseWriting):
             name = "HEAD"
         else:
             return False
+        credentials = tuple(self._credentials)
         if not fast.answer(
-            self, name, target, self._hosts[0], tuple(self._credentials), self._inm,
+            self, name, target, self._hosts[0], credentials, self._inm,
             self._accept_encoding, True, "1.1", time.perf_counter(), None,
         ):  # fmt: skip
             return False
+        whole = self._whole
+        if whole is not None:
+            self._whole = None
+            values = (name, target, self._hosts[0], credentials, self._inm, self._accept_encoding)
+            fast.remember(whole, values)
         self._current = None
+        self._answered()
+        return True
+
+    def _answered(self) -> None:
+        """A hit was answered without a ``Parsed``: busy while it is written, else idle."""
         if self.write is not W_IDLE:
             # Still being written: busy (not evictable) until the pump or resume_writing ends.
             self.answering = A_BUSY
-            return True
+            return
         self._idle()  # as _next leaves a connection whose queue is empty
         if self.flow.read_paused:
             self._set_reading(True)
-        return True
 
     def on_body(self, body: bytes) -> None:
         current = self._current

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from proxy.cache.proxy import CachingProxy
     from proxy.front.access import AccessLog
     from proxy.front.head import Parsed
-    from proxy.front.seams import Writer
+    from proxy.front.seams import HeadValues, Writer
     from proxy.ops.metrics import Metrics
 
 #: Memoised hits kept at most; past it (or past its byte budget) the memo starts over.
@@ -41,6 +41,9 @@ MAX_PREPARED = 4096
 #: The memo's share of ``--cache-max-bytes``: a memoised record the store has since evicted
 #: stays alive until the memo starts over, so what it may hold counts against a budget of its own.
 MEMO_SHARE = 16
+#: Request heads kept by their exact bytes (``FastPath.heads``), and the longest one kept.
+MAX_HEADS = 1024
+MAX_HEAD_BYTES = 4096
 
 
 class NowaitStore(Protocol):
@@ -172,6 +175,19 @@ class FastPath:
         self.memo: dict[tuple[object, ...], Prepared] = {}
         self.memo_bytes = 0
         self.memo_budget = max(64 * 1024, proxy.settings.cache_max_bytes // MEMO_SHARE)
+        #: Plain keep-alive GET/HEAD heads answered inline, by their exact bytes: a poller's
+        #: byte-identical head is answered again without parsing it (``HttpConnection``).
+        #: The values are what parsing found, so every decision is made as the first time.
+        self.heads: dict[bytes, HeadValues] = {}
+
+    def remember(self, head: bytes, values: HeadValues) -> None:
+        """``head``, one whole plain head, parsed to ``values`` and answered inline."""
+        if len(head) > MAX_HEAD_BYTES:
+            return
+        heads = self.heads
+        if len(heads) >= MAX_HEADS:
+            heads.clear()
+        heads[head] = values
 
     def serve(self, conn: Writer, parsed: Parsed) -> bool:
         method = parsed.method

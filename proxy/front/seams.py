@@ -96,6 +96,10 @@ FastAnswer = Callable[
     bool,
 ]  # fmt: skip
 
+#: What parsing a head memoised by its bytes found (``FastAnswers.heads``): method, target,
+#: Host, credential fields, ``If-None-Match`` and ``Accept-Encoding``.
+HeadValues = tuple[str, str, str, "tuple[tuple[bytes, str], ...]", "str | None", "str | None"]
+
 
 class FastAnswers(Protocol):
     """The fast path of a common hit (``proxy.front.prepared.FastPath``)."""
@@ -104,6 +108,11 @@ class FastAnswers(Protocol):
     def answer(self) -> FastAnswer: ...
 
     def serve(self, conn: Writer, parsed: Parsed) -> bool: ...
+
+    @property
+    def heads(self) -> dict[bytes, HeadValues]: ...
+
+    def remember(self, head: bytes, values: HeadValues) -> None: ...
 
 
 class Host(Protocol):
