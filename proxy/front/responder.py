@@ -15,6 +15,7 @@ from proxy.front.wire import (
     has_field,
     status_line,
 )
+from proxy.front.writing import SLICE
 
 if TYPE_CHECKING:
     from proxy.front.head import Parsed
@@ -86,14 +87,20 @@ class ConnectionResponder:
         request = self.request
         head_only = request.method == "HEAD" or status in BODYLESS or status < 200
         framing = (request.keep_alive, request.http10, head_only)
-        head = answer.wire.get(framing)
-        if head is None:
+        wire = answer.wire.get(framing)
+        body = b"" if head_only else answer.body
+        if wire is None:
             bodyless = status in BODYLESS or status < 200
             length = None if bodyless else len(answer.body)
-            head = answer.wire[framing] = self._head(status, answer.reason, answer.headers, length)
-        body = b"" if head_only else answer.body
+            wire = self._head(status, answer.reason, answer.headers, length)
+            if len(body) <= SLICE:
+                wire += body  # head and body joined once: one write per waiter, not a writev
+            answer.wire[framing] = wire
         self.sent = len(body)
-        self.conn.write_response(head, body)
+        if len(body) <= SLICE:
+            self.conn.write_response(wire, b"")
+        else:
+            self.conn.write_response(wire, body)
 
     def defer(self) -> Callable[[str], None] | None:
         """The answer is written after the handler returns (a parked long poll)."""
