@@ -23,6 +23,7 @@ from proxy.front.server import FrontServer
 from proxy.ops.config import Settings
 from proxy.runtime import Runtime
 from tests.support import podman_storage
+from tests.support.access import AccessLog
 from tests.support.origin import Handler, catch_all, serving
 from tests.support.waiting import eventually
 
@@ -256,6 +257,12 @@ class Harness:
             headers.setdefault("Authorization", f"Bearer {token}")
         return await self.client.get(path, headers=headers)
 
+    async def fill(self, path: str, body: bytes | str, **kwargs: Any) -> Any:
+        """The origin serves ``body`` at ``path`` (``Origin.put`` options) and the proxy has
+        fetched it once: returns that first response."""
+        self.origin.put(path, body, **kwargs)
+        return await self.get(path)
+
     async def wait_for(self, condition: Callable[[], bool], timeout: float = 5.0) -> None:
         """Wait until a condition on the proxy's state holds (a bounded wait on state, not time)."""
         await eventually(condition, within=timeout)
@@ -355,5 +362,23 @@ async def make_harness(
 
 
 @pytest.fixture
-async def harness(make_harness: MakeHarness) -> Harness:
-    return await make_harness()
+async def harness(make_harness: MakeHarness, request: pytest.FixtureRequest) -> Harness:
+    """A proxy before the recording origin, with the settings of the test's
+    ``@pytest.mark.settings(**settings)`` marker if it has one."""
+    marker = request.node.get_closest_marker("settings")
+    return await make_harness(**(marker.kwargs if marker else {}))
+
+
+@pytest.fixture
+async def raw() -> AsyncIterator[aiohttp.ClientSession]:
+    """A client that sends only the Accept-Encoding a test gives and never decodes."""
+    async with aiohttp.ClientSession(
+        auto_decompress=False, skip_auto_headers=("Accept-Encoding",)
+    ) as session:
+        yield session
+
+
+@pytest.fixture
+def access_log(caplog: pytest.LogCaptureFixture) -> AccessLog:
+    """The access log's logger (INFO captured) and the lines it writes."""
+    return AccessLog(caplog)

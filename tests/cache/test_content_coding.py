@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -21,9 +21,8 @@ from proxy.tools.fleet import SPELLINGS
 from proxy.tools.origin_front import OriginFront
 from proxy.tools.simulator import Simulator, SimulatorConfig, create_simulator_app
 from tests.conftest import FakeClock, Harness, MakeHarness
+from tests.support.coding import JSON, PATH, fetch, plain
 
-PATH = "/v1/audio/transcribe/trans_0123456789abcdef0123456789abcdef"
-JSON = json.dumps({"text": "the team agreed on the release plan " * 80}).encode()
 CLIENT_CODINGS = {"": "identity", "gzip": "gzip", "br": "br", "zstd": "zstd"}
 
 
@@ -40,35 +39,6 @@ def make_harness(make_harness: MakeHarness) -> MakeHarness:
         return await make_harness(**settings)
 
     return make
-
-
-@pytest.fixture
-async def raw() -> AsyncIterator[aiohttp.ClientSession]:
-    """A client that sends only the Accept-Encoding a test gives and never decodes."""
-    async with aiohttp.ClientSession(
-        auto_decompress=False, skip_auto_headers=("Accept-Encoding",)
-    ) as session:
-        yield session
-
-
-async def fetch(
-    session: aiohttp.ClientSession,
-    harness: Harness,
-    accept: str | None,
-    method: str = "GET",
-    path: str = PATH,
-    **headers: str,
-) -> tuple[aiohttp.ClientResponse, bytes]:
-    headers.setdefault("Authorization", "Bearer tok-a")
-    if accept is not None:
-        headers["Accept-Encoding"] = accept
-    async with session.request(method, harness.client.make_url(path), headers=headers) as resp:
-        return resp, await resp.read()
-
-
-def plain(response: aiohttp.ClientResponse, body: bytes) -> bytes:
-    coding = response.headers.get("Content-Encoding", "identity")
-    return body if coding == "identity" else decode(coding, body, 10_000_000)
 
 
 @pytest.mark.parametrize("origin_coding", ["identity", *available_codings()])

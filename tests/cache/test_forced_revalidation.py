@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 
-from tests.conftest import Harness, MakeHarness
+import pytest
+
+from tests.conftest import Harness
 
 PATH = "/v1/audio/transcribe/job-forced"
 FORCED = {"Cache-Control": "max-age=0"}
@@ -18,8 +20,7 @@ FORCED = {"Cache-Control": "max-age=0"}
 async def test_max_age_0_within_the_window_is_answered_from_the_fetch_just_made(
     harness: Harness,
 ) -> None:
-    harness.origin.put(PATH, '{"v":1}')
-    await harness.get(PATH)
+    await harness.fill(PATH, '{"v":1}')
     harness.clock.advance(0.5)
     response = await harness.get(PATH, **FORCED)
     assert response.status == 200 and await response.read() == b'{"v":1}'
@@ -35,12 +36,9 @@ async def test_max_age_0_within_the_window_is_answered_from_the_fetch_just_made(
     assert harness.origin.count(PATH) == 2
 
 
-async def test_a_window_of_0_revalidates_for_every_such_request(
-    make_harness: MakeHarness,
-) -> None:
-    harness = await make_harness(revalidate_window=0)
-    harness.origin.put(PATH, '{"v":1}')
-    await harness.get(PATH)
+@pytest.mark.settings(revalidate_window=0)
+async def test_a_window_of_0_revalidates_for_every_such_request(harness: Harness) -> None:
+    await harness.fill(PATH, '{"v":1}')
     for directive in ("max-age=0", "no-cache"):
         harness.clock.advance(0.5)  # an age above 0, yet well within a window of 1 s
         response = await harness.get(PATH, **{"Cache-Control": directive})
@@ -48,34 +46,37 @@ async def test_a_window_of_0_revalidates_for_every_such_request(
     assert harness.origin.count(PATH) == 3
 
 
-async def test_a_revalidation_is_shared_only_within_one_credential_scope(
+@pytest.mark.parametrize(
+    ("extra", "one", "other", "same"),
+    [
+        ({}, {"token": "tok-a"}, {"token": "tok-b"}, {"token": "tok-a"}),
+        (
+            {"Vary": "Accept-Language"},
+            {"Accept-Language": "en"},
+            {"Accept-Language": "de"},
+            {"Accept-Language": "EN"},  # the same selection as "en"
+        ),
+    ],
+    ids=["credential-scope", "vary-selection"],
+)
+async def test_a_revalidation_is_shared_only_within_one_scope_and_selection(
     harness: Harness,
+    extra: dict[str, str],
+    one: dict[str, str],
+    other: dict[str, str],
+    same: dict[str, str],
 ) -> None:
-    harness.origin.put(PATH, '{"v":1}')
-    await harness.get(PATH, token="tok-a")
-    await harness.get(PATH, token="tok-b")
+    harness.origin.put(PATH, '{"v":1}', extra=extra)
+    await harness.get(PATH, **one)
+    await harness.get(PATH, **other)
     harness.clock.advance(2)
-    await harness.get(PATH, token="tok-a", **FORCED)
+    await harness.get(PATH, **one, **FORCED)
     assert harness.origin.count(PATH) == 3
-    response = await harness.get(PATH, token="tok-b", **FORCED)
+    response = await harness.get(PATH, **other, **FORCED)
     assert "fwd=request" in response.headers["Cache-Status"]
-    assert harness.origin.count(PATH) == 4
-
-
-async def test_a_revalidation_is_shared_only_within_one_vary_selection(
-    harness: Harness,
-) -> None:
-    harness.origin.put(PATH, '{"v":1}', extra={"Vary": "Accept-Language"})
-    await harness.get(PATH, **{"Accept-Language": "en"})
-    await harness.get(PATH, **{"Accept-Language": "de"})
-    harness.clock.advance(2)
-    await harness.get(PATH, **{"Accept-Language": "en", **FORCED})
-    assert harness.origin.count(PATH) == 3
-    other = await harness.get(PATH, **{"Accept-Language": "de", **FORCED})
-    assert "fwd=request" in other.headers["Cache-Status"]
     harness.clock.advance(0.5)
-    same = await harness.get(PATH, **{"Accept-Language": "EN", **FORCED})  # same selection
-    assert "recently-validated" in same.headers["Cache-Status"]
+    again = await harness.get(PATH, **same, **FORCED)
+    assert "recently-validated" in again.headers["Cache-Status"]
     assert harness.origin.count(PATH) == 4
 
 
@@ -91,8 +92,7 @@ async def test_no_store_still_stores_nothing_when_a_recent_revalidation_answers(
 async def test_a_forced_long_poll_is_held_and_answered_from_its_watch(harness: Harness) -> None:
     """Chromium's fetch(): If-None-Match + max-age=0 + Prefer: wait. Held without a
     revalidation of its own, woken by the change another request stores."""
-    harness.origin.put(PATH, '{"v":1}')
-    etag = (await harness.get(PATH)).headers["ETag"]
+    etag = (await harness.fill(PATH, '{"v":1}')).headers["ETag"]
     harness.clock.advance(2)  # past the window: without the watch it would revalidate
     poll = {"If-None-Match": etag, "Prefer": "wait=20", **FORCED}
     held = asyncio.ensure_future(harness.get(PATH, **poll))
@@ -111,12 +111,9 @@ async def test_a_forced_long_poll_is_held_and_answered_from_its_watch(harness: H
     assert harness.origin.count(PATH) == 2
 
 
-async def test_a_forced_long_poll_that_cannot_be_held_revalidates(
-    make_harness: MakeHarness,
-) -> None:
-    harness = await make_harness(max_waiters=0)
-    harness.origin.put(PATH, '{"v":1}')
-    etag = (await harness.get(PATH)).headers["ETag"]
+@pytest.mark.settings(max_waiters=0)
+async def test_a_forced_long_poll_that_cannot_be_held_revalidates(harness: Harness) -> None:
+    etag = (await harness.fill(PATH, '{"v":1}')).headers["ETag"]
     harness.clock.advance(2)
     response = await harness.get(PATH, **{"If-None-Match": etag, "Prefer": "wait=20", **FORCED})
     assert response.status == 304 and "Preference-Applied" not in response.headers

@@ -7,11 +7,15 @@ on the proxy's state (the waiting gauge, the origin's request count), never on a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from multidict import CIMultiDict
@@ -92,16 +96,39 @@ def poll(
     )
 
 
+async def hold(
+    http: aiohttp.ClientSession, replica: Replica, tag: str, wait: int, held: int = 1
+) -> asyncio.Task[tuple[int, CIMultiDict[str], bytes]]:
+    """A poll for ``tag`` once the replica holds ``held`` requests (this one among them)."""
+    task = poll(http, replica, tag, wait)
+    await eventually(lambda: waiting(replica) == held, what=f"{held} request(s) to be held")
+    return task
+
+
+@contextlib.asynccontextmanager
+async def polled(
+    scoped: tuple[ScopedOrigin, str],
+    http: aiohttp.ClientSession,
+    body: bytes = b"{}",
+    max_age: int = 1,
+    **options: Any,
+) -> AsyncIterator[tuple[ScopedOrigin, Replica, str]]:
+    """One replica in front of ``scoped`` serving ``body`` to token "a", already read once:
+    yields the origin, the replica and the ETag a poll would send."""
+    origin, upstream = scoped
+    origin.max_age = max_age
+    origin.set("a", body)
+    async with run_replicas(Settings(upstream=upstream, **options), 1) as (proxy,):
+        status, headers, _ = await get(http, proxy)
+        assert status == 200
+        yield origin, proxy, headers["ETag"]
+
+
 async def test_a_held_request_is_answered_with_the_new_representation_when_it_changes(
     scoped: tuple[ScopedOrigin, str], http: aiohttp.ClientSession
 ) -> None:
-    origin, upstream = scoped
-    origin.set("a", b'{"status":"processing"}')
-    async with run_replicas(Settings(upstream=upstream), 1) as (proxy,):
-        status, headers, _ = await get(http, proxy)
-        assert status == 200
-        held = poll(http, proxy, headers["ETag"], wait=20)
-        await eventually(lambda: waiting(proxy) == 1, what="the request to be held")
+    async with polled(scoped, http, b'{"status":"processing"}') as (origin, proxy, tag):
+        held = await hold(http, proxy, tag, wait=20)
         assert not held.done()
         origin.set("a", b'{"status":"completed"}')
         status, headers, body = await held
@@ -111,32 +138,19 @@ async def test_a_held_request_is_answered_with_the_new_representation_when_it_ch
         assert polls(proxy, "changed") == 1 and waiting(proxy) == 0
 
 
-async def test_a_held_request_times_out_with_304_and_preference_applied(
-    scoped: tuple[ScopedOrigin, str], http: aiohttp.ClientSession
+@pytest.mark.parametrize("wait", [600, 1])
+async def test_a_held_request_times_out_with_304_and_the_wait_is_not_its_duration(
+    scoped: tuple[ScopedOrigin, str], http: aiohttp.ClientSession, wait: int
 ) -> None:
-    origin, upstream = scoped
-    origin.set("a", b"{}")
-    # --max-wait caps what the client asked for; the answer says what was applied.
-    async with run_replicas(Settings(upstream=upstream, max_wait=1), 1) as (proxy,):
-        _, headers, _ = await get(http, proxy)
-        status, answered, body = await poll(http, proxy, headers["ETag"], wait=600)
-        assert status == 304 and body == b""
+    # --max-wait caps what the client asked for (600 s); the answer says what was applied.
+    async with polled(scoped, http, max_wait=1) as (_, proxy, tag):
+        started = time.perf_counter()
+        status, answered, body = await poll(http, proxy, tag, wait=wait)
+        assert status == 304 and body == b"" and time.perf_counter() - started >= 1
         assert answered["Preference-Applied"] == "wait=1"
-        assert answered["ETag"] == headers["ETag"]
+        assert answered["ETag"] == tag
         assert 'detail="waited"' in answered["Cache-Status"]
         assert polls(proxy, "timeout") == 1 and waiting(proxy) == 0
-
-
-async def test_the_time_a_request_is_held_is_left_out_of_its_duration(
-    scoped: tuple[ScopedOrigin, str], http: aiohttp.ClientSession
-) -> None:
-    origin, upstream = scoped
-    origin.set("a", b"{}")
-    async with run_replicas(Settings(upstream=upstream, max_wait=1), 1) as (proxy,):
-        _, headers, _ = await get(http, proxy)
-        started = time.perf_counter()
-        status, _, _ = await poll(http, proxy, headers["ETag"], wait=1)
-        assert status == 304 and time.perf_counter() - started >= 1
         labels = {"result": "hit"}
         assert proxy.metric("cacheproxy_request_duration_seconds_count", labels) == 1
         # The wait (1 s) is the client's choice; answering took milliseconds.
@@ -146,11 +160,8 @@ async def test_the_time_a_request_is_held_is_left_out_of_its_duration(
 async def test_without_prefer_or_with_another_etag_nothing_changes(
     scoped: tuple[ScopedOrigin, str], http: aiohttp.ClientSession
 ) -> None:
-    origin, upstream = scoped
-    origin.set("a", b"{}")
-    async with run_replicas(Settings(upstream=upstream), 1) as (proxy,):
-        _, headers, _ = await get(http, proxy)
-        status, plain, _ = await get(http, proxy, **{"If-None-Match": headers["ETag"]})
+    async with polled(scoped, http) as (_, proxy, tag):
+        status, plain, _ = await get(http, proxy, **{"If-None-Match": tag})
         assert status == 304 and "Preference-Applied" not in plain
         assert "waited" not in plain["Cache-Status"]
         status, other, body = await poll(http, proxy, '"something-else"', wait=20)
@@ -185,13 +196,9 @@ async def test_a_waiter_wakes_only_on_its_own_scope_and_a_404_ends_its_wait(
 async def test_max_waiters_sheds_requests_past_the_limit_answering_at_once(
     scoped: tuple[ScopedOrigin, str], http: aiohttp.ClientSession
 ) -> None:
-    origin, upstream = scoped
-    origin.set("a", b"{}")
-    async with run_replicas(Settings(upstream=upstream, max_waiters=1), 1) as (proxy,):
-        _, headers, _ = await get(http, proxy)
-        held = poll(http, proxy, headers["ETag"], wait=20)
-        await eventually(lambda: waiting(proxy) == 1, what="the first request to be held")
-        status, shed, _ = await poll(http, proxy, headers["ETag"], wait=20)
+    async with polled(scoped, http, max_waiters=1) as (_, proxy, tag):
+        held = await hold(http, proxy, tag, wait=20)
+        status, shed, _ = await poll(http, proxy, tag, wait=20)
         assert status == 304 and "Preference-Applied" not in shed
         assert polls(proxy, "shed") == 1 and not held.done()
         held.cancel()
@@ -200,15 +207,12 @@ async def test_max_waiters_sheds_requests_past_the_limit_answering_at_once(
 async def test_a_client_that_disconnects_frees_its_waiter(
     scoped: tuple[ScopedOrigin, str], http: aiohttp.ClientSession
 ) -> None:
-    origin, upstream = scoped
-    origin.set("a", b"{}")
-    async with run_replicas(Settings(upstream=upstream), 1) as (proxy,):
-        _, headers, _ = await get(http, proxy)
+    async with polled(scoped, http) as (_, proxy, tag):
         host, port = proxy.url.removeprefix("http://").split(":")
         _reader, writer = await asyncio.open_connection(host, int(port))
         writer.write(
             f"GET {PATH} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer a\r\n"
-            f"If-None-Match: {headers['ETag']}\r\nPrefer: wait=30\r\n\r\n".encode()
+            f"If-None-Match: {tag}\r\nPrefer: wait=30\r\n\r\n".encode()
         )
         await writer.drain()
         await eventually(lambda: waiting(proxy) == 1, what="the request to be held")
@@ -218,29 +222,40 @@ async def test_a_client_that_disconnects_frees_its_waiter(
         assert not proxy.proxy.waits._watches  # its flight's refresher stopped too
 
 
+Shared = Callable[..., Settings]
+
+
+@pytest.fixture
+def shared(
+    scoped: tuple[ScopedOrigin, str], redis_url: str, redis_prefix: str, redis_admin: Redis
+) -> Shared:
+    """``shared(**options)``: settings for replicas in front of ``scoped`` sharing one Redis
+    (the test's keys deleted afterwards, by ``redis_admin``)."""
+
+    def settings(**options: Any) -> Settings:
+        return Settings(
+            upstream=scoped[1],
+            redis_url=redis_url,
+            redis_prefix=redis_prefix,
+            redis_timeout_ms=1000,
+            public_host="proxy.test",
+            **options,
+        )
+
+    return settings
+
+
 async def test_a_change_stored_by_one_replica_wakes_the_waiters_on_another(
-    scoped: tuple[ScopedOrigin, str],
-    http: aiohttp.ClientSession,
-    redis_url: str,
-    redis_prefix: str,
-    redis_admin: Redis,
+    scoped: tuple[ScopedOrigin, str], http: aiohttp.ClientSession, shared: Shared
 ) -> None:
-    origin, upstream = scoped
+    origin, _ = scoped
     # A long lifetime: only the other replica's notice can end the wait before its timeout.
     origin.max_age = 600
     origin.set("a", b'{"v":1}')
-    settings = Settings(
-        upstream=upstream,
-        redis_url=redis_url,
-        redis_prefix=redis_prefix,
-        redis_timeout_ms=1000,
-        public_host="proxy.test",
-        revalidate_window=0,  # the no-cache below must reach the origin, however soon
-    )
-    async with run_replicas(settings, 2) as (first, second):
+    # revalidate_window=0: the no-cache below must reach the origin, however soon.
+    async with run_replicas(shared(revalidate_window=0), 2) as (first, second):
         _, headers, _ = await get(http, first)
-        held = poll(http, second, headers["ETag"], wait=30)
-        await eventually(lambda: waiting(second) == 1, what="the request to be held")
+        held = await hold(http, second, headers["ETag"], wait=30)
         origin.set("a", b'{"v":2}')
         status, _, body = await get(http, first, **{"Cache-Control": "no-cache"})
         assert status == 200 and body == b'{"v":2}'
@@ -253,23 +268,12 @@ async def test_a_change_stored_by_one_replica_wakes_the_waiters_on_another(
 
 
 async def test_waiters_on_two_replicas_share_one_refresh_per_window(
-    scoped: tuple[ScopedOrigin, str],
-    http: aiohttp.ClientSession,
-    redis_url: str,
-    redis_prefix: str,
-    redis_admin: Redis,
+    scoped: tuple[ScopedOrigin, str], http: aiohttp.ClientSession, shared: Shared
 ) -> None:
-    origin, upstream = scoped
+    origin, _ = scoped
     origin.set("a", b'{"v":1}')
     origin.max_age = 1
-    settings = Settings(
-        upstream=upstream,
-        redis_url=redis_url,
-        redis_prefix=redis_prefix,
-        redis_timeout_ms=1000,
-        public_host="proxy.test",
-    )
-    async with run_replicas(settings, 2) as replicas:
+    async with run_replicas(shared(), 2) as replicas:
         _, headers, _ = await get(http, replicas[0])
         held = [poll(http, r, headers["ETag"], wait=30) for r in replicas for _ in range(5)]
         await eventually(lambda: all(waiting(r) == 5 for r in replicas), what="10 held")
@@ -290,12 +294,8 @@ async def test_waiters_on_two_replicas_share_one_refresh_per_window(
 async def test_answers_every_waiter_with_304_when_draining(
     scoped: tuple[ScopedOrigin, str], http: aiohttp.ClientSession
 ) -> None:
-    origin, upstream = scoped
-    origin.set("a", b"{}")
-    async with run_replicas(Settings(upstream=upstream), 1) as (proxy,):
-        _, headers, _ = await get(http, proxy)
-        held = [poll(http, proxy, headers["ETag"], wait=30) for _ in range(3)]
-        await eventually(lambda: waiting(proxy) == 3, what="three held")
+    async with polled(scoped, http) as (_, proxy, tag):
+        held = [await hold(http, proxy, tag, wait=30, held=n) for n in (1, 2, 3)]
         cleanup = asyncio.create_task(proxy.close())
         async with asyncio.timeout(10):  # well before the waits' own end (30 s)
             answers = await asyncio.gather(*held)
@@ -307,13 +307,9 @@ async def test_answers_every_waiter_with_304_when_draining(
 async def test_an_invalidation_through_the_proxy_wakes_waiters_at_once(
     scoped: tuple[ScopedOrigin, str], http: aiohttp.ClientSession
 ) -> None:
-    origin, upstream = scoped
-    origin.max_age = 600  # only the invalidation can end the wait before its timeout
-    origin.set("a", b'{"v":1}')
-    async with run_replicas(Settings(upstream=upstream), 1) as (proxy,):
-        _, headers, _ = await get(http, proxy)
-        held = poll(http, proxy, headers["ETag"], wait=30)
-        await eventually(lambda: waiting(proxy) == 1, what="the request to be held")
+    # max-age=600: only the invalidation can end the wait before its timeout.
+    async with polled(scoped, http, b'{"v":1}', max_age=600) as (origin, proxy, tag):
+        held = await hold(http, proxy, tag, wait=30)
         origin.set("a", b'{"v":2}')
         async with http.post(proxy.url + PATH, headers={"Authorization": "Bearer a"}) as posted:
             assert posted.status == 204
@@ -325,13 +321,10 @@ async def test_an_invalidation_through_the_proxy_wakes_waiters_at_once(
 async def test_an_upstream_failure_covered_by_the_stored_response_keeps_the_wait(
     scoped: tuple[ScopedOrigin, str], http: aiohttp.ClientSession
 ) -> None:
-    origin, upstream = scoped
-    origin.set("a", b"{}")
-    async with run_replicas(Settings(upstream=upstream, max_wait=3), 1) as (proxy,):
-        _, headers, _ = await get(http, proxy)
+    async with polled(scoped, http, max_wait=3) as (origin, proxy, tag):
         origin.failing = True
         seen = origin.gets
-        held = poll(http, proxy, headers["ETag"], wait=3)
+        held = poll(http, proxy, tag, wait=3)
         await eventually(lambda: origin.gets > seen, what="a refresh that fails")
         assert not held.done()
         status, answered, _ = await held
@@ -343,12 +336,9 @@ async def test_an_upstream_failure_covered_by_the_stored_response_keeps_the_wait
 async def test_an_upstream_failure_nothing_covers_ends_the_wait_with_it(
     scoped: tuple[ScopedOrigin, str], http: aiohttp.ClientSession
 ) -> None:
-    origin, upstream = scoped
-    origin.set("a", b"{}")
-    async with run_replicas(Settings(upstream=upstream, stale_grace=0), 1) as (proxy,):
-        _, headers, _ = await get(http, proxy)
+    async with polled(scoped, http, stale_grace=0) as (origin, proxy, tag):
         origin.failing = True
-        status, answered, _ = await poll(http, proxy, headers["ETag"], wait=20)
+        status, answered, _ = await poll(http, proxy, tag, wait=20)
         assert status == 500 and answered["Preference-Applied"] == "wait=20"
         assert 'detail="waited"' in answered["Cache-Status"]
         assert polls(proxy, "error") == 1
@@ -357,13 +347,9 @@ async def test_an_upstream_failure_nothing_covers_ends_the_wait_with_it(
 async def test_a_change_to_a_response_too_large_to_store_is_streamed_to_the_waiter(
     scoped: tuple[ScopedOrigin, str], http: aiohttp.ClientSession
 ) -> None:
-    origin, upstream = scoped
-    origin.set("a", b'{"v":1}')
     large = b'{"v":"' + b"x" * 8192 + b'"}'
-    async with run_replicas(Settings(upstream=upstream, max_entry_bytes=4096), 1) as (proxy,):
-        _, headers, _ = await get(http, proxy)
-        held = poll(http, proxy, headers["ETag"], wait=20)
-        await eventually(lambda: waiting(proxy) == 1, what="the request to be held")
+    async with polled(scoped, http, b'{"v":1}', max_entry_bytes=4096) as (origin, proxy, tag):
+        held = await hold(http, proxy, tag, wait=20)
         origin.set("a", large)
         status, _, body = await held
         assert status == 200 and body == large
@@ -374,14 +360,11 @@ async def test_an_unreachable_origin_ends_the_wait_with_502_and_the_wait_is_not_
     http: aiohttp.ClientSession,
 ) -> None:
     origin = ScopedOrigin()
-    origin.set("a", b"{}")
     server = TestServer(catch_all(origin.handle), host="127.0.0.1")
     await server.start_server()
     upstream = str(server.make_url("")).rstrip("/")
-    async with run_replicas(Settings(upstream=upstream, stale_grace=0), 1) as (proxy,):
-        _, headers, _ = await get(http, proxy)
-        held = poll(http, proxy, headers["ETag"], wait=20)
-        await eventually(lambda: waiting(proxy) == 1, what="the request to be held")
+    async with polled((origin, upstream), http, stale_grace=0) as (_, proxy, tag):
+        held = await hold(http, proxy, tag, wait=20)
         await server.close()  # the refresh after max-age=1 finds nobody listening
         async with asyncio.timeout(10):
             status, answered, body = await held

@@ -10,48 +10,19 @@ tracemalloc against its identity bytes (the bench measures the same with RSS).
 from __future__ import annotations
 
 import gc
-import json
 import tracemalloc
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
 
-from proxy.core.coding import available_codings, decode, encode
+from proxy.core.coding import available_codings, encode
 from proxy.ops.config import Settings
 from proxy.tools.simulator import Simulator, SimulatorConfig, create_simulator_app
 from tests.conftest import FakeClock, Harness, MakeHarness
+from tests.support.coding import JSON, PATH, fetch, plain
 
-PATH = "/v1/audio/transcribe/trans_0123456789abcdef0123456789abcdef"
-JSON = json.dumps({"text": "the team agreed on the release plan " * 80}).encode()
 TYPE = {"Content-Type": "application/json"}
-
-
-@pytest.fixture
-async def raw() -> AsyncIterator[aiohttp.ClientSession]:
-    """A client that sends only the Accept-Encoding a test gives and never decodes."""
-    async with aiohttp.ClientSession(
-        auto_decompress=False, skip_auto_headers=("Accept-Encoding",)
-    ) as session:
-        yield session
-
-
-async def fetch(
-    session: aiohttp.ClientSession, harness: Harness, accept: str | None, path: str = PATH,
-    method: str = "GET", **headers: str,
-) -> tuple[aiohttp.ClientResponse, bytes]:  # fmt: skip
-    headers.setdefault("Authorization", "Bearer tok-a")
-    if accept is not None:
-        headers["Accept-Encoding"] = accept
-    url = harness.client.make_url(path)
-    async with session.request(method, url, headers=headers) as response:
-        return response, await response.read()
-
-
-def plain(response: aiohttp.ClientResponse, body: bytes) -> bytes:
-    coding = response.headers.get("Content-Encoding", "identity")
-    return body if coding == "identity" else decode(coding, body, 10_000_000)
 
 
 @pytest.mark.parametrize("origin_coding", ["identity", "gzip"])

@@ -186,21 +186,14 @@ def test_rfc9110_5_6_7_day_and_month_names_are_read_in_any_case(value: str) -> N
 
 
 def test_rfc9111_5_3_an_expires_in_capitals_names_its_date_not_already_expired() -> None:
-    from proxy.core.models import StoredResponse
     from proxy.core.policy import CachePolicy, freshness_lifetime
 
-    entry = StoredResponse(
-        status=200,
-        reason="OK",
-        headers=(
-            ("Date", "Sun, 06 Nov 1994 08:49:37 GMT"),
-            ("Expires", "SUN, 06 NOV 1994 08:59:37 GMT"),
-        ),
-        body=b"x",
-        request_time=NOV_6_1994,
-        response_time=NOV_6_1994,
+    dated = entry(
+        ("Date", "Sun, 06 Nov 1994 08:49:37 GMT"),
+        ("Expires", "SUN, 06 NOV 1994 08:59:37 GMT"),
+        now=NOV_6_1994,
     )
-    assert freshness_lifetime(entry, CachePolicy()) == 600.0
+    assert freshness_lifetime(dated, CachePolicy()) == 600.0
 
 
 # -- RFC 9111 §4.1 Vary: nominated fields compared as their grammar allows ------------------------

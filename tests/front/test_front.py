@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import logging
 import os
 import socket
 import ssl
@@ -22,10 +20,10 @@ from aiohttp import web
 
 from proxy.ops.config import Settings
 from tests.conftest import origin_fixture
+from tests.support import rawkit
+from tests.support.access import AccessLog
 from tests.support.rawkit import (
     HOST,
-    RawRequest,
-    RawUpstream,
     RunningProxy,
     closed_by_peer,
     exchange,
@@ -258,7 +256,7 @@ async def test_a_streamed_upstream_body_is_released_when_the_client_stops_readin
     released = asyncio.Event()
 
     async def endless(
-        request: RawRequest, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        request: rawkit.RawRequest, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         writer.write(
             b"HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nContent-Length: %d\r\n\r\n" % 2**30
@@ -271,7 +269,7 @@ async def test_a_streamed_upstream_body_is_released_when_the_client_stops_readin
             released.set()
             writer.close()
 
-    async with RawUpstream(endless) as upstream:
+    async with rawkit.RawUpstream(endless) as upstream:
         settings = Settings(upstream=upstream.url, client_send_timeout=0.5)
         async with serve_proxy(settings) as running:
             _reader, writer = await connect(running.port, rcvbuf=4096)
@@ -359,23 +357,17 @@ async def test_tls_end_to_end_with_an_https_base_url(
 
 
 async def test_the_access_log_is_batched_with_the_same_fields_and_no_secrets(
-    origin: tuple[Origin, str], caplog: pytest.LogCaptureFixture
+    origin: tuple[Origin, str], access_log: AccessLog
 ) -> None:
-    caplog.set_level("INFO", logger="proxy.access")
-    access = logging.getLogger("proxy.access")
-    async with serve_proxy(Settings(upstream=origin[1]), access=access) as running:
+    async with serve_proxy(Settings(upstream=origin[1]), access=access_log.logger) as running:
         async with aiohttp.ClientSession() as session:
             for _ in range(2):
                 url = f"{running.url}/log?token=secret"
                 headers = {"X-Api-Key": "very-secret-token"}
                 async with session.get(url, headers=headers) as response:
                     await response.read()
-
-        def lines() -> list[dict[str, Any]]:
-            return [json.loads(r.getMessage()) for r in caplog.records if r.name == "proxy.access"]
-
-        await eventually(lambda: len(lines()) == 2, what="two access lines")
-    first, second = lines()
+        await access_log.count(2)
+    first, second = access_log.lines()
     assert {k: v for k, v in first.items() if k != "duration_ms"} == {
         "method": "GET",
         "path": "/log",
@@ -384,7 +376,7 @@ async def test_the_access_log_is_batched_with_the_same_fields_and_no_secrets(
         "bytes": first["bytes"],
     }
     assert second["cache"] == "hit" and second["bytes"] == first["bytes"] > 0
-    assert "secret" not in caplog.text
+    assert "secret" not in access_log.caplog.text
 
 
 async def test_the_proxy_object_is_the_one_behind_the_front(proxy: RunningProxy) -> None:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from tests.support.rawkit import (
     serve_proxy,
 )
 from tests.support.tls import self_signed
+from tests.support.waiting import eventually
 
 BIG = 8 * 1024**2 - 4096  # under --max-entry-bytes, far over what socket buffers hold
 LOOPS = ["asyncio", "uvloop"]
@@ -43,10 +45,20 @@ def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
     return asyncio.new_event_loop
 
 
-def run_on(name: str, scenario: Callable[[], Any]) -> None:
-    """Run ``scenario`` (a coroutine function) on a fresh loop of the named kind."""
-    with asyncio.Runner(loop_factory=loop_factory(name)) as runner:
-        runner.run(scenario())
+def on_each_loop(test: Callable[..., Awaitable[None]]) -> Any:
+    """``test`` (a coroutine function, with any fixtures or parameters of its own) run once on
+    a fresh loop of each kind in ``LOOPS``, as a test parametrised by ``loop``."""
+
+    def run(loop: str, **kwargs: Any) -> None:
+        with asyncio.Runner(loop_factory=loop_factory(loop)) as runner:
+            runner.run(test(**kwargs))
+
+    own = list(inspect.signature(test).parameters.values())
+    loop = inspect.Parameter("loop", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=str)
+    run.__signature__ = inspect.Signature([loop, *own])  # type: ignore[attr-defined]
+    run.__name__ = run.__qualname__ = test.__name__
+    run.__doc__ = test.__doc__
+    return pytest.mark.parametrize("loop", LOOPS)(run)
 
 
 # -- finding 2: an answer being written is busy -----------------------------------------------
@@ -130,56 +142,47 @@ FULL_PATH = b"Accept-Encoding: identity\r\nAccept-Encoding: identity\r\n"
 
 
 @pytest.mark.parametrize("fields", [b"", FULL_PATH], ids=["fast", "full"])
-@pytest.mark.parametrize("loop", LOOPS)
-def test_a_half_closed_client_gets_the_whole_stored_body(loop: str, fields: bytes) -> None:
-    async def scenario() -> None:
-        async with big_proxy() as p:
-            sock, _ = await slow_download(p.port, fields)
-            sock.shutdown(socket.SHUT_WR)  # RFC 9112 §9.6: the answer is still due
-            async with asyncio.timeout(30):
-                length, body, closed = await read_answer(sock, until_eof=True)
-            sock.close()
-            assert length == BIG
-            assert len(body) == BIG
-            assert closed  # and the connection closes once it is written
-
-    run_on(loop, scenario)
+@on_each_loop
+async def test_a_half_closed_client_gets_the_whole_stored_body(fields: bytes) -> None:
+    async with big_proxy() as p:
+        sock, _ = await slow_download(p.port, fields)
+        sock.shutdown(socket.SHUT_WR)  # RFC 9112 §9.6: the answer is still due
+        async with asyncio.timeout(30):
+            length, body, closed = await read_answer(sock, until_eof=True)
+        sock.close()
+        assert length == BIG
+        assert len(body) == BIG
+        assert closed  # and the connection closes once it is written
 
 
-@pytest.mark.parametrize("loop", LOOPS)
-def test_a_download_outlasting_the_header_timeout_is_not_cut(loop: str) -> None:
-    async def scenario() -> None:
-        async with big_proxy(client_header_timeout=0.3) as p:
-            sock, _ = await slow_download(p.port)
-            async with asyncio.timeout(60):
-                length, body, closed = await read_answer(sock, pause=0.002)
-            sock.close()
-            assert length == BIG
-            assert len(body) == BIG and not closed
-
-    run_on(loop, scenario)
+@on_each_loop
+async def test_a_download_outlasting_the_header_timeout_is_not_cut() -> None:
+    async with big_proxy(client_header_timeout=0.3) as p:
+        sock, _ = await slow_download(p.port)
+        async with asyncio.timeout(60):
+            length, body, closed = await read_answer(sock, pause=0.002)
+        sock.close()
+        assert length == BIG
+        assert len(body) == BIG and not closed
 
 
-@pytest.mark.parametrize("loop", LOOPS)
-def test_a_download_in_progress_is_not_evicted_at_the_connection_cap(loop: str) -> None:
-    async def scenario() -> None:
-        async with big_proxy(max_connections=1) as p:
-            sock, ev = await slow_download(p.port)
-            # The head arrived: the answer is being written.
-            first = await ev.sock_recv(sock, 1024)
-            assert first.startswith(b"HTTP/1.1 200")
-            # A newcomer past the cap is refused rather than cutting the download.
-            refused = await exchange(p.port, get("/big"), timeout=10)
-            assert refused.status == 503
-            async with asyncio.timeout(30):
-                received = len(first.partition(b"\r\n\r\n")[2])
-                while received < BIG:
-                    chunk = await ev.sock_recv(sock, 65536)
-                    assert chunk, f"cut after {received} of {BIG} bytes"
-                    received += len(chunk)
-            sock.close()
-
-    run_on(loop, scenario)
+@on_each_loop
+async def test_a_download_in_progress_is_not_evicted_at_the_connection_cap() -> None:
+    async with big_proxy(max_connections=1) as p:
+        sock, ev = await slow_download(p.port)
+        # The head arrived: the answer is being written.
+        first = await ev.sock_recv(sock, 1024)
+        assert first.startswith(b"HTTP/1.1 200")
+        # A newcomer past the cap is refused rather than cutting the download.
+        refused = await exchange(p.port, get("/big"), timeout=10)
+        assert refused.status == 503
+        async with asyncio.timeout(30):
+            received = len(first.partition(b"\r\n\r\n")[2])
+            while received < BIG:
+                chunk = await ev.sock_recv(sock, 65536)
+                assert chunk, f"cut after {received} of {BIG} bytes"
+                received += len(chunk)
+        sock.close()
 
 
 # -- finding 4: Expect: 100-continue never holds a request --------------------------------------
@@ -268,36 +271,31 @@ async def https_get(port: int, path: str = "/healthz") -> int:
         return response.status
 
 
-@pytest.mark.parametrize("loop", LOOPS)
-def test_silent_tls_connections_are_counted_and_cut_at_the_header_timeout(
-    loop: str, tmp_path: Path
+@on_each_loop
+async def test_silent_tls_connections_are_counted_and_cut_at_the_header_timeout(
+    tmp_path: Path,
 ) -> None:
-    async def scenario() -> None:
-        async with RawUpstream(answer(response_bytes(200))) as origin:
-            settings = tls_settings(
-                tmp_path, origin.url, max_connections=4, client_header_timeout=1.0
-            )
-            async with serve_proxy(settings) as proxy:
-                silent = [await asyncio.open_connection(HOST, proxy.port) for _ in range(12)]
-                front = proxy.server.front if proxy.server is not None else None
-                assert front is not None
-                # Counted from accept: the oldest silent ones make room for the newer, so the
-                # count settles at the cap however many are silent (on main it stays at 0).
-                async with asyncio.timeout(5):
-                    while len(front.connections) != 4:
-                        await asyncio.sleep(0.01)
-                # A new HTTPS client gets in past them all.
-                assert await https_get(proxy.port) == 200
-                # And every silent one is closed by the header timeout (not the 60 s default).
-                async with asyncio.timeout(5):
-                    for reader, _writer in silent:
-                        with contextlib.suppress(ConnectionError):
-                            assert await reader.read() == b""
-                for _reader, writer in silent:
-                    writer.close()
-                assert len(front.connections) == 0
-
-    run_on(loop, scenario)
+    async with RawUpstream(answer(response_bytes(200))) as origin:
+        settings = tls_settings(tmp_path, origin.url, max_connections=4, client_header_timeout=1.0)
+        async with serve_proxy(settings) as proxy:
+            silent = [await asyncio.open_connection(HOST, proxy.port) for _ in range(12)]
+            front = proxy.server.front if proxy.server is not None else None
+            assert front is not None
+            # Counted from accept: the oldest silent ones make room for the newer, so the
+            # count settles at the cap however many are silent (on main it stays at 0).
+            async with asyncio.timeout(5):
+                while len(front.connections) != 4:
+                    await asyncio.sleep(0.01)
+            # A new HTTPS client gets in past them all.
+            assert await https_get(proxy.port) == 200
+            # And every silent one is closed by the header timeout (not the 60 s default).
+            async with asyncio.timeout(5):
+                for reader, _writer in silent:
+                    with contextlib.suppress(ConnectionError):
+                        assert await reader.read() == b""
+            for _reader, writer in silent:
+                writer.close()
+            assert len(front.connections) == 0
 
 
 async def test_silent_tls_connections_under_a_descriptor_limit_keep_no_client_out(
@@ -308,8 +306,6 @@ async def test_silent_tls_connections_under_a_descriptor_limit_keep_no_client_ou
     import os
     import subprocess
     import sys
-
-    from tests.support.waiting import eventually
 
     cert, key = self_signed(tmp_path)
     with socket.socket() as probe:

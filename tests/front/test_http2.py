@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import shutil
 import ssl
 import subprocess
@@ -22,6 +21,7 @@ from aiohttp import web
 from proxy.ops.config import Settings
 from tests.conftest import Harness, MakeHarness, ServeOrigin
 from tests.front.test_front import BIG, Origin, self_signed
+from tests.support.access import AccessLog
 from tests.support.h2kit import H2Client
 from tests.support.rawkit import serve_proxy
 from tests.support.waiting import eventually
@@ -176,20 +176,15 @@ async def test_the_admin_listener_and_health_checks_speak_h2c(origin: tuple[Orig
 
 
 async def test_each_stream_gets_an_access_log_line(
-    origin: tuple[Origin, str], caplog: pytest.LogCaptureFixture
+    origin: tuple[Origin, str], access_log: AccessLog
 ) -> None:
-    caplog.set_level("INFO", logger="proxy.access")
-    access = logging.getLogger("proxy.access")
-    async with serve_proxy(Settings(upstream=origin[1]), access=access) as running:
+    async with serve_proxy(Settings(upstream=origin[1]), access=access_log.logger) as running:
         async with h2c(running.port) as client:
             await asyncio.gather(*(client.get(f"/log/{i}?secret=1") for i in range(3)))
-
-        def lines() -> list[dict[str, Any]]:
-            return [json.loads(r.getMessage()) for r in caplog.records if r.name == "proxy.access"]
-
-        await eventually(lambda: len(lines()) == 3, what="three access lines")
-    assert sorted(line["path"] for line in lines()) == ["/log/0", "/log/1", "/log/2"]
-    assert all(line["status"] == 200 and "secret" not in json.dumps(line) for line in lines())
+        await access_log.count(3)
+    lines = access_log.lines()
+    assert sorted(line["path"] for line in lines) == ["/log/0", "/log/1", "/log/2"]
+    assert all(line["status"] == 200 and "secret" not in json.dumps(line) for line in lines)
 
 
 async def test_without_http2_the_preface_is_refused_as_http11(origin: tuple[Origin, str]) -> None:

@@ -13,6 +13,7 @@ import itertools
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
 
 import aiohttp
 import pytest
@@ -28,6 +29,7 @@ from tests.support.redis_support import (
     JOB,
     CountingUpstream,
     assert_fetched_again,
+    collapsed_gets,
     eventually,
     get,
     readiness,
@@ -117,32 +119,47 @@ async def shared_after(
 # -- Sentinel --------------------------------------------------------------------------------------
 
 
+@dataclass
+class OnSentinels:
+    """Replicas on the test's Sentinel group: ``async with on_sentinels(n, **settings)``."""
+
+    sentinels: LocalSentinelGroup
+    fleet: HaFleet
+    keys: RedisKeys
+
+    def __call__(
+        self, count: int, **settings: object
+    ) -> AbstractAsyncContextManager[list[Replica]]:
+        return self.fleet(self.sentinels.url, count, **settings)
+
+    async def on_primary(self, path: str) -> bool:
+        """Whether the group's current primary holds the record of ``path``."""
+        async with Redis(port=await self.sentinels.primary_port()) as admin:
+            return bool(await admin.exists(self.keys.record(path)) == 1)
+
+
+@pytest.fixture
+def on_sentinels(sentinels: LocalSentinelGroup, fleet: HaFleet, redis_prefix: str) -> OnSentinels:
+    return OnSentinels(sentinels, fleet, RedisKeys(redis_prefix))
+
+
 async def test_replicas_share_through_the_primary_sentinel_names(
-    sentinels: LocalSentinelGroup,
-    fleet: HaFleet,
-    upstream: CountingUpstream,
-    http: aiohttp.ClientSession,
-    redis_prefix: str,
+    on_sentinels: OnSentinels, upstream: CountingUpstream, http: aiohttp.ClientSession
 ) -> None:
-    async with fleet(sentinels.url, 2) as (first, second):
+    async with on_sentinels(2) as (first, second):
         statuses = await shared_after(http, [first, second], upstream, JOB)
         ready = [await readiness(http, replica) for replica in (first, second)]
     assert "fwd=uri-miss" in statuses[0] and "; hit" in statuses[1]
     assert [(status, body["status"]) for status, body in ready] == [(200, "ready")] * 2
-    primary = await sentinels.primary_port()
-    async with Redis(port=primary) as admin:
-        assert await admin.exists(RedisKeys(redis_prefix).record(JOB)) == 1
+    assert await on_sentinels.on_primary(JOB)
 
 
 async def test_a_sentinel_failover_under_load_costs_no_5xx_and_sharing_resumes(
-    sentinels: LocalSentinelGroup,
-    fleet: HaFleet,
-    upstream: CountingUpstream,
-    http: aiohttp.ClientSession,
-    redis_prefix: str,
+    on_sentinels: OnSentinels, upstream: CountingUpstream, http: aiohttp.ClientSession
 ) -> None:
+    sentinels = on_sentinels.sentinels
     before = await sentinels.primary_port()
-    async with fleet(sentinels.url, 2) as replicas:
+    async with on_sentinels(2) as replicas:
         async with load(http, replicas) as running:
             await running.served_more(40)
             after = await sentinels.failover()
@@ -155,11 +172,10 @@ async def test_a_sentinel_failover_under_load_costs_no_5xx_and_sharing_resumes(
         statuses = running.statuses
         path = "/v1/audio/transcribe/after-failover"
         shared = await shared_after(http, replicas, upstream, path)
-    assert after != before
+    assert after != before and await sentinels.primary_port() == after
     assert set(statuses) == {200}, statuses
     assert "fwd=uri-miss" in shared[0] and "; hit" in shared[1]
-    async with Redis(port=after) as admin:
-        assert await admin.exists(RedisKeys(redis_prefix).record(path)) == 1
+    assert await on_sentinels.on_primary(path)
 
 
 async def test_replicas_leave_a_primary_the_sentinels_replaced_even_if_it_stays_a_primary(
@@ -278,27 +294,14 @@ async def test_concurrent_misses_on_a_cluster_make_one_upstream_request(
 ) -> None:
     upstream.gate = asyncio.Event()
     async with fleet(cluster.url, 2) as replicas:
-        calls = [asyncio.create_task(get(http, replica)) for replica in replicas for _ in range(3)]
-        await upstream.arrived.wait()
-        await eventually(
-            lambda: sum(r.proxy.coordinator.waiting for r in replicas) == 1,  # type: ignore[union-attr]
-            what="the other replica to wait for the one fetching",
-        )
-        # Every call must have joined its replica's flight, not merely be late (on a busy machine
-        # one may reach its replica after the fetch ended, and hit): only then is each collapsed.
-        await eventually(
-            lambda: sum(r.proxy.flights.waiting() for r in replicas) == len(calls),
-            what="every call to wait on its replica's flight",
-        )
-        upstream.gate.set()
-        answers = await asyncio.gather(*calls)
+        answers = await collapsed_gets(http, replicas, upstream)
         # Records spread over the cluster's nodes by hash slot.
         paths = [f"/v1/audio/transcribe/spread-{i}" for i in range(12)]
         for path in paths:
             await get(http, replicas[0], path)
     assert upstream.count(JOB) == 1
-    assert [status for status, _, _ in answers] == [200] * len(calls)
-    assert sum("collapsed" in cache_status for _, cache_status, _ in answers) == len(calls) - 1
+    assert [status for status, _, _ in answers] == [200] * len(answers)
+    assert sum("collapsed" in cache_status for _, cache_status, _ in answers) == len(answers) - 1
     keys = RedisKeys(redis_prefix)
     holders = set()
     for node in cluster.nodes:

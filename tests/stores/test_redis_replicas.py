@@ -27,6 +27,7 @@ from tests.support.redis_support import (
     CountingUpstream,
     Fleet,
     assert_fetched_again,
+    collapsed_gets,
     eventually,
     get,
     replica_process,
@@ -97,28 +98,13 @@ async def test_concurrent_misses_across_replicas_make_one_upstream_request(
 ) -> None:
     upstream.gate = asyncio.Event()
     async with fleet(replicas) as proxies:
-        calls = [asyncio.create_task(get(http, proxy)) for proxy in proxies for _ in range(3)]
-        await upstream.arrived.wait()
-        # Every other replica must be waiting on the holder, not merely late, for this to test
-        # coalescing (a late one would simply hit).
-        await eventually(
-            lambda: sum(p.proxy.coordinator.waiting for p in proxies) == replicas - 1,  # type: ignore[union-attr]
-            what="the other replicas to wait for the one fetching",
-        )
-        # And every call on its replica's flight (a call reaching its replica after the fetch
-        # ended, on a busy machine, would hit instead of being collapsed).
-        await eventually(
-            lambda: sum(p.proxy.flights.waiting() for p in proxies) == len(calls),
-            what="every call to wait on its replica's flight",
-        )
-        upstream.gate.set()
-        answers = await asyncio.gather(*calls)
+        answers = await collapsed_gets(http, proxies, upstream)
         coalesced = sum(p.metric("cacheproxy_coalesced_requests_total") for p in proxies)
     assert upstream.count(JOB) == 1
-    assert [status for status, _, _ in answers] == [200] * len(calls)
+    assert [status for status, _, _ in answers] == [200] * len(answers)
     assert len({repr(body) for _, _, body in answers}) == 1
-    assert sum("collapsed" in cache_status for _, cache_status, _ in answers) == len(calls) - 1
-    assert coalesced == len(calls) - 1
+    assert sum("collapsed" in cache_status for _, cache_status, _ in answers) == len(answers) - 1
+    assert coalesced == len(answers) - 1
 
 
 async def test_a_delete_through_one_replica_is_seen_by_the_others(

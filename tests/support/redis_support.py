@@ -22,6 +22,7 @@ __all__ = [
     "CountingUpstream",
     "Fleet",
     "assert_fetched_again",
+    "collapsed_gets",
     "eventually",
     "get",
     "replica_process",
@@ -84,6 +85,29 @@ async def get(
     base = replica if isinstance(replica, str) else replica.url
     async with http.get(base + path) as response:
         return response.status, response.headers.get("Cache-Status", ""), await response.json()
+
+
+async def collapsed_gets(
+    http: aiohttp.ClientSession, replicas: list[Replica], upstream: CountingUpstream
+) -> list[tuple[int, str, dict[str, Any]]]:
+    """Three concurrent GETs of ``JOB`` through each replica while ``upstream.gate`` (set by the
+    test before the fleet starts) holds the one fetch; released, and their answers returned,
+    once every other replica waits for the replica fetching and every call is on its replica's
+    flight (a call that is merely late, on a busy machine, would hit instead of collapsing)."""
+    gate = upstream.gate
+    assert gate is not None, "set upstream.gate before starting the fleet"
+    calls = [asyncio.create_task(get(http, replica)) for replica in replicas for _ in range(3)]
+    await upstream.arrived.wait()
+    await eventually(
+        lambda: sum(r.proxy.coordinator.waiting for r in replicas) == len(replicas) - 1,  # type: ignore[union-attr]
+        what="the other replicas to wait for the one fetching",
+    )
+    await eventually(
+        lambda: sum(r.proxy.flights.waiting() for r in replicas) == len(calls),
+        what="every call to wait on its replica's flight",
+    )
+    gate.set()
+    return await asyncio.gather(*calls)
 
 
 async def assert_fetched_again(

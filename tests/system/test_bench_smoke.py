@@ -55,22 +55,31 @@ def fail_if_skipped(system: str, skipped: str | None) -> None:
     pytest.fail(f"{system} was skipped: {skipped}")
 
 
-@pytest.fixture(scope="module")
-def out(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    directory = tmp_path_factory.mktemp("bench")
-    command = [sys.executable, "-m", "bench", "--mode", "all", "--scale", "tiny"]
-    command += ["--out", str(directory), "--no-install"]
+def run_bench(out: Path, *args: str) -> None:
+    """``python -m *args --out out``, which must succeed."""
+    command = [sys.executable, "-m", *args, "--out", str(out)]
     completed = subprocess.run(
         command, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
+
+
+def report(directory: Path) -> tuple[dict[str, Any], str]:
+    """The results.json and results.md a bench wrote in ``directory``."""
+    text = (directory / "results.md").read_text()
+    return json.loads((directory / "results.json").read_text()), text
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("bench")
+    run_bench(directory, "bench", "--mode", "all", "--scale", "tiny", "--no-install")
     return directory
 
 
 @pytest.fixture(scope="module")
 def results(out: Path) -> dict[str, Any]:
-    loaded: dict[str, Any] = json.loads((out / "results.json").read_text())
-    return loaded
+    return report(out)[0]
 
 
 def test_the_report_has_every_section_the_machine_and_the_command(out: Path) -> None:
@@ -157,14 +166,9 @@ def test_profile_mode_samples_the_proxy_and_the_bare_handler(out: Path) -> None:
 def test_coding_mode_runs_behind_the_compressing_origin(tmp_path: Path) -> None:
     """``--mode coding`` end to end for the proxy alone: the mixed fleet, the unchanged poll
     (one full download) and the 20 KB transcript (gzip at most a third of identity)."""
-    command = [sys.executable, "-m", "bench", "--mode", "coding", "--scale", "tiny"]
-    command += ["--out", str(tmp_path), "--no-install", "--only", "aitronos-cache-proxy"]
-    completed = subprocess.run(
-        command, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False
-    )
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    results = json.loads((tmp_path / "coding" / "results.json").read_text())
-    text = (tmp_path / "coding" / "results.md").read_text()
+    only = ("--only", "aitronos-cache-proxy")
+    run_bench(tmp_path, "bench", "--mode", "coding", "--scale", "tiny", "--no-install", *only)
+    results, text = report(tmp_path / "coding")
     assert "python -m bench --mode coding --scale tiny" in text
     (poll,) = results["polls"]
     assert poll["system"] == "aitronos-cache-proxy" and poll["upstream_200"] == 1
@@ -176,24 +180,22 @@ def test_coding_mode_runs_behind_the_compressing_origin(tmp_path: Path) -> None:
 
 
 def test_long_poll_bench_runs_both_fleets_and_judges_the_goals(tmp_path: Path) -> None:
-    command = [sys.executable, "-m", "bench.longpoll", "--scale", "tiny", "--out", str(tmp_path)]
-    subprocess.run(command, cwd=ROOT, check=True, capture_output=True, timeout=300)
-    results = json.loads((tmp_path / "results.json").read_text())
+    run_bench(tmp_path, "bench.longpoll", "--scale", "tiny")
+    results, text = report(tmp_path)
     polling, held = results["runs"]
     assert polling["pollers_done"] == polling["pollers"] == held["pollers_done"]
     assert held["client_requests"] < polling["client_requests"]
     assert held["waiting_peak"] > 0
     assert len(results["targets"]) == 4
-    assert "| goal |" in (tmp_path / "results.md").read_text()
+    assert "| goal |" in text
 
 
 def test_revalidate_bench_counts_the_upstream_requests_of_both_fleets(tmp_path: Path) -> None:
-    command = [sys.executable, "-m", "bench.revalidate", "--scale", "tiny", "--out", str(tmp_path)]
-    subprocess.run(command, cwd=ROOT, check=True, capture_output=True, timeout=300)
-    results = json.loads((tmp_path / "results.json").read_text())
+    run_bench(tmp_path, "bench.revalidate", "--scale", "tiny")
+    results, text = report(tmp_path)
     plain, forced = results["runs"]
     assert plain["pollers_done"] == plain["pollers"] == forced["pollers_done"]
     assert plain["upstream_requests"] > 0 and forced["upstream_requests"] > 0
     # Forced revalidations collapsed: at most one more upstream request per transcription.
     assert forced["upstream_requests"] <= plain["upstream_requests"] + forced["transcriptions"]
-    assert "Goal (issue 19)" in (tmp_path / "results.md").read_text()
+    assert "Goal (issue 19)" in text

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
-import logging
 import re
 import resource
 import shutil
@@ -33,6 +32,7 @@ from proxy.ops.limits import (
     max_waiters,
     reserve,
 )
+from tests.support.access import AccessLog
 from tests.support.rawkit import HOST, read_response, serve_app, serve_proxy
 from tests.support.waiting import eventually
 
@@ -90,13 +90,11 @@ def held_request(kind: tuple[str, str, str, str], etag: str, wait: int = 30) -> 
 
 
 async def test_every_waiter_one_change_wakes_gets_its_own_correct_answer(
-    versioned: tuple[Versioned, str], caplog: pytest.LogCaptureFixture
+    versioned: tuple[Versioned, str], access_log: AccessLog
 ) -> None:
     origin, upstream = versioned
-    caplog.set_level("INFO", logger="proxy.access")
-    access = logging.getLogger("proxy.access")
     per_kind = 40
-    async with serve_proxy(Settings(upstream=upstream), access=access) as running:
+    async with serve_proxy(Settings(upstream=upstream), access=access_log.logger) as running:
         first = await _get(running.port, held_request(KINDS[0], '"none"', wait=0))
         assert first.status == 200 and first.headers["etag"] == '"v1"'
         clients = []
@@ -137,13 +135,11 @@ async def test_every_waiter_one_change_wakes_gets_its_own_correct_answer(
                 assert again.status in (200, 304), kind
             client.close()
         assert waits.waiting == 0
-
-        def lines() -> list[dict[str, Any]]:
-            return [json.loads(r.getMessage()) for r in caplog.records if r.name == "proxy.access"]
-
         held = len(clients)
-        await eventually(lambda: sum(line["status"] == 200 for line in lines()) >= held)
-    woken = [line for line in lines() if line["path"] == PATH and line["status"] == 200]
+        await access_log.until(
+            lambda lines: sum(line["status"] == 200 for line in lines) >= held, "the woken logged"
+        )
+    woken = [line for line in access_log.lines() if line["path"] == PATH and line["status"] == 200]
     assert {frozenset(line) for line in woken} == {
         frozenset({"method", "path", "status", "cache", "duration_ms", "bytes"})
     }
@@ -156,21 +152,15 @@ async def test_every_waiter_one_change_wakes_gets_its_own_correct_answer(
 
 
 async def test_a_held_request_that_times_out_is_logged_and_answered_as_before(
-    versioned: tuple[Versioned, str], caplog: pytest.LogCaptureFixture
+    versioned: tuple[Versioned, str], access_log: AccessLog
 ) -> None:
-    _, upstream = versioned
-    caplog.set_level("INFO", logger="proxy.access")
-    access = logging.getLogger("proxy.access")
-    async with serve_proxy(Settings(upstream=upstream, max_wait=0.2), access=access) as running:
+    settings = Settings(upstream=versioned[1], max_wait=0.2)
+    async with serve_proxy(settings, access=access_log.logger) as running:
         await _get(running.port, held_request(KINDS[0], '"none"', wait=0))
         answer = await _get(running.port, held_request(KINDS[0], '"v1"', wait=5))
         assert answer.status == 304 and answer.headers["preference-applied"] == "wait=0"
-
-        def lines() -> list[dict[str, Any]]:
-            return [json.loads(r.getMessage()) for r in caplog.records if r.name == "proxy.access"]
-
-        await eventually(lambda: len(lines()) == 2, what="two access lines")
-    line = lines()[1]
+        await access_log.count(2)
+    line = access_log.lines()[1]
     assert {k: v for k, v in line.items() if k != "duration_ms"} == {
         "method": "GET", "path": PATH, "status": 304, "cache": "hit", "bytes": 0,
     }  # fmt: skip

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -90,58 +91,78 @@ async def fetch(session: aiohttp.ClientSession, url: str) -> tuple[int, bytes]:
         return response.status, await response.read()
 
 
-async def test_sigterm_lets_in_flight_requests_finish_then_exits_cleanly(
-    slow_upstream: tuple[SlowUpstream, str],
-    start_proxy: Callable[..., Awaitable[Proxy]],
-) -> None:
+NAMES = [f"slow-{i}" for i in range(SLOW_REQUESTS)]
+
+
+@dataclass
+class Terminated:
+    """A proxy sent SIGTERM while every one of ``requests`` (to ``NAMES``) waits upstream."""
+
+    process: asyncio.subprocess.Process
+    log: ProcessLog
+    url: str
+    upstream: SlowUpstream
+    requests: list[asyncio.Task[tuple[int, bytes]]]
+
+
+Terminate = Callable[[str], contextlib.AbstractAsyncContextManager[Terminated]]
+
+
+@pytest.fixture
+def terminate(
+    slow_upstream: tuple[SlowUpstream, str], start_proxy: Callable[..., Awaitable[Proxy]]
+) -> Terminate:
+    """``async with terminate(drain_seconds) as terminated``: a proxy with that drain time,
+    slow requests in flight through it and SIGTERM sent once the upstream has them all."""
     upstream, upstream_url = slow_upstream
-    process, log, proxy_url = await start_proxy(upstream_url, "--drain-seconds", "10")
-    names = [f"slow-{i}" for i in range(SLOW_REQUESTS)]
-    async with aiohttp.ClientSession() as session:
-        requests = [
-            asyncio.create_task(fetch(session, f"{proxy_url}/v1/audio/transcribe/{name}"))
-            for name in names
-        ]
-        async with asyncio.timeout(DEADLINE):
-            await upstream.arrived.wait()
-        process.send_signal(signal.SIGTERM)
-        await log.wait_for("draining")
+
+    @contextlib.asynccontextmanager
+    async def terminated(drain_seconds: str) -> AsyncIterator[Terminated]:
+        process, log, url = await start_proxy(upstream_url, "--drain-seconds", drain_seconds)
+        async with aiohttp.ClientSession() as session:
+            requests = [
+                asyncio.create_task(fetch(session, f"{url}/v1/audio/transcribe/{name}"))
+                for name in NAMES
+            ]
+            async with asyncio.timeout(DEADLINE):
+                await upstream.arrived.wait()
+            process.send_signal(signal.SIGTERM)
+            yield Terminated(process, log, url, upstream, requests)
+
+    return terminated
+
+
+async def test_sigterm_lets_in_flight_requests_finish_then_exits_cleanly(
+    terminate: Terminate,
+) -> None:
+    async with terminate("10") as terminated:
+        await terminated.log.wait_for("draining")
 
         with pytest.raises(aiohttp.ClientConnectionError):
             async with aiohttp.ClientSession() as late:
-                await fetch(late, f"{proxy_url}/healthz")
+                await fetch(late, f"{terminated.url}/healthz")
 
-        upstream.release.set()
+        terminated.upstream.release.set()
         async with asyncio.timeout(DEADLINE):
-            results = await asyncio.gather(*requests)
-            returncode = await process.wait()
+            results = await asyncio.gather(*terminated.requests)
+            returncode = await terminated.process.wait()
 
-    assert results == [(200, body_of(name)) for name in names]
+    assert results == [(200, body_of(name)) for name in NAMES]
     assert returncode == 0
-    await log.wait_for("closed the upstream session and the memory store")
+    await terminated.log.wait_for("closed the upstream session and the memory store")
 
 
 async def test_drain_time_bounds_how_long_in_flight_requests_may_hold_shutdown(
-    slow_upstream: tuple[SlowUpstream, str],
-    start_proxy: Callable[..., Awaitable[Proxy]],
+    terminate: Terminate,
 ) -> None:
-    upstream, upstream_url = slow_upstream
-    process, log, proxy_url = await start_proxy(upstream_url, "--drain-seconds", "0.2")
-    async with aiohttp.ClientSession() as session:
-        requests = [
-            asyncio.create_task(fetch(session, f"{proxy_url}/v1/audio/transcribe/slow-{i}"))
-            for i in range(SLOW_REQUESTS)
-        ]
+    async with terminate("0.2") as terminated:
         async with asyncio.timeout(DEADLINE):
-            await upstream.arrived.wait()
-        process.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(DEADLINE):
-            returncode = await process.wait()
-            results = await asyncio.gather(*requests, return_exceptions=True)
+            returncode = await terminated.process.wait()
+            results = await asyncio.gather(*terminated.requests, return_exceptions=True)
 
     assert returncode == 0
     assert all(isinstance(result, aiohttp.ClientError) for result in results), results
-    await log.wait_for("closed the upstream session and the memory store")
+    await terminated.log.wait_for("closed the upstream session and the memory store")
 
 
 async def test_readyz_turns_unavailable_once_draining_starts(serve_front: ServeFront) -> None:

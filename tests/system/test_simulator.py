@@ -77,6 +77,14 @@ async def client(
     return await make_sim()
 
 
+async def error_code(resp: Any, status: int) -> str:
+    """The code of the error envelope ``resp`` carries, once its status is ``status``."""
+    assert resp.status == status
+    body = await resp.json()
+    assert body["success"] is False and body["error"]["message"]
+    return str(body["error"]["code"])
+
+
 #: ``await make_job(**config)``: a simulator of that config, its test client and the URL of a
 #: transcription the owner just created.
 MakeJob = Callable[..., Awaitable[tuple[Client, str]]]
@@ -89,6 +97,21 @@ def make_job(make_sim: Callable[..., Awaitable[tuple[Simulator, Client]]]) -> Ma
         return c, f"{API}/{await create(c)}"
 
     return make
+
+
+#: ``c, url, resp = await read_job(after, **config)``: a transcription of a simulator of that
+#: config, as its owner reads it ``after`` seconds (of the test's clock) after creating it.
+ReadJob = Callable[..., Awaitable[tuple[Client, str, Any]]]
+
+
+@pytest.fixture
+def read_job(make_job: MakeJob, clock: FakeClock) -> ReadJob:
+    async def read(after: float, **config: Any) -> tuple[Client, str, Any]:
+        c, url = await make_job(**config)
+        clock.advance(after)
+        return c, url, await c.get(url, headers=OWNER)
+
+    return read
 
 
 @pytest.fixture
@@ -235,11 +258,9 @@ async def test_old_etag_is_not_modified_only_until_the_status_changes(
 
 
 async def test_completed_transcription_has_long_max_age_text_and_actions(
-    make_job: MakeJob, clock: FakeClock
+    read_job: ReadJob,
 ) -> None:
-    c, url = await make_job(transcript_words=500)
-    clock.advance(8.0)
-    resp = await c.get(url, headers=OWNER)
+    _, url, resp = await read_job(8.0, transcript_words=500)
     assert resp.headers["Cache-Control"] == "public, max-age=86400"
     body = await resp.json()
     data = body["data"]
@@ -260,12 +281,8 @@ async def test_completed_transcription_has_long_max_age_text_and_actions(
     assert body["actions"]["get_paragraphs"] == f"{url}/paragraphs"
 
 
-async def test_failed_transcription_is_final_refunded_and_has_no_text(
-    make_job: MakeJob, clock: FakeClock
-) -> None:
-    c, url = await make_job(failure_ratio=1.0)
-    clock.advance(9.0)
-    resp = await c.get(url, headers=OWNER)
+async def test_failed_transcription_is_final_refunded_and_has_no_text(read_job: ReadJob) -> None:
+    c, url, resp = await read_job(9.0, failure_ratio=1.0)
     body = await resp.json()
     assert body["data"]["status"] == "failed"
     assert "text" not in body["data"]
@@ -273,16 +290,14 @@ async def test_failed_transcription_is_final_refunded_and_has_no_text(
     assert body["billing"]["synapses_refunded"] == body["billing"]["synapses_consumed"]
     assert resp.headers["Cache-Control"] == "public, max-age=86400"
     sub = await c.get(f"{url}/sentences", headers=OWNER)
-    assert sub.status == 409
-    assert (await sub.json())["error"]["code"] == "TRANSCRIPTION_FAILED"
+    assert await error_code(sub, 409) == "TRANSCRIPTION_FAILED"
 
 
 async def test_upstream_refreshed_when_the_last_status_check_is_over_ten_seconds_old(
-    make_job: MakeJob, clock: FakeClock
+    read_job: ReadJob,
 ) -> None:
-    c, url = await make_job(processing_seconds=60.0)
-    clock.advance(11.0)
-    assert (await (await c.get(url, headers=OWNER)).json())["metadata"]["upstream_refreshed"]
+    c, url, first = await read_job(11.0, processing_seconds=60.0)
+    assert (await first.json())["metadata"]["upstream_refreshed"]
     assert not (await (await c.get(url, headers=OWNER)).json())["metadata"]["upstream_refreshed"]
 
 
@@ -295,18 +310,13 @@ async def test_another_tokens_transcription_is_not_found(
     c, url = job
     clock.advance(10.0)
     resp = await c.get(f"{url}{path}", headers=STRANGER)
-    assert resp.status == 404
-    body = await resp.json()
-    assert body["success"] is False
-    assert body["error"]["code"] == "TRANSCRIPTION_NOT_FOUND"
-    assert body["error"]["message"]
+    assert await error_code(resp, 404) == "TRANSCRIPTION_NOT_FOUND"
 
 
 async def test_unknown_id_is_not_found(client: tuple[Simulator, Client]) -> None:
     _, c = client
     resp = await c.get(f"{API}/trans_{'0' * 32}", headers=OWNER)
-    assert resp.status == 404
-    assert (await resp.json())["error"]["code"] == "TRANSCRIPTION_NOT_FOUND"
+    assert await error_code(resp, 404) == "TRANSCRIPTION_NOT_FOUND"
 
 
 @pytest.mark.parametrize(
@@ -341,10 +351,7 @@ async def test_sub_resources_conflict_until_completed(
     c, url = job
     clock.advance(3.0)
     resp = await c.get(f"{url}/paragraphs", headers=OWNER)
-    assert resp.status == 409
-    body = await resp.json()
-    assert body["success"] is False
-    assert body["error"]["code"] == "TRANSCRIPTION_NOT_COMPLETED"
+    assert await error_code(resp, 409) == "TRANSCRIPTION_NOT_COMPLETED"
     assert "Cache-Control" not in resp.headers
 
 
