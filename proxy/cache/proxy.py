@@ -15,8 +15,8 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
-from typing import assert_never
+from dataclasses import dataclass, replace
+from typing import NamedTuple, assert_never
 
 from proxy.cache.bodies import Bodies
 from proxy.cache.entries import Entries
@@ -63,24 +63,29 @@ log = logging.getLogger("proxy")
 RELAY_DECODE_LIMIT = 1024 * 1024
 
 
+class _Asked(NamedTuple):
+    """One request a long poll is about: what ``_watched`` and ``_long_poll`` work on."""
+
+    request: ProxyRequest
+    responder: Responder
+    route: str
+    facts: RequestFacts
+
+
+@dataclass(eq=False, repr=False)
 class CachingProxy:
     """Carries out the policy's decisions: serve, revalidate, fetch, stream, invalidate."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        store: Store,
-        upstream: Upstream,
-        metrics: Metrics,
-        clock: Callable[[], float],
-        coordinator: Coordinator | None = None,
-    ) -> None:
-        self.settings = settings
-        self.store = store
-        self.upstream = upstream
-        self.metrics = metrics
-        self.clock = clock
-        self.coordinator = coordinator
+    settings: Settings
+    store: Store
+    upstream: Upstream
+    metrics: Metrics
+    clock: Callable[[], float]
+    coordinator: Coordinator | None = None
+
+    def __post_init__(self) -> None:
+        settings, store, upstream = self.settings, self.store, self.upstream
+        metrics, clock, coordinator = self.metrics, self.clock, self.coordinator
         self.policy = from_attributes(CachePolicy, settings)
         self._credential_headers = settings.credential_headers
         self._scope_secret = settings.scope_secret.encode()
@@ -207,9 +212,8 @@ class CachingProxy:
                 case Fetch():
                     assert facts is not None, "a fetch is only decided after the store was read"
                     if decision.long_poll is not None and subscription is None:
-                        handled = await self._watched(
-                            request, responder, route, facts, decision.long_poll
-                        )
+                        asked = _Asked(request, responder, route, facts)
+                        handled = await self._watched(asked, decision.long_poll)
                         if handled is not None:
                             return handled
                     decision, outcome = await self._fetch(request, route, facts, decision)
@@ -227,9 +231,8 @@ class CachingProxy:
                     # the origin just failed, and a wait would only ask it again.
                     hold = None if failed else self.long_polls.may_hold(request, decision)
                     if facts is not None and hold is not None:
-                        return await self._long_poll(
-                            request, responder, route, facts, decision, hold
-                        )
+                        asked = _Asked(request, responder, route, facts)
+                        return await self._long_poll(asked, decision, hold)
                     return Handled(await self._serve(request, responder, route, decision))
                 case Forward(cache_status=status, result=result):
                     await self.forwarder.forward(request, responder, route, status)
@@ -256,34 +259,21 @@ class CachingProxy:
             return "miss"
         return decision.result
 
-    async def _watched(
-        self,
-        request: ProxyRequest,
-        responder: Responder,
-        route: str,
-        facts: RequestFacts,
-        serve: Serve,
-    ) -> Handled | None:
+    async def _watched(self, asked: _Asked, serve: Serve) -> Handled | None:
         """A long poll answered from its flight's watch instead of a revalidation of its own
         (``Fetch.long_poll``): held if it can be, served at once if its flight is watched
         (the watch keeps revalidating it), else ``None``: it revalidates as usual."""
+        request, responder, route, facts = asked
         hold = self.long_polls.may_hold(request, serve, count_shed=False)
         if hold is not None:
-            return await self._long_poll(request, responder, route, facts, serve, hold)
+            return await self._long_poll(asked, serve, hold)
         if self.waits.watching(flight_key(request.target, facts, serve.entry.selection_vary)):
             return Handled(await self._serve(request, responder, route, serve))
         return None
 
-    async def _long_poll(
-        self,
-        request: ProxyRequest,
-        responder: Responder,
-        route: str,
-        facts: RequestFacts,
-        serve: Serve,
-        hold: Hold,
-    ) -> Handled:
+    async def _long_poll(self, asked: _Asked, serve: Serve, hold: Hold) -> Handled:
         """RFC 7240 ``Prefer: wait``: instead of a 304 now, the change or a 304 later."""
+        request, responder, route, facts = asked
         flight, job = self._flight(request, route, facts, serve)
         opener = None if self.waits.watching(flight) else job  # kept only to open the watch
         defer = getattr(responder, "defer", None)

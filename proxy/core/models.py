@@ -341,22 +341,28 @@ def record_size(record: Record) -> int:
 
 
 @dataclass(frozen=True, slots=True)
-class Fresh:
+class Found:
+    """A stored response and its current age (§4.2.3): what the decisions on it start from."""
+
+    entry: StoredResponse
+    age: float
+
+
+@dataclass(frozen=True, slots=True)
+class Fresh(Found):
     """The stored response may be served as it is (§4.2).
 
     ``validated``: the request's ``max-age=0`` / ``no-cache`` is satisfied by the origin's answer
     for this very stored response within ``--revalidate-window`` (``recently_validated``).
     """
 
-    entry: StoredResponse
-    age: float
     ttl: float
     stale: bool = False
     validated: bool = False
 
 
 @dataclass(frozen=True, slots=True)
-class Revalidate:
+class Revalidate(Found):
     """A stored response exists but must be validated upstream before (or while) it is used.
 
     ``fwd`` is the RFC 9211 reason: ``stale`` for an expired entry, ``request`` when the request's
@@ -364,8 +370,6 @@ class Revalidate:
     lets the stale entry be served at once while the validation runs.
     """
 
-    entry: StoredResponse
-    age: float
     fwd: str
     background: bool = False
 
@@ -389,15 +393,13 @@ Decision = Fresh | Revalidate | Miss | Unsatisfiable
 
 
 @dataclass(frozen=True, slots=True)
-class Serve:
+class Serve(Found):
     """Answer from ``entry`` (RFC 9111 §4.2), with ``Age`` and this ``Cache-Status`` member.
 
     ``result`` is the metrics label; ``saved`` says the body did not come from the origin now;
     ``refresh`` asks for an RFC 5861 background revalidation after answering.
     """
 
-    entry: StoredResponse
-    age: float
     cache_status: str
     result: str
     saved: bool = True
@@ -422,19 +424,21 @@ class Fetch:
 
 
 @dataclass(frozen=True, slots=True)
-class Forward:
-    """Pass the request through uncached, relaying the origin's answer as it streams."""
+class Passed:
+    """An answer not served from the store: its ``Cache-Status`` member and metrics label."""
 
     cache_status: str
     result: str
 
 
 @dataclass(frozen=True, slots=True)
-class Relay:
-    """Send the fetched answer as it is (not served from the store)."""
+class Forward(Passed):
+    """Pass the request through uncached, relaying the origin's answer as it streams."""
 
-    cache_status: str
-    result: str
+
+@dataclass(frozen=True, slots=True)
+class Relay(Passed):
+    """Send the fetched answer as it is (not served from the store)."""
 
 
 @dataclass(frozen=True, slots=True)

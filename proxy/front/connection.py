@@ -48,6 +48,7 @@ from proxy.front.head import (
 from proxy.front.seams import Host
 from proxy.front.states import AnswerState, ReadState, WriteState
 from proxy.front.tls import Handshake, cut_handshake
+from proxy.front.waiters import settle, watch
 from proxy.front.writing import ResponseWriting
 
 __all__ = ["HttpConnection", "Parsed"]  # Parsed: what the server and the fast path take
@@ -179,15 +180,11 @@ class HttpConnection(ResponseWriting):
 
     def disconnected(self) -> asyncio.Future[None]:
         """Done once the client has gone away (closed, reset, or half-closed its side)."""
-        if self._disconnected is None:
-            self._disconnected = self.loop.create_future()
-            if self.lost:
-                self._disconnected.set_result(None)
-        return self._disconnected
+        self._disconnected = future = watch(self.loop, self._disconnected, self.lost)
+        return future
 
     def _gone(self) -> None:
-        if self._disconnected is not None and not self._disconnected.done():
-            self._disconnected.set_result(None)
+        settle(self._disconnected)
 
     def hand_over(self, data: bytes) -> None:
         """The connection speaks HTTP/2 from here on (``Front.http2``); this object is done."""

@@ -14,6 +14,8 @@ import asyncio
 from collections.abc import Callable
 from typing import Protocol
 
+from proxy.front.waiters import settle
+
 
 class Pausable(Protocol):
     """What flow control needs of a transport (the TLS one replaces the first mid-connection,
@@ -96,8 +98,4 @@ class FlowControl:
 
     def _wake(self, error: Exception | None) -> None:
         waiter, self._waiter = self._waiter, None
-        if waiter is not None and not waiter.done():
-            if error is None:
-                waiter.set_result(None)
-            else:
-                waiter.set_exception(error)
+        settle(waiter, error)

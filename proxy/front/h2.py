@@ -41,6 +41,7 @@ from hyperframe.frame import GoAwayFrame
 
 from proxy.front.flow import FlowControl
 from proxy.front.h2_stream import Http2Stream, request_of
+from proxy.front.waiters import settle, watch
 
 if TYPE_CHECKING:
     from proxy.front.seams import Host
@@ -144,11 +145,8 @@ class Http2Connection(asyncio.Protocol):
         self.goaway(NO_ERROR)
 
     def disconnected(self) -> asyncio.Future[None]:
-        if self._disconnected is None:
-            self._disconnected = self.loop.create_future()
-            if self.lost:
-                self._disconnected.set_result(None)
-        return self._disconnected
+        self._disconnected = future = watch(self.loop, self._disconnected, self.lost)
+        return future
 
     def abort(self) -> None:
         self.transport.abort()
@@ -173,8 +171,7 @@ class Http2Connection(asyncio.Protocol):
         self.streams.clear()
         self.sending.clear()
         self.flow.close(ConnectionResetError("the client closed the connection"))
-        if self._disconnected is not None and not self._disconnected.done():
-            self._disconnected.set_result(None)
+        settle(self._disconnected)
 
     def eof_received(self) -> bool | None:
         return None

@@ -26,6 +26,7 @@ from proxy.front.head import (
     headers_too_large,
     refusal,
 )
+from proxy.front.waiters import settle, watch
 from proxy.front.wire import BODYLESS, date_field, has_field
 
 if TYPE_CHECKING:
@@ -185,11 +186,8 @@ class Http2Stream:
     # -- lifecycle -----------------------------------------------------------------------------
 
     def disconnected(self) -> asyncio.Future[None]:
-        if self._disconnected is None:
-            self._disconnected = self.loop.create_future()
-            if self.closed:
-                self._disconnected.set_result(None)
-        return self._disconnected
+        self._disconnected = future = watch(self.loop, self._disconnected, self.closed)
+        return future
 
     def close(self) -> None:
         """Reset by the peer or by us, or the connection is gone: nothing more goes out."""
@@ -202,17 +200,12 @@ class Http2Stream:
             self.blocked_timer = None
         if self.body is not None and not self.body.complete:
             self.body.fail(ConnectionResetError())
-        if self._disconnected is not None and not self._disconnected.done():
-            self._disconnected.set_result(None)
+        settle(self._disconnected)
         self.drained(ConnectionResetError("the stream was reset"))
 
     def drained(self, error: Exception | None = None) -> None:
         waiter, self._drained = self._drained, None
-        if waiter is not None and not waiter.done():
-            if error is None:
-                waiter.set_result(None)
-            else:
-                waiter.set_exception(error)
+        settle(waiter, error)
 
     # -- the Responder ---------------------------------------------------------------------------
 

@@ -55,6 +55,26 @@ def _option(
     )
 
 
+def _seconds(default: float, help: str, *, least: float = 0) -> Any:
+    """A duration in seconds, at least ``least``."""
+    return _option(default, _bounded(float, least), help, "SECONDS")
+
+
+def _size(default: int, help: str, *, least: int = 0, most: int | None = None) -> Any:
+    """A byte size (``64k``, ``8m``...) between ``least`` and ``most``."""
+    return _option(default, _bounded(parse_size, least, most), help, "SIZE")
+
+
+def _count(default: int, help: str, *, least: int = 1, most: int | None = None) -> Any:
+    """A whole number between ``least`` and ``most``."""
+    return _option(default, _bounded(int, least, most), help, "N")
+
+
+def _flag(default: bool, help: str) -> Any:
+    """A yes/no option, which also gets a ``--no-...`` form."""
+    return _option(default, parse_bool, help, "BOOL")
+
+
 #: The most of ``--cache-max-bytes`` for decoded bodies (``Settings.decoded_bodies_bytes``).
 DECODED_BODIES_MAX = 8 * 1024 * 1024
 
@@ -75,12 +95,10 @@ class Settings:
         "X-Forwarded-Host (a constant: it splits no cache entry)",
         "HOST",
     )
-    forward_host: bool = _option(
+    forward_host: bool = _flag(
         False,
-        parse_bool,
         "send the client's Host upstream as X-Forwarded-Host, for origins that build links from "
         "it; it then becomes part of the cache key (--public-host, when set, is sent instead)",
-        "BOOL",
     )
     cache_scope: str = _option(
         "credential",
@@ -103,12 +121,8 @@ class Settings:
         "SECRET",
         secret=True,
     )
-    cache_max_bytes: int = _option(
-        256 * 1024**2, _bounded(parse_size, 1024), "byte budget of the in-process cache", "SIZE"
-    )
-    max_entry_bytes: int = _option(
-        8 * 1024**2, _bounded(parse_size, 0), "largest body the cache stores", "SIZE"
-    )
+    cache_max_bytes: int = _size(256 * 1024**2, "byte budget of the in-process cache", least=1024)
+    max_entry_bytes: int = _size(8 * 1024**2, "largest body the cache stores")
     compress_types: tuple[str, ...] = _option(
         DEFAULT_COMPRESS_TYPES,
         parse_media_types,
@@ -124,57 +138,43 @@ class Settings:
         "the compression extra; empty: none)",
         "CODINGS",
     )
-    compress_min_bytes: int = _option(
-        DEFAULT_COMPRESS_MIN_BYTES,
-        _bounded(parse_size, 0),
-        "smallest body the cache compresses",
-        "SIZE",
+    compress_min_bytes: int = _size(
+        DEFAULT_COMPRESS_MIN_BYTES, "smallest body the cache compresses"
     )
-    upstream_connect_timeout: float = _option(
-        5.0, _bounded(float, 0.001), "seconds to connect to the upstream", "SECONDS"
+    upstream_connect_timeout: float = _seconds(
+        5.0, "seconds to connect to the upstream", least=0.001
     )
-    upstream_timeout: float = _option(
-        30.0, _bounded(float, 0.001), "seconds to wait for the upstream's answer", "SECONDS"
+    upstream_timeout: float = _seconds(
+        30.0, "seconds to wait for the upstream's answer", least=0.001
     )
-    upstream_max_connections: int = _option(
-        256, _bounded(int, 1), "connections kept to the upstream", "N"
-    )
-    upstream_pool_timeout: float = _option(
+    upstream_max_connections: int = _count(256, "connections kept to the upstream")
+    upstream_pool_timeout: float = _seconds(
         60.0,
-        _bounded(float, 0.001),
         "seconds a request may wait for one of the pooled upstream connections to become free "
         "(apart from --upstream-connect-timeout)",
-        "SECONDS",
+        least=0.001,
     )
-    stale_grace: float = _option(
-        300.0,
-        _bounded(float, 0),
-        "seconds past expiry a stored entry stands in for an upstream error",
-        "SECONDS",
+    stale_grace: float = _seconds(
+        300.0, "seconds past expiry a stored entry stands in for an upstream error"
     )
-    keep_stale: float = _option(
+    keep_stale: float = _seconds(
         3600.0,
-        _bounded(float, 0),
         "seconds an expired entry with a validator is kept for conditional revalidation",
-        "SECONDS",
+        least=0,
     )
-    revalidate_window: float = _option(
+    revalidate_window: float = _seconds(
         1.0,
-        _bounded(float, 0),
         "seconds within which the origin's answer for a stored response (its fetch or last "
         "revalidation) satisfies a request's Cache-Control: max-age=0 / no-cache, and a long "
         "poll asking that is held and answered from the proxy's own revalidations; 0: every "
         "such request revalidates upstream",
-        "SECONDS",
+        least=0,
     )
-    heuristic_max: float = _option(
-        3600.0, _bounded(float, 0), "cap on heuristic freshness (RFC 9111 §4.2.2)", "SECONDS"
-    )
-    drain_seconds: float = _option(
+    heuristic_max: float = _seconds(3600.0, "cap on heuristic freshness (RFC 9111 §4.2.2)")
+    drain_seconds: float = _seconds(
         25.0,
-        _bounded(float, 0.001),
         "on SIGTERM, seconds in-flight requests get to finish before they are cut",
-        "SECONDS",
+        least=0.001,
     )
     workers: int = _option(
         1,
@@ -183,12 +183,11 @@ class Settings:
         "--redis-url they share a private redis-server, which must be on PATH",
         "N",
     )
-    max_wait: float = _option(
+    max_wait: float = _seconds(
         30.0,
-        _bounded(float, 0),
         "longest a request with 'Prefer: wait=N' is held for a change (RFC 7240); 0 disables "
         "long polling",
-        "SECONDS",
+        least=0,
     )
     max_waiters: int | None = _option(
         None,
@@ -197,11 +196,10 @@ class Settings:
         "(default: the connection cap, --max-connections)",
         "N",
     )
-    sse_heartbeat: float = _option(
+    sse_heartbeat: float = _seconds(
         15.0,
-        _bounded(float, 0.01),
         "seconds between heartbeat comments on an idle event stream (Accept: text/event-stream)",
-        "SECONDS",
+        least=0.01,
     )
     redis_url: str = _option(
         "",
@@ -220,58 +218,46 @@ class Settings:
         "milliseconds a Redis call may take before the proxy goes on without it",
         "MS",
     )
-    redis_local_ttl: float = _option(
+    redis_local_ttl: float = _seconds(
         1.0,
-        _bounded(float, 0),
         "seconds a replica keeps its in-process copy of a shared entry before reading Redis again",
-        "SECONDS",
+        least=0,
     )
-    redis_lock_ttl: float = _option(
+    redis_lock_ttl: float = _seconds(
         3.0,
-        _bounded(float, 0.01),
         "seconds a replica that died while fetching keeps the others waiting (renewed while alive)",
-        "SECONDS",
+        least=0.01,
     )
-    redis_max_connections: int = _option(
-        64, _bounded(int, 1), "connections kept to Redis (besides the subscription)", "N"
-    )
-    max_request_line: int = _option(
+    redis_max_connections: int = _count(64, "connections kept to Redis (besides the subscription)")
+    max_request_line: int = _size(
         8 * 1024,
-        _bounded(parse_size, 64, 1024**2),
         "longest request-target (path and query) accepted; longer is answered 414",
-        "SIZE",
+        least=64,
+        most=1024**2,
     )
-    max_header_bytes: int = _option(
+    max_header_bytes: int = _size(
         32 * 1024,
-        _bounded(parse_size, 256, 16 * 1024**2),
         "largest request header section accepted; larger is answered 431",
-        "SIZE",
+        least=256,
+        most=16 * 1024**2,
     )
-    max_body_bytes: int = _option(
-        64 * 1024**2,
-        _bounded(parse_size, 0),
-        "largest request body forwarded; larger is answered 413",
-        "SIZE",
+    max_body_bytes: int = _size(
+        64 * 1024**2, "largest request body forwarded; larger is answered 413"
     )
-    client_header_timeout: float = _option(
+    client_header_timeout: float = _seconds(
         30.0,
-        _bounded(float, 0.01),
         "seconds a connection may take to send a request head, counted from its opening or its "
         "previous response (also the keep-alive idle limit)",
-        "SECONDS",
+        least=0.01,
     )
-    client_body_timeout: float = _option(
-        30.0,
-        _bounded(float, 0.01),
-        "seconds a client may pause while sending a request body; then 408",
-        "SECONDS",
+    client_body_timeout: float = _seconds(
+        30.0, "seconds a client may pause while sending a request body; then 408", least=0.01
     )
-    client_send_timeout: float = _option(
+    client_send_timeout: float = _seconds(
         60.0,
-        _bounded(float, 0.01),
         "seconds a client may leave a response unread (between two writes, like nginx's "
         "send_timeout); then the connection is closed",
-        "SECONDS",
+        least=0.01,
     )
     max_connections: int | None = _option(
         None,
@@ -285,18 +271,15 @@ class Settings:
         "", str, "PEM certificate chain: serve HTTPS on --port (needs --tls-key)", "PATH"
     )
     tls_key: str = _option("", str, "PEM private key of --tls-cert", "PATH")
-    http2: bool = _option(
-        True,
-        parse_bool,
-        "serve HTTP/2 besides HTTP/1.1: ALPN h2 with TLS, prior-knowledge h2c without",
-        "BOOL",
+    http2: bool = _flag(
+        True, "serve HTTP/2 besides HTTP/1.1: ALPN h2 with TLS, prior-knowledge h2c without"
     )
-    http2_max_streams: int = _option(
+    http2_max_streams: int = _count(
         100,
-        _bounded(int, 1, 2**31 - 1),
         "streams an HTTP/2 connection may have open or still being answered at once "
         "(SETTINGS_MAX_CONCURRENT_STREAMS)",
-        "N",
+        least=1,
+        most=2**31 - 1,
     )
     front: str = _option(
         "own",
@@ -321,7 +304,7 @@ class Settings:
         "serve /metrics and purging only on this port, not on the public one",
         "PORT",
     )
-    access_log: bool = _option(True, parse_bool, "one JSON access-log line per request", "BOOL")
+    access_log: bool = _flag(True, "one JSON access-log line per request")
     event_loop: str = _option(
         "auto",
         _choice("auto", "asyncio", "uvloop"),

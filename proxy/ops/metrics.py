@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from itertools import product
+from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.metrics_core import (
@@ -163,6 +165,18 @@ class LoopHistogram(Collector):
         return [family]
 
 
+Labelled = TypeVar("Labelled", Counter, Histogram)
+
+
+def _at_zero(metric: Labelled, *values: Sequence[str]) -> Labelled:
+    """``metric`` with a series for every combination of the bounded label ``values`` from the
+    start, so that rates and ratios in PromQL return a series (0, not "no data") before the
+    first event of a kind has happened."""
+    for labels in product(*values):
+        metric.labels(*labels)
+    return metric
+
+
 class Metrics:
     """The proxy's metrics, with the label children of the hot path resolved up front."""
 
@@ -179,24 +193,27 @@ class Metrics:
             "Conditional requests answered locally with 304 Not Modified.",
             registry=registry,
         )
-        self.upstream_requests = Counter(
+        self.upstream_requests = self._counter(
             "cacheproxy_upstream_requests",
             "Requests sent upstream by route and response status class (or error kind).",
-            ("route", "status"),
-            registry=registry,
+            route=ROUTES,
+            status=UPSTREAM_STATUSES,
         )
-        self.upstream_errors = Counter(
+        self.upstream_errors = self._counter(
             "cacheproxy_upstream_errors",
             "Upstream failures by kind: refused, timeout, invalid, 5xx, 429.",
-            ("route", "kind"),
-            registry=registry,
+            route=ROUTES,
+            kind=UPSTREAM_ERROR_KINDS,
         )
-        self.upstream_duration = Histogram(
-            "cacheproxy_upstream_request_duration_seconds",
-            "Time until the upstream's response head arrived.",
-            ("route",),
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
+        self.upstream_duration = _at_zero(
+            Histogram(
+                "cacheproxy_upstream_request_duration_seconds",
+                "Time until the upstream's response head arrived.",
+                ("route",),
+                buckets=LATENCY_BUCKETS,
+                registry=registry,
+            ),
+            ROUTES,
         )
         self.request_duration = LoopHistogram(
             "cacheproxy_request_duration_seconds",
@@ -281,15 +298,12 @@ class Metrics:
             "Client connections refused or closed early because --max-connections was reached.",
             registry=registry,
         )
-        self.client_timeouts = Counter(
+        self.client_timeouts = self._counter(
             "cacheproxy_client_timeouts",
             "Client connections cut for being too slow, by phase: head (request head or "
             "keep-alive idle), body (a pause in a request body), send (a response left unread).",
-            ("phase",),
-            registry=registry,
+            phase=CLIENT_PHASES,
         )
-        for phase in CLIENT_PHASES:
-            self.client_timeouts.labels(phase)
         self.http2_errors = Counter(
             "cacheproxy_http2_errors",
             "HTTP/2 connections ended by a GOAWAY for an error, by its code (protocol_error, "
@@ -312,24 +326,18 @@ class Metrics:
         self._long_polls = {
             outcome: self.long_polls.labels(outcome) for outcome in LONG_POLL_OUTCOMES
         }
-        self.event_streams = Counter(
+        self.event_streams = self._counter(
             "cacheproxy_event_streams",
             "Event streams (Accept: text/event-stream) by how they ended: final (completed or "
             "failed sent), seen (204: the final event was already seen), disconnected, shed "
             "(--max-waiters reached), drained (shutdown) or error.",
-            ("outcome",),
-            registry=registry,
+            outcome=EVENT_STREAM_OUTCOMES,
         )
-        for outcome in EVENT_STREAM_OUTCOMES:
-            self.event_streams.labels(outcome)
-        self.events_sent = Counter(
+        self.events_sent = self._counter(
             "cacheproxy_events_sent",
             "Server-sent events written, by kind: event (a change) or heartbeat (a comment).",
-            ("kind",),
-            registry=registry,
+            kind=EVENT_KINDS,
         )
-        for kind in EVENT_KINDS:
-            self.events_sent.labels(kind)
         self.open_event_streams = Gauge(
             "cacheproxy_open_event_streams",
             "Event streams open right now (each also counts in cacheproxy_waiting_requests).",
@@ -347,14 +355,13 @@ class Metrics:
             for result in RESULTS
         }
         self._durations = {result: self.request_duration.labels(result) for result in RESULTS}
-        # Every bounded label value exists from the start at 0, so rates and ratios in PromQL
-        # return a series (0, not "no data") before the first error of a kind has happened.
-        for route in ROUTES:
-            self.upstream_duration.labels(route)
-            for status in UPSTREAM_STATUSES:
-                self.upstream_requests.labels(route, status)
-            for kind in UPSTREAM_ERROR_KINDS:
-                self.upstream_errors.labels(route, kind)
+
+    def _counter(self, name: str, documentation: str, **values: Sequence[str]) -> Counter:
+        """A counter labelled by the names of ``values``, with a series at 0 for each
+        combination of their values (``_at_zero``)."""
+        return _at_zero(
+            Counter(name, documentation, tuple(values), registry=self.registry), *values.values()
+        )
 
     def track_store(self, entries: Callable[[], int], size: Callable[[], int]) -> None:
         self.cache_entries.set_function(entries)
