@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import sys
+from typing import Any, Generic, TypeVar
 
 from proxy.core.coding import IDENTITY, Representation
 from proxy.core.headers import (
@@ -23,6 +24,7 @@ from proxy.core.headers import (
 )
 
 Headers = tuple[tuple[str, str], ...]
+T = TypeVar("T")
 
 #: Fields not copied from a stored response onto a response built from it: recomputed per
 #: response (``Age``, ``Cache-Status``, ``Content-Length``) or connection-specific.
@@ -59,6 +61,33 @@ def shared_pair(name: str, value: str) -> tuple[str, str]:
 def shared_fields(fields: Headers) -> Headers:
     """One tuple for every stored response whose fields are the same (apart from ``ETag``)."""
     return fields
+
+
+#: What most stored responses of one API repeat (``StoredResponse``'s shape): status, reason,
+#: fields (``ETag`` apart), where the ``ETag`` goes, stored coding, scope, selecting fields,
+#: targeted, directives, ``Vary``, its selection part, the ``Date`` as a time, the ``Age`` and the
+#: derived bodies (a shape with some is the response's own, not shared).
+Shape = tuple[Any, ...]
+
+
+@functools.lru_cache(maxsize=1024)
+def shared_shape(shape: Shape) -> Shape:
+    """One shape tuple for every stored response that repeats it: a completed transcription
+    then costs its body, its ``ETag``, two times and a small object of five slots."""
+    return shape
+
+
+class ShapePart(Generic[T]):
+    """A ``StoredResponse`` attribute read from its shared shape (``shape[index]``)."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+    def __get__(self, entry: Any, owner: Any = None) -> T:
+        value: T = entry._shape[self.index]
+        return value
 
 
 @functools.lru_cache(maxsize=4096)

@@ -14,6 +14,8 @@ from proxy.core.fields import (
     NOT_SERVED,
     NOT_SERVED_WITH_RANGES,
     Headers,
+    Shape,
+    ShapePart,
     coding_token,
     date_of,
     header_value,
@@ -24,6 +26,7 @@ from proxy.core.fields import (
     served_fields,
     shared_fields,
     shared_pair,
+    shared_shape,
 )
 from proxy.core.headers import CacheControl, parse_age, parse_entity_tag
 
@@ -38,6 +41,19 @@ __all__ = [
 ]
 
 
+class _Time:
+    """``StoredResponse.request_time`` or ``response_time``, read from its one ``complex``."""
+
+    __slots__ = ("response",)
+
+    def __init__(self, *, response: bool) -> None:
+        self.response = response
+
+    def __get__(self, entry: Any, owner: Any = None) -> float:
+        times: complex = entry._times
+        return times.imag if self.response else times.real
+
+
 class StoredResponse:
     """One stored response (RFC 9111 §3) and the request facts needed to reuse it.
 
@@ -50,50 +66,25 @@ class StoredResponse:
     the bodies of other configured codings. ``representations`` lists what is served, the
     origin's own first, each with its validator (RFC 9110 §8.8.3).
 
-    Memory is the point of this shape (issue 19): slots only; the fields tuple and its pairs are
-    shared between responses that repeat them, the ``ETag`` kept apart so that the rest can be;
-    dates, sizes, representations and their fields are computed when asked, not stored. The
-    facts a hit needs (``cache_control``, ``etag``, ``vary``, ``corrected_initial_age``) are
-    computed once here.
+    Memory is the point of this layout (issue 19): five slots per response (the shape, its
+    ``ETag``, body, its two times as one complex number, ``expires``), the shape one tuple
+    shared by every response that repeats the rest (status, reason, fields, coding, scope,
+    directives, ``Vary``, ``Date``, ``Age``, no derived bodies: ``fields.shared_shape``), the
+    ``ETag`` kept apart so that the rest can be shared. Derived facts
+    (``corrected_initial_age``, dates, representations) are computed when asked. The last
+    slot, ``expires``, belongs to the memory store (``proxy.stores.memory``), which keeps the
+    retention of a one-variant record on it rather than in a tuple per key.
     """
 
-    __slots__ = (
-        "_etag_at",
-        "_fields",
-        "body",
-        "cache_control",
-        "coding",
-        "corrected_initial_age",
-        "derived",
-        "etag",
-        "reason",
-        "request_time",
-        "response_time",
-        "scope",
-        "selecting",
-        "selection_vary",
-        "status",
-        "targeted",
-        "vary",
-    )  # fmt: skip
+    __slots__ = ("_shape", "_times", "body", "etag", "expires")
 
-    status: int
-    reason: str
-    _fields: Headers
-    _etag_at: int
+    _shape: Shape
+    #: ``request_time`` and ``response_time`` as one object (a complex number holds two
+    #: doubles in 32 bytes, where two floats take 64 and a slot more).
+    _times: complex
     etag: str | None
     body: bytes
-    coding: str | None
-    derived: tuple[Representation, ...]
-    request_time: float
-    response_time: float
-    corrected_initial_age: float
-    scope: str
-    selecting: tuple[tuple[str, str], ...]
-    targeted: bool
-    cache_control: CacheControl
-    vary: tuple[str, ...]
-    selection_vary: tuple[str, ...]
+    expires: float | None
 
     def __init__(
         self,
@@ -120,13 +111,6 @@ class StoredResponse:
             at = tags[0]
             del kept[at]
         fields = shared_fields(tuple(shared_pair(name, value) for name, value in kept))
-        cache_control = response_cache_control(fields, targeted=targeted)
-        date = date_of(header_value(fields, "date"), response_time)
-        age = parse_age(header_values(fields, "age")) or 0
-        # §4.2.3 apparent_age, with the receipt time at the one-second resolution of the Date it
-        # is compared with: a response dated in the second it arrives is not up to 1 s old.
-        apparent_age = max(0.0, math.floor(response_time) - date) if date is not None else 0.0
-        corrected_age_value = age + (response_time - request_time)
         vary = parsed_vary(tuple(header_values(fields, "vary")))
         if "accept-encoding" in vary and (
             coding is not None
@@ -141,25 +125,52 @@ class StoredResponse:
             selection_vary = tuple(name for name in vary if name != "accept-encoding")
         else:
             selection_vary = vary
+        shape = (
+            status, sys.intern(reason), fields, at, coding,
+            # One string per credential scope, however many responses it holds.
+            sys.intern(scope), selecting, targeted,
+            response_cache_control(fields, targeted=targeted), vary, selection_vary,
+            date_of(header_value(fields, "date"), response_time),
+            parse_age(header_values(fields, "age")) or 0,
+            derived,
+        )  # fmt: skip
         setter = object.__setattr__
-        setter(self, "status", status)
-        setter(self, "reason", sys.intern(reason))
-        setter(self, "_fields", fields)
-        setter(self, "_etag_at", at)
+        # Derived bodies are each response's own: a shape holding them is not shared (nor kept
+        # alive by the sharing table).
+        setter(self, "_shape", shape if derived else shared_shape(shape))
+        setter(self, "_times", complex(request_time, response_time))
         setter(self, "etag", etag)
         setter(self, "body", body)
-        setter(self, "coding", coding)
-        setter(self, "derived", derived)
-        setter(self, "request_time", request_time)
-        setter(self, "response_time", response_time)
-        setter(self, "corrected_initial_age", max(apparent_age, corrected_age_value))
-        # One string per credential scope, however many responses it holds.
-        setter(self, "scope", sys.intern(scope))
-        setter(self, "selecting", selecting)
-        setter(self, "targeted", targeted)
-        setter(self, "cache_control", cache_control)
-        setter(self, "vary", vary)
-        setter(self, "selection_vary", selection_vary)
+        setter(self, "expires", None)
+
+    status = ShapePart[int](0)
+    reason = ShapePart[str](1)
+    _fields = ShapePart[Headers](2)
+    _etag_at = ShapePart[int](3)
+    coding = ShapePart["str | None"](4)
+    scope = ShapePart[str](5)
+    selecting = ShapePart[tuple[tuple[str, str], ...]](6)
+    targeted = ShapePart[bool](7)
+    cache_control = ShapePart[CacheControl](8)
+    vary = ShapePart[tuple[str, ...]](9)
+    selection_vary = ShapePart[tuple[str, ...]](10)
+    date = ShapePart["float | None"](11)
+    derived = ShapePart[tuple[Representation, ...]](13)
+
+    request_time = _Time(response=False)
+    response_time = _Time(response=True)
+
+    @property
+    def corrected_initial_age(self) -> float:
+        """§4.2.3 corrected_initial_age, with the receipt time at the one-second resolution of
+        the Date it is compared with: a response dated in the second it arrives is not up to
+        1 s old."""
+        shape, times = self._shape, self._times
+        response_time = times.imag
+        date: float | None = shape[11]
+        apparent_age = max(0.0, math.floor(response_time) - date) if date is not None else 0.0
+        corrected_age_value: float = shape[12] + (response_time - times.real)
+        return max(apparent_age, corrected_age_value)
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"StoredResponse is immutable: {name}")
@@ -218,10 +229,6 @@ class StoredResponse:
     def served(self) -> Headers:
         """The stored fields a response built from this one carries."""
         return served_fields(self.headers, self.status)
-
-    @property
-    def date(self) -> float | None:
-        return date_of(header_value(self._fields, "date"), self.response_time)
 
     @property
     def last_modified(self) -> float | None:
@@ -334,6 +341,14 @@ REPRESENTATION_OVERHEAD = 160
 
 #: All stored variants of one URI, most recent first (RFC 9111 §4.1).
 Record = tuple[StoredResponse, ...]
+
+
+def same_record(a: Record, b: Record) -> bool:
+    """Whether two records hold the very same stored responses: the memory store hands a
+    one-variant record out as a new tuple on each read (``proxy.stores.memory``)."""
+    if a is b:
+        return True
+    return len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
 
 
 def record_size(record: Record) -> int:

@@ -24,7 +24,7 @@ from multidict import CIMultiDict
 from proxy.cache.exchange import ProxyRequest, route_of
 from proxy.core.coding import CodingError, Representation, choose
 from proxy.core.conditional import not_modified, not_modified_headers
-from proxy.core.models import Record, Serve, StoredResponse
+from proxy.core.models import Record, Serve, StoredResponse, same_record
 from proxy.core.policy import freshness_lifetime, lookup
 from proxy.front.wire import CRLF, connection_field, field_lines, status_line
 from proxy.ops.metrics import LoopCounterChild, LoopHistogramChild
@@ -224,7 +224,7 @@ class FastPath:
             return False
         now = self.clock()
         prepared = self.memo.get(key)
-        if prepared is None or prepared.record is not record:
+        if prepared is None or not same_record(prepared.record, record):
             if parsed is None:
                 return False
             prepared = self._prepare(conn, parsed, record, now, key)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable
 
-from proxy.core.models import Record, record_size
+from proxy.core.models import Record, StoredResponse, record_size
 from proxy.stores.base import SharedStore, Store, StoreError
 
 #: Memory per key beyond its characters: the key string object, its place in the LRU table
@@ -25,16 +25,28 @@ def key_bytes(key: str) -> int:
     return len(key) * (1 if key.isascii() else 4) + KEY_OVERHEAD
 
 
-#: A record and when its retention ends.
-_Slot = tuple[Record, float]
+#: What the table holds per key: a one-variant record as its response itself, the retention
+#: kept on it (``StoredResponse.expires``), or else the record and when its retention ends.
+_Slot = StoredResponse | tuple[Record, float]
+
+
+def _record(slot: _Slot) -> Record:
+    return (slot,) if isinstance(slot, StoredResponse) else slot[0]
+
+
+def _expires(slot: _Slot) -> float:
+    return slot.expires if isinstance(slot, StoredResponse) else slot[1]  # type: ignore[return-value]
 
 
 class MemoryStore:
     """An LRU table of records bounded by a byte budget, each kept for its retention.
 
-    One ``OrderedDict`` in recency order, each key holding ``(record, expires_at)``: issue 19
-    measured cachetools' TLRU at twice the bookkeeping per key (its data, size and expiry maps
-    and heap items), which at 50,000 small responses was a tenth of their bytes. Sizes are
+    One ``OrderedDict`` in recency order: issue 19 measured cachetools' TLRU at twice the
+    bookkeeping per key (its data, size and expiry maps and heap items), which at 50,000 small
+    responses was a tenth of their bytes. A key holding one variant (the common case) holds the
+    response itself, its retention written once on it (``StoredResponse.expires``, never
+    written again: a response already stored elsewhere is held as ``(record, expires_at)``,
+    as a record of several variants is). Sizes are
     recomputed from the record when it leaves (records are immutable), not kept. A record past
     its retention is never returned; it is dropped when read, replaced, reached by the sweep of
     the least recently used end on each store, or evicted by the budget like any other.
@@ -62,9 +74,9 @@ class MemoryStore:
         slot = self._slots.get(key)
         if slot is None:
             return None
-        if self._clock() < slot[1]:  # the record's retention
+        if self._clock() < _expires(slot):  # the record's retention
             self._slots.move_to_end(key)
-            return slot[0]
+            return _record(slot)
         self._drop(key)
         return None
 
@@ -77,7 +89,12 @@ class MemoryStore:
         if ttl <= 0 or size > self._max_bytes:
             return
         now = self._clock()
-        self._slots[key] = (record, now + ttl)
+        first = record[0] if len(record) == 1 else None
+        if first is not None and first.expires is None:
+            object.__setattr__(first, "expires", now + ttl)
+            self._slots[key] = first
+        else:
+            self._slots[key] = (record, now + ttl)
         self._bytes += size
         self._sweep(now)
         while self._bytes > self._max_bytes:
@@ -92,14 +109,14 @@ class MemoryStore:
             if not self._slots:
                 return
             oldest = next(iter(self._slots))
-            if self._slots[oldest][1] > now:
+            if _expires(self._slots[oldest]) > now:
                 return
             self._drop(oldest)
 
     def _drop(self, key: str) -> None:
         slot = self._slots.pop(key, None)
         if slot is not None:
-            self._bytes -= record_size(slot[0]) + key_bytes(key)
+            self._bytes -= record_size(_record(slot)) + key_bytes(key)
 
     async def delete(self, key: str) -> None:
         self._drop(key)
@@ -120,7 +137,7 @@ class MemoryStore:
     def expire(self) -> None:
         """Drop every record past its retention."""
         now = self._clock()
-        for key in [key for key, slot in self._slots.items() if slot[1] <= now]:
+        for key in [key for key, slot in self._slots.items() if _expires(slot) <= now]:
             self._drop(key)
 
     @property
