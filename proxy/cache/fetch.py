@@ -353,3 +353,14 @@ def release_orphan(task: asyncio.Task[Outcome]) -> None:
     outcome = task.result()
     if isinstance(outcome, Streamed):
         outcome.response.close()
+
+
+async def outcome_of(task: asyncio.Task[Outcome], leader: bool) -> Outcome:
+    """Await a joined flight (``Fetcher.join``) without cancelling it for the others: a leader
+    cancelled before it takes the outcome leaves a streamed response to ``release_orphan``."""
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        if leader:
+            task.add_done_callback(release_orphan)
+        raise

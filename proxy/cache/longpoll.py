@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from proxy.cache.entries import Entries
 from proxy.cache.exchange import (
@@ -24,7 +24,7 @@ from proxy.cache.exchange import (
     send_error,
     send_upstream_error,
 )
-from proxy.cache.fetch import Fetched, Fetcher, FetchJob, release_orphan
+from proxy.cache.fetch import Fetched, Fetcher, FetchJob, outcome_of
 from proxy.cache.forward import Forwarder, Streamed
 from proxy.cache.serve import StoredServing, Unacceptable
 from proxy.cache.wait import (
@@ -72,37 +72,50 @@ class Handled:
     deferred: bool = False
 
 
+@dataclass(slots=True)
+class LongPoll:
+    """One request to hold: what ``LongPolls.hold`` and ``park`` are asked with.
+
+    ``job`` makes the flight's refresh, needed only if this request opens the watch
+    (``WaitRoom.watching``). ``fallback`` answers the request the ordinary way, when the wait
+    ends in a response this cache cannot serve from the store.
+    """
+
+    request: ProxyRequest
+    responder: Responder
+    flight: str
+    job: Callable[[], FetchJob] | None
+    serve: Serve
+    hold: Hold
+    route: str
+    fallback: Fallback
+
+
+@dataclass(eq=False)
 class LongPolls:
     """Holds requests that would be answered 304 until their response changes."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        entries: Entries,
-        fetcher: Fetcher,
-        serving: StoredServing,
-        forwarder: Forwarder,
-        policy: CachePolicy,
-        clock: Callable[[], float],
-        metrics: Metrics,
-    ) -> None:
-        self.settings = settings
-        self.entries = entries
-        self.fetcher = fetcher
-        self.serving = serving
-        self.forwarder = forwarder
-        self.policy = policy
-        self.clock = clock
-        self.metrics = metrics
-        #: ``--max-waiters``, or the connection cap the descriptor limit allows (``limits``).
-        self.max_waiters = max_waiters(settings)
-        self.waits: WaitRoom[Fetched] = WaitRoom(on_outcome=metrics.count_long_poll)
-        metrics.waiting_requests.set_function(lambda: self.waits.waiting)
-        entries.on_change = self.waits.changed
-        # The answer to the waiters one change woke, by kind of request (``_changed``).
-        self._shared: dict[tuple[object, ...], SharedAnswer] = {}
-        self._shared_entry: StoredResponse | None = None
-        self._shared_second = 0
+    settings: Settings
+    entries: Entries
+    fetcher: Fetcher
+    serving: StoredServing
+    forwarder: Forwarder
+    policy: CachePolicy
+    clock: Callable[[], float]
+    metrics: Metrics
+    #: ``--max-waiters``, or the connection cap the descriptor limit allows (``limits``).
+    max_waiters: int = field(init=False)
+    waits: WaitRoom[Fetched] = field(init=False)
+    # The answer to the waiters one change woke, by kind of request (``_changed``).
+    _shared: dict[tuple[object, ...], SharedAnswer] = field(init=False, default_factory=dict)
+    _shared_entry: StoredResponse | None = field(init=False, default=None)
+    _shared_second: int = field(init=False, default=0)
+
+    def __post_init__(self) -> None:
+        self.max_waiters = max_waiters(self.settings)
+        self.waits = WaitRoom(on_outcome=self.metrics.count_long_poll)
+        self.metrics.waiting_requests.set_function(lambda: self.waits.waiting)
+        self.entries.on_change = self.waits.changed
 
     def may_hold(
         self, request: ProxyRequest, serve: Serve, *, count_shed: bool = True
@@ -130,62 +143,37 @@ class LongPolls:
             return None
         return decision
 
-    async def hold(
-        self,
-        request: ProxyRequest,
-        responder: Responder,
-        flight: str,
-        job: Callable[[], FetchJob] | None,
-        serve: Serve,
-        hold: Hold,
-        route: str,
-        fallback: Fallback,
-    ) -> Handled:
+    async def hold(self, poll: LongPoll) -> Handled:
         """Hold the request, then answer it; returns the result label and the time held
         (``park``, awaited: for a responder that cannot defer its answer)."""
         future: asyncio.Future[Handled] = asyncio.get_running_loop().create_future()
-        waiter = self.park(request, responder, flight, job, serve, hold, route, fallback, future)
+        waiter = self.park(poll, future)
         try:
             return await future
         except asyncio.CancelledError:
             self.waits.settle(waiter, DISCONNECTED)
             raise
 
-    def park(
-        self,
-        request: ProxyRequest,
-        responder: Responder,
-        flight: str,
-        job: Callable[[], FetchJob] | None,
-        serve: Serve,
-        hold: Hold,
-        route: str,
-        fallback: Fallback,
-        done: Callable[[str], None] | asyncio.Future[Handled],
-    ) -> Waiter:
+    def park(self, poll: LongPoll, done: Callable[[str], None] | asyncio.Future[Handled]) -> Waiter:
         """Hold the request without a task; once it ends its answer is written and ``done``
         called with the result label (its duration observed, the wait left out), or, a
-        future, set to the ``Handled``.
-
-        ``job`` makes the flight's refresh, needed only if this request opens the watch
-        (``WaitRoom.watching``). ``fallback`` answers the request the ordinary way, when the
-        wait ends in a response this cache cannot serve from the store.
-        """
+        future, set to the ``Handled``."""
+        request = poll.request
         connection = request.connection
         observe = None
-        if job is not None:
-            made = job
+        if poll.job is not None:
+            made = poll.job
 
             def observe() -> Awaitable[Observation[Fetched]]:
                 return self.observe(made())
 
-        held = Held(self, request, responder, serve, hold, route, fallback, done)
+        held = Held(self, poll, done)
         return self.waits.park(
-            flight,
+            poll.flight,
             request.target,
             observe,
             request.headers,
-            hold.seconds,
+            poll.hold.seconds,
             connection.disconnected() if connection is not None else None,
             held.wake,
         )
@@ -234,11 +222,7 @@ class LongPolls:
         stale = decision.entry if isinstance(decision, Fresh | Revalidate) else None
         task, leader = self.fetcher.join(replace(job, stale=stale))
         try:
-            outcome = await asyncio.shield(task)
-        except asyncio.CancelledError:
-            if leader:
-                task.add_done_callback(release_orphan)
-            raise
+            outcome = await outcome_of(task, leader)
         except UpstreamError:
             if stale is not None and self._covers(stale, job):
                 return Observation(stale)  # what a poll would be served: keep waiting
@@ -276,21 +260,12 @@ class Held:
     def __init__(
         self,
         polls: LongPolls,
-        request: ProxyRequest,
-        responder: Responder,
-        serve: Serve,
-        hold: Hold,
-        route: str,
-        fallback: Fallback,
+        poll: LongPoll,
         done: Callable[[str], None] | asyncio.Future[Handled],
     ) -> None:
         self.polls = polls
-        self.request = request
-        self.responder = responder
-        self.serve = serve
-        self.hold = hold
-        self.route = route
-        self.fallback = fallback
+        self.request, self.responder, self.serve = poll.request, poll.responder, poll.serve
+        self.hold, self.route, self.fallback = poll.hold, poll.route, poll.fallback
         self.done = done
         self.started = time.perf_counter()
 
@@ -409,4 +384,4 @@ def _after(held: float, handled: Handled) -> Handled:
     return Handled(handled.result, held + handled.held)
 
 
-__all__ = ["Handled", "LongPolls", "Wake"]
+__all__ = ["Handled", "LongPoll", "LongPolls", "Wake"]

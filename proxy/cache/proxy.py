@@ -33,7 +33,7 @@ from proxy.cache.exchange import (
 from proxy.cache.fetch import Fetched, Fetcher, FetchJob, Outcome, flight_key, release_orphan
 from proxy.cache.forward import Forwarder, Streamed
 from proxy.cache.invalidate import Invalidator
-from proxy.cache.longpoll import Handled, LongPolls
+from proxy.cache.longpoll import Handled, LongPoll, LongPolls
 from proxy.cache.serve import StoredServing, Unacceptable
 from proxy.cache.wait import Observation
 from proxy.core.coding import accepts, readable, upstream_accept_encoding
@@ -280,12 +280,10 @@ class CachingProxy:
         finish = defer() if defer is not None else None
         # ``_cacheable`` is the fallback: the response became one this cache cannot serve
         # from the store (too large), so the request is asked as usual.
-        polls = self.long_polls
+        poll = LongPoll(request, responder, flight, opener, serve, hold, route, self._cacheable)
         if finish is None:
-            return await polls.hold(request, responder, flight, opener, serve, hold, route,
-                                    self._cacheable)  # fmt: skip
-        polls.park(request, responder, flight, opener, serve, hold, route, self._cacheable,
-                   finish)  # fmt: skip
+            return await self.long_polls.hold(poll)
+        self.long_polls.park(poll, finish)
         return Handled("held", deferred=True)
 
     def _flight(

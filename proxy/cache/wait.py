@@ -12,9 +12,7 @@ the primitives.
 from __future__ import annotations
 
 import asyncio
-import heapq
 import logging
-import math
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass
@@ -22,6 +20,7 @@ from typing import Any, Generic, TypeVar
 
 from proxy.core.conditional import not_modified
 from proxy.core.models import StoredResponse
+from proxy.ops.timers import TickWheel
 from proxy.stores.keys import key_digest
 
 log = logging.getLogger("proxy.wait")
@@ -138,10 +137,7 @@ class WaitRoom(Generic[A]):
         self._by_key: dict[str, set[str]] = {}
         self._keys_by_digest: dict[str, str] = {}
         # The timer wheel: waiters by the tick their wait ends on, one timer for the earliest.
-        self._slots: dict[int, set[Waiter]] = {}
-        self._heap: list[int] = []
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_slot = 0
+        self._wheel: TickWheel[Waiter] = TickWheel(self._timed_out, tick=TICK)
 
     async def hold(
         self,
@@ -206,7 +202,7 @@ class WaitRoom(Generic[A]):
         watch.waiters.add(waiter)
         if counted:
             self.waiting += 1
-        self._arm(waiter, watch.loop.time() + seconds)
+        waiter.slot = self._wheel.add(waiter, watch.loop.time() + seconds)
         if lost is not None:
             waiter.lost = lost
             lost.add_done_callback(waiter.gone)
@@ -221,11 +217,7 @@ class WaitRoom(Generic[A]):
         watch.waiters.discard(waiter)
         if waiter.counted:
             self.waiting -= 1
-        slot = self._slots.get(waiter.slot)
-        if slot is not None:
-            slot.discard(waiter)
-            if not slot:
-                del self._slots[waiter.slot]
+        self._wheel.discard(waiter, waiter.slot)
         lost = waiter.lost
         if lost is not None:
             waiter.lost = None
@@ -240,43 +232,17 @@ class WaitRoom(Generic[A]):
         except Exception:  # a bug in the answer: the others must still be answered
             log.exception("answering a held request failed")
 
-    def _arm(self, waiter: Waiter, deadline: float) -> None:
-        slot = math.ceil(deadline / TICK)
-        waiter.slot = slot
-        waiters = self._slots.get(slot)
-        if waiters is None:
-            waiters = self._slots[slot] = set()
-            heapq.heappush(self._heap, slot)
-            if self._timer is None or slot < self._timer_slot:
-                self._rearm(slot)
-        waiters.add(waiter)
-
-    def _rearm(self, slot: int) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer_slot = slot
-        self._timer = asyncio.get_running_loop().call_at(slot * TICK, self._tick)
-
-    def _tick(self) -> None:
-        """The wheel's one timer: every wait whose tick has come ends with ``timeout``."""
-        self._timer = None
-        now = asyncio.get_running_loop().time() + TICK / 10  # a timer may fire a little early
-        heap = self._heap
-        while heap and heap[0] * TICK <= now:
-            waiters = self._slots.pop(heapq.heappop(heap), None)
-            timeouts: dict[int, Wake[A]] = {}  # by watch: its latest stored response
-            for waiter in list(waiters or ()):
-                watch = waiter.watch
-                if watch is None:
-                    continue
-                wake = timeouts.get(id(watch))
-                if wake is None:
-                    wake = timeouts[id(watch)] = _timeout(watch)
-                self.settle(waiter, wake)
-        while heap and heap[0] not in self._slots:
-            heapq.heappop(heap)  # ticks whose waiters all ended before them
-        if heap and self._timer is None:
-            self._rearm(heap[0])
+    def _timed_out(self, waiters: list[Waiter]) -> None:
+        """A tick of the wheel: every wait it ends ends with ``timeout``, one answer per watch."""
+        timeouts: dict[int, Wake[A]] = {}  # by watch: its latest stored response
+        for waiter in waiters:
+            watch = waiter.watch
+            if watch is None:
+                continue
+            wake = timeouts.get(id(watch))
+            if wake is None:
+                wake = timeouts[id(watch)] = _timeout(watch)
+            self.settle(waiter, wake)
 
     def enter(self) -> None:
         """An event stream opened: it counts against ``--max-waiters`` until it ``leave``s."""
@@ -304,9 +270,7 @@ class WaitRoom(Generic[A]):
 
     async def close(self) -> None:
         self.release_all()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._wheel.close()
         tasks = [watch.task for watch in self._watches.values() if watch.task is not None]
         for task in tasks:
             task.cancel()

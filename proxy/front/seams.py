@@ -17,8 +17,8 @@ from proxy.cache.exchange import Responder
 
 if TYPE_CHECKING:
     from proxy.front.head import Parsed
-    from proxy.front.timers import DeadlineWheel
     from proxy.ops.config import Settings
+    from proxy.ops.timers import DeadlineWheel
 
 
 class Writer(Protocol):

@@ -35,9 +35,9 @@ from proxy.front.h2 import Http2Connection
 from proxy.front.prepared import FastPath
 from proxy.front.responder import ConnectionResponder
 from proxy.front.seams import Client, HttpClient, Reply, Requester
-from proxy.front.timers import DeadlineWheel
 from proxy.ops.config import Settings
 from proxy.ops.limits import max_connections
+from proxy.ops.timers import DeadlineWheel
 from proxy.runtime import Runtime
 
 log = logging.getLogger("proxy.server")
