@@ -30,7 +30,15 @@ from proxy.cache.exchange import (
     send_rejected,
     send_upstream_error,
 )
-from proxy.cache.fetch import Fetched, Fetcher, FetchJob, Outcome, flight_key, release_orphan
+from proxy.cache.fetch import (
+    Fetched,
+    Fetcher,
+    FetchJob,
+    Outcome,
+    flight_key,
+    outcome_of,
+    release_orphan,
+)
 from proxy.cache.forward import Forwarder, Streamed
 from proxy.cache.invalidate import Invalidator
 from proxy.cache.longpoll import Handled, LongPoll, LongPolls
@@ -352,11 +360,7 @@ class CachingProxy:
             return Forward(cache_status(fwd=fetch.fwd, detail="range-pass"), "miss"), None
         task, leader = self.fetcher.join(job)
         try:
-            outcome = await asyncio.shield(task)
-        except asyncio.CancelledError:
-            if leader:
-                task.add_done_callback(release_orphan)
-            raise
+            outcome = await outcome_of(task, leader)
         except UpstreamError as error:
             served = settle_error(fetch, facts, error.kind, self.clock(), self.policy)
             if served is None:
