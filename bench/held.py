@@ -212,6 +212,7 @@ def run(
     loop: str,
     soft_limit: int = 1024,
     profile: Path | None = None,
+    perf: Path | None = None,
 ) -> Result:
     result = Result(clients, sources)
     raise_own_limit(clients + 1024)
@@ -244,7 +245,7 @@ def run(
             # The load generator is this process: on its own CPU, not the proxy's.
             os.sched_setaffinity(0, {int(pinning.client)})
         try:
-            _measure(result, proxy, clients, sources, max_wait, profile)
+            _measure(result, proxy, clients, sources, max_wait, profile, perf)
         finally:
             proxy.stop()
             text = proxy.log_path.read_text(errors="replace")
@@ -265,6 +266,7 @@ def _measure(
     sources: int,
     max_wait: int,
     profile: Path | None,
+    perf: Path | None = None,
 ) -> None:
     url = proxy.url + PATH
     auth = {"Authorization": f"Bearer {TOKEN}", "Accept-Encoding": "gzip"}
@@ -286,14 +288,22 @@ def _measure(
     result.held = held
     time.sleep(1.0)  # let allocations settle
     result.rss_held = processes.rss_bytes(proxy.pid)
-    profiler = None
+    profilers: list[subprocess.Popen[bytes]] = []
     if profile is not None:
         profile.parent.mkdir(parents=True, exist_ok=True)
-        profiler = subprocess.Popen(
+        profilers.append(subprocess.Popen(
             [str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(proxy.pid),
              "--rate", "500", "--format", "raw", "--output", str(profile), "--nonblocking"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+        ))  # fmt: skip
+        time.sleep(1.0)
+    if perf is not None:
+        # The kernel's share too (the writes' system calls), which py-spy does not see.
+        perf.parent.mkdir(parents=True, exist_ok=True)
+        profilers.append(subprocess.Popen(
+            ["perf", "record", "-g", "-F", "2000", "-p", str(proxy.pid), "-o", str(perf)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        ))  # fmt: skip
         time.sleep(1.0)
     cpu_before = processes.cpu_seconds(proxy.pid)
     changed = time.perf_counter()
@@ -306,7 +316,7 @@ def _measure(
     answers = collect(socks, time.monotonic() + 60)
     result.client_cpu_ms = 1000 * (time.process_time() - client_before)
     result.wake_cpu_ms = 1000 * (processes.cpu_seconds(proxy.pid) - cpu_before)
-    if profiler is not None:
+    for profiler in profilers:
         profiler.send_signal(signal.SIGINT)
         profiler.wait(30)
     poster.close()
@@ -363,6 +373,7 @@ def main(argv: list[str] | None = None) -> int:
         "--soft-limit", type=int, default=1024, help="the proxy's soft RLIMIT_NOFILE at start"
     )
     parser.add_argument("--profile", type=Path, default=None, help="py-spy raw output of the wake")
+    parser.add_argument("--perf", type=Path, default=None, help="perf record output of the wake")
     parser.add_argument("--origin", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.origin is not None:
@@ -376,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="aitronos-held-") as workdir:
             result = run(
                 Path(workdir), clients, sources, pinning, args.max_wait, args.event_loop,
-                args.soft_limit, args.profile,
+                args.soft_limit, args.profile, args.perf,
             )  # fmt: skip
         print(
             f"held: {result.held:.0f} held, {result.per_held / 1024:.2f} KiB each, "

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -138,6 +138,10 @@ class Deferring(Protocol):
 
     def send_shared(self, answer: SharedAnswer) -> None:
         """``send`` of a response shared with other requests."""
+
+    def send_shared_all(self, responders: Sequence[object], answer: SharedAnswer) -> None:
+        """``send_shared`` to each of ``responders`` (responders of this one's class) at once:
+        the waiters one change wakes, in one loop."""
 
 
 def send_error(

@@ -14,9 +14,11 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
+from typing import cast
 
 from proxy.cache.entries import Entries
 from proxy.cache.exchange import (
+    Deferring,
     Fields,
     ProxyRequest,
     Responder,
@@ -29,6 +31,7 @@ from proxy.cache.forward import Forwarder, Streamed
 from proxy.cache.serve import StoredServing, Unacceptable
 from proxy.cache.wait import (
     DISCONNECTED,
+    Many,
     Observation,
     Waiter,
     WaitRoom,
@@ -54,6 +57,9 @@ from proxy.upstream import UpstreamError
 
 log = logging.getLogger("proxy")
 
+
+#: What an answer to a change depends on besides the stored response (``LongPolls._kind``).
+Kind = tuple[object, ...]
 
 #: The ordinary way to answer a request (``CachingProxy._cacheable``), for a wait that ends in
 #: a response the store cannot answer.
@@ -106,14 +112,18 @@ class LongPolls:
     #: ``--max-waiters``, or the connection cap the descriptor limit allows (``limits``).
     max_waiters: int = field(init=False)
     waits: WaitRoom[Fetched] = field(init=False)
-    # The answer to the waiters one change woke, by kind of request (``_changed``).
-    _shared: dict[tuple[object, ...], SharedAnswer] = field(init=False, default_factory=dict)
+    # The answer to the waiters one change woke, by kind of request (``_prepared``).
+    _shared: dict[Kind, SharedAnswer] = field(init=False, default_factory=dict)
     _shared_entry: StoredResponse | None = field(init=False, default=None)
     _shared_second: int = field(init=False, default=0)
+    # Kinds as held requests share them (``Held.kind``), so a wake groups by identity.
+    _kinds: dict[Kind, Kind] = field(init=False, default_factory=dict)
+    _many: Many = field(init=False)
 
     def __post_init__(self) -> None:
         self.max_waiters = max_waiters(self.settings)
         self.waits = WaitRoom(on_outcome=self.metrics.count_long_poll)
+        self._many = self._wake_many  # one bound method for every waiter to keep
         self.metrics.waiting_requests.set_function(lambda: self.waits.waiting)
         self.entries.on_change = self.waits.changed
 
@@ -167,7 +177,7 @@ class LongPolls:
             def observe() -> Awaitable[Observation[Fetched]]:
                 return self.observe(made())
 
-        held = Held(self, poll, done)
+        held = Held(self, poll, done, self._kind(poll, done))
         return self.waits.park(
             poll.flight,
             request.target,
@@ -175,37 +185,127 @@ class LongPolls:
             request.headers,
             poll.hold.seconds,
             connection.disconnected() if connection is not None else None,
-            held.wake,
+            held,
+            many=self._many,
         )
 
-    def _changed(self, held: Held, entry: StoredResponse, applied: Fields) -> None:
-        """Serve the changed ``entry``: one answer prepared per kind of request in the same
-        second, written as is to every waiter of that kind (``SharedAnswer``)."""
-        request, responder = held.request, held.responder
-        send_shared = getattr(responder, "send_shared", None)
-        if send_shared is None or "range" in request.headers:  # a range: a part of its own
-            self.serving.serve(request, responder, self._waited(entry), applied)
-            return
+    def _kind(
+        self, poll: LongPoll, done: Callable[[str], None] | asyncio.Future[Handled]
+    ) -> Kind | None:
+        """What a change's answer to this request depends on besides the stored response
+        (``StoredServing.serve`` and the front's framing read nothing else of it): requests of
+        one kind woken by one change get the same bytes, made once (``_wake_many``). ``None``:
+        answered on its own (a range, a responder that cannot share an answer, an awaited
+        hold). The credential scope and the ``Vary`` selection are the flight's: one kind
+        never spans two flights, and the answer is made from the entry the change stored."""
+        request, responder = poll.request, poll.responder
         headers = request.headers
+        if (
+            isinstance(done, asyncio.Future)
+            or getattr(responder, "send_shared_all", None) is None
+            or "range" in headers
+        ):
+            return None
+        kind = (
+            type(responder),
+            request.method,
+            poll.route,
+            validators_of(headers),
+            tuple(headers.getall("accept-encoding", ())),
+            tuple(headers.getall("cache-control", ())),
+            (("Preference-Applied", poll.hold.applied),),
+        )
+        shared = self._kinds.get(kind)
+        if shared is None:
+            if len(self._kinds) >= 4096:
+                self._kinds.clear()  # only the grouping by identity is lost, not correctness
+            shared = self._kinds[kind] = kind
+        return shared
+
+    def _wake_many(
+        self, notifies: list[Callable[[Wake[Fetched]], None]], wake: Wake[Fetched]
+    ) -> None:
+        """The waiters one wake ended (``WaitRoom.settle_many``): on a change, those of one
+        kind share one answer, written to each in one loop (``_answer_group``); any other end
+        of a wait, and a request of no kind, is answered on its own (``Held.wake``)."""
+        entry = wake.entry
+        if wake.outcome != "changed" or entry is None:
+            for notify in notifies:
+                notify(wake)
+            return
+        groups: dict[int, list[Held]] = {}
+        for notify in notifies:
+            held = cast(Held, notify)
+            kind = held.kind
+            if kind is None:
+                held.wake(wake)
+                continue
+            group = groups.get(id(kind))  # kinds are shared (``_kind``): alive while held
+            if group is None:
+                group = groups[id(kind)] = []
+            group.append(held)
+        for group in groups.values():
+            self._answer_group(group, entry, wake)
+
+    def _answer_group(self, group: list[Held], entry: StoredResponse, wake: Wake[Fetched]) -> None:
+        """One answer for ``group`` (requests of one kind), then each request's end: its
+        duration and count observed once for all, its ``done`` (access log, next request)."""
+        started = time.perf_counter()
+        first = group[0]
+        try:
+            prepared, made = self._prepared(first, entry)
+        except Exception:  # Unacceptable, or a bug: each answered its own way, as alone
+            for held in group:
+                held.wake(wake)
+            return
+        self.serving.count(
+            prepared.status, first.request.method, len(prepared.body), copies=len(group) - made
+        )
+        send_all = cast(Deferring, first.responder).send_shared_all
+        try:
+            send_all([held.responder for held in group], prepared)
+        except Exception:
+            log.exception("unexpected error while answering held requests")
+            for held in group:
+                held.fail(time.perf_counter() - held.started)
+            return
+        # The time answering took, shared out: what each request cost, not its wait.
+        elapsed = (time.perf_counter() - started) / len(group)
+        self.metrics.observe_requests(first.route, "hit", elapsed, len(group))
+        for held in group:
+            try:
+                held.done("hit")  # type: ignore[operator]  # a kind is never awaited
+            except Exception:
+                log.exception("unexpected error while ending a held request")
+
+    def _prepared(self, held: Held, entry: StoredResponse) -> tuple[SharedAnswer, int]:
+        """The answer to ``held``'s kind of request from ``entry``, made once per kind in the
+        same second (``SharedAnswer``), and whether it was just made (``serve`` counted it)."""
         now = int(self.clock())
         if self._shared_entry is not entry or self._shared_second != now:
             self._shared_entry, self._shared_second = entry, now
             self._shared = {}
-        kind = (
-            request.method,
-            validators_of(headers),
-            tuple(headers.getall("accept-encoding", ())),
-            tuple(headers.getall("cache-control", ())),
-            applied,
-        )
+        kind = held.kind
+        assert kind is not None
         prepared = self._shared.get(kind)
-        if prepared is None:
-            capture = Capture()
-            self.serving.serve(request, capture, self._waited(entry), applied)  # may raise
-            prepared = self._shared[kind] = capture.answer()
-        else:
-            self.serving.count(prepared.status, request.method, len(prepared.body))
-        send_shared(prepared)
+        if prepared is not None:
+            return prepared, 0
+        capture = Capture()
+        applied = (("Preference-Applied", held.hold.applied),)
+        self.serving.serve(held.request, capture, self._waited(entry), applied)  # may raise
+        prepared = self._shared[kind] = capture.answer()
+        return prepared, 1
+
+    def _changed(self, held: Held, entry: StoredResponse, applied: Fields) -> None:
+        """Serve the changed ``entry`` to one request: the answer of its kind if it has one
+        (``_prepared``), written as is (``SharedAnswer``)."""
+        request, responder = held.request, held.responder
+        if held.kind is None:  # a range: a part of its own; or a responder that cannot share
+            self.serving.serve(request, responder, self._waited(entry), applied)
+            return
+        prepared, made = self._prepared(held, entry)
+        self.serving.count(prepared.status, request.method, len(prepared.body), copies=1 - made)
+        cast(Deferring, responder).send_shared(prepared)
 
     def _waited(self, entry: StoredResponse) -> Serve:
         age = current_age(entry, self.clock())
@@ -252,22 +352,29 @@ class LongPolls:
 
 
 class Held:
-    """One parked long poll: what its answer needs once the wait ends (``wake``)."""
+    """One parked long poll: what its answer needs once the wait ends (``wake``; the waiter's
+    ``notify`` is the ``Held`` itself)."""
 
-    __slots__ = ("done", "fallback", "hold", "polls", "request", "responder", "route", "serve",
-                 "started")  # fmt: skip
+    __slots__ = ("done", "fallback", "hold", "kind", "polls", "request", "responder", "route",
+                 "serve", "started")  # fmt: skip
 
     def __init__(
         self,
         polls: LongPolls,
         poll: LongPoll,
         done: Callable[[str], None] | asyncio.Future[Handled],
+        kind: Kind | None = None,
     ) -> None:
         self.polls = polls
         self.request, self.responder, self.serve = poll.request, poll.responder, poll.serve
         self.hold, self.route, self.fallback = poll.hold, poll.route, poll.fallback
         self.done = done
+        #: Its kind of request (``LongPolls._kind``): who shares its answer to a change.
+        self.kind = kind
         self.started = time.perf_counter()
+
+    def __call__(self, wake: Wake[Fetched]) -> None:
+        self.wake(wake)
 
     def wake(self, wake: Wake[Fetched]) -> None:
         """The wait ended: write the answer (the change, the upstream's answer for this scope,
@@ -313,10 +420,14 @@ class Held:
                 self.request.method,
                 self.request.path,
             )
-            send_error(responder, 500, "PROXY_ERROR", "the proxy failed to handle the request",
-                       cache_status())  # fmt: skip
-            return self._done(Handled("error", held))
+            return self.fail(held)
         self._done(Handled("hit", held))
+
+    def fail(self, held: float) -> None:
+        """A bug in the answer: a 500 with the envelope (unless the head is out already)."""
+        send_error(self.responder, 500, "PROXY_ERROR", "the proxy failed to handle the request",
+                   cache_status())  # fmt: skip
+        self._done(Handled("error", held))
 
     def _fall_back(self, held: float) -> None:
         async def answer() -> None:

@@ -94,15 +94,19 @@ class StoredServing:
         headers = [*served, ("Age", age), ("Cache-Status", decision.cache_status), *extra]
         responder.send(status, reason, headers, body)
 
-    def count(self, status: int, method: str, size: int, saved: bool = True) -> None:
-        """The metrics ``serve`` counts for an answer it wrote, for a copy of that answer
-        written to another request of the same kind (a shared long-poll answer)."""
+    def count(
+        self, status: int, method: str, size: int, saved: bool = True, copies: int = 1
+    ) -> None:
+        """The metrics ``serve`` counts for an answer it wrote, for ``copies`` of that answer
+        written to other requests of the same kind (a shared long-poll answer)."""
+        if copies <= 0:
+            return
         if status == 304:
-            self.metrics.not_modified.inc()
+            self.metrics.not_modified.inc(copies)
         elif method != "HEAD":
-            self.metrics.response_bytes.inc(size)
+            self.metrics.response_bytes.inc(size * copies)
             if saved:
-                self.metrics.bytes_saved.inc(size)
+                self.metrics.bytes_saved.inc(size * copies)
 
 
 def ranges_for(

@@ -60,13 +60,20 @@ class Wake(Generic[A]):
     error: Exception | None = None
 
 
+#: Answers many ended waits with one wake at once: called with their ``notify`` callables (all
+#: parked with this same ``many``), so that one answer can be made for all who get the same.
+Many = Callable[[list[Callable[[Wake[Any]], None]], Wake[Any]], None]
+
+
 class Waiter:
     """One held request: its validators (the request's fields), what to call once it ends, and
     where it sits in the room's timer wheel. Held requests need no task nor timer each: the
-    room settles a waiter by calling ``notify`` once, from its watch, its wheel or a disconnect.
+    room settles a waiter by calling ``notify`` once, from its watch, its wheel or a disconnect
+    (or its ``many`` with the others one wake ends together).
     """
 
-    __slots__ = ("counted", "headers", "lost", "notify", "room", "slot", "still", "watch")
+    __slots__ = ("counted", "headers", "lost", "many", "notify", "room", "slot", "still",
+                 "validators", "watch")  # fmt: skip
 
     def __init__(
         self,
@@ -76,11 +83,15 @@ class Waiter:
         notify: Callable[[Wake[Any]], None],
         still: Callable[[StoredResponse], bool] | None = None,
         counted: bool = True,
+        many: Many | None = None,
     ) -> None:
         self.room = room
         self.watch: Watch[Any] | None = watch
         self.headers = headers
+        #: ``validators_of(headers)``, one shared tuple per distinct value (``WaitRoom``).
+        self.validators = room.validators(headers)
         self.notify = notify
+        self.many = many
         #: Whether a stored response still matches what it holds; ``None``: its fields'
         #: validators do (compared once per distinct value, ``still_matches``).
         self.still = still
@@ -126,16 +137,19 @@ class WaitRoom(Generic[A]):
     def __init__(
         self,
         *,
-        on_outcome: Callable[[str], None],
+        on_outcome: Callable[[str, int], None],
         min_interval: float = MIN_INTERVAL,
     ) -> None:
         self.min_interval = min_interval
+        #: Called with an outcome and how many held requests ended with it.
         self.on_outcome = on_outcome
         self.waiting = 0
         self.closing = False
         self._watches: dict[str, Watch[A]] = {}
         self._by_key: dict[str, set[str]] = {}
         self._keys_by_digest: dict[str, str] = {}
+        # Validators as waiters share them: the waiters of one change mostly hold one ETag.
+        self._validators: dict[tuple[object, ...], tuple[object, ...]] = {}
         # The timer wheel: waiters by the tick their wait ends on, one timer for the earliest.
         self._wheel: TickWheel[Waiter] = TickWheel(self._timed_out, tick=TICK)
 
@@ -189,16 +203,18 @@ class WaitRoom(Generic[A]):
         *,
         still: Callable[[StoredResponse], bool] | None = None,
         counted: bool = True,
+        many: Many | None = None,
     ) -> Waiter:
         """Hold a request without a task: ``notify`` is called once with why it ended (a
         change, the ``seconds`` passing, ``lost`` done, the drain), from the watch, the timer
-        wheel or the disconnect; a ``notify`` must not raise."""
+        wheel or the disconnect; a ``notify`` must not raise. ``many``: what answers the
+        waiters one wake ends together instead (with their ``notify``), if given."""
         watch = self._watches.get(flight)
         if watch is None:
             if observe is None:
                 raise ValueError(f"flight {flight!r} has no watch: park needs its observe")
             watch = self._open(flight, key, observe)
-        waiter = Waiter(self, watch, headers, notify, still, counted)
+        waiter = Waiter(self, watch, headers, notify, still, counted, many)
         watch.waiters.add(waiter)
         if counted:
             self.waiting += 1
@@ -226,23 +242,74 @@ class WaitRoom(Generic[A]):
         if not watch.waiters:
             self._close(watch)
         if waiter.counted and wake.outcome != "disconnected":
-            self.on_outcome(wake.outcome)
-        try:
-            waiter.notify(wake)
-        except Exception:  # a bug in the answer: the others must still be answered
-            log.exception("answering a held request failed")
+            self.on_outcome(wake.outcome, 1)
+        _notify(waiter.notify, wake)
+
+    def settle_many(self, watch: Watch[A], waiters: list[Waiter], wake: Wake[A]) -> None:
+        """End the waits of ``waiters`` of ``watch`` with one ``wake``: the bookkeeping in one
+        loop, the outcome counted once, then the answers, by ``many`` where the waiters have one
+        (one answer made per kind of request, ``LongPolls``), else one ``notify`` each. Waiters
+        already settled (or of another watch) are left alone."""
+        remaining = watch.waiters
+        discard = self._wheel.discard
+        counted = 0
+        ended: list[Waiter] = []
+        for waiter in waiters:
+            if waiter.watch is not watch:
+                continue
+            waiter.watch = None
+            remaining.discard(waiter)
+            counted += waiter.counted
+            discard(waiter, waiter.slot)
+            lost = waiter.lost
+            if lost is not None:
+                waiter.lost = None
+                lost.remove_done_callback(waiter.gone)  # keep-alive: leave no callback behind
+            ended.append(waiter)
+        self.waiting -= counted
+        if not remaining:
+            self._close(watch)
+        if counted and wake.outcome != "disconnected":
+            self.on_outcome(wake.outcome, counted)
+        groups: dict[Many, list[Callable[[Wake[Any]], None]]] = {}
+        for waiter in ended:
+            many = waiter.many
+            if many is None:
+                _notify(waiter.notify, wake)
+            else:
+                notifies = groups.get(many)
+                if notifies is None:
+                    notifies = groups[many] = []
+                notifies.append(waiter.notify)
+        for many, notifies in groups.items():
+            try:
+                many(notifies, wake)
+            except Exception:  # a bug in the answer: the other groups must still be answered
+                log.exception("answering held requests failed")
 
     def _timed_out(self, waiters: list[Waiter]) -> None:
         """A tick of the wheel: every wait it ends ends with ``timeout``, one answer per watch."""
-        timeouts: dict[int, Wake[A]] = {}  # by watch: its latest stored response
+        by_watch: dict[int, tuple[Watch[A], list[Waiter]]] = {}
         for waiter in waiters:
             watch = waiter.watch
             if watch is None:
                 continue
-            wake = timeouts.get(id(watch))
-            if wake is None:
-                wake = timeouts[id(watch)] = _timeout(watch)
-            self.settle(waiter, wake)
+            group = by_watch.get(id(watch))
+            if group is None:
+                group = by_watch[id(watch)] = (watch, [])
+            group[1].append(waiter)
+        for watch, ended in by_watch.values():
+            self.settle_many(watch, ended, _timeout(watch))  # its latest stored response
+
+    def validators(self, headers: Mapping[str, str]) -> tuple[object, ...]:
+        """``validators_of(headers)``, the one tuple kept for that value (a waiter keeps it)."""
+        validators = validators_of(headers)
+        shared = self._validators.get(validators)
+        if shared is None:
+            if len(self._validators) >= 4096:
+                self._validators.clear()  # only sharing is lost: equal tuples compare equal
+            shared = self._validators[validators] = validators
+        return shared
 
     def enter(self) -> None:
         """An event stream opened: it counts against ``--max-waiters`` until it ``leave``s."""
@@ -318,19 +385,20 @@ class WaitRoom(Generic[A]):
                     self._wake_all(watch, Wake(outcome, answer=seen.answer))
                     continue
                 entry = watch.seen = seen.entry
-                changed: Wake[A] = Wake("changed", entry=entry)
-                matches: dict[tuple[object, ...], bool] = {}  # by validators: once each
-                for waiter in list(watch.waiters):
+                matches: dict[int, bool] = {}  # by the validators' tuple: once each
+                woken = []
+                for waiter in watch.waiters:
                     if waiter.still is not None:
                         match = waiter.still(entry)
                     else:
-                        headers = waiter.headers
-                        validators = validators_of(headers)
+                        validators = id(waiter.validators)  # alive: its waiter holds it
                         match = matches.get(validators)  # type: ignore[assignment]
                         if match is None:
-                            match = matches[validators] = still_matches(entry, headers)
+                            match = matches[validators] = still_matches(entry, waiter.headers)
                     if not match:
-                        self.settle(waiter, changed)
+                        woken.append(waiter)
+                if woken:
+                    self.settle_many(watch, woken, Wake("changed", entry=entry))
                 if not watch.waiters:
                     break
                 # Wake just past the end of the freshness lifetime (a timer may fire a little
@@ -343,8 +411,14 @@ class WaitRoom(Generic[A]):
             self._close(watch)
 
     def _wake_all(self, watch: Watch[A], wake: Wake[A]) -> None:
-        for waiter in list(watch.waiters):
-            self.settle(waiter, wake)
+        self.settle_many(watch, list(watch.waiters), wake)
+
+
+def _notify(notify: Callable[[Wake[Any]], None], wake: Wake[Any]) -> None:
+    try:
+        notify(wake)
+    except Exception:  # a bug in the answer: the others must still be answered
+        log.exception("answering a held request failed")
 
 
 TIMEOUT: Wake[Any] = Wake("timeout")

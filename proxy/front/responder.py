@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from proxy.cache.exchange import Fields, SharedAnswer
@@ -79,28 +79,42 @@ class ConnectionResponder:
     def send_shared(self, answer: SharedAnswer) -> None:
         """``send`` of an answer shared with other requests: its head is serialised once per
         framing and kept in ``answer.wire``."""
-        if self.started:
-            return
-        self.started = True
+        self.send_shared_all((self,), answer)
+
+    def send_shared_all(self, responders: Sequence[object], answer: SharedAnswer) -> None:
+        """``send_shared`` of ``answer`` to each of ``responders`` (of this class, this one
+        among them or not) in one loop: the waiters one change wakes. The head (and a body of
+        at most one slice, joined to it) is made once per framing, kept in ``answer.wire``;
+        each request then costs one write. A responder that answered already is skipped, a
+        client that went away is written nothing (as ``send`` would)."""
         status = answer.status
-        self.status = status
-        request = self.request
-        head_only = request.method == "HEAD" or status in BODYLESS or status < 200
-        framing = (request.keep_alive, request.http10, head_only)
-        wire = answer.wire.get(framing)
-        body = b"" if head_only else answer.body
-        if wire is None:
-            bodyless = status in BODYLESS or status < 200
-            length = None if bodyless else len(answer.body)
-            wire = self._head(status, answer.reason, answer.headers, length)
-            if len(body) <= SLICE:
-                wire += body  # head and body joined once: one write per waiter, not a writev
-            answer.wire[framing] = wire
-        self.sent = len(body)
-        if len(body) <= SLICE:
-            self.conn.write_response(wire, b"")
-        else:
-            self.conn.write_response(wire, body)
+        bodyless = status in BODYLESS or status < 200
+        body = answer.body
+        joined = len(body) <= SLICE
+        wires = answer.wire
+        for responder in responders:
+            assert isinstance(responder, ConnectionResponder)
+            if responder.started:
+                continue
+            responder.started = True
+            responder.status = status
+            request = responder.request
+            head_only = bodyless or request.method == "HEAD"
+            framing = (request.keep_alive, request.http10, head_only)
+            wire = wires.get(framing)
+            if wire is None:
+                wire = responder._head(
+                    status, answer.reason, answer.headers, None if bodyless else len(body)
+                )
+                if joined and not head_only:
+                    wire += body  # head and body joined once: one write per waiter, not a writev
+                wires[framing] = wire
+            if head_only:
+                responder.sent = 0
+                responder.conn.write_response(wire, b"")
+            else:
+                responder.sent = len(body)
+                responder.conn.write_response(wire, b"" if joined else body)
 
     def defer(self) -> Callable[[str], None] | None:
         """The answer is written after the handler returns (a parked long poll)."""

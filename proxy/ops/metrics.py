@@ -118,6 +118,11 @@ class LoopHistogramChild:
         self.counts[bisect_left(self.bounds, amount)] += 1
         self.sum += amount
 
+    def observe_many(self, amount: float, count: int) -> None:
+        """``count`` observations of ``amount``."""
+        self.counts[bisect_left(self.bounds, amount)] += count
+        self.sum += amount * count
+
     def cumulative(self) -> Iterator[tuple[str, float]]:
         total = 0
         for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
@@ -381,13 +386,19 @@ class Metrics:
         to update with plain additions."""
         return self._requests[route, "hit"], self._durations["hit"]
 
-    def count_long_poll(self, outcome: str) -> None:
-        """A held request ended (``LONG_POLL_OUTCOMES``), without a ``labels`` look-up."""
+    def count_long_poll(self, outcome: str, count: int = 1) -> None:
+        """``count`` held requests ended (``LONG_POLL_OUTCOMES``), without a ``labels``
+        look-up."""
         child = self._long_polls.get(outcome)
         if child is None:
             child = self._long_polls[outcome] = self.long_polls.labels(outcome)
-        child.inc()
+        child.inc(count)
 
     def observe_request(self, route: str, result: str, seconds: float) -> None:
         self._requests[route, result].inc()
         self._durations[result].observe(seconds)
+
+    def observe_requests(self, route: str, result: str, seconds: float, count: int) -> None:
+        """``count`` requests answered together, ``seconds`` each (one wake's waiters)."""
+        self._requests[route, result].inc(count)
+        self._durations[result].observe_many(seconds, count)
