@@ -27,6 +27,7 @@ import resource
 import select
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -103,6 +104,16 @@ class Result:
     wake_cpu_ms: float = 0.0
     p50_ms: float = 0.0
     p99_ms: float = 0.0
+    #: First to last answer by the kernel's receive stamps (``SO_TIMESTAMPNS``): what the
+    #: client's own speed cannot inflate.
+    kernel_first_to_last_ms: float = 0.0
+    #: How long after the kernel received an answer the client read it (p99, max): near zero
+    #: when the client keeps up with the proxy.
+    lag_p99_ms: float = 0.0
+    lag_max_ms: float = 0.0
+    #: The client's time handling answers (its empty polls left out, ``--block`` or not).
+    client_busy_ms: float = 0.0
+    spin: bool = True
     proxy_log: str = ""
     notes: list[str] = field(default_factory=list)
 
@@ -163,35 +174,93 @@ def open_held(port: int, count: int, sources: int, payload: bytes) -> dict[int, 
     return socks
 
 
-def collect(socks: dict[int, socket.socket], deadline: float) -> dict[int, tuple[float, bytes]]:
-    """Read every connection's answer: the time its first bytes arrived, and the bytes."""
-    ep = select.epoll(sizehint=len(socks))
-    for fd in socks:
-        ep.register(fd, select.EPOLLIN)
-    first: dict[int, float] = {}
-    data: dict[int, bytearray] = {}
-    done: dict[int, tuple[float, bytes]] = {}
-    clock = time.perf_counter
-    try:
-        while len(done) < len(socks) and time.monotonic() < deadline:
-            events = ep.poll(1.0, 4096)
-            now = clock()
-            for fd, _ in events:
-                chunk = socks[fd].recv(65536)
-                if fd not in first:
-                    first[fd] = now
-                    data[fd] = bytearray()
-                buffer = data[fd]
-                buffer += chunk
-                if not chunk or _complete(buffer):
-                    ep.unregister(fd)
-                    done[fd] = (first[fd], bytes(buffer))
-    finally:
-        ep.close()
-    return done
+#: Linux's ``SO_TIMESTAMPNS`` (``SCM_TIMESTAMPNS`` in the ancillary data): the kernel stamps
+#: each segment as it reaches the socket, which Python's ``socket`` module does not name.
+SO_TIMESTAMPNS = 35
+TIMESPEC = struct.Struct("qq")
 
 
-def _complete(buffer: bytearray) -> bool:
+@dataclass
+class Answer:
+    """One connection's answer: when its first bytes were read (``perf_counter``), when the
+    kernel received them (wall clock, ``SO_TIMESTAMPNS``), when they were read (wall clock,
+    to compare with the kernel's), and the bytes."""
+
+    read_at: float
+    kernel_at: float
+    read_wall: float
+    raw: bytes
+
+
+@dataclass
+class Collected:
+    answers: dict[int, Answer]
+    #: Time spent handling the answers read (empty polls of ``spin`` left out).
+    busy: float
+
+
+class Collector:
+    """Reads every connection's answer: when its first bytes arrived, and the bytes.
+
+    Made before the change is sent, so that the first answers find it ready. Each socket is
+    registered once, one-shot, so that an answer read whole (one segment, the usual case) costs
+    one ``recvmsg`` and no ``epoll_ctl``; only a partial one is armed again. ``spin``: poll
+    without sleeping, so that the proxy's writes never have to wake this process (on loopback
+    the writer pays the reader's wake-up, which a remote client never costs it). The kernel's
+    receive stamp of each answer is kept too: it does not depend on how soon this process gets
+    to the socket, so comparing it with the read time shows whether the client kept up.
+    """
+
+    def __init__(self, socks: dict[int, socket.socket], spin: bool = True) -> None:
+        self.socks = socks
+        self.spin = spin
+        self.ep = select.epoll(sizehint=len(socks))
+        self.armed = select.EPOLLIN | select.EPOLLONESHOT
+        for fd, sock in socks.items():
+            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            self.ep.register(fd, self.armed)
+
+    def collect(self, deadline: float) -> Collected:
+        socks, ep, armed = self.socks, self.ep, self.armed
+        partial: dict[int, tuple[float, float, float, bytearray]] = {}
+        done: dict[int, Answer] = {}
+        clock, wall = time.perf_counter, time.time
+        ancillary = socket.CMSG_SPACE(TIMESPEC.size)
+        timeout = 0 if self.spin else 1.0
+        busy = 0.0
+        try:
+            while len(done) < len(socks) and time.monotonic() < deadline:
+                events = ep.poll(timeout, 4096)
+                if not events:
+                    continue
+                now, now_wall = clock(), wall()
+                for fd, _ in events:
+                    chunk, cmsgs, _, _ = socks[fd].recvmsg(65536, ancillary)
+                    started = partial.pop(fd, None)
+                    if started is None:
+                        kernel = now_wall
+                        for level, kind, data in cmsgs:
+                            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+                                seconds, nanoseconds = TIMESPEC.unpack(data)
+                                kernel = seconds + nanoseconds / 1e9
+                        if not chunk or _complete(chunk):
+                            done[fd] = Answer(now, kernel, now_wall, chunk)
+                            continue
+                        started = (now, kernel, now_wall, bytearray())
+                    buffer = started[3]
+                    buffer += chunk
+                    if not chunk or _complete(buffer):
+                        done[fd] = Answer(started[0], started[1], started[2], bytes(buffer))
+                    else:
+                        partial[fd] = started
+                        ep.modify(fd, armed)
+                busy += clock() - now
+        finally:
+            ep.close()
+        return Collected(done, busy)
+
+
+def _complete(buffer: bytes | bytearray) -> bool:
     end = buffer.find(b"\r\n\r\n")
     if end < 0:
         return False
@@ -213,6 +282,7 @@ def run(
     soft_limit: int = 1024,
     profile: Path | None = None,
     perf: Path | None = None,
+    spin: bool = True,
 ) -> Result:
     result = Result(clients, sources)
     raise_own_limit(clients + 1024)
@@ -245,7 +315,7 @@ def run(
             # The load generator is this process: on its own CPU, not the proxy's.
             os.sched_setaffinity(0, {int(pinning.client)})
         try:
-            _measure(result, proxy, clients, sources, max_wait, profile, perf)
+            _measure(result, proxy, clients, sources, max_wait, profile, perf, spin)
         finally:
             proxy.stop()
             text = proxy.log_path.read_text(errors="replace")
@@ -267,6 +337,7 @@ def _measure(
     max_wait: int,
     profile: Path | None,
     perf: Path | None = None,
+    spin: bool = True,
 ) -> None:
     url = proxy.url + PATH
     auth = {"Authorization": f"Bearer {TOKEN}", "Accept-Encoding": "gzip"}
@@ -305,6 +376,8 @@ def _measure(
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         ))  # fmt: skip
         time.sleep(1.0)
+    collector = Collector(socks, spin)  # ready before the first answer can come
+    result.spin = spin
     cpu_before = processes.cpu_seconds(proxy.pid)
     changed = time.perf_counter()
     poster = socket.create_connection(("127.0.0.1", proxy.port))
@@ -313,8 +386,10 @@ def _measure(
         "Content-Length: 0\r\nConnection: close\r\n\r\n".encode()
     )
     client_before = time.process_time()
-    answers = collect(socks, time.monotonic() + 60)
+    collected = collector.collect(time.monotonic() + 60)
     result.client_cpu_ms = 1000 * (time.process_time() - client_before)
+    result.client_busy_ms = 1000 * collected.busy
+    answers = collected.answers
     result.wake_cpu_ms = 1000 * (processes.cpu_seconds(proxy.pid) - cpu_before)
     for profiler in profilers:
         profiler.send_signal(signal.SIGINT)
@@ -322,12 +397,14 @@ def _measure(
     poster.close()
     for sock in socks.values():
         sock.close()
-    times = sorted(at for at, _ in answers.values())
+    times = sorted(answer.read_at for answer in answers.values())
+    kernel = sorted(answer.kernel_at for answer in answers.values())
+    lags = sorted(answer.read_wall - answer.kernel_at for answer in answers.values())
     result.answered = len(answers)
     new_etag = f'"v{int(etag.strip(chr(34))[1:]) + 1}"'.encode()
     result.correct = sum(
         1
-        for _, raw in answers.values()
+        for raw in (answer.raw for answer in answers.values())
         if raw.startswith(b"HTTP/1.1 200")
         and b"\r\netag: " + new_etag in raw.lower()
         and b"preference-applied: wait=" in raw.lower()
@@ -337,6 +414,9 @@ def _measure(
         result.change_to_last_ms = 1000 * (times[-1] - changed)
         result.p50_ms = 1000 * (times[len(times) // 2] - times[0])
         result.p99_ms = 1000 * (times[min(len(times) - 1, len(times) * 99 // 100)] - times[0])
+        result.kernel_first_to_last_ms = 1000 * (kernel[-1] - kernel[0])
+        result.lag_p99_ms = 1000 * lags[min(len(lags) - 1, len(lags) * 99 // 100)]
+        result.lag_max_ms = 1000 * lags[-1]
 
 
 def markdown(results: list[Result], meta: dict[str, Any]) -> str:
@@ -344,15 +424,19 @@ def markdown(results: list[Result], meta: dict[str, Any]) -> str:
     lines = [
         *common.heading(title, meta, then=f"; event loop {meta['loop']}"),
         "| held requests | RSS per held request (connection included) | first to last answer "
-        "| answers: p50 / p99 after the first | change to last answer | proxy CPU for the wake "
-        "| client CPU for the wake | correct 200s | opened in |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| by the kernel's receive stamps | answers: p50 / p99 after the first "
+        "| change to last answer | proxy CPU for the wake | client: busy / CPU "
+        "| client read lag p99 / max | correct 200s | opened in |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         lines.append(
             f"| {r.held:,.0f} of {r.clients:,} | {r.per_held / 1024:.2f} KiB "
-            f"| {r.first_to_last_ms:.0f} ms | {r.p50_ms:.0f} / {r.p99_ms:.0f} ms "
-            f"| {r.change_to_last_ms:.0f} ms | {r.wake_cpu_ms:.0f} ms | {r.client_cpu_ms:.0f} ms "
+            f"| {r.first_to_last_ms:.0f} ms | {r.kernel_first_to_last_ms:.0f} ms "
+            f"| {r.p50_ms:.0f} / {r.p99_ms:.0f} ms "
+            f"| {r.change_to_last_ms:.0f} ms | {r.wake_cpu_ms:.0f} ms "
+            f"| {r.client_busy_ms:.0f} / {r.client_cpu_ms:.0f} ms{'' if r.spin else ' (blocking)'} "
+            f"| {r.lag_p99_ms:.1f} / {r.lag_max_ms:.1f} ms "
             f"| {r.correct:,} of {r.answered:,} "
             f"| {r.connect_seconds:.1f} s |"
         )
@@ -374,6 +458,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--profile", type=Path, default=None, help="py-spy raw output of the wake")
     parser.add_argument("--perf", type=Path, default=None, help="perf record output of the wake")
+    parser.add_argument(
+        "--block", action="store_true", help="the client sleeps in epoll while it waits (no spin)"
+    )
     parser.add_argument("--origin", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.origin is not None:
@@ -387,11 +474,13 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="aitronos-held-") as workdir:
             result = run(
                 Path(workdir), clients, sources, pinning, args.max_wait, args.event_loop,
-                args.soft_limit, args.profile, args.perf,
+                args.soft_limit, args.profile, args.perf, not args.block,
             )  # fmt: skip
         print(
             f"held: {result.held:.0f} held, {result.per_held / 1024:.2f} KiB each, "
-            f"first to last {result.first_to_last_ms:.0f} ms, "
+            f"first to last {result.first_to_last_ms:.0f} ms "
+            f"(kernel stamps {result.kernel_first_to_last_ms:.0f} ms, "
+            f"read lag max {result.lag_max_ms:.1f} ms), proxy CPU {result.wake_cpu_ms:.0f} ms, "
             f"{result.correct}/{result.answered} correct",
             file=sys.stderr,
         )
