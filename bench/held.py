@@ -114,6 +114,11 @@ class Result:
     #: The client's time handling answers (its empty polls left out, ``--block`` or not).
     client_busy_ms: float = 0.0
     spin: bool = True
+    #: ``perf_counter`` (CLOCK_MONOTONIC, shared by every process here) of the change sent and
+    #: of the first and last answer read: to line them up with what the proxy logged.
+    changed_at: float = 0.0
+    first_at: float = 0.0
+    last_at: float = 0.0
     proxy_log: str = ""
     notes: list[str] = field(default_factory=list)
 
@@ -415,6 +420,7 @@ def _measure(
         result.p50_ms = 1000 * (times[len(times) // 2] - times[0])
         result.p99_ms = 1000 * (times[min(len(times) - 1, len(times) * 99 // 100)] - times[0])
         result.kernel_first_to_last_ms = 1000 * (kernel[-1] - kernel[0])
+        result.changed_at, result.first_at, result.last_at = changed, times[0], times[-1]
         result.lag_p99_ms = 1000 * lags[min(len(lags) - 1, len(lags) * 99 // 100)]
         result.lag_max_ms = 1000 * lags[-1]
 

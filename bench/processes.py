@@ -364,9 +364,9 @@ NGINX_GZIP = """
 #: nginx's access log with the proxy's fields, one JSON line per request (unbuffered, nginx's
 #: default), for the comparison with the proxy's default settings.
 NGINX_ACCESS = (
-    "log_format bench escape=json '{{\"method\":\"$request_method\",\"path\":\"$uri\","
-    "\"status\":$status,\"cache\":\"$upstream_cache_status\","
-    "\"duration_ms\":$request_time,\"bytes\":$body_bytes_sent}}';\n"
+    'log_format bench escape=json \'{{"method":"$request_method","path":"$uri",'
+    '"status":$status,"cache":"$upstream_cache_status",'
+    '"duration_ms":$request_time,"bytes":$body_bytes_sent}}\';\n'
     "    access_log {dir}/access.log bench;"
 )
 

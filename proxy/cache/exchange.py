@@ -139,9 +139,9 @@ class Deferring(Protocol):
     def send_shared(self, answer: SharedAnswer) -> None:
         """``send`` of a response shared with other requests."""
 
-    def send_shared_all(self, responders: Sequence[object], answer: SharedAnswer) -> None:
+    def send_shared_all(self, responders: Sequence[object], answer: SharedAnswer) -> list[object]:
         """``send_shared`` to each of ``responders`` (responders of this one's class) at once:
-        the waiters one change wakes, in one loop."""
+        the waiters one change wakes, in one loop; returns those whose write failed."""
 
 
 def send_error(

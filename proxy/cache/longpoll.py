@@ -263,18 +263,22 @@ class LongPolls:
         )
         send_all = cast(Deferring, first.responder).send_shared_all
         try:
-            send_all([held.responder for held in group], prepared)
-        except Exception:
+            failed = send_all([held.responder for held in group], prepared)
+        except Exception:  # a bug: every request of the group answered as an error
             log.exception("unexpected error while answering held requests")
-            for held in group:
-                held.fail(time.perf_counter() - held.started)
-            return
+            failed = [held.responder for held in group]
+        gone = {id(responder) for responder in failed}
+        answered = len(group) - len(gone)
         # The time answering took, shared out: what each request cost, not its wait.
         elapsed = (time.perf_counter() - started) / len(group)
-        self.metrics.observe_requests(first.route, "hit", elapsed, len(group))
+        if answered:
+            self.metrics.observe_requests(first.route, "hit", elapsed, answered)
         for held in group:
             try:
-                held.done("hit")  # type: ignore[operator]  # a kind is never awaited
+                if gone and id(held.responder) in gone:
+                    held.fail(time.perf_counter() - held.started)
+                else:
+                    held.done("hit")  # type: ignore[operator]  # a kind is never awaited
             except Exception:
                 log.exception("unexpected error while ending a held request")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -16,6 +17,8 @@ from proxy.front.wire import (
     status_line,
 )
 from proxy.front.writing import SLICE
+
+log = logging.getLogger("proxy.server")
 
 if TYPE_CHECKING:
     from proxy.front.head import Parsed
@@ -79,19 +82,23 @@ class ConnectionResponder:
     def send_shared(self, answer: SharedAnswer) -> None:
         """``send`` of an answer shared with other requests: its head is serialised once per
         framing and kept in ``answer.wire``."""
-        self.send_shared_all((self,), answer)
+        if self.send_shared_all((self,), answer):
+            raise ConnectionError("the shared answer could not be written")
 
-    def send_shared_all(self, responders: Sequence[object], answer: SharedAnswer) -> None:
+    def send_shared_all(self, responders: Sequence[object], answer: SharedAnswer) -> list[object]:
         """``send_shared`` of ``answer`` to each of ``responders`` (of this class, this one
         among them or not) in one loop: the waiters one change wakes. The head (and a body of
         at most one slice, joined to it) is made once per framing, kept in ``answer.wire``;
         each request then costs one write. A responder that answered already is skipped, a
-        client that went away is written nothing (as ``send`` would)."""
+        client that went away is written nothing (as ``send`` would). Returns the responders
+        whose write failed (logged), so that only they are answered as errors, as they were
+        when each was answered on its own."""
         status = answer.status
         bodyless = status in BODYLESS or status < 200
         body = answer.body
         joined = len(body) <= SLICE
         wires = answer.wire
+        failed: list[object] = []
         for responder in responders:
             assert isinstance(responder, ConnectionResponder)
             if responder.started:
@@ -109,12 +116,16 @@ class ConnectionResponder:
                 if joined and not head_only:
                     wire += body  # head and body joined once: one write per waiter, not a writev
                 wires[framing] = wire
-            if head_only:
-                responder.sent = 0
-                responder.conn.write_response(wire, b"")
-            else:
-                responder.sent = len(body)
-                responder.conn.write_response(wire, b"" if joined else body)
+            try:
+                if head_only:
+                    responder.conn.write_response(wire, b"")
+                else:
+                    responder.sent = len(body)
+                    responder.conn.write_response(wire, b"" if joined else body)
+            except Exception:
+                log.exception("writing a shared answer to %s failed", request.target)
+                failed.append(responder)
+        return failed
 
     def defer(self) -> Callable[[str], None] | None:
         """The answer is written after the handler returns (a parked long poll)."""
