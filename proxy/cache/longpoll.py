@@ -231,14 +231,14 @@ class LongPolls:
         entry = wake.entry
         if wake.outcome != "changed" or entry is None:
             for notify in notifies:
-                notify(wake)
+                _alone(notify, wake)
             return
         groups: dict[int, list[Held]] = {}
         for notify in notifies:
             held = cast(Held, notify)
             kind = held.kind
             if kind is None:
-                held.wake(wake)
+                _alone(held, wake)
                 continue
             group = groups.get(id(kind))  # kinds are shared (``_kind``): alive while held
             if group is None:
@@ -256,7 +256,7 @@ class LongPolls:
             prepared, made = self._prepared(first, entry)
         except Exception:  # Unacceptable, or a bug: each answered its own way, as alone
             for held in group:
-                held.wake(wake)
+                _alone(held, wake)
             return
         self.serving.count(
             prepared.status, first.request.method, len(prepared.body), copies=len(group) - made
@@ -456,6 +456,14 @@ class Held:
         elapsed = time.perf_counter() - self.started - handled.held
         self.polls.metrics.observe_request(self.route, handled.result, elapsed)
         done(handled.result)
+
+
+def _alone(notify: Callable[[Wake[Fetched]], None], wake: Wake[Fetched]) -> None:
+    """One request's answer, on its own: a bug in it must not cost the others theirs."""
+    try:
+        notify(wake)
+    except Exception:
+        log.exception("answering a held request failed")
 
 
 #: Fallbacks of woken long polls still under way (kept so that none is collected early).
