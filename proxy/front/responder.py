@@ -107,7 +107,7 @@ class ConnectionResponder:
             responder.status = status
             request = responder.request
             head_only = bodyless or request.method == "HEAD"
-            framing = (request.keep_alive, request.http10, head_only)
+            framing = (request.keep_alive, request.version, head_only)  # version: http10
             wire = wires.get(framing)
             if wire is None:
                 wire = responder._head(
