@@ -251,20 +251,14 @@ class WaitRoom(Generic[A]):
         (one answer made per kind of request, ``LongPolls``), else one ``notify`` each. Waiters
         already settled (or of another watch) are left alone."""
         remaining = watch.waiters
-        discard = self._wheel.discard
         counted = 0
         ended: list[Waiter] = []
         for waiter in waiters:
             if waiter.watch is not watch:
                 continue
-            waiter.watch = None
+            waiter.watch = None  # settled: its wheel slot and disconnect callback do nothing
             remaining.discard(waiter)
             counted += waiter.counted
-            discard(waiter, waiter.slot)
-            lost = waiter.lost
-            if lost is not None:
-                waiter.lost = None
-                lost.remove_done_callback(waiter.gone)  # keep-alive: leave no callback behind
             ended.append(waiter)
         self.waiting -= counted
         if not remaining:
@@ -286,6 +280,15 @@ class WaitRoom(Generic[A]):
                 many(notifies, wake)
             except Exception:  # a bug in the answer: the other groups must still be answered
                 log.exception("answering held requests failed")
+        # Left behind until the answers are out: nothing runs in between, so only the first
+        # answer comes sooner.
+        discard = self._wheel.discard
+        for waiter in ended:
+            discard(waiter, waiter.slot)
+            lost = waiter.lost
+            if lost is not None:
+                waiter.lost = None
+                lost.remove_done_callback(waiter.gone)  # keep-alive: leave no callback behind
 
     def _timed_out(self, waiters: list[Waiter]) -> None:
         """A tick of the wheel: every wait it ends ends with ``timeout``, one answer per watch."""
