@@ -357,9 +357,10 @@ def measure(bench: Bench) -> list[HitResult]:
                     continue
                 services[system.name] = service
                 if isinstance(service, container.Container):
-                    loop = container.event_loop(service)
-                    results[system.name].note += f"; serves on {loop} (from /proc/PID/maps)"
-                    bench.log(f"hit: {system.name} serves on {loop}")
+                    found = f"{container.contents(service)}; serves on "
+                    found += f"{container.event_loop(service)} (from /proc/PID/maps)"
+                    results[system.name].note += f"; {found}"
+                    bench.log(f"hit: {system.name}: {found}")
                 try:
                     for _ in range(2):
                         status, _, _ = client.http_get(service.url + path, headers)
