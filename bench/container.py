@@ -4,7 +4,8 @@ The image is the repository's ``Dockerfile``, unchanged but for its base images:
 reachable on CI or on the benchmark machine, so, as ``tests/system/test_deploy.py`` does, both
 stages build on a local Debian 12 base with Debian's Python 3.11 (``scripts/container-base``,
 built once and kept as ``BASE_TAG``). The proxy image is tagged by a digest of its build context
-and that base, so an unchanged tree reuses it and a changed one builds anew.
+and that base, so an unchanged tree reuses it and a changed one builds anew (removing the image of
+the earlier tree and the build stage it leaves untagged).
 
 The container runs as users run it, with the settings the image ships (uvloop, the JSON access
 log at ``info`` to stderr, which podman's ``k8s-file`` log driver writes to a file); only where it
@@ -100,12 +101,23 @@ def ensure_image(log: Callable[[str], None]) -> str:
         return tag
     log(f"image: building {tag} from the Dockerfile")
     mounts = ["-v", f"{CA_BUNDLE}:{CA_BUNDLE}:ro"] if CA_BUNDLE.is_file() else []
+    before = dangling_images()
     podman(
         "build", "--format", "docker", "--no-cache", "--network", "host", *mounts,
         "--build-arg", f"BUILD_IMAGE={BASE_TAG}", "--build-arg", f"RUNTIME_IMAGE={BASE_TAG}",
         "-t", tag, str(REPO_ROOT), timeout=BUILD_TIMEOUT,
     )  # fmt: skip
+    # The build stage this build left untagged, and the images of earlier trees: one image kept.
+    earlier = podman("images", "--format", "{{.Repository}}:{{.Tag}}", IMAGE_REPOSITORY).split()
+    stale = [*(dangling_images() - before), *(image for image in earlier if image != tag)]
+    if stale:
+        with contextlib.suppress(Unavailable):
+            podman("rmi", "--force", "--ignore", *stale)
     return tag
+
+
+def dangling_images() -> set[str]:
+    return set(podman("images", "--all", "--quiet", "--filter", "dangling=true").split())
 
 
 # -- the container's CPU time ---------------------------------------------------------------------
