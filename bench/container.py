@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import os
 import secrets
+import shutil
 import subprocess
 import time
 import urllib.error
@@ -84,6 +85,9 @@ def context_digest(root: Path, base_id: str) -> str:
 
 def ensure_image(log: Callable[[str], None]) -> str:
     """The proxy image of this tree: reused when its tag exists, else built on the local base."""
+    for tool in ("podman", "runc"):
+        if shutil.which(tool, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin") is None:
+            raise Unavailable(f"{tool} is not installed (apt-get install -y podman runc uidmap)")
     if not image_exists(BASE_TAG):
         log(f"image: building the Debian 12 base {BASE_TAG} (scripts/container-base)")
         script = REPO_ROOT / "scripts" / "container-base"

@@ -321,9 +321,9 @@ def measure(bench: Bench) -> list[HitResult]:
             System(
                 IMAGE,
                 lambda: container.start_image(workdir, simulator.url, pinning, log=bench.log),
-                note="the image's defaults (uvloop, JSON access log at info to stderr, kept by "
-                "podman's k8s-file driver), host network, --cpuset-cpus; CPU of the container's "
-                "cgroup and of conmon; only with --only",
+                note="the Dockerfile on the local Debian 12 base (scripts/container-base), its "
+                "defaults (JSON access log at info to stderr, kept by podman's k8s-file driver), "
+                "host network, --cpuset-cpus; CPU of the container's cgroup and of conmon",
                 opt_in=True,
             ),
             System(
@@ -356,12 +356,12 @@ def measure(bench: Bench) -> list[HitResult]:
                     bench.log(f"hit: {system.name} skipped: {error}")
                     continue
                 services[system.name] = service
-                if isinstance(service, container.Container):
-                    found = f"{container.contents(service)}; serves on "
-                    found += f"{container.event_loop(service)} (from /proc/PID/maps)"
-                    results[system.name].note += f"; {found}"
-                    bench.log(f"hit: {system.name}: {found}")
                 try:
+                    if isinstance(service, container.Container):
+                        found = f"{container.contents(service)}; serves on "
+                        found += f"{container.event_loop(service)} (from /proc/PID/maps)"
+                        results[system.name].note += f"; {found}"
+                        bench.log(f"hit: {system.name}: {found}")
                     for _ in range(2):
                         status, _, _ = client.http_get(service.url + path, headers)
                         if status != 200:
