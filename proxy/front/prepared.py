@@ -55,8 +55,8 @@ class Head:
     store holds the same record, the entry is fresh and ``Age`` and the ``Cache-Status`` ttl
     (``tail_key``) read the same: the full path would write the same bytes."""
 
-    __slots__ = ("answer", "not_modified", "prepared", "record", "size", "status", "tail_key",
-                 "values")  # fmt: skip
+    __slots__ = ("answer", "log_prefix", "not_modified", "prepared", "record", "size", "status",
+                 "tail_key", "values")  # fmt: skip
 
     def __init__(self, values: HeadValues) -> None:
         self.values = values
@@ -67,6 +67,8 @@ class Head:
         self.status = 0
         self.size = 0
         self.not_modified = False
+        #: Its access-log line up to the duration (``AccessLog.prefix``).
+        self.log_prefix = ""
 
 
 class NowaitStore(Protocol):
@@ -266,7 +268,7 @@ class FastPath:
         prepared.requests.value += 1
         prepared.durations.observe(elapsed)
         if self.access is not None:
-            self.access.record(head.values[0], prepared.path, head.status, "hit", elapsed, size)
+            self.access.record_line(head.log_prefix, elapsed, size)
         return True
 
     def _keep(
@@ -283,6 +285,8 @@ class FastPath:
         head.prepared, head.record, head.tail_key = prepared, record, prepared.tail_key
         head.answer, head.status, head.size = answer, status, size
         head.not_modified = status == 304
+        if self.access is not None:
+            head.log_prefix = self.access.prefix(head.values[0], prepared.path, status, "hit")
 
     def serve(self, conn: Writer, parsed: Parsed) -> bool:
         method = parsed.method
