@@ -211,7 +211,8 @@ class FastPath:
         #: byte-identical head is answered again without parsing it (``HttpConnection``).
         #: The values are what parsing found, so every decision is made as the first time.
         self.heads: dict[bytes, Head] = {}
-        #: The bytes of the answers the heads keep to ``replay`` (within ``memo_budget``).
+        #: The bytes of the answers the heads keep to ``replay`` (with the memo's, within
+        #: ``memo_budget``).
         self.replay_bytes = 0
 
     def remember(self, head: bytes, values: HeadValues) -> None:
@@ -282,7 +283,7 @@ class FastPath:
         """Remember on ``head`` the answer just written, to ``replay`` it."""
         if len(answer) > MAX_REPLAY_BYTES:
             return
-        if self.replay_bytes + len(answer) > self.memo_budget:
+        if self.memo_bytes + self.replay_bytes + len(answer) > self.memo_budget:
             self._forget_heads()  # ``head`` is then no longer one of them: nothing to keep
             return
         self.replay_bytes += len(answer) - len(head.answer)
