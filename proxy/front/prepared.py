@@ -55,8 +55,8 @@ class Head:
     store holds the same record, the entry is fresh and ``Age`` and the ``Cache-Status`` ttl
     (``tail_key``) read the same: the full path would write the same bytes."""
 
-    __slots__ = ("answer", "not_modified", "prepared", "record", "size", "status", "tail_key",
-                 "values")  # fmt: skip
+    __slots__ = ("answer", "log_prefix", "not_modified", "prepared", "record", "size", "status",
+                 "tail_key", "values")  # fmt: skip
 
     def __init__(self, values: HeadValues) -> None:
         self.values = values
@@ -67,6 +67,8 @@ class Head:
         self.status = 0
         self.size = 0
         self.not_modified = False
+        #: Its access-log line up to the duration (``AccessLog.prefix``).
+        self.log_prefix = ""
 
 
 class NowaitStore(Protocol):
@@ -209,7 +211,8 @@ class FastPath:
         #: byte-identical head is answered again without parsing it (``HttpConnection``).
         #: The values are what parsing found, so every decision is made as the first time.
         self.heads: dict[bytes, Head] = {}
-        #: The bytes of the answers the heads keep to ``replay`` (within ``memo_budget``).
+        #: The bytes of the answers the heads keep to ``replay`` (with the memo's, within
+        #: ``memo_budget``).
         self.replay_bytes = 0
 
     def remember(self, head: bytes, values: HeadValues) -> None:
@@ -256,18 +259,22 @@ class FastPath:
         if record is not kept and (record is None or len(record) != 1 or record[0] is not kept[0]):
             return False
         conn.write_response(head.answer, b"")
-        size = head.size
         if head.not_modified:
             self.metrics.not_modified.inc()
-        elif size:
+        elapsed = self._counted(prepared, started, head.size)
+        if self.access is not None:
+            self.access.record_line(head.log_prefix, elapsed, head.size)
+        return True
+
+    def _counted(self, prepared: Prepared, started: float, size: int) -> float:
+        """A hit's metrics but the 304 count, ``size`` body bytes written; its duration."""
+        if size:
             self.response_bytes.value += size
             self.bytes_saved.value += size
         elapsed = time.perf_counter() - started
         prepared.requests.value += 1
         prepared.durations.observe(elapsed)
-        if self.access is not None:
-            self.access.record(head.values[0], prepared.path, head.status, "hit", elapsed, size)
-        return True
+        return elapsed
 
     def _keep(
         self, head: Head, prepared: Prepared, record: Record, answer: bytes, status: int,
@@ -276,13 +283,15 @@ class FastPath:
         """Remember on ``head`` the answer just written, to ``replay`` it."""
         if len(answer) > MAX_REPLAY_BYTES:
             return
-        if self.replay_bytes + len(answer) > self.memo_budget:
+        if self.memo_bytes + self.replay_bytes + len(answer) > self.memo_budget:
             self._forget_heads()  # ``head`` is then no longer one of them: nothing to keep
             return
         self.replay_bytes += len(answer) - len(head.answer)
         head.prepared, head.record, head.tail_key = prepared, record, prepared.tail_key
         head.answer, head.status, head.size = answer, status, size
         head.not_modified = status == 304
+        if self.access is not None:
+            head.log_prefix = self.access.prefix(head.values[0], prepared.path, status, "hit")
 
     def serve(self, conn: Writer, parsed: Parsed) -> bool:
         method = parsed.method
@@ -375,11 +384,7 @@ class FastPath:
                     conn.write_response(answer, b"")
                 else:
                     conn.write_response(answer, body)
-                self.response_bytes.value += size
-                self.bytes_saved.value += size
-        elapsed = time.perf_counter() - started
-        prepared.requests.value += 1
-        prepared.durations.observe(elapsed)
+        elapsed = self._counted(prepared, started, size)
         if self.access is not None:
             self.access.record(method, prepared.path, status, "hit", elapsed, size)
         if head is not None and (status == 304 or method == "HEAD" or size <= MAX_REPLAY_BYTES):

@@ -28,7 +28,9 @@ class Origin:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         self.seen.append(request.raw_path)
-        payload = {"target": request.raw_path, "version": self.version}
+        payload: dict[str, Any] = {"target": request.raw_path, "version": self.version}
+        if request.path.startswith("/big/"):
+            payload["padding"] = "x" * 8000
         fields = {"Cache-Control": "public, max-age=60", "ETag": '"t"'}
         fields["Date"] = format_http_date(self.clock.now)
         return web.json_response(payload, headers=fields)
@@ -223,3 +225,21 @@ async def test_replayed_304s_are_counted_and_a_head_request_gets_no_body(
     assert answer.status == 200 and answer.json()["target"] == "/a"
     writer.close()
     assert origin[0].seen == ["/a"]
+
+
+async def test_kept_answers_stay_within_the_memos_budget(origin: tuple[Origin, str]) -> None:
+    """The answers the heads keep (copies of head and body) count with the memo's records
+    against its budget: past it the heads start over rather than grow."""
+    async with serve_proxy(Settings(upstream=origin[1], cache_max_bytes=64 * 1024)) as running:
+        path = fast(running)
+        reader, writer = await asyncio.open_connection(HOST, running.port)
+        kept = 0
+        for n in range(20):
+            head = get(f"/big/{n}")
+            for _ in range(5):  # stored, prepared, remembered, kept, replayed
+                (answer,) = await ask(reader, writer, head)
+                assert answer.status == 200 and answer.json()["target"] == f"/big/{n}"
+            assert path.memo_bytes + path.replay_bytes <= path.memo_budget
+            kept = max(kept, path.replay_bytes)
+        writer.close()
+    assert kept > 2 * 8000  # several answers were kept at once before the heads started over
