@@ -22,6 +22,7 @@ import hashlib
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import time
 import urllib.error
@@ -194,6 +195,11 @@ class Container:
                 f"{processes.own_cpu_seconds(self.conmon_pid):.2f} s"
             )
         remove(self.name, self.log_path)
+        # Seen once: the record removed, the proxy still running (and holding CPU 0): what is
+        # left in the container's own cgroup is killed (conmon exits with it).
+        with contextlib.suppress(OSError, ValueError):
+            for line in (self.cpu_file.parent / "cgroup.procs").read_text().split():
+                os.kill(int(line), signal.SIGKILL)
 
 
 def remove(name: str, log_path: Path) -> str:
