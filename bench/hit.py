@@ -15,12 +15,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import client, processes
+from bench import client, container, processes
 from bench.common import Bench
-from bench.processes import Pinning, Service, Unavailable
+from bench.processes import Pinning, Server, Service, Unavailable
 
 TOKEN = "bench-hit-token"
 PROXY = "aitronos-cache-proxy"
+IMAGE = f"{PROXY} (container image)"
 
 WRK_REPORT = """\
 done = function(summary, latency, requests)
@@ -137,7 +138,7 @@ def run_wrk(
 
 def run_once(
     wrk: str,
-    service: Service,
+    service: Server,
     simulator: Service,
     path: str,
     headers: dict[str, str],
@@ -155,9 +156,9 @@ def run_once(
     if scale.warmup:
         run_wrk(wrk, url, headers, duration=scale.warmup, **options)
     upstream_before = client.stats(simulator.url)["requests"]
-    cpu_before = processes.cpu_seconds(service.pid)
+    cpu_before = service.cpu_seconds()
     raw = run_wrk(wrk, url, headers, duration=scale.duration, **options)
-    cpu_after = processes.cpu_seconds(service.pid)
+    cpu_after = service.cpu_seconds()
     upstream_after = client.stats(simulator.url)["requests"]
     return WrkRun(
         requests=raw["requests"],
@@ -190,10 +191,12 @@ def capture_response(url: str, headers: dict[str, str], path: Path) -> None:
 @dataclass
 class System:
     name: str
-    start: Callable[[], Service]
+    start: Callable[[], Server]
     ceiling: str | None = None
     note: str = ""
     loop: str = "asyncio"
+    #: Measured only when named with ``--only`` (the image takes a podman build the first time).
+    opt_in: bool = False
 
 
 def missing_loop(loop: str) -> str | None:
@@ -316,17 +319,29 @@ def measure(bench: Bench) -> list[HitResult]:
                 note="1 worker, JSON access log with the proxy's fields to a file",
             ),
             System(
+                IMAGE,
+                lambda: container.start_image(workdir, simulator.url, pinning, log=bench.log),
+                note="the Dockerfile on the local Debian 12 base (scripts/container-base), its "
+                "defaults (JSON access log at info to stderr, kept by podman's k8s-file driver), "
+                "host network, --cpuset-cpus; CPU of the container's cgroup and of conmon",
+                opt_in=True,
+            ),
+            System(
                 "Varnish",
                 lambda: processes.start_varnish(workdir, port, pinning, install=install),
                 note="malloc storage, grace 1h, keep 1h",
             ),
         ]
-        systems = [system for system in systems if bench.wants(system.name)]
+        systems = [
+            system
+            for system in systems
+            if bench.wants(system.name) and (not system.opt_in or system.name in bench.only)
+        ]
         results = {
             system.name: HitResult(system.name, system.ceiling, system.note, [])
             for system in systems
         }
-        services: dict[str, Service] = {}
+        services: dict[str, Server] = {}
         try:
             for system in systems:
                 reason = missing_loop(system.loop)
@@ -342,6 +357,11 @@ def measure(bench: Bench) -> list[HitResult]:
                     continue
                 services[system.name] = service
                 try:
+                    if isinstance(service, container.Container):
+                        found = f"{container.contents(service)}; serves on "
+                        found += f"{container.event_loop(service)} (from /proc/PID/maps)"
+                        results[system.name].note += f"; {found}"
+                        bench.log(f"hit: {system.name}: {found}")
                     for _ in range(2):
                         status, _, _ = client.http_get(service.url + path, headers)
                         if status != 200:

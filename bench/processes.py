@@ -20,7 +20,7 @@ import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Protocol
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 READY_TIMEOUT = 20.0
@@ -58,6 +58,22 @@ class Pinning:
         return f"servers pinned to CPU {self.server}, load generators to CPU {self.client}"
 
 
+class Server(Protocol):
+    """What a benchmark needs of a running system: where it answers, its CPU time, and stopping
+    it (a ``Service`` below, or the container of ``bench.container``)."""
+
+    name: str
+
+    @property
+    def url(self) -> str: ...
+
+    def cpu_seconds(self) -> float:
+        """User plus system CPU time the system has consumed so far."""
+        ...
+
+    def stop(self) -> None: ...
+
+
 @dataclass
 class Service:
     """One running system: its process, where it listens, and where its output goes."""
@@ -74,6 +90,10 @@ class Service:
     @property
     def pid(self) -> int:
         return self.process.pid
+
+    def cpu_seconds(self) -> float:
+        """CPU time of the process and its descendants (nginx workers, the Varnish child)."""
+        return cpu_seconds(self.pid)
 
     def log_tail(self, lines: int = 15) -> str:
         try:
@@ -517,13 +537,15 @@ def process_tree(pid: int) -> list[int]:
     return tree
 
 
+def own_cpu_seconds(pid: int) -> float:
+    """User plus system CPU time consumed so far by ``pid`` alone (0 once it is gone)."""
+    try:
+        fields = _stat_fields(pid)
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def cpu_seconds(pid: int) -> float:
     """User plus system CPU time consumed so far by ``pid`` and its descendants."""
-    ticks = 0
-    for member in process_tree(pid):
-        try:
-            fields = _stat_fields(member)
-        except OSError:
-            continue
-        ticks += int(fields[11]) + int(fields[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
+    return sum(own_cpu_seconds(member) for member in process_tree(pid))

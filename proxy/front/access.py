@@ -20,7 +20,11 @@ FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 FLUSH_SECONDS = 0.1
 FLUSH_RECORDS = 512
 
-Record = tuple[str, str, int, str, float, int, float]
+#: A line's prefix (``AccessLog.prefix``), the duration, body bytes and when it was answered.
+Record = tuple[str, float, int, float]
+#: One line after the prefix: milliseconds of the time stamp, the duration in ms (to the µs)
+#: and the body bytes.
+LINE = '%s,%03d%s%s%.3f,"bytes":%d}\n'
 
 
 class AccessLog:
@@ -42,8 +46,16 @@ class AccessLog:
     def record(
         self, method: str, path: str, status: int, cache: str, seconds: float, size: int
     ) -> None:
+        prefix = self._prefixes.get((method, path, status, cache))
+        if prefix is None:
+            prefix = self.prefix(method, path, status, cache)
+        self.record_line(prefix, seconds, size)
+
+    def record_line(self, prefix: str, seconds: float, size: int) -> None:
+        """A request whose line starts with ``prefix`` (``prefix``: a caller answering the
+        same request again keeps it)."""
         records = self._records
-        records.append((method, path, status, cache, seconds, size, time.time()))
+        records.append((prefix, seconds, size, time.time()))
         if len(records) == FLUSH_RECORDS:
             # Soon, not now: a burst of answers (the waiters one change wakes) is written
             # first and logged after, in batches of its own size.
@@ -55,11 +67,10 @@ class AccessLog:
 
     def _line(self, record: Record) -> str:
         """The JSON object of one record."""
-        method, path, status, cache, seconds, size, _ = record
-        prefix = self._prefix(method, path, status, cache)
-        return f'{prefix}{round(seconds * 1000, 3)},"bytes":{size}}}'
+        prefix, seconds, size, _ = record
+        return f'{prefix}{seconds * 1000:.3f},"bytes":{size}}}'
 
-    def _prefix(self, method: str, path: str, status: int, cache: str) -> str:
+    def prefix(self, method: str, path: str, status: int, cache: str) -> str:
         """The part of a line before the duration: it repeats, so it is formatted once per
         (method, path, status, cache) and kept."""
         key = (method, path, status, cache)
@@ -77,21 +88,15 @@ class AccessLog:
         """The batch's lines in the proxy's log format, formatted in one loop: this runs once
         per request, so it spares the calls per line."""
         fields = f" INFO {self.logger.name} "
-        prefixes = self._prefixes
         second, stamp = self._second, self._stamp
-        lines = []
-        for record in records:
-            method, path, status, cache, seconds, size, at = record
+        lines: list[str] = []
+        append = lines.append
+        for prefix, seconds, size, at in records:
             whole = int(at)
             if whole != second:
                 second, stamp = whole, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(whole))
-            prefix = prefixes.get((method, path, status, cache))
-            if prefix is None:
-                prefix = self._prefix(method, path, status, cache)
-            lines.append(
-                f"{stamp},{int((at - whole) * 1000):03d}{fields}{prefix}"
-                f'{round(seconds * 1000, 3)},"bytes":{size}}}\n'
-            )
+            # %-formatting: a third of what an f-string with round() cost per line
+            append(LINE % (stamp, (at - whole) * 1000, fields, prefix, seconds * 1000, size))
         self._second, self._stamp = second, stamp
         return "".join(lines)
 

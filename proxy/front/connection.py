@@ -263,20 +263,12 @@ class HttpConnection(ResponseWriting):
         fast = self._fast
         if fast is None or self.front.draining:
             return data
-        heads = fast.heads
         start, end = 0, len(data)
         while start < end:
             stop = data.find(b"\r\n\r\n", start) + 4
-            if stop == 3:
+            if stop == 3 or self.answering is not A_IDLE or self.write is not W_IDLE:
                 break
-            values = heads.get(data if start == 0 and stop == end else data[start:stop])
-            if values is None or self.answering is not A_IDLE or self.write is not W_IDLE:
-                break
-            method, target, host, credentials, inm, accept_encoding = values
-            if not fast.answer(
-                self, method, target, host, credentials, inm, accept_encoding, True, "1.1",
-                time.perf_counter(), None,
-            ):  # fmt: skip
+            if not fast.answer_head(self, data if start == 0 and stop == end else data[start:stop]):
                 break
             start = stop
             self._answered()

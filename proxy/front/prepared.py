@@ -44,6 +44,31 @@ MEMO_SHARE = 16
 #: Request heads kept by their exact bytes (``FastPath.heads``), and the longest one kept.
 MAX_HEADS = 1024
 MAX_HEAD_BYTES = 4096
+#: The longest answer a remembered head keeps whole, to write again in one piece
+#: (``Head.answer``); its bytes count against the memo's budget.
+MAX_REPLAY_BYTES = 32 * 1024
+
+
+class Head:
+    """A request head remembered by its exact bytes: what parsing it found (``values``) and,
+    once answered from a prepared response, that whole answer, to write again as long as the
+    store holds the same record, the entry is fresh and ``Age`` and the ``Cache-Status`` ttl
+    (``tail_key``) read the same: the full path would write the same bytes."""
+
+    __slots__ = ("answer", "log_prefix", "not_modified", "prepared", "record", "size", "status",
+                 "tail_key", "values")  # fmt: skip
+
+    def __init__(self, values: HeadValues) -> None:
+        self.values = values
+        self.prepared: Prepared | None = None
+        self.record: Record = ()
+        self.tail_key = (-1, -1)
+        self.answer = b""
+        self.status = 0
+        self.size = 0
+        self.not_modified = False
+        #: Its access-log line up to the duration (``AccessLog.prefix``).
+        self.log_prefix = ""
 
 
 class NowaitStore(Protocol):
@@ -76,11 +101,18 @@ class Prepared:
     #: The last ``Accept-Encoding`` seen and the representation it chose (RFC 9110 §12.5.3).
     accept_encoding: str | None = ""
     chosen: int | None = None
+    #: The entry's §4.2.3 corrected_initial_age and response_time (computed when asked).
+    initial_age: float = 0.0
+    response_time: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.initial_age = self.entry.corrected_initial_age
+        self.response_time = self.entry.response_time
 
     def age(self, now: float) -> float:
         """§4.2.3 current_age."""
-        entry = self.entry
-        return entry.corrected_initial_age + max(0.0, now - entry.response_time)
+        resident = now - self.response_time
+        return self.initial_age + (resident if resident > 0.0 else 0.0)
 
     def tail_for(self, age: float) -> bytes:
         """``Age`` and the ``Cache-Status`` member (RFC 9211), as the full path writes them."""
@@ -178,16 +210,88 @@ class FastPath:
         #: Plain keep-alive GET/HEAD heads answered inline, by their exact bytes: a poller's
         #: byte-identical head is answered again without parsing it (``HttpConnection``).
         #: The values are what parsing found, so every decision is made as the first time.
-        self.heads: dict[bytes, HeadValues] = {}
+        self.heads: dict[bytes, Head] = {}
+        #: The bytes of the answers the heads keep to ``replay`` (with the memo's, within
+        #: ``memo_budget``).
+        self.replay_bytes = 0
 
     def remember(self, head: bytes, values: HeadValues) -> None:
         """``head``, one whole plain head, parsed to ``values`` and answered inline."""
         if len(head) > MAX_HEAD_BYTES:
             return
-        heads = self.heads
-        if len(heads) >= MAX_HEADS:
-            heads.clear()
-        heads[head] = values
+        if len(self.heads) >= MAX_HEADS:
+            self._forget_heads()
+        self.heads[head] = Head(values)
+
+    def _forget_heads(self) -> None:
+        self.heads.clear()
+        self.replay_bytes = 0
+
+    def answer_head(self, conn: Writer, raw: bytes) -> bool:
+        """Answer a head remembered by its exact bytes (``remember``), as when it was parsed."""
+        head = self.heads.get(raw)
+        if head is None:
+            return False
+        started = time.perf_counter()
+        if self.replay(conn, head, started):
+            return True
+        method, target, host, credentials, inm, accept_encoding = head.values
+        return self.answer(
+            conn, method, target, host, credentials, inm, accept_encoding, True, "1.1", started,
+            None, head,
+        )  # fmt: skip
+
+    def replay(self, conn: Writer, head: Head, started: float) -> bool:
+        """Write ``head``'s last answer again if the full path would write the same bytes:
+        the store holds the same record (which also counts as its use for the LRU), the entry
+        is fresh and ``Age`` and the ttl read the same. Else ``answer`` decides anew."""
+        prepared = head.prepared
+        if prepared is None:
+            return False
+        now = self.clock()
+        if now >= prepared.fresh_until:
+            return False
+        resident = now - prepared.response_time
+        age = prepared.initial_age + (resident if resident > 0.0 else 0.0)
+        if (int(age), int(prepared.lifetime - age)) != head.tail_key:
+            return False
+        record, kept = self.store.get_nowait(head.values[1]), head.record
+        if record is not kept and (record is None or len(record) != 1 or record[0] is not kept[0]):
+            return False
+        conn.write_response(head.answer, b"")
+        if head.not_modified:
+            self.metrics.not_modified.inc()
+        elapsed = self._counted(prepared, started, head.size)
+        if self.access is not None:
+            self.access.record_line(head.log_prefix, elapsed, head.size)
+        return True
+
+    def _counted(self, prepared: Prepared, started: float, size: int) -> float:
+        """A hit's metrics but the 304 count, ``size`` body bytes written; its duration."""
+        if size:
+            self.response_bytes.value += size
+            self.bytes_saved.value += size
+        elapsed = time.perf_counter() - started
+        prepared.requests.value += 1
+        prepared.durations.observe(elapsed)
+        return elapsed
+
+    def _keep(
+        self, head: Head, prepared: Prepared, record: Record, answer: bytes, status: int,
+        size: int,
+    ) -> None:  # fmt: skip
+        """Remember on ``head`` the answer just written, to ``replay`` it."""
+        if len(answer) > MAX_REPLAY_BYTES:
+            return
+        if self.memo_bytes + self.replay_bytes + len(answer) > self.memo_budget:
+            self._forget_heads()  # ``head`` is then no longer one of them: nothing to keep
+            return
+        self.replay_bytes += len(answer) - len(head.answer)
+        head.prepared, head.record, head.tail_key = prepared, record, prepared.tail_key
+        head.answer, head.status, head.size = answer, status, size
+        head.not_modified = status == 304
+        if self.access is not None:
+            head.log_prefix = self.access.prefix(head.values[0], prepared.path, status, "hit")
 
     def serve(self, conn: Writer, parsed: Parsed) -> bool:
         method = parsed.method
@@ -212,10 +316,12 @@ class FastPath:
         version: str,
         started: float,
         parsed: Parsed | None,
+        head: Head | None = None,
     ) -> bool:
         """A plain GET or HEAD from its parsed values; without ``parsed`` (the connection has
         not built one) a hit that is not memoised yet is declined, since preparing it needs the
-        request's fields."""
+        request's fields. With ``head`` (answered by its remembered bytes) the answer is kept
+        on it, written in one piece, to ``replay``."""
         record = self.store.get_nowait(target)
         key = (target, host, credentials)
         if record is None:
@@ -242,8 +348,8 @@ class FastPath:
         if index is None:
             return False  # only coded under no-transform, and the client can't read it
         # §4.2.3 current_age, as Prepared.age computes it
-        resident = now - entry.response_time
-        age = entry.corrected_initial_age + (resident if resident > 0.0 else 0.0)
+        resident = now - prepared.response_time
+        age = prepared.initial_age + (resident if resident > 0.0 else 0.0)
         if (int(age), int(prepared.lifetime - age)) == prepared.tail_key:
             tail = prepared.tail
         else:
@@ -255,9 +361,8 @@ class FastPath:
         held = prepared.not_modified(inm, index, accept_encoding) if inm is not None else None
         if held is not None:
             self.metrics.not_modified.inc()
-            conn.write_response(
-                b"".join((prepared.not_modified_head(held), tail, connection, CRLF)), b""
-            )
+            answer = b"".join((prepared.not_modified_head(held), tail, connection, CRLF))
+            conn.write_response(answer, b"")
             status, size = 304, 0
         else:
             body = prepared.bodies[index]
@@ -266,22 +371,24 @@ class FastPath:
                     body = self.decoded.identity(entry)
                 except CodingError:
                     return False  # the full path asks the origin
-            head = prepared.heads[index] or prepared.head(index, len(body))
-            head = b"".join((head, tail, connection, CRLF))
+            answer = b"".join((prepared.heads[index] or prepared.head(index, len(body)), tail,
+                               connection, CRLF))  # fmt: skip
             status = entry.status
             if method == "HEAD":
-                conn.write_response(head, b"")
+                conn.write_response(answer, b"")
                 size = 0
             else:
-                conn.write_response(head, body)
                 size = len(body)
-                self.response_bytes.value += size
-                self.bytes_saved.value += size
-        elapsed = time.perf_counter() - started
-        prepared.requests.value += 1
-        prepared.durations.observe(elapsed)
+                if head is not None and size <= MAX_REPLAY_BYTES:
+                    answer += body  # one piece, as it is replayed
+                    conn.write_response(answer, b"")
+                else:
+                    conn.write_response(answer, body)
+        elapsed = self._counted(prepared, started, size)
         if self.access is not None:
             self.access.record(method, prepared.path, status, "hit", elapsed, size)
+        if head is not None and (status == 304 or method == "HEAD" or size <= MAX_REPLAY_BYTES):
+            self._keep(head, prepared, record, answer, status, size)
         return True
 
     def _prepare(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from proxy.cache.exchange import Responder
@@ -87,16 +86,7 @@ class HttpClient(Client, Writer, Protocol):
     """An HTTP/1.1 connection: a ``Client`` its answers are written to."""
 
 
-#: ``FastAnswers.answer``: conn, method, target, host, credentials, If-None-Match,
-#: Accept-Encoding, keep-alive, HTTP version, start time and the parsed head (when there is one);
-#: true when it answered.
-FastAnswer = Callable[
-    [Writer, str, str, str, "tuple[tuple[bytes, str], ...]", "str | None", "str | None", bool,
-     str, float, "Parsed | None"],
-    bool,
-]  # fmt: skip
-
-#: What parsing a head memoised by its bytes found (``FastAnswers.heads``): method, target,
+#: What parsing a head memoised by its bytes found (``FastAnswers.remember``): method, target,
 #: Host, credential fields, ``If-None-Match`` and ``Accept-Encoding``.
 HeadValues = tuple[str, str, str, "tuple[tuple[bytes, str], ...]", "str | None", "str | None"]
 
@@ -104,13 +94,18 @@ HeadValues = tuple[str, str, str, "tuple[tuple[bytes, str], ...]", "str | None",
 class FastAnswers(Protocol):
     """The fast path of a common hit (``proxy.front.prepared.FastPath``)."""
 
-    @property
-    def answer(self) -> FastAnswer: ...
+    def answer(
+        self, conn: Writer, method: str, target: str, host: str,
+        credentials: tuple[tuple[bytes, str], ...], inm: str | None, accept_encoding: str | None,
+        keep_alive: bool, version: str, started: float, parsed: Parsed | None,
+    ) -> bool:  # fmt: skip
+        """A plain GET or HEAD from its parsed values (and the parsed head when there is one);
+        true when it answered."""
 
     def serve(self, conn: Writer, parsed: Parsed) -> bool: ...
 
-    @property
-    def heads(self) -> dict[bytes, HeadValues]: ...
+    def answer_head(self, conn: Writer, raw: bytes) -> bool:
+        """A head answered before by its exact bytes ``raw``; false if unknown or declined."""
 
     def remember(self, head: bytes, values: HeadValues) -> None: ...
 

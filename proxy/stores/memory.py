@@ -74,9 +74,14 @@ class MemoryStore:
         slot = self._slots.get(key)
         if slot is None:
             return None
-        if self._clock() < _expires(slot):  # the record's retention
+        # _expires and _record written out: every cache hit asks.
+        if isinstance(slot, StoredResponse):
+            if self._clock() < slot.expires:  # type: ignore[operator]  # the retention
+                self._slots.move_to_end(key)
+                return (slot,)
+        elif self._clock() < slot[1]:
             self._slots.move_to_end(key)
-            return _record(slot)
+            return slot[0]
         self._drop(key)
         return None
 

@@ -24,10 +24,13 @@ class Origin:
     def __init__(self) -> None:
         self.seen: list[str] = []
         self.clock = FakeClock()  # the proxy's too
+        self.version = 1
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         self.seen.append(request.raw_path)
-        payload = {"target": request.raw_path}
+        payload: dict[str, Any] = {"target": request.raw_path, "version": self.version}
+        if request.path.startswith("/big/"):
+            payload["padding"] = "x" * 8000
         fields = {"Cache-Control": "public, max-age=60", "ETag": '"t"'}
         fields["Date"] = format_http_date(self.clock.now)
         return web.json_response(payload, headers=fields)
@@ -176,3 +179,67 @@ async def test_metrics_and_access_lines_are_the_parsed_paths(
     assert fields[1:] == [{"method": "GET", "path": "/log", "status": 200, "cache": "hit",
                            "bytes": fields[0]["bytes"]}] * 4  # fmt: skip
     assert "secret" not in caplog.text and "Bearer" not in caplog.text
+
+
+async def test_a_replayed_answer_follows_the_store_and_the_clock(
+    proxy: RunningProxy, conn: tuple[Any, Any], origin: tuple[Origin, str]
+) -> None:
+    """Once a head's whole answer is kept (``FastPath.replay``), a new ``Age`` second or a new
+    stored record (replaced from another connection, the head not asked meanwhile) is written
+    as the full path would, never the kept bytes."""
+    (reader, writer), head = conn, HEAD_A
+    for _ in range(3):  # kept, then replayed
+        (answer,) = await ask(reader, writer, head)
+        assert answer.headers["age"] == "0" and answer.json()["version"] == 1
+    origin[0].clock.advance(5)
+    (answer,) = await ask(reader, writer, head)
+    assert answer.headers["age"] == "5" and answer.headers["cache-status"].endswith("ttl=55")
+    origin[0].version = 2
+    other, other_writer = await asyncio.open_connection(HOST, proxy.port)
+    (fetched,) = await ask(other, other_writer, get("/a", "Cache-Control: no-cache"))
+    assert fetched.json()["version"] == 2
+    other_writer.close()
+    for _ in range(3):
+        (answer,) = await ask(reader, writer, head)
+        assert answer.json()["version"] == 2 and answer.headers["age"] == "0"
+    assert origin[0].seen == ["/a", "/a"]
+
+
+async def test_replayed_304s_are_counted_and_a_head_request_gets_no_body(
+    proxy: RunningProxy, origin: tuple[Origin, str]
+) -> None:
+    conditional = get("/a", 'If-None-Match: "t"')
+    reader, writer = await asyncio.open_connection(HOST, proxy.port)
+
+    def not_modified() -> float:
+        return proxy.registry.get_sample_value("cacheproxy_not_modified_total") or 0.0
+
+    statuses = [(await ask(reader, writer, conditional))[0].status for _ in range(6)]
+    assert statuses == [304] * 6 and not_modified() == 6
+    writer.write(get("/a", method="HEAD") * 5)  # the last ones replayed
+    for _ in range(5):
+        answer = await read_response(reader, head=True)
+        assert answer.status == 200 and answer.body == b""
+        assert int(answer.headers["content-length"]) > 0
+    (answer,) = await ask(reader, writer, HEAD_A)  # nothing left over from the HEADs
+    assert answer.status == 200 and answer.json()["target"] == "/a"
+    writer.close()
+    assert origin[0].seen == ["/a"]
+
+
+async def test_kept_answers_stay_within_the_memos_budget(origin: tuple[Origin, str]) -> None:
+    """The answers the heads keep (copies of head and body) count with the memo's records
+    against its budget: past it the heads start over rather than grow."""
+    async with serve_proxy(Settings(upstream=origin[1], cache_max_bytes=64 * 1024)) as running:
+        path = fast(running)
+        reader, writer = await asyncio.open_connection(HOST, running.port)
+        kept = 0
+        for n in range(20):
+            head = get(f"/big/{n}")
+            for _ in range(5):  # stored, prepared, remembered, kept, replayed
+                (answer,) = await ask(reader, writer, head)
+                assert answer.status == 200 and answer.json()["target"] == f"/big/{n}"
+            assert path.memo_bytes + path.replay_bytes <= path.memo_budget
+            kept = max(kept, path.replay_bytes)
+        writer.close()
+    assert kept > 2 * 8000  # several answers were kept at once before the heads started over
