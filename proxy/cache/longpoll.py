@@ -226,7 +226,7 @@ class LongPolls:
         self, notifies: list[Callable[[Wake[Fetched]], None]], wake: Wake[Fetched]
     ) -> None:
         """The waiters one wake ended (``WaitRoom.settle_many``): on a change, those of one
-        kind share one answer, written to each in one loop (``_answer_group``); any other end
+        kind share one answer, written to each in one loop (``_write_group``); any other end
         of a wait, and a request of no kind, is answered on its own (``Held.wake``)."""
         entry = wake.entry
         if wake.outcome != "changed" or entry is None:
@@ -244,12 +244,18 @@ class LongPolls:
             if group is None:
                 group = groups[id(kind)] = []
             group.append(held)
-        for group in groups.values():
-            self._answer_group(group, entry, wake)
+        # Every group's answers first, then the end of each request (access line, keep-alive):
+        # the last answer is not kept waiting behind the bookkeeping of another kind's.
+        written = [self._write_group(group, entry, wake) for group in groups.values()]
+        for done in written:
+            if done is not None:
+                self._end_group(*done)
 
-    def _answer_group(self, group: list[Held], entry: StoredResponse, wake: Wake[Fetched]) -> None:
-        """One answer for ``group`` (requests of one kind), then each request's end: its
-        duration and count observed once for all, its ``done`` (access log, next request)."""
+    def _write_group(
+        self, group: list[Held], entry: StoredResponse, wake: Wake[Fetched]
+    ) -> tuple[list[Held], set[int], float] | None:
+        """One answer for ``group`` (requests of one kind), written to each; returns what
+        ``_end_group`` needs (``None``: each was answered on its own instead)."""
         started = time.perf_counter()
         first = group[0]
         try:
@@ -257,7 +263,7 @@ class LongPolls:
         except Exception:  # Unacceptable, or a bug: each answered its own way, as alone
             for held in group:
                 _alone(held, wake)
-            return
+            return None
         self.serving.count(
             prepared.status, first.request.method, len(prepared.body), copies=len(group) - made
         )
@@ -267,12 +273,16 @@ class LongPolls:
         except Exception:  # a bug: every request of the group answered as an error
             log.exception("unexpected error while answering held requests")
             failed = [held.responder for held in group]
-        gone = {id(responder) for responder in failed}
-        answered = len(group) - len(gone)
         # The time answering took, shared out: what each request cost, not its wait.
-        elapsed = (time.perf_counter() - started) / len(group)
+        return group, {id(responder) for responder in failed}, time.perf_counter() - started
+
+    def _end_group(self, group: list[Held], gone: set[int], seconds: float) -> None:
+        """Each request of a written group ends: its duration and count observed once for
+        all, its ``done`` (access line, the connection's next request); a failed write, an
+        error."""
+        answered = len(group) - len(gone)
         if answered:
-            self.metrics.observe_requests(first.route, "hit", elapsed, answered)
+            self.metrics.observe_requests(group[0].route, "hit", seconds / len(group), answered)
         for held in group:
             try:
                 if gone and id(held.responder) in gone:
