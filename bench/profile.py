@@ -26,7 +26,7 @@ from bench.processes import Pinning, Service, Unavailable
 
 RATE = 250
 HANDLERS = {
-    "proxy": "FastPath.answer (",
+    "proxy": "FastPath.answer_head (",  # a remembered head: replayed, or answered anew
     "bare": "create_bare_app.<locals>.handle (bench/bare.py)",
 }
 
