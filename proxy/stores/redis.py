@@ -127,7 +127,7 @@ class RedisShare:
                 self.coordinator.wake_all()
                 with suppress(RedisError, OSError, TimeoutError):
                     async with asyncio.timeout(PING_INTERVAL):
-                        await pubsub.aclose()  # type: ignore[no-untyped-call]
+                        await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
             await asyncio.sleep(delay)
             delay = min(delay * 2, MAX_BACKOFF)
 

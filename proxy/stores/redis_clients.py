@@ -103,7 +103,7 @@ class RedisClients:
         self.kind = nodes.kind
         credentials: dict[str, Any] = {"username": nodes.username, "password": nodes.password}
         if nodes.kind == "sentinel":
-            self._sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            self._sentinel = Sentinel(  # type: ignore[no-untyped-call, unused-ignore]
                 list(nodes.nodes),
                 sentinel_kwargs={
                     "socket_timeout": timeout,
