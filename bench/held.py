@@ -14,7 +14,8 @@ times of the first bytes), and the bodies' correctness.
 
 The proxy runs with its default limits under a hard ``RLIMIT_NOFILE`` that fits the run (set
 with ``prlimit``), so the raising of the soft limit at start is part of what is measured;
-``--max-wait`` is raised only so that opening 100,000 connections fits in one wait.
+``--max-wait`` is raised only so that opening 100,000 connections fits in one wait. Past one
+process's hard limit: ``--workers N`` and ``--client-processes M`` (``bench.heldfleet``).
 """
 
 from __future__ import annotations
