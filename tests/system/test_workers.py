@@ -233,15 +233,17 @@ def socket_inodes(pid: int) -> set[str]:
 
 
 def owner_of_local_port(port: int, pids: dict[int, int]) -> int | None:
-    """The slot whose process owns the TCP socket with local ``port`` (from /proc/net/tcp)."""
-    inode = None
+    """The slot whose process owns the TCP socket with local ``port`` (from /proc/net/tcp).
+    Other sockets on the machine may have that local port on another address: every one is
+    looked for among the workers' sockets."""
+    inodes = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         for line in Path(table).read_text().splitlines()[1:]:
             columns = line.split()
             if int(columns[1].rsplit(":", 1)[1], 16) == port:
-                inode = columns[9]
+                inodes.add(columns[9])
     for slot, pid in pids.items():
-        if inode is not None and inode in socket_inodes(pid):
+        if inodes & socket_inodes(pid):
             return slot
     return None
 
