@@ -14,7 +14,8 @@ times of the first bytes), and the bodies' correctness.
 
 The proxy runs with its default limits under a hard ``RLIMIT_NOFILE`` that fits the run (set
 with ``prlimit``), so the raising of the soft limit at start is part of what is measured;
-``--max-wait`` is raised only so that opening 100,000 connections fits in one wait.
+``--max-wait`` is raised only so that opening 100,000 connections fits in one wait. Past one
+process's hard limit: ``--workers N`` and ``--client-processes M`` (``bench.heldfleet``).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import client, common, processes, standalone
+from bench import client, common, heldfleet, processes, standalone
 from bench.processes import Pinning, Service
 from bench.standalone import Standalone
 
@@ -123,6 +124,11 @@ class Result:
     last_at: float = 0.0
     proxy_log: str = ""
     notes: list[str] = field(default_factory=list)
+    #: ``--workers`` of the proxy (RSS then over the supervisor, workers and redis-server) and
+    #: the load generator's processes; the held count per worker at the peak.
+    workers: int = 1
+    client_processes: int = 1
+    held_by_worker: dict[str, float] = field(default_factory=dict)
 
     @property
     def per_held(self) -> float:
@@ -150,8 +156,11 @@ def request_bytes(etag: str, wait: int) -> bytes:
     ).encode()
 
 
-def open_held(port: int, count: int, sources: int, payload: bytes) -> dict[int, socket.socket]:
-    """``count`` connections, each with the held request sent; by descriptor."""
+def open_held(
+    port: int, count: int, sources: int, payload: bytes, offset: int = 0
+) -> dict[int, socket.socket]:
+    """``count`` connections, each with the held request sent; by descriptor. ``offset``: how
+    many the other client processes open before these (so the source addresses stay even)."""
     socks: dict[int, socket.socket] = {}
     ep = select.epoll()
     pending: dict[int, socket.socket] = {}
@@ -165,7 +174,7 @@ def open_held(port: int, count: int, sources: int, payload: bytes) -> dict[int, 
                 # The port is chosen at connect, by the whole 4-tuple: the TIME_WAIT sockets of
                 # the runs before (10,000 a run) do not use up the source address's ports.
                 sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
-                sock.bind((f"127.0.0.{2 + made % sources}", 0))
+                sock.bind((f"127.0.0.{2 + (offset + made) % sources}", 0))
                 with contextlib.suppress(BlockingIOError):
                     sock.connect(("127.0.0.1", port))
                 pending[sock.fileno()] = sock
@@ -282,6 +291,16 @@ def _complete(buffer: bytes | bytearray) -> bool:
     return len(buffer) >= end + 4 + length
 
 
+def is_correct(raw: bytes, new_etag: bytes) -> bool:
+    """The new ``200``, with the new ETag and the wait applied."""
+    lower = raw.lower()
+    return (
+        raw.startswith(b"HTTP/1.1 200")
+        and b"\r\netag: " + new_etag in lower
+        and b"preference-applied: wait=" in lower
+    )
+
+
 def run(
     workdir: Path,
     clients: int,
@@ -293,9 +312,12 @@ def run(
     profile: Path | None = None,
     perf: Path | None = None,
     spin: bool = True,
+    workers: int = 1,
+    client_processes: int = 1,
 ) -> Result:
-    result = Result(clients, sources)
-    raise_own_limit(clients + 1024)
+    result = Result(clients, sources, workers=workers, client_processes=client_processes)
+    if client_processes == 1:
+        raise_own_limit(clients + 1024)
     origin_port = processes.free_port()
     origin = processes.launch(
         "origin",
@@ -317,12 +339,16 @@ def run(
             sys.executable, "-m", "proxy", "--upstream", origin.url, "--port", str(port),
             "--log-level", "info", "--max-wait", str(max_wait), "--event-loop", loop,
         ]  # fmt: skip
+        if workers > 1:
+            command += ["--workers", str(workers)]
         proxy = processes.launch(
             "proxy", command, workdir, port=port, ready_path="/healthz", pinning=pinning,
             env=processes.python_env(),
         )  # fmt: skip
+        if workers > 1:
+            heldfleet.wait_serving(proxy.log_path, workers)
         if pinning.client is not None:
-            # The load generator is this process: on its own CPU, not the proxy's.
+            # The load generator is this process (and the processes it starts): on its own CPU.
             os.sched_setaffinity(0, {int(pinning.client)})
         try:
             _measure(result, proxy, clients, sources, max_wait, profile, perf, spin)
@@ -334,6 +360,9 @@ def run(
                 for line in text.splitlines()
                 if "descriptor limit" in line or "--max-connections" in line
             )
+            limits = heldfleet.limit_lines(proxy.log_path)
+            if len(limits) != workers:
+                result.notes.append(f"{len(limits)} descriptor limit lines for {workers} workers")
     finally:
         origin.stop()
     return result
@@ -354,21 +383,63 @@ def _measure(
     status, headers, _ = client.http_get(url, auth)
     etag = dict((k.lower(), v) for k, v in headers)["etag"]
     assert status == 200, status
+    new_etag = f'"v{int(etag.strip(chr(34))[1:]) + 1}"'.encode()
     client.http_get(url, auth)  # a hit: everything a held request touches is warm
-    result.rss_before = processes.rss_bytes(proxy.pid)
+    fleet = result.workers > 1
+    result.rss_before = (heldfleet.tree_rss if fleet else processes.rss_bytes)(proxy.pid)
     started = time.monotonic()
-    socks = open_held(proxy.port, clients, sources, request_bytes(etag, max_wait))
+    payload = request_bytes(etag, max_wait)
+    group: heldfleet.Clients | None = None
+    socks: dict[int, socket.socket] = {}
+    if result.client_processes > 1:
+        group = heldfleet.Clients.split(
+            proxy.port, clients, sources, result.client_processes, payload, new_etag, spin
+        )
+        group.wait_ready(max_wait / 2)
+    else:
+        socks = open_held(proxy.port, clients, sources, payload)
+    try:
+        _held_and_woken(
+            result, proxy, group, socks, started, new_etag, max_wait, profile, perf, spin
+        )
+    finally:
+        if group is not None:
+            group.close()
+        for sock in socks.values():
+            sock.close()
+
+
+def _held_and_woken(
+    result: Result,
+    proxy: Service,
+    group: heldfleet.Clients | None,
+    socks: dict[int, socket.socket],
+    started: float,
+    new_etag: bytes,
+    max_wait: int,
+    profile: Path | None,
+    perf: Path | None,
+    spin: bool,
+) -> None:
+    fleet, clients = result.workers > 1, result.clients
+    rss = heldfleet.tree_rss if fleet else processes.rss_bytes
     deadline = time.monotonic() + max_wait / 2
     held = 0.0
     while time.monotonic() < deadline:
-        held = client.metric_value(proxy.url, "cacheproxy_waiting_requests") or 0.0
-        if held >= clients:
-            break
+        if fleet:
+            result.held_by_worker = heldfleet.waiting(proxy.url)
+            held = sum(result.held_by_worker.values())
+            if held >= clients and len(result.held_by_worker) == result.workers:
+                break
+        else:
+            held = client.metric_value(proxy.url, "cacheproxy_waiting_requests") or 0.0
+            if held >= clients:
+                break
         time.sleep(0.2)
     result.connect_seconds = time.monotonic() - started
     result.held = held
     time.sleep(1.0)  # let allocations settle
-    result.rss_held = processes.rss_bytes(proxy.pid)
+    result.rss_held = rss(proxy.pid)
     profilers: list[subprocess.Popen[bytes]] = []
     if profile is not None:
         profile.parent.mkdir(parents=True, exist_ok=True)
@@ -386,9 +457,11 @@ def _measure(
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         ))  # fmt: skip
         time.sleep(1.0)
-    collector = Collector(socks, spin)  # ready before the first answer can come
+    collector = Collector(socks, spin) if group is None else None  # ready before any answer
     result.spin = spin
     cpu_before = processes.cpu_seconds(proxy.pid)
+    if group is not None:
+        group.go()  # every process armed (it said so) before the change is sent
     changed = time.perf_counter()
     poster = socket.create_connection(("127.0.0.1", proxy.port))
     poster.sendall(
@@ -396,29 +469,33 @@ def _measure(
         "Content-Length: 0\r\nConnection: close\r\n\r\n".encode()
     )
     client_before = time.process_time()
-    collected = collector.collect(time.monotonic() + 60)
-    result.client_cpu_ms = 1000 * (time.process_time() - client_before)
-    result.client_busy_ms = 1000 * collected.busy
-    answers = collected.answers
+    stamps: list[heldfleet.Stamp]
+    if collector is not None:
+        collected = collector.collect(time.monotonic() + 60)
+        result.client_cpu_ms = 1000 * (time.process_time() - client_before)
+        result.client_busy_ms = 1000 * collected.busy
+        stamps = [
+            (a.read_at, a.kernel_at, a.read_wall, is_correct(a.raw, new_etag))
+            for a in collected.answers.values()
+        ]
+    else:
+        assert group is not None
+        stamps, busy, cpu = group.collect(90)
+        result.client_cpu_ms, result.client_busy_ms = 1000 * cpu, 1000 * busy
     result.wake_cpu_ms = 1000 * (processes.cpu_seconds(proxy.pid) - cpu_before)
     for profiler in profilers:
         profiler.send_signal(signal.SIGINT)
         profiler.wait(30)
     poster.close()
-    for sock in socks.values():
-        sock.close()
-    times = sorted(answer.read_at for answer in answers.values())
-    kernel = sorted(answer.kernel_at for answer in answers.values())
-    lags = sorted(answer.read_wall - answer.kernel_at for answer in answers.values())
-    result.answered = len(answers)
-    new_etag = f'"v{int(etag.strip(chr(34))[1:]) + 1}"'.encode()
-    result.correct = sum(
-        1
-        for raw in (answer.raw for answer in answers.values())
-        if raw.startswith(b"HTTP/1.1 200")
-        and b"\r\netag: " + new_etag in raw.lower()
-        and b"preference-applied: wait=" in raw.lower()
-    )
+    _summarise(result, stamps, changed)
+
+
+def _summarise(result: Result, stamps: list[heldfleet.Stamp], changed: float) -> None:
+    times = sorted(stamp[0] for stamp in stamps)
+    kernel = sorted(stamp[1] for stamp in stamps)
+    lags = sorted(stamp[2] - stamp[1] for stamp in stamps)
+    result.answered = len(stamps)
+    result.correct = sum(1 for stamp in stamps if stamp[3])
     if times:
         result.first_to_last_ms = 1000 * (times[-1] - times[0])
         result.change_to_last_ms = 1000 * (times[-1] - changed)
@@ -451,6 +528,13 @@ def markdown(results: list[Result], meta: dict[str, Any]) -> str:
             f"| {r.correct:,} of {r.answered:,} "
             f"| {r.connect_seconds:.1f} s |"
         )
+    for r in results:
+        if r.workers > 1 or r.client_processes > 1:
+            by_worker = ", ".join(f"{w}: {n:,.0f}" for w, n in sorted(r.held_by_worker.items()))
+            lines += ["", f"{r.clients:,} clients: proxy `--workers {r.workers}` (RSS summed over "
+                      "the supervisor, the workers and the private redis-server), load generator "
+                      f"in {r.client_processes} processes; held by worker at the peak: "
+                      f"{by_worker or 'one process'}. {' '.join(r.notes)}"]  # fmt: skip
     lines += ["", "The proxy's last log lines (its descriptor limit at start):", ""]
     for r in results:
         lines += ["```", r.proxy_log, "```"]
@@ -472,6 +556,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--block", action="store_true", help="the client sleeps in epoll while it waits (no spin)"
     )
+    parser.add_argument("--workers", type=int, default=1, help="the proxy's --workers")
+    parser.add_argument(
+        "--client-processes", type=int, default=1,
+        help="load generator processes, each opening clients/M (they block in epoll when M > 1)",
+    )  # fmt: skip
     parser.add_argument("--origin", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.origin is not None:
@@ -481,18 +570,23 @@ def main(argv: list[str] | None = None) -> int:
     pinning = bench.pinning
     results = []
     for clients in args.clients or [10_000]:
-        sources = args.sources or max(1, -(-clients // 20_000))
+        # At most 10,000 per source address: connect() picks a port by scanning the ephemeral
+        # range's even ports first (about 14,000 here), so past that each connect scans them all
+        # (the 100,000 run at 20,000 an address stalled in connect at 87,000, system time 2/3).
+        sources = args.sources or max(1, -(-clients // 10_000))
         with tempfile.TemporaryDirectory(prefix="aitronos-held-") as workdir:
             result = run(
                 Path(workdir), clients, sources, pinning, args.max_wait, args.event_loop,
-                args.soft_limit, args.profile, args.perf, not args.block,
+                args.soft_limit, args.profile, args.perf,
+                not args.block and args.client_processes == 1, args.workers, args.client_processes,
             )  # fmt: skip
         print(
             f"held: {result.held:.0f} held, {result.per_held / 1024:.2f} KiB each, "
             f"first to last {result.first_to_last_ms:.0f} ms "
             f"(kernel stamps {result.kernel_first_to_last_ms:.0f} ms, "
             f"read lag max {result.lag_max_ms:.1f} ms), proxy CPU {result.wake_cpu_ms:.0f} ms, "
-            f"{result.correct}/{result.answered} correct",
+            f"{result.correct}/{result.answered} correct"
+            + (f", by worker {result.held_by_worker}" if result.workers > 1 else ""),
             file=sys.stderr,
         )
         results.append(result)

@@ -106,8 +106,8 @@ def serve(
     warning, line = limit_report(settings, raise_descriptor_limit())
     if worker is None or worker.index == 0:
         log_start(settings)
-        log = logging.getLogger("proxy")
-        log.log(logging.WARNING if warning else logging.INFO, "%s", line)
+    # Every worker: each is a process with its own RLIMIT_NOFILE and connection cap.
+    logging.getLogger("proxy").log(logging.WARNING if warning else logging.INFO, "%s", line)
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         runner.run(run(settings, worker))
 

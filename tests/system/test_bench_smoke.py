@@ -200,3 +200,20 @@ def test_revalidate_bench_counts_the_upstream_requests_of_both_fleets(tmp_path: 
     # Forced revalidations collapsed: at most one more upstream request per transcription.
     assert forced["upstream_requests"] <= plain["upstream_requests"] + forced["transcriptions"]
     assert "Goal (issue 19)" in text
+
+
+def test_held_bench_splits_clients_over_processes_and_the_proxy_over_workers(
+    tmp_path: Path,
+) -> None:
+    assert shutil.which("redis-server"), "redis-server is needed for --workers"
+    run_bench(tmp_path, "bench.held", "--clients", "300", "--workers", "2",
+              "--client-processes", "2", "--max-wait", "30", "--no-pin")  # fmt: skip
+    results, text = report(tmp_path)
+    (run,) = results["results"]
+    # Every answer, from both client processes, is the new 200: about half of them woken in
+    # the worker the change did not reach (through Redis).
+    assert run["answered"] == run["correct"] == 300
+    assert set(run["held_by_worker"]) == {"0", "1"} and sum(run["held_by_worker"].values()) == 300
+    assert run["notes"] == []  # one descriptor limit line per worker
+    assert run["rss_held"] > run["rss_before"] > 0
+    assert "load generator in 2 processes" in text

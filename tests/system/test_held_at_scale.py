@@ -235,3 +235,31 @@ def test_a_cap_the_hard_limit_cannot_hold_is_said_in_one_warning_line() -> None:
     assert len(warnings) == 1, log
     assert "--max-connections 100000 needs " in warnings[0]
     assert f"serving at most {2048 - reserve(Settings())} connections" in warnings[0]
+
+
+def test_every_worker_raises_and_reports_its_own_descriptor_limit() -> None:
+    # Each worker is its own process with its own RLIMIT_NOFILE (the sum is what lets a replica
+    # hold more than one process may): each must say what it got, not worker 0 alone.
+    assert shutil.which("redis-server"), "redis-server is needed for the private cache"
+    command = ["prlimit", "--nofile=256:4096", "--", sys.executable, "-m", "proxy",
+               "--upstream", "http://127.0.0.1:9", "--port", "0", "--workers", "2"]  # fmt: skip
+    process = subprocess.Popen(
+        command, cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
+    )
+    lines: dict[str, str] = {}
+    log = []
+    try:
+        assert process.stderr is not None
+        for line in process.stderr:
+            log.append(line)
+            found = re.search(r" worker=(\d+) descriptor limit ", line)
+            if found:
+                lines[found[1]] = line
+            if "Running on" in line and "workers)" in line:
+                break
+    finally:
+        process.terminate()
+        process.wait(30)
+    assert set(lines) == {"0", "1"}, "".join(log)
+    for line in lines.values():
+        assert "raised from 256, hard limit 4096" in line
