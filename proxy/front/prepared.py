@@ -384,10 +384,11 @@ class FastPath:
                     conn.write_response(answer, b"")
                 else:
                     conn.write_response(answer, body)
+                    head = None  # ``answer`` is not all of it: nothing to replay
         elapsed = self._counted(prepared, started, size)
         if self.access is not None:
             self.access.record(method, prepared.path, status, "hit", elapsed, size)
-        if head is not None and (status == 304 or method == "HEAD" or size <= MAX_REPLAY_BYTES):
+        if head is not None:
             self._keep(head, prepared, record, answer, status, size)
         return True
 
