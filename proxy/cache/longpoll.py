@@ -36,6 +36,8 @@ from proxy.cache.wait import (
     Waiter,
     WaitRoom,
     Wake,
+    interned,
+    notify_alone,
     still_matches,
     validators_of,
 )
@@ -215,12 +217,7 @@ class LongPolls:
             tuple(headers.getall("cache-control", ())),
             (("Preference-Applied", poll.hold.applied),),
         )
-        shared = self._kinds.get(kind)
-        if shared is None:
-            if len(self._kinds) >= 4096:
-                self._kinds.clear()  # only the grouping by identity is lost, not correctness
-            shared = self._kinds[kind] = kind
-        return shared
+        return interned(self._kinds, kind)
 
     def _wake_many(
         self, notifies: list[Callable[[Wake[Fetched]], None]], wake: Wake[Fetched]
@@ -231,14 +228,14 @@ class LongPolls:
         entry = wake.entry
         if wake.outcome != "changed" or entry is None:
             for notify in notifies:
-                _alone(notify, wake)
+                notify_alone(notify, wake)
             return
         groups: dict[int, list[Held]] = {}
         for notify in notifies:
             held = cast(Held, notify)
             kind = held.kind
             if kind is None:
-                _alone(held, wake)
+                notify_alone(held, wake)
                 continue
             group = groups.get(id(kind))  # kinds are shared (``_kind``): alive while held
             if group is None:
@@ -262,7 +259,7 @@ class LongPolls:
             prepared, made = self._prepared(first, entry)
         except Exception:  # Unacceptable, or a bug: each answered its own way, as alone
             for held in group:
-                _alone(held, wake)
+                notify_alone(held, wake)
             return None
         self.serving.count(
             prepared.status, first.request.method, len(prepared.body), copies=len(group) - made
@@ -466,14 +463,6 @@ class Held:
         elapsed = time.perf_counter() - self.started - handled.held
         self.polls.metrics.observe_request(self.route, handled.result, elapsed)
         done(handled.result)
-
-
-def _alone(notify: Callable[[Wake[Fetched]], None], wake: Wake[Fetched]) -> None:
-    """One request's answer, on its own: a bug in it must not cost the others theirs."""
-    try:
-        notify(wake)
-    except Exception:
-        log.exception("answering a held request failed")
 
 
 #: Fallbacks of woken long polls still under way (kept so that none is collected early).

@@ -243,7 +243,7 @@ class WaitRoom(Generic[A]):
             self._close(watch)
         if waiter.counted and wake.outcome != "disconnected":
             self.on_outcome(wake.outcome, 1)
-        _notify(waiter.notify, wake)
+        notify_alone(waiter.notify, wake)
 
     def settle_many(self, watch: Watch[A], waiters: list[Waiter], wake: Wake[A]) -> None:
         """End the waits of ``waiters`` of ``watch`` with one ``wake``: the bookkeeping in one
@@ -269,7 +269,7 @@ class WaitRoom(Generic[A]):
         for waiter in ended:
             many = waiter.many
             if many is None:
-                _notify(waiter.notify, wake)
+                notify_alone(waiter.notify, wake)
             else:
                 notifies = groups.get(many)
                 if notifies is None:
@@ -306,13 +306,7 @@ class WaitRoom(Generic[A]):
 
     def validators(self, headers: Mapping[str, str]) -> tuple[object, ...]:
         """``validators_of(headers)``, the one tuple kept for that value (a waiter keeps it)."""
-        validators = validators_of(headers)
-        shared = self._validators.get(validators)
-        if shared is None:
-            if len(self._validators) >= 4096:
-                self._validators.clear()  # only sharing is lost: equal tuples compare equal
-            shared = self._validators[validators] = validators
-        return shared
+        return interned(self._validators, validators_of(headers))
 
     def enter(self) -> None:
         """An event stream opened: it counts against ``--max-waiters`` until it ``leave``s."""
@@ -417,7 +411,26 @@ class WaitRoom(Generic[A]):
         self.settle_many(watch, list(watch.waiters), wake)
 
 
-def _notify(notify: Callable[[Wake[Any]], None], wake: Wake[Any]) -> None:
+#: How many distinct values an ``interned`` table keeps before it starts over.
+INTERNED = 4096
+
+
+def interned(table: dict[tuple[object, ...], tuple[object, ...]], value: tuple[object, ...]
+             ) -> tuple[object, ...]:  # fmt: skip
+    """The one tuple ``table`` keeps equal to ``value``, so that holders of equal values can be
+    grouped by identity; past ``INTERNED`` values the table starts over (only the sharing is
+    lost: equal tuples still compare equal)."""
+    shared = table.get(value)
+    if shared is None:
+        if len(table) >= INTERNED:
+            table.clear()
+        shared = table[value] = value
+    return shared
+
+
+def notify_alone(notify: Callable[[Wake[Any]], None], wake: Wake[Any]) -> None:
+    """One request told why its wait ended, on its own: a bug in its answer (logged) must not
+    cost the others theirs."""
     try:
         notify(wake)
     except Exception:  # a bug in the answer: the others must still be answered
